@@ -1,0 +1,113 @@
+"""Request-level verbs over the block pool: find a request's cached prefix, allocate slots for
+the tokens it will compute, cache its full blocks, free it. vLLM V1's KVCacheManager semantics.
+
+Block keys chain: key(i) = xxh3_64(tokens of block i, seed=key(i-1)), and the chain starts from
+a seed derived from the request's cache salt, so equal keys mean equal whole prefixes (and equal
+tenants). Only full blocks get keys.
+"""
+
+from __future__ import annotations
+
+import xxhash
+
+from apcsim.core.block_pool import BlockPool
+from apcsim.core.request import Request
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def root_seed(cache_salt: str | None) -> int:
+    """The seed of a request's key chain; a tenant's salt makes its chain disjoint from others'."""
+    return 0 if cache_salt is None else xxhash.xxh3_64_intdigest(cache_salt.encode())
+
+
+class KVCacheManager:
+    def __init__(self, pool: BlockPool, block_size: int) -> None:
+        self.pool = pool
+        self.block_size = block_size
+        self.enable_caching = pool.policy.enables_caching
+
+    # -- keys ----------------------------------------------------------------------------------
+    def block_keys(self, req: Request, num_blocks: int) -> list[int]:
+        """The keys of the request's first `num_blocks` full blocks, computed once and kept."""
+        keys = req.block_keys
+        if len(keys) < num_blocks:
+            bs = self.block_size
+            start = len(keys)
+            tokens = memoryview(req.token_slice(start * bs, num_blocks * bs).tobytes())
+            step = bs * 4  # int32 tokens
+            seed = keys[-1] if keys else root_seed(req.spec.cache_salt)
+            h = xxhash.xxh3_64_intdigest
+            for i in range(num_blocks - start):
+                seed = h(tokens[i * step : (i + 1) * step], seed)
+                keys.append(seed)
+        return keys
+
+    # -- the verbs -----------------------------------------------------------------------------
+    def get_computed_blocks(self, req: Request) -> list:
+        """The longest cached prefix of the request's tokens, in blocks (nothing is taken yet).
+
+        At least the last token is always computed, so only blocks entirely within the first
+        num_tokens - 1 tokens can hit.
+        """
+        if not self.enable_caching:
+            return []
+        max_blocks = (req.num_tokens - 1) // self.block_size
+        if max_blocks == 0:
+            return []
+        lookup = self.pool.lookup
+        hits = []
+        for key in self.block_keys(req, max_blocks):
+            b = lookup(key)
+            if b is None:
+                break
+            hits.append(b)
+        return hits
+
+    def can_allocate(self, req: Request, num_new_tokens: int, computed: list) -> int:
+        """How many new blocks the request needs, or -1 if the pool cannot give them now."""
+        total = req.num_computed_tokens + len(computed) * self.block_size + num_new_tokens
+        need = _cdiv(total, self.block_size) - len(req.block_ids) - len(computed)
+        evictable_hits = sum(1 for b in computed if b.ref_cnt == 0)  # taking them shrinks the free set
+        return need if need <= self.pool.num_free - evictable_hits else -1
+
+    def allocate_slots(self, req: Request, num_new_tokens: int, computed: list | None = None) -> bool:
+        """Take the hit blocks and enough new blocks for `num_new_tokens` more tokens; False (and
+        nothing changed) if the pool cannot. Full blocks are cached right away, as vLLM does at
+        schedule time, so a request scheduled later in the same step already hits them."""
+        computed = computed or []
+        need = self.can_allocate(req, num_new_tokens, computed)
+        if need < 0:
+            return False
+        if computed:
+            self.pool.touch(computed)
+            req.block_ids.extend(b.block_id for b in computed)
+            req.num_computed_tokens += len(computed) * self.block_size
+            req.num_cached_blocks = len(req.block_ids)
+        if need > 0:
+            req.block_ids.extend(b.block_id for b in self.pool.allocate(need))
+        self.cache_full_blocks(req, min(req.num_computed_tokens + num_new_tokens, req.num_tokens))
+        return True
+
+    def cache_full_blocks(self, req: Request, num_tokens: int) -> None:
+        """Give keys to the request's blocks that are full within its first `num_tokens` tokens."""
+        if not self.enable_caching:
+            return
+        num_full = num_tokens // self.block_size
+        first = req.num_cached_blocks
+        if num_full <= first:
+            return
+        keys = self.block_keys(req, num_full)
+        blocks, cache = self.pool.blocks, self.pool.cache
+        for i in range(first, num_full):
+            cache(blocks[req.block_ids[i]], keys[i], i, keys[i - 1] if i else None)
+        req.num_cached_blocks = num_full
+
+    def free(self, req: Request) -> None:
+        """Release the request's blocks, tail first, so the tail is evicted before the head."""
+        blocks = self.pool.blocks
+        self.pool.release(blocks[i] for i in reversed(req.block_ids))
+        req.block_ids = []
+        req.num_cached_blocks = 0

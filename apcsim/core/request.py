@@ -1,0 +1,138 @@
+"""Requests: what a workload asks for (`RequestSpec`) and its life inside the engine (`Request`).
+
+A `RequestSpec` is immutable workload data. A `Request` is the serving core's mutable record of
+one spec: the tokens computed so far, its block table, its timestamps. Both the simulator and the
+real engine build `Request`s from the same specs, so they schedule exactly the same thing.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class RequestSpec:
+    """One request of a workload.
+
+    Invariant: `prompt_token_ids` is a 1-D int32 array of length >= 1, `output_len >= 1`.
+    `output_token_ids`, when given, are the tokens the simulator "generates" (so a later turn of a
+    conversation that quotes them hits the cache); otherwise they are drawn from a per-request
+    stream. `parent_id` makes the request a follow-up: it arrives `think_time_s` after its parent
+    finishes, and never before `arrival_time`.
+    """
+
+    request_id: str
+    prompt_token_ids: np.ndarray  # int32 [prompt_len]
+    output_len: int
+    arrival_time: float = 0.0
+    priority: int = 0
+    cache_salt: str | None = None
+    output_token_ids: np.ndarray | None = None  # int32 [output_len]
+    parent_id: str | None = None
+    think_time_s: float = 0.0
+
+    @property
+    def prompt_len(self) -> int:
+        return int(self.prompt_token_ids.shape[0])
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    PREEMPTED = "preempted"
+    FINISHED = "finished"
+    REJECTED = "rejected"
+
+
+@dataclass(eq=False)
+class Request:
+    """The serving core's state of one request.
+
+    Tokens are prompt + generated output; `num_computed_tokens` of them have KV in the cache. A
+    request in the decode phase may be advanced lazily by the scheduler (see
+    `Scheduler._sync`): then `num_computed_tokens` and `output_token_ids` are exact only after a
+    sync, which the scheduler does before anything reads them.
+    """
+
+    spec: RequestSpec
+    index: int  # position in the workload; seeds this request's output-token stream
+    output_seed: int = 0
+    status: Status = Status.WAITING
+    num_computed_tokens: int = 0
+    num_output_tokens: int = 0
+    block_ids: list[int] = field(default_factory=list)
+    num_cached_blocks: int = 0  # leading blocks of block_ids that carry a key
+    block_keys: list[int] = field(default_factory=list)  # keys of full blocks, computed lazily
+    num_preemptions: int = 0
+    computed_high_water: int = 0  # most tokens ever with KV, for counting recomputation
+    num_cached_tokens: int = -1  # prefix hit at first admission; -1 until admitted
+    rejected_reason: str = ""
+    # Times in seconds (simulated or wall clock, from the executor's clock).
+    arrival_time: float = 0.0
+    first_scheduled_time: float = -1.0
+    first_token_time: float = -1.0
+    last_token_time: float = -1.0
+    finish_time: float = -1.0
+    # Lazy decode bookkeeping, owned by the scheduler.
+    admit_seq: int = -1
+    anchor_step: int = -1
+    event_version: int = 0
+    _outputs: np.ndarray | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.spec.request_id
+
+    @property
+    def priority(self) -> int:
+        return self.spec.priority
+
+    @property
+    def prompt_len(self) -> int:
+        return self.spec.prompt_len
+
+    @property
+    def max_output_tokens(self) -> int:
+        return self.spec.output_len
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt plus generated tokens (the last generated one has no KV yet)."""
+        return self.spec.prompt_len + self.num_output_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (Status.FINISHED, Status.REJECTED)
+
+    def output_tokens(self) -> np.ndarray:
+        """All `output_len` tokens this request will generate (int32 [output_len])."""
+        if self._outputs is None:
+            if self.spec.output_token_ids is not None:
+                self._outputs = self.spec.output_token_ids
+            else:
+                rng = np.random.default_rng([self.output_seed, self.index])
+                # Token ids are opaque to the cache; any stream distinct per request will do.
+                self._outputs = rng.integers(0, 2**31 - 1, self.spec.output_len, dtype=np.int32)
+        return self._outputs
+
+    def token_slice(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of prompt + generated output (int32)."""
+        p = self.spec.prompt_len
+        if stop <= p:
+            return self.spec.prompt_token_ids[start:stop]
+        outs = self.output_tokens()
+        if start >= p:
+            return outs[start - p : stop - p]
+        return np.concatenate([self.spec.prompt_token_ids[start:], outs[: stop - p]])
+
+    def set_output_tokens(self, tokens: np.ndarray) -> None:
+        """Used by a real engine: the tokens it sampled replace the simulated stream."""
+        self._outputs = tokens
+
+    def release_outputs(self) -> None:
+        """Drop the materialised output stream once nothing needs it (memory stays O(running))."""
+        if self.spec.output_token_ids is None:
+            self._outputs = None

@@ -1,0 +1,13 @@
+"""User-facing errors: the CLI prints their message on one line and exits non-zero."""
+
+
+class ApcsimError(Exception):
+    """A problem with the user's input (config, trace, values), not a bug in apcsim."""
+
+
+class ConfigError(ApcsimError):
+    """A config value that is unknown, of the wrong type, or impossible."""
+
+
+class TraceError(ApcsimError):
+    """A missing or malformed trace file; the message names the file and line."""

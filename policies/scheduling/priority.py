@@ -1,0 +1,46 @@
+"""Priority scheduling, as vLLM V1's `priority` policy: lower `priority` value first, ties by
+arrival time (then by arrival order); the preemption victim is the running request with the
+highest value, latest arrival among equals."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass
+
+from policies.registry import register_scheduling
+from policies.scheduling.base import SchedulerConfig, SchedulingPolicy
+
+
+@dataclass
+class PriorityConfig(SchedulerConfig):
+    name: str = "priority"
+
+
+@register_scheduling("priority", PriorityConfig)
+class PriorityPolicy(SchedulingPolicy):
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self._heap: list = []
+        self._seq = itertools.count()  # keeps the heap stable for equal (priority, arrival)
+
+    def _push(self, request) -> None:
+        heapq.heappush(self._heap, (request.priority, request.arrival_time, next(self._seq), request))
+
+    add = _push
+    readd_preempted = _push
+
+    def peek(self):
+        return self._heap[0][3]
+
+    def pop(self):
+        return heapq.heappop(self._heap)[3]
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def __iter__(self):
+        return (entry[3] for entry in sorted(self._heap))
+
+    def victim(self, running):
+        return max(running, key=lambda r: (r.priority, r.arrival_time, r.admit_seq))
