@@ -2,8 +2,8 @@
 
 Every block is in exactly one of three places: never used (handed out first, lowest id first),
 in use (ref_cnt > 0), or evictable (ref_cnt == 0, ordered by the eviction policy). A block with a
-key is findable in `cached` under that key; two blocks may hold the same key when two requests
-computed the same prefix at once (vLLM keeps both; lookups take the first).
+key is findable under that key; two blocks may hold the same key when two requests computed the
+same prefix at once (vLLM keeps both; lookups return the earliest cached that is still resident).
 """
 
 from __future__ import annotations
@@ -20,9 +20,16 @@ class BlockPool:
         self.policy = policy
         self.blocks = [Block(i) for i in range(num_blocks)]
         self._never_used = list(range(num_blocks - 1, -1, -1))  # a stack: pop() gives the lowest id
-        self.cached: dict[int, dict[int, Block]] = {}  # key -> {block_id: block}
+        # key -> the block lookups return (the first cached with that key still resident);
+        # later twins with the same key wait in `_twins` in insertion order.
+        self.cached: dict[int, Block] = {}
+        self._twins: dict[int, list[Block]] = {}
+        # Chain structure (num_children) costs time on every cache and evict; policies that do
+        # not read it (LRU) switch it off.
+        self.track_children = policy.uses_tree
         self.children_of: dict[int, int] = {}  # key -> cached blocks whose parent_key it is
-        self.num_evictions = 0
+        self.num_evictions = 0  # keyed blocks evicted so far: lookups change only when this does
+        self._policy_on_insert = type(policy).on_insert is not EvictionPolicy.on_insert
 
     @property
     def num_free(self) -> int:
@@ -34,8 +41,7 @@ class BlockPool:
         return self.num_blocks - self.num_free
 
     def lookup(self, key: int) -> Block | None:
-        hit = self.cached.get(key)
-        return None if hit is None else next(iter(hit.values()))
+        return self.cached.get(key)
 
     def touch(self, blocks: list[Block]) -> None:
         """A request takes cached blocks it hit: ref counts up, evictable ones leave the set."""
@@ -50,34 +56,52 @@ class BlockPool:
         """`n` blocks with ref_cnt 1 and no key: never-used ones first, then the policy's victims."""
         if n > self.num_free:
             raise RuntimeError(f"allocate({n}) with only {self.num_free} free blocks")
-        out = []
-        never_used, blocks, policy = self._never_used, self.blocks, self.policy
-        for _ in range(n):
-            if never_used:
-                b = blocks[never_used.pop()]
+        never_used, blocks = self._never_used, self.blocks
+        k = min(n, len(never_used))
+        out = [blocks[i] for i in never_used[: -k - 1 : -1]] if k else []
+        del never_used[len(never_used) - k :]
+        if k < n:
+            evict, policy = self._evict, self.policy
+            if self.track_children:
+                # Each eviction may make its parent a leaf, a candidate for the next victim.
+                for _ in range(n - k):
+                    (b,) = policy.evict(1)
+                    evict(b)
+                    out.append(b)
             else:
-                b = policy.victim()
-                self._evict(b)
+                victims = policy.evict(n - k)
+                self._drop_keys(victims)
+                out.extend(victims)
+        for b in out:
             b.ref_cnt = 1
-            out.append(b)
         return out
 
     def _evict(self, b: Block) -> None:
-        self.policy.on_evict(b)
-        if b.key is None:
+        """Drop the key of a block the policy just gave up (it has left the evictable set)."""
+        key = b.key
+        if key is None:
             return
-        same_key = self.cached[b.key]
-        del same_key[b.block_id]
-        if not same_key:
-            del self.cached[b.key]
+        if self.cached[key] is b:
+            twins = self._twins.get(key)
+            if twins:
+                self.cached[key] = twins.pop(0)
+                if not twins:
+                    del self._twins[key]
+            else:
+                del self.cached[key]
+        else:
+            twins = self._twins[key]
+            twins.remove(b)
+            if not twins:
+                del self._twins[key]
         pk = b.parent_key
-        if pk is not None:
+        if pk is not None and self.track_children:
             left = self.children_of[pk] - 1
             if left:
                 self.children_of[pk] = left
             else:
                 del self.children_of[pk]
-            for parent in self.cached.get(pk, {}).values():
+            for parent in self._with_key(pk):
                 parent.num_children = left
                 if left == 0 and parent.ref_cnt == 0:
                     self.policy.on_became_leaf(parent)
@@ -86,33 +110,80 @@ class BlockPool:
         b.num_children = 0
         self.num_evictions += 1
 
+    def _drop_keys(self, victims: list[Block]) -> None:
+        """`_evict` for many blocks when children are not tracked: the hot path of LRU."""
+        cached, twins = self.cached, self._twins
+        n = 0
+        for b in victims:
+            key = b.key
+            if key is None:
+                continue
+            if twins and key in twins:
+                self._evict(b)
+                continue
+            del cached[key]
+            b.key = b.parent_key = None
+            b.depth = -1
+            n += 1
+        self.num_evictions += n
+
+    def _with_key(self, key: int) -> list[Block]:
+        first = self.cached.get(key)
+        if first is None:
+            return []
+        return [first, *self._twins.get(key, ())]
+
     def cache(self, b: Block, key: int, depth: int, parent_key: int | None) -> None:
         """Give an in-use block its key: its KV is now reusable by any request with this prefix."""
         b.key = key
         b.depth = depth
         b.parent_key = parent_key
-        b.num_children = self.children_of.get(key, 0)  # children may outlive an evicted twin
-        if parent_key is not None:
-            n = self.children_of.get(parent_key, 0) + 1
-            self.children_of[parent_key] = n
-            for parent in self.cached.get(parent_key, {}).values():
-                parent.num_children = n
-        self.cached.setdefault(key, {})[b.block_id] = b
+        if self.track_children:
+            b.num_children = self.children_of.get(key, 0)  # children may outlive an evicted twin
+            if parent_key is not None:
+                n = self.children_of.get(parent_key, 0) + 1
+                self.children_of[parent_key] = n
+                for parent in self._with_key(parent_key):
+                    parent.num_children = n
+        first = self.cached.setdefault(key, b)
+        if first is not b:
+            self._twins.setdefault(key, []).append(b)
         self.policy.on_insert(b)
+
+    def cache_chain(self, blocks: list[Block], keys: list[int], first_depth: int) -> None:
+        """`cache` for consecutive blocks of one chain: blocks[j] gets keys[first_depth + j]."""
+        if self.track_children or self._policy_on_insert:
+            for j, b in enumerate(blocks):
+                d = first_depth + j
+                self.cache(b, keys[d], d, keys[d - 1] if d else None)
+            return
+        cached, twins = self.cached, self._twins
+        d = first_depth
+        pk = keys[d - 1] if d else None
+        for b in blocks:
+            key = keys[d]
+            b.key, b.depth, b.parent_key = key, d, pk
+            if cached.setdefault(key, b) is not b:
+                twins.setdefault(key, []).append(b)
+            pk = key
+            d += 1
 
     def release(self, blocks) -> None:
         """Drop one reference to each block, in the given order (the order they become evictable)."""
-        policy = self.policy
+        freed = []
         for b in blocks:
             b.ref_cnt -= 1
             if b.ref_cnt == 0:
-                policy.on_release(b)
+                freed.append(b)
+        if freed:
+            self.policy.on_release_many(freed)
 
     def verify(self) -> None:
         """Check every invariant of the pool; raises AssertionError naming the broken one."""
         never = set(self._never_used)
         assert len(never) == len(self._never_used), "a block is twice in the never-used stack"
         children: dict[int, int] = {}
+        by_key: dict[int, list[Block]] = {}
         for b in self.blocks:
             where = [b.block_id in never, b.ref_cnt > 0, b in self.policy]
             assert b.ref_cnt >= 0, f"{b!r}: negative ref count"
@@ -120,14 +191,18 @@ class BlockPool:
             if b.key is None:
                 assert b.parent_key is None and b.num_children == 0 and b.depth == -1, f"keyless {b!r} has chain state"
                 continue
-            assert self.cached.get(b.key, {}).get(b.block_id) is b, f"{b!r} missing from the key map"
+            by_key.setdefault(b.key, []).append(b)
             assert b.depth >= 0 and (b.parent_key is None) == (b.depth == 0), f"{b!r}: depth and parent disagree"
             if b.parent_key is not None:
                 children[b.parent_key] = children.get(b.parent_key, 0) + 1
-        assert children == self.children_of, "children_of disagrees with the cached blocks' parent keys"
-        for key, same in self.cached.items():
-            assert same, f"empty entry for key {key}"
-            for bid, b in same.items():
-                assert b.block_id == bid and b.key == key, f"key map entry {key}/{bid} points to {b!r}"
-                assert b.num_children == children.get(key, 0), f"{b!r}: num_children {b.num_children} != {children.get(key, 0)}"
+        assert set(by_key) == set(self.cached), "the key map and the keyed blocks disagree"
+        assert all(self._twins.values()) and set(self._twins) <= set(self.cached), "stale twin lists"
+        for key, same in by_key.items():
+            listed = self._with_key(key)
+            assert sorted(x.block_id for x in listed) == sorted(x.block_id for x in same), f"key {key}: map lists {listed}, blocks {same}"
+            if self.track_children:
+                for b in same:
+                    assert b.num_children == children.get(key, 0), f"{b!r}: num_children {b.num_children} != {children.get(key, 0)}"
+        if self.track_children:
+            assert children == self.children_of, "children_of disagrees with the cached blocks' parent keys"
         self.policy.verify()

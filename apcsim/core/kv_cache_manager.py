@@ -8,10 +8,18 @@ tenants). Only full blocks get keys.
 
 from __future__ import annotations
 
+from functools import partial
+from itertools import takewhile
+from operator import attrgetter, is_not
+
 import xxhash
 
 from apcsim.core.block_pool import BlockPool
 from apcsim.core.request import Request
+
+
+_is_block = partial(is_not, None)
+_ref_cnt = attrgetter("ref_cnt")
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -57,20 +65,24 @@ class KVCacheManager:
         max_blocks = (req.num_tokens - 1) // self.block_size
         if max_blocks == 0:
             return []
-        lookup = self.pool.lookup
-        hits = []
-        for key in self.block_keys(req, max_blocks):
-            b = lookup(key)
-            if b is None:
-                break
-            hits.append(b)
-        return hits
+        pool = self.pool
+        memo = req.hit_memo
+        if memo is not None and memo[0] == pool.num_evictions:
+            hits = memo[1][:max_blocks]  # max_blocks only grows; the slice is a no-op copy
+        else:
+            hits = []
+        keys = self.block_keys(req, max_blocks)
+        if len(hits) < max_blocks:
+            # The walk in C: lookups stop at the first key not cached.
+            hits.extend(takewhile(_is_block, map(pool.cached.get, keys[len(hits) : max_blocks])))
+        req.hit_memo = (pool.num_evictions, hits)
+        return list(hits)
 
     def can_allocate(self, req: Request, num_new_tokens: int, computed: list) -> int:
         """How many new blocks the request needs, or -1 if the pool cannot give them now."""
         total = req.num_computed_tokens + len(computed) * self.block_size + num_new_tokens
         need = _cdiv(total, self.block_size) - len(req.block_ids) - len(computed)
-        evictable_hits = sum(1 for b in computed if b.ref_cnt == 0)  # taking them shrinks the free set
+        evictable_hits = list(map(_ref_cnt, computed)).count(0)  # taking them shrinks the free set
         return need if need <= self.pool.num_free - evictable_hits else -1
 
     def allocate_slots(self, req: Request, num_new_tokens: int, computed: list | None = None) -> bool:
@@ -81,6 +93,7 @@ class KVCacheManager:
         need = self.can_allocate(req, num_new_tokens, computed)
         if need < 0:
             return False
+        req.hit_memo = None  # admitted: the lookup is spent
         if computed:
             self.pool.touch(computed)
             req.block_ids.extend(b.block_id for b in computed)
@@ -100,14 +113,13 @@ class KVCacheManager:
         if num_full <= first:
             return
         keys = self.block_keys(req, num_full)
-        blocks, cache = self.pool.blocks, self.pool.cache
-        for i in range(first, num_full):
-            cache(blocks[req.block_ids[i]], keys[i], i, keys[i - 1] if i else None)
+        blocks = self.pool.blocks
+        self.pool.cache_chain([blocks[i] for i in req.block_ids[first:num_full]], keys, first)
         req.num_cached_blocks = num_full
 
     def free(self, req: Request) -> None:
         """Release the request's blocks, tail first, so the tail is evicted before the head."""
         blocks = self.pool.blocks
-        self.pool.release(blocks[i] for i in reversed(req.block_ids))
+        self.pool.release([blocks[i] for i in reversed(req.block_ids)])
         req.block_ids = []
         req.num_cached_blocks = 0

@@ -36,7 +36,30 @@ class RequestSpec:
 
     @property
     def prompt_len(self) -> int:
-        return int(self.prompt_token_ids.shape[0])
+        return len(self.prompt_token_ids)
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def output_stream(seed: int, index: int, n: int) -> np.ndarray:
+    """The tokens request `index` "generates" (int32 [n], in [0, 2^31)).
+
+    Token ids are opaque to the cache; any stream distinct per request will do. splitmix64 of
+    (seed, index, position) costs a few microseconds, where a seeded Generator costs ~50.
+    """
+    base = (seed * 0x9E3779B97F4A7C15 + (index + 1) * 0xD1B54A32D192ED03) & 0xFFFFFFFFFFFFFFFF
+    x = np.arange(1, n + 1, dtype=np.uint64)  # array arithmetic wraps silently mod 2^64
+    x *= _GOLDEN
+    x += np.uint64(base)
+    x ^= x >> np.uint64(30)
+    x *= _MIX1
+    x ^= x >> np.uint64(27)
+    x *= _MIX2
+    x ^= x >> np.uint64(31)
+    return (x >> np.uint64(33)).astype(np.int32)
 
 
 class Status(enum.Enum):
@@ -80,6 +103,9 @@ class Request:
     admit_seq: int = -1
     anchor_step: int = -1
     event_version: int = 0
+    # (pool.num_evictions, hit blocks) of the last prefix lookup while waiting: still exact if no
+    # keyed block was evicted since, so a request retried every step re-walks only past its end.
+    hit_memo: tuple | None = None
     _outputs: np.ndarray | None = None
 
     @property
@@ -90,9 +116,8 @@ class Request:
     def priority(self) -> int:
         return self.spec.priority
 
-    @property
-    def prompt_len(self) -> int:
-        return self.spec.prompt_len
+    def __post_init__(self) -> None:
+        self.prompt_len = self.spec.prompt_len  # read on every step: a plain attribute
 
     @property
     def max_output_tokens(self) -> int:
@@ -101,7 +126,7 @@ class Request:
     @property
     def num_tokens(self) -> int:
         """Prompt plus generated tokens (the last generated one has no KV yet)."""
-        return self.spec.prompt_len + self.num_output_tokens
+        return self.prompt_len + self.num_output_tokens
 
     @property
     def is_finished(self) -> bool:
@@ -113,14 +138,12 @@ class Request:
             if self.spec.output_token_ids is not None:
                 self._outputs = self.spec.output_token_ids
             else:
-                rng = np.random.default_rng([self.output_seed, self.index])
-                # Token ids are opaque to the cache; any stream distinct per request will do.
-                self._outputs = rng.integers(0, 2**31 - 1, self.spec.output_len, dtype=np.int32)
+                self._outputs = output_stream(self.output_seed, self.index, self.spec.output_len)
         return self._outputs
 
     def token_slice(self, start: int, stop: int) -> np.ndarray:
         """Tokens [start, stop) of prompt + generated output (int32)."""
-        p = self.spec.prompt_len
+        p = self.prompt_len
         if stop <= p:
             return self.spec.prompt_token_ids[start:stop]
         outs = self.output_tokens()

@@ -12,6 +12,11 @@ the pool owns the blocks and calls these hooks:
 - `victim()`           the block to reuse next; only peeks. Keyless blocks cost nothing to reuse.
 - `on_evict(block)`    the victim leaves the set. Its key is still set; the pool drops it next.
 - `on_became_leaf(block)` an evictable block's last cached child was just evicted.
+
+Two batch forms exist for speed and default to the hooks above: `on_release_many(blocks)` and
+`evict(n)` (n victims, each taken out of the set in turn; the pool asks for one at a time when
+the policy uses the tree, since each eviction may make a new leaf). A policy that never reads
+`Block.num_children` sets `uses_tree = False` and the pool stops maintaining it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ class EvictionConfig:
 class EvictionPolicy(abc.ABC):
     #: False only for the `none` policy: the pool then never caches or looks up blocks.
     enables_caching: bool = True
+    #: Whether the policy reads Block.num_children / on_became_leaf (the pool maintains them only then).
+    uses_tree: bool = True
 
     def __init__(self, cfg: EvictionConfig, ctx: PolicyContext) -> None:
         self.cfg = cfg
@@ -55,6 +62,20 @@ class EvictionPolicy(abc.ABC):
 
     def on_became_leaf(self, block: Block) -> None:
         pass
+
+    def on_release_many(self, blocks: list[Block]) -> None:
+        """`on_release` for each block, in order."""
+        for b in blocks:
+            self.on_release(b)
+
+    def evict(self, n: int) -> list[Block]:
+        """Take the next n victims out of the set, in order: victim() then on_evict() each."""
+        out = []
+        for _ in range(n):
+            b = self.victim()
+            self.on_evict(b)
+            out.append(b)
+        return out
 
     @abc.abstractmethod
     def __len__(self) -> int: ...

@@ -23,12 +23,17 @@ class LRUConfig(EvictionConfig):
 
 @register_eviction("lru", LRUConfig)
 class LRUPolicy(EvictionPolicy):
+    uses_tree = False
+
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)
         self._queue: OrderedDict[int, Block] = OrderedDict()  # head = next victim
 
     def on_release(self, block: Block) -> None:
         self._queue[block.block_id] = block
+
+    def on_release_many(self, blocks: list[Block]) -> None:
+        self._queue.update((b.block_id, b) for b in blocks)
 
     def on_acquire(self, block: Block) -> None:
         del self._queue[block.block_id]
@@ -38,6 +43,10 @@ class LRUPolicy(EvictionPolicy):
 
     def on_evict(self, block: Block) -> None:
         del self._queue[block.block_id]
+
+    def evict(self, n: int) -> list[Block]:
+        pop = self._queue.popitem
+        return [pop(last=False)[1] for _ in range(n)]
 
     def __len__(self) -> int:
         return len(self._queue)
