@@ -1,0 +1,80 @@
+"""The Azure LLM inference trace (Splitwise, ISCA'24): CSV of TIMESTAMP, ContextTokens, GeneratedTokens.
+
+It carries arrivals and lengths only, no prefix information, so every prompt is request-unique
+tokens: prefix caching can only help a request that is preempted and recomputed. It is the
+workload for questions about scheduling and preemption under a real arrival pattern.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+from dataclasses import dataclass
+
+from apcsim.core.request import RequestSpec
+from apcsim.workloads._common import check_float, unique_tokens
+from apcsim.workloads.base import BuildContext, WorkloadConfig, register_workload
+from apcsim.workloads.tracefile import resolve_trace_path, trace_error
+
+_TOKEN_STREAM = 3
+_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+
+
+@dataclass
+class AzureConfig(WorkloadConfig):
+    name: str = "azure"
+    path: str = "azure_llm_2023/AzureLLMInferenceTrace_conv.csv"  # or ..._code.csv
+    time_scale: float = 1.0  # multiplies every arrival time: 0.5 replays twice as fast
+
+
+def parse_timestamp(text: str) -> float:
+    """Seconds since the epoch (UTC) of '2023-11-16 18:17:03.9799600'; all 7 fraction digits kept."""
+    head, _, frac = text.strip().partition(".")
+    if frac and not frac.isdigit():
+        raise ValueError(text)
+    whole = datetime.datetime.fromisoformat(head).replace(tzinfo=datetime.timezone.utc)
+    return whole.timestamp() + (float("0." + frac) if frac else 0.0)
+
+
+@register_workload("azure", AzureConfig)
+def build(cfg: AzureConfig, ctx: BuildContext) -> list[RequestSpec]:
+    scale = check_float(cfg, "time_scale", 0.0, inclusive=False)
+    path = resolve_trace_path(cfg.path)
+    times, inputs, outputs = [], [], []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:3]] != list(_COLUMNS):
+            raise trace_error(path, 1, f"expected a header {','.join(_COLUMNS)}, got {header!r}")
+        for row in reader:
+            if cfg.num_requests is not None and len(times) >= cfg.num_requests:
+                break
+            line = reader.line_num
+            if not row or not any(c.strip() for c in row):
+                continue
+            if len(row) < 3:
+                raise trace_error(path, line, f"expected 3 columns, got {len(row)}")
+            try:
+                t = parse_timestamp(row[0])
+            except ValueError:
+                raise trace_error(path, line, f"bad TIMESTAMP {row[0]!r}") from None
+            try:
+                n_in, n_out = int(row[1]), int(row[2])
+            except ValueError:
+                raise trace_error(path, line, f"token counts must be integers, got {row[1]!r}, {row[2]!r}") from None
+            if n_in < 1 or n_out < 0:
+                raise trace_error(path, line, f"need ContextTokens >= 1 and GeneratedTokens >= 0, got {n_in}, {n_out}")
+            if times and t < times[-1]:
+                raise trace_error(path, line, "timestamps must not decrease")
+            times.append(t)
+            inputs.append(n_in)
+            outputs.append(n_out)
+    if not times:
+        raise trace_error(path, None, "no requests in trace")
+    prompts = unique_tokens(ctx.seed, _TOKEN_STREAM, range(len(inputs)), inputs, ctx.vocab_size)
+    t0 = times[0]
+    return [
+        # An output of 0 tokens cannot be served (the first token is the prefill's): 1 instead.
+        RequestSpec(request_id=f"az-{i}", prompt_token_ids=p, output_len=max(1, o), arrival_time=(t - t0) * scale)
+        for i, (t, p, o) in enumerate(zip(times, prompts, outputs))
+    ]

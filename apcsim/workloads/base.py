@@ -1,0 +1,115 @@
+"""The workload registry and the arrival-time rules shared by every workload.
+
+A workload is one function `build(cfg, ctx) -> list[RequestSpec]` registered under a name with
+its typed config dataclass (a subclass of `WorkloadConfig`). `apcsim.config` puts every registered
+config into Hydra's ConfigStore as an option of the `workload` group, so adding a workload is one
+file in this package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from apcsim.core.request import RequestSpec
+from apcsim.errors import ConfigError
+
+
+@dataclass
+class WorkloadConfig:
+    """Keys every workload has.
+
+    arrival: "trace" keeps the workload's own timestamps (synthetic workloads put every request
+    at t=0, as a serving benchmark with request_rate=inf does); "burst" puts all at t=0;
+    "poisson" replaces them with a Poisson process of `request_rate` requests per second (setting
+    `request_rate` alone implies it).
+    """
+
+    name: str = "?"
+    arrival: str = "trace"
+    request_rate: Optional[float] = None
+    num_requests: Optional[int] = None  # synthetic: how many; traces: keep the first N (None: all)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a workload may use beyond its config: the model's vocabulary and its own random stream."""
+
+    vocab_size: int
+    rng: np.random.Generator  # this workload's own stream; never the global one
+    seed: int
+
+
+BuildFn = Callable[[WorkloadConfig, BuildContext], "list[RequestSpec]"]
+
+
+@dataclass(frozen=True)
+class WorkloadEntry:
+    name: str
+    config_cls: type
+    build: BuildFn
+
+
+WORKLOADS: dict[str, WorkloadEntry] = {}
+
+
+def register_workload(name: str, config_cls: type) -> Callable[[BuildFn], BuildFn]:
+    """Register `build` under `name`; `config_cls` is its typed Hydra schema."""
+
+    def deco(fn: BuildFn) -> BuildFn:
+        if name in WORKLOADS:
+            raise ValueError(f"workload {name!r} registered twice")
+        WORKLOADS[name] = WorkloadEntry(name, config_cls, fn)
+        return fn
+
+    return deco
+
+
+def build_workload(cfg: WorkloadConfig, *, vocab_size: int, seed_seq: np.random.SeedSequence) -> list[RequestSpec]:
+    """Build the workload's requests and apply the arrival rule; sorted by arrival time."""
+    entry = WORKLOADS.get(cfg.name)
+    if entry is None:
+        raise ConfigError(f"unknown workload {cfg.name!r}; known: {', '.join(sorted(WORKLOADS))}")
+    build_ss, arrival_ss = seed_seq.spawn(2)
+    ctx = BuildContext(vocab_size=vocab_size, rng=np.random.default_rng(build_ss), seed=int(build_ss.generate_state(1)[0]))
+    specs = entry.build(cfg, ctx)
+    if cfg.num_requests is not None:
+        if cfg.num_requests < 1:
+            raise ConfigError(f"workload.num_requests must be >= 1, got {cfg.num_requests}")
+        specs = specs[: cfg.num_requests]
+    if not specs:
+        raise ConfigError(f"workload {cfg.name!r} produced no requests")
+    specs = apply_arrivals(specs, cfg, np.random.default_rng(arrival_ss))
+    return sorted(specs, key=lambda s: s.arrival_time)  # stable: ties keep workload order
+
+
+def apply_arrivals(specs: list[RequestSpec], cfg: WorkloadConfig, rng: np.random.Generator) -> list[RequestSpec]:
+    """Re-time the requests that start something (no parent); follow-ups keep arriving a think
+    time after their parent finishes, whatever the arrival rule."""
+    arrival = cfg.arrival
+    if cfg.request_rate is not None and arrival != "poisson":
+        if arrival == "burst":
+            raise ConfigError("workload.request_rate contradicts workload.arrival=burst; drop one")
+        arrival = "poisson"  # a rate on its own means a Poisson override, as in vLLM's benchmark
+    if arrival == "trace":
+        return specs
+    roots = [i for i, s in enumerate(specs) if s.parent_id is None]
+    roots.sort(key=lambda i: specs[i].arrival_time)  # stable: keep the trace's order
+    if arrival == "burst":
+        times = np.zeros(len(roots))
+    elif arrival == "poisson":
+        rate = cfg.request_rate
+        if rate is None or isinstance(rate, bool) or not (rate > 0) or math.isinf(rate):
+            raise ConfigError(f"workload.arrival=poisson needs a finite workload.request_rate > 0, got {rate}")
+        times = np.cumsum(rng.exponential(1.0 / rate, len(roots)))
+        times -= times[0]
+    else:
+        raise ConfigError(f"workload.arrival must be one of trace, burst, poisson; got {cfg.arrival!r}")
+    out = list(specs)
+    for t, i in zip(times, roots):
+        out[i] = dataclasses.replace(specs[i], arrival_time=float(t))
+    return out

@@ -1,0 +1,142 @@
+"""Mooncake-format traces: JSONL of timestamp, input_length, output_length, hash_ids.
+
+Each hash id names one `hash_block_size`-token block of the prompt. We map an id to a block of
+pseudo-random tokens that depends only on (seed, id), so two requests that share an id share
+those tokens, for any engine block size that divides `hash_block_size`. The serving core chains
+block keys itself, so the ids may be prefix hashes (Mooncake: an id always has the same
+predecessor) or per-block content hashes (the GMI trace): a block hits only if its whole prefix
+does. A trailing partial block takes the first tokens of its id's block.
+
+The same reader takes the GMI/LMBench trace with `hash_block_size=32 timestamp_unit=ns
+strict_lengths=false` (its lengths fit 32-token blocks only approximately).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from apcsim.core.request import RequestSpec
+from apcsim.errors import ConfigError
+from apcsim.workloads._common import check_float, check_int, hashed_blocks, readonly, unique_tokens
+from apcsim.workloads.base import BuildContext, WorkloadConfig, register_workload
+from apcsim.workloads.tracefile import resolve_trace_path, trace_error
+
+_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+_HASH_STREAM = 1  # token streams of this module, so they differ from other workloads'
+_PAD_STREAM = 2
+
+
+@dataclass
+class MooncakeConfig(WorkloadConfig):
+    name: str = "mooncake"
+    path: str = "mooncake/synthetic_trace.jsonl"  # relative: cwd, then the bundled traces/
+    hash_block_size: int = 512
+    timestamp_unit: str = "ms"
+    time_scale: float = 1.0  # multiplies every arrival time: 0.5 replays twice as fast
+    # Require len(hash_ids) == ceil(input_length / hash_block_size). When false, a prompt is its
+    # blocks cut to input_length, padded with request-unique tokens if the blocks fall short.
+    strict_lengths: bool = True
+
+
+@dataclass
+class _Row:
+    lineno: int
+    t: float
+    input_length: int
+    output_length: int
+    hash_ids: list
+
+
+def _int_field(rec: dict, key: str, lo: int, where) -> int:
+    v = rec.get(key)
+    if isinstance(v, str):  # GMI writes its ns timestamps as strings
+        try:
+            v = int(v)
+        except ValueError:
+            pass
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or int(v) != v or v < lo:
+        raise where(f"{key} must be an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+def read_rows(path, unit: str, limit: Optional[int]) -> list[_Row]:
+    rows: list[_Row] = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if limit is not None and len(rows) >= limit:
+                break
+            if not raw.strip():
+                continue
+
+            def where(msg, _l=lineno):
+                return trace_error(path, _l, msg)
+
+            try:
+                rec = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise where(f"not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+            if not isinstance(rec, dict):
+                raise where("expected a JSON object")
+            for key in ("timestamp", "input_length", "output_length", "hash_ids"):
+                if key not in rec:
+                    raise where(f"missing field {key!r}")
+            ts = rec["timestamp"]
+            if isinstance(ts, float):  # fractional timestamps are fine, negative or NaN are not
+                if not ts >= 0:
+                    raise where(f"timestamp must be >= 0, got {ts!r}")
+            else:
+                ts = _int_field(rec, "timestamp", 0, where)
+            ids = rec["hash_ids"]
+            if not isinstance(ids, list) or not ids or not all(isinstance(h, int) and not isinstance(h, bool) for h in ids):
+                raise where("hash_ids must be a non-empty list of integers")
+            rows.append(_Row(lineno, ts * _UNITS[unit], _int_field(rec, "input_length", 1, where),
+                             _int_field(rec, "output_length", 0, where), ids))
+    return rows
+
+
+@register_workload("mooncake", MooncakeConfig)
+def build(cfg: MooncakeConfig, ctx: BuildContext) -> list[RequestSpec]:
+    hbs = check_int(cfg, "hash_block_size", 1)
+    scale = check_float(cfg, "time_scale", 0.0, inclusive=False)
+    if cfg.timestamp_unit not in _UNITS:
+        raise ConfigError(f"workload.timestamp_unit must be one of {', '.join(_UNITS)}; got {cfg.timestamp_unit!r}")
+    path = resolve_trace_path(cfg.path)
+    rows = read_rows(path, cfg.timestamp_unit, cfg.num_requests)
+    if not rows:
+        raise trace_error(path, None, "no requests in trace")
+    t0 = rows[0].t
+    for prev, row in zip(rows, rows[1:]):
+        if row.t < prev.t:
+            raise trace_error(path, row.lineno, "timestamps must not decrease")
+    for row in rows if cfg.strict_lengths else ():
+        expected = -(-row.input_length // hbs)
+        if len(row.hash_ids) != expected:
+            raise trace_error(path, row.lineno, f"{len(row.hash_ids)} hash_ids for input_length "
+                              f"{row.input_length}, expected {expected} with hash_block_size={hbs} "
+                              "(strict_lengths=false accepts it)")
+
+    # One table row per distinct id: int32 [num_unique_ids, hbs].
+    all_ids = np.fromiter((h for r in rows for h in r.hash_ids), dtype=np.int64)
+    uniq, inverse = np.unique(all_ids, return_inverse=True)
+    table = hashed_blocks(ctx.seed, _HASH_STREAM, uniq, hbs, ctx.vocab_size)
+    short = [i for i, r in enumerate(rows) if len(r.hash_ids) * hbs < r.input_length]
+    pads = dict(zip(short, unique_tokens(ctx.seed, _PAD_STREAM, short,
+                                         [rows[i].input_length - len(rows[i].hash_ids) * hbs for i in short],
+                                         ctx.vocab_size)))
+    specs = []
+    pos = 0
+    for i, r in enumerate(rows):
+        n = len(r.hash_ids)
+        prompt = table[inverse[pos : pos + n]].reshape(-1)[: r.input_length]  # a copy: fancy indexing
+        pos += n
+        if i in pads:
+            prompt = np.concatenate([prompt, pads[i]])
+        specs.append(RequestSpec(
+            request_id=f"mc-{i}", prompt_token_ids=readonly(prompt),
+            # An output of 0 tokens cannot be served (the first token is the prefill's): 1 instead.
+            output_len=max(1, r.output_length), arrival_time=(r.t - t0) * scale))
+    return specs

@@ -1,0 +1,49 @@
+"""Finding trace files and reporting their defects."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+from apcsim.errors import TraceError
+
+# The traces bundled with the package (see apcsim/traces/README.md for origins and licenses).
+BUNDLED_TRACES = pathlib.Path(__file__).resolve().parents[1] / "traces"
+
+
+def _original_cwd() -> pathlib.Path | None:
+    """The directory the user ran from: Hydra may have chdir'ed into its output dir since."""
+    try:
+        from hydra.utils import get_original_cwd
+    except ImportError:  # pragma: no cover - hydra is a dependency, but keep this usable without
+        return None
+    try:
+        return pathlib.Path(get_original_cwd())
+    except ValueError:  # Hydra is not initialised: plain Python or a test
+        return None
+
+
+def resolve_trace_path(path: str) -> pathlib.Path:
+    """An absolute path as is; a relative one against the cwd, Hydra's original cwd, then the
+    bundled traces directory (so `workload.path=mooncake/synthetic_trace.jsonl` works anywhere)."""
+    p = pathlib.Path(os.path.expanduser(str(path)))
+    if p.is_absolute():
+        candidates = [p]
+    else:
+        bases = [pathlib.Path.cwd()]
+        orig = _original_cwd()
+        if orig is not None and orig != bases[0]:
+            bases.append(orig)
+        bases.append(BUNDLED_TRACES)
+        candidates = [b / p for b in bases]
+    for c in candidates:
+        if c.is_file():
+            return c
+    looked = ", ".join(str(c.parent) for c in candidates)
+    raise TraceError(f"trace file not found: {path} (looked in {looked})")
+
+
+def trace_error(path: pathlib.Path, line: int | None, msg: str) -> TraceError:
+    """Errors name the file and the 1-based line so the user can go and look."""
+    where = f"{path}, line {line}" if line is not None else str(path)
+    return TraceError(f"{where}: {msg}")
