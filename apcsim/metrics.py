@@ -29,13 +29,13 @@ def _weighted_percentiles(values: np.ndarray, weights: np.ndarray, qs) -> list[f
 
 
 def summarize(values, weights=None) -> dict:
-    """mean, p50, p90, p99 of a sample; NaN-free (an empty sample gives zeros and n=0)."""
+    """mean, p50, p90, p99 of a sample; an empty sample gives n=0 and nulls (not a made-up 0)."""
     v = np.asarray(values, dtype=np.float64)
     w = np.ones_like(v) if weights is None else np.asarray(weights, dtype=np.float64)
     keep = w > 0
     v, w = v[keep], w[keep]
     if v.size == 0:
-        return {"n": 0, "mean": 0.0, **{f"p{q}": 0.0 for q in PERCENTILES}}
+        return {"n": 0, "mean": None, **{f"p{q}": None for q in PERCENTILES}}
     mean = float(np.dot(v, w) / w.sum())
     ps = _weighted_percentiles(v, w, PERCENTILES)
     return {"n": int(w.sum()), "mean": mean, **{f"p{q}": p for q, p in zip(PERCENTILES, ps)}}

@@ -1,0 +1,3 @@
+from apcsim.cli import entry
+
+entry()

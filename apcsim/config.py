@@ -1,0 +1,61 @@
+"""Typed config schemas and their registration in Hydra's ConfigStore.
+
+The primary schema is `SimConfig`. Policy, scheduler and workload options come from their
+registries (one file per policy or workload, nothing to add here); hardware and model presets
+are YAML files in `conf/` checked against `HardwareConfig` and `ModelConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from apcsim.hardware import HardwareConfig, ModelConfig
+from apcsim.workloads import WORKLOADS, WorkloadConfig
+from policies.eviction.base import EvictionConfig
+from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
+from policies.scheduling.base import SchedulerConfig
+
+
+@dataclass
+class ReportConfig:
+    enabled: bool = True
+    # "inline" embeds plotly.js (a report that opens offline, ~4 MB); "cdn" links it (small file).
+    plotlyjs: str = "inline"
+
+
+@dataclass
+class SimConfig:
+    block_size: int = 16
+    num_gpu_blocks: Optional[int] = None  # None: derived from gpu_memory_utilization
+    gpu_memory_utilization: float = 0.9
+    max_concurrency: Optional[int] = None  # client-side cap on requests in flight
+    seed: int = 0
+    # No default: without `+policy=...` prefix caching is off.
+    policy: Optional[EvictionConfig] = None
+    scheduler: SchedulerConfig = MISSING
+    workload: WorkloadConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    model: ModelConfig = MISSING
+    report: ReportConfig = field(default_factory=ReportConfig)
+    verify: bool = False  # check every block-pool and scheduler invariant after every step (slow)
+    skip_quiet: bool = True  # skip stretches of pure decode in one event (results are identical)
+    experiment: Optional[Any] = None  # set by +experiment=... presets
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="apcsim_schema", node=SimConfig)
+    for name, entry in EVICTION_POLICIES.items():
+        cs.store(group="policy", name=name, node=entry.config_cls)
+    for name, entry in SCHEDULING_POLICIES.items():
+        cs.store(group="scheduler", name=name, node=entry.config_cls)
+    for name, entry in WORKLOADS.items():
+        cs.store(group="workload", name=name, node=entry.config_cls)
+    # Schemas the YAML presets extend (`defaults: [/schema/hardware@_here_]`); a group of their
+    # own so that they are not listed as hardware or model options.
+    cs.store(group="schema", name="hardware", node=HardwareConfig)
+    cs.store(group="schema", name="model", node=ModelConfig)

@@ -1,0 +1,125 @@
+"""One simulation from a composed config: validate, build, run, write the outputs."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from apcsim.config import SimConfig
+from apcsim.core.build import make_scheduler
+from apcsim.errors import ConfigError
+from apcsim.hardware import kv_cache_blocks
+from apcsim.metrics import MetricsCollector, request_rows, write_metrics, write_requests_csv
+from apcsim.sim.cost_model import RooflineCostModel
+from apcsim.sim.simulator import Simulation
+from apcsim.workloads import build_workload
+
+
+def validate(cfg: SimConfig) -> None:
+    """Impossible values fail here, before anything runs, with the key's name."""
+    checks = [
+        (cfg.block_size >= 1, f"block_size must be >= 1, got {cfg.block_size}"),
+        (cfg.num_gpu_blocks is None or cfg.num_gpu_blocks >= 1, f"num_gpu_blocks must be >= 1, got {cfg.num_gpu_blocks}"),
+        (0 < cfg.gpu_memory_utilization <= 1, f"gpu_memory_utilization must be in (0, 1], got {cfg.gpu_memory_utilization}"),
+        (cfg.max_concurrency is None or cfg.max_concurrency >= 1, f"max_concurrency must be >= 1, got {cfg.max_concurrency}"),
+        (cfg.seed >= 0, f"seed must be >= 0, got {cfg.seed}"),
+        (cfg.scheduler.max_num_seqs >= 1, f"scheduler.max_num_seqs must be >= 1, got {cfg.scheduler.max_num_seqs}"),
+        (cfg.scheduler.max_num_batched_tokens >= cfg.scheduler.max_num_seqs,
+         f"scheduler.max_num_batched_tokens ({cfg.scheduler.max_num_batched_tokens}) must be >= scheduler.max_num_seqs ({cfg.scheduler.max_num_seqs})"),
+        (cfg.scheduler.long_prefill_token_threshold >= 0, "scheduler.long_prefill_token_threshold must be >= 0"),
+        (cfg.scheduler.max_model_len is None or cfg.scheduler.max_model_len >= 2, "scheduler.max_model_len must be >= 2"),
+        (cfg.report.plotlyjs in ("inline", "cdn"), f"report.plotlyjs must be inline or cdn, got {cfg.report.plotlyjs!r}"),
+    ]
+    hw, model = cfg.hardware, cfg.model
+    checks += [
+        (hw.memory_gib > 0 and hw.peak_tflops > 0 and hw.mem_bw_gbps > 0, f"hardware {hw.name}: memory_gib, peak_tflops and mem_bw_gbps must be > 0"),
+        (min(model.num_layers, model.hidden_size, model.num_heads, model.num_kv_heads, model.head_dim,
+             model.intermediate_size, model.vocab_size, model.dtype_bytes) >= 1, f"model {model.name}: every size must be >= 1"),
+        (model.num_heads % model.num_kv_heads == 0, f"model {model.name}: num_heads must be a multiple of num_kv_heads"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def num_blocks_for(cfg: SimConfig) -> int:
+    if cfg.num_gpu_blocks is not None:
+        return cfg.num_gpu_blocks
+    n = kv_cache_blocks(cfg.hardware, cfg.model, cfg.block_size, cfg.gpu_memory_utilization,
+                        cfg.scheduler.max_num_batched_tokens, cfg.scheduler.max_num_seqs)
+    if n < 1:
+        raise ConfigError(
+            f"model {cfg.model.name} ({cfg.model.weight_bytes / 2**30:.1f} GiB of weights) leaves no room for a KV "
+            f"cache in {cfg.gpu_memory_utilization:.0%} of {cfg.hardware.name}'s {cfg.hardware.memory_gib} GiB"
+        )
+    return n
+
+
+@dataclass
+class SimOutcome:
+    metrics: dict
+    simulation: Simulation
+    collector: MetricsCollector
+    wall_s: float
+
+
+def simulate(cfg: SimConfig) -> SimOutcome:
+    validate(cfg)
+    t0 = time.perf_counter()
+    workload_ss, output_ss = np.random.SeedSequence(cfg.seed).spawn(2)
+    specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
+    num_blocks = num_blocks_for(cfg)
+    cost = RooflineCostModel(cfg.hardware, cfg.model)
+    bs = cfg.block_size
+    scheduler = make_scheduler(
+        cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=bs,
+        recompute_cost=lambda depth: cost.recompute_time(bs, depth * bs),
+    )
+    sim = Simulation(
+        specs, scheduler, cost, max_concurrency=cfg.max_concurrency,
+        output_seed=int(output_ss.generate_state(1)[0]), skip_quiet=cfg.skip_quiet, verify_every_step=cfg.verify,
+    )
+    collector = sim.run()
+    if cfg.verify:
+        scheduler.verify()
+    extra = {
+        "config": {
+            "policy": "none" if cfg.policy is None else cfg.policy.name,
+            "scheduler": cfg.scheduler.name,
+            "workload": cfg.workload.name,
+            "block_size": bs,
+            "num_gpu_blocks": num_blocks,
+            "hardware": cfg.hardware.name,
+            "model": cfg.model.name,
+            "cost_model": cost.name,
+            "seed": cfg.seed,
+        }
+    }
+    metrics = collector.summary(sim.requests, extra)
+    return SimOutcome(metrics, sim, collector, time.perf_counter() - t0)
+
+
+def write_outputs(out: SimOutcome, run_dir: Path, cfg: SimConfig) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_metrics(run_dir / "metrics.json", out.metrics)
+    write_requests_csv(run_dir / "requests.csv", request_rows(out.simulation.requests))
+    n = len(out.simulation.requests)
+    run_info = {
+        "wall_s": out.wall_s,
+        "simulated_requests_per_wall_s": n / out.wall_s if out.wall_s > 0 else None,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+    (run_dir / "run_info.json").write_text(json.dumps(run_info, indent=2) + "\n")
+    if cfg.report.enabled:
+        from apcsim.report import write_report
+
+        write_report(run_dir / "report.html", out.metrics, out.simulation.requests,
+                     out.collector.timeline, include_plotlyjs=cfg.report.plotlyjs)
