@@ -83,7 +83,8 @@ class MetricsCollector:
         """k quiet decode steps of `num_seqs` requests each; durations is float64 [k]."""
         k = len(durations)
         self.num_steps += k
-        self.busy_time += float(durations.sum())
+        for d in durations.tolist():  # one at a time, as record_step would: bit-identical sums
+            self.busy_time += d
         self._itl_values.append(durations)
         self._itl_weights.append(np.full(k, float(num_seqs)))
         self._row(now, k, num_seqs, num_seqs)

@@ -28,7 +28,7 @@ class StepPlan:
     chunks: list[ScheduledChunk]
     num_cohort: int = 0  # cohort decodes, one token each
     cohort_context_sum: int = 0  # sum of the cohort's context lengths (tokens with KV)
-    num_hashed_tokens: int = 0  # prompt tokens looked up in the prefix cache this step (CPU work)
+    num_hashed_tokens: int = 0  # tokens of requests admitted this step, hashed and looked up (0 without caching)
     preempted: list[str] = field(default_factory=list)
     cohort_chunks: Callable[[], list[ScheduledChunk]] = field(default=lambda: [], repr=False)
 

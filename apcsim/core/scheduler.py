@@ -281,7 +281,8 @@ class Scheduler:
             if not self.kv.allocate_slots(r, new, computed):
                 break
             self.policy.pop()
-            num_hashed += r.num_tokens
+            if self.kv.enable_caching:
+                num_hashed += r.num_tokens  # with caching off nothing is hashed or looked up
             cached = len(computed) * self.block_size
             if r.num_cached_tokens < 0:
                 r.num_cached_tokens = cached

@@ -147,14 +147,17 @@ class Simulation:
             return
         n = len(sched.running)
         times = self.cost.decode_stretch_times(n, sched.cohort_context_sum, k)  # [k]
-        ends = np.cumsum(times)
-        # Step j >= 1 starts at now + ends[j-1]; only steps that start before the next arrival are
-        # quiet for sure (an arrival at a step's start is seen by that step's schedule).
-        horizon = self.next_arrival_time - self.env.now
-        m = 1 + int(np.searchsorted(ends[: k - 1], horizon, side="left"))
+        # End times of the steps, summed one step at a time from now exactly as stepping one by one
+        # would (np.cumsum adds left to right), so skipping changes no float bit of any result.
+        now = self.env.now
+        ends = np.cumsum(np.concatenate(([now], times)))[1:]
+        # Step j >= 1 starts at ends[j-1]; only steps that start before the next arrival are quiet
+        # for sure (an arrival at a step's start is seen by that step's schedule).
+        m = 1 + int(np.searchsorted(ends[: k - 1], self.next_arrival_time, side="left"))
         if m < 2:
             return
-        yield self.env.timeout(float(ends[m - 1]))
+        # now + (end - now) == end: the subtraction is exact whenever end <= 2 * now (Sterbenz).
+        yield self.env.timeout(float(ends[m - 1]) - now)
         sched.advance(m, self.env.now)
         self.metrics.record_stretch(self.env.now, times[:m], n)
         if self.verify_every_step:

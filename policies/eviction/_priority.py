@@ -1,7 +1,10 @@
 """A shared base for policies that are a priority key per block (lowest key evicted first).
 
-A heap with lazy deletion: each entry carries the block's version at push time, and an entry
-whose version is stale (the block was acquired, evicted or re-prioritised since) is skipped.
+A heap with lazy deletion: each entry carries a stamp drawn from a counter that never repeats,
+and an entry whose stamp is not the block's live one (the block was acquired, evicted or
+re-pushed since) is skipped. Ties on the key go to the earliest release (its position in the
+release order is fixed when the block enters the evictable set, and kept if it becomes a
+leaf later).
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ class PriorityEvictionPolicy(EvictionPolicy):
         super().__init__(cfg, ctx)
         self.leaves_only = cfg.leaves_only
         self._heap: list[tuple] = []
-        self._version: dict[int, int] = {}  # block_id -> version of its live heap entry
+        self._version: dict[int, int] = {}  # block_id -> stamp of its live heap entry
         self._members: dict[int, Block] = {}  # the evictable set
+        self._released_at: dict[int, int] = {}  # block_id -> position in the release order
         self._order = itertools.count()  # release order: tie-break after the key
+        self._stamps = itertools.count()  # never reset, so a stale entry can never look live
 
     @abc.abstractmethod
     def priority(self, block: Block) -> tuple:
@@ -40,12 +45,13 @@ class PriorityEvictionPolicy(EvictionPolicy):
         return (0,) if block.key is None else (1, *self.priority(block))  # keyless: free to reuse
 
     def _push(self, block: Block) -> None:
+        bid = block.block_id
         if self.leaves_only and block.num_children > 0:
-            self._version.pop(block.block_id, None)
+            self._version.pop(bid, None)
             return
-        v = self._version.get(block.block_id, -1) + 1
-        self._version[block.block_id] = v
-        heapq.heappush(self._heap, (self._key(block), next(self._order), block.block_id, v))
+        v = next(self._stamps)
+        self._version[bid] = v
+        heapq.heappush(self._heap, (self._key(block), self._released_at[bid], bid, v))
         if len(self._heap) > 2 * len(self._version) + 1024:
             # Hits leave dead entries behind; rebuild so the heap stays O(evictable set).
             self._heap = [e for e in self._heap if self._version.get(e[2]) == e[3]]
@@ -53,18 +59,23 @@ class PriorityEvictionPolicy(EvictionPolicy):
 
     def on_release(self, block: Block) -> None:
         self._members[block.block_id] = block
+        self._released_at[block.block_id] = next(self._order)
         self._push(block)
 
-    def on_acquire(self, block: Block) -> None:
+    def _leave(self, block: Block) -> None:
         del self._members[block.block_id]
+        del self._released_at[block.block_id]
         self._version.pop(block.block_id, None)
+
+    def on_acquire(self, block: Block) -> None:
+        self._leave(block)
 
     def on_evict(self, block: Block) -> None:
-        del self._members[block.block_id]
-        self._version.pop(block.block_id, None)
+        self._leave(block)
 
     def on_became_leaf(self, block: Block) -> None:
-        self._push(block)  # now a candidate
+        if block.block_id not in self._version:  # not yet a candidate (leaves_only): now it is
+            self._push(block)
 
     def victim(self) -> Block:
         heap = self._heap

@@ -22,19 +22,25 @@ class PriorityPolicy(SchedulingPolicy):
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
         self._heap: list = []
-        self._seq = itertools.count()  # keeps the heap stable for equal (priority, arrival)
+        self._seq = itertools.count()  # arrival order: ties on (priority, arrival time)
+        # request -> its position, kept across preemptions (requests hash by identity)
+        self._arrival_order: dict = {}
 
     def _push(self, request) -> None:
-        heapq.heappush(self._heap, (request.priority, request.arrival_time, next(self._seq), request))
+        order = self._arrival_order.setdefault(request, next(self._seq))
+        heapq.heappush(self._heap, (request.priority, request.arrival_time, order, request))
 
-    add = _push
-    readd_preempted = _push
+    def add(self, request) -> None:
+        self._push(request)
 
-    def peek(self):
-        return self._heap[0][3]
+    def readd_preempted(self, request) -> None:
+        self._push(request)  # back in its original place among equals
 
     def pop(self):
         return heapq.heappop(self._heap)[3]
+
+    def peek(self):
+        return self._heap[0][3]
 
     def __len__(self) -> int:
         return len(self._heap)
