@@ -40,6 +40,9 @@ class SimConfig:
     workload: WorkloadConfig = MISSING
     hardware: HardwareConfig = MISSING
     model: ModelConfig = MISSING
+    # "calibrated": step times fitted on profiled kernel timings of (hardware, model), see
+    # apcsim/profiles; "roofline": the spec-sheet bound, for presets without a profile.
+    cost_model: str = "calibrated"
     report: ReportConfig = field(default_factory=ReportConfig)
     verify: bool = False  # check every block-pool and scheduler invariant after every step (slow)
     skip_quiet: bool = True  # skip stretches of pure decode in one event (results are identical)

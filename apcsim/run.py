@@ -16,7 +16,7 @@ from apcsim.core.build import make_scheduler
 from apcsim.errors import ConfigError
 from apcsim.hardware import kv_cache_blocks
 from apcsim.metrics import MetricsCollector, request_rows, write_metrics, write_requests_csv
-from apcsim.sim.cost_model import RooflineCostModel
+from apcsim.sim.cost_model import CostModel, make_cost_model
 from apcsim.sim.simulator import Simulation
 from apcsim.workloads import build_workload
 
@@ -61,6 +61,11 @@ def num_blocks_for(cfg: SimConfig) -> int:
     return n
 
 
+def build_cost_model(cfg: SimConfig) -> CostModel:
+    """The step-time model the config selects (`cost_model`, `hardware`, `model`)."""
+    return make_cost_model(cfg.cost_model, cfg.hardware, cfg.model)
+
+
 @dataclass
 class SimOutcome:
     metrics: dict
@@ -72,10 +77,10 @@ class SimOutcome:
 def simulate(cfg: SimConfig) -> SimOutcome:
     validate(cfg)
     t0 = time.perf_counter()
+    cost = build_cost_model(cfg)
     workload_ss, output_ss = np.random.SeedSequence(cfg.seed).spawn(2)
     specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
     num_blocks = num_blocks_for(cfg)
-    cost = RooflineCostModel(cfg.hardware, cfg.model)
     bs = cfg.block_size
     scheduler = make_scheduler(
         cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=bs,

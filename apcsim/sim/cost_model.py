@@ -1,8 +1,14 @@
 """Step-time models: how long one engine step takes, from its step plan.
 
-`RooflineCostModel` is the spec-sheet model used until calibration lands: each kernel group
-takes max(FLOPs / peak FLOP/s, bytes / HBM bandwidth), and the groups run one after another. It
-is an optimistic bound (100 % of peak, no CPU or launch overhead), named as such in every output.
+`make_cost_model` picks one by the `cost_model` config key (`apcsim.run.build_cost_model(cfg)`
+for a whole config):
+
+- "calibrated" (the default): `apcsim.sim.calibrated.CalibratedCostModel`, fitted on the profiled
+  kernel timings of the selected (hardware, model) in `apcsim/profiles/` (see README,
+  "Calibration profiles");
+- "roofline": `RooflineCostModel`, the spec-sheet bound: each kernel group takes max(FLOPs / peak
+  FLOP/s, bytes / HBM bandwidth), and the groups run one after another. It is optimistic (100 %
+  of peak, no CPU or launch overhead) and works for any hardware and model preset.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ from typing import Protocol
 import numpy as np
 
 from apcsim.core.plan import StepPlan
+from apcsim.errors import ConfigError
 from apcsim.hardware import HardwareConfig, ModelConfig
+
+COST_MODELS = ("calibrated", "roofline")
 
 
 class CostModel(Protocol):
@@ -76,3 +85,26 @@ class RooflineCostModel:
         pairs = num_tokens * context + num_tokens * (num_tokens + 1) // 2
         # In a busy batch the weights are read anyway: the marginal cost is the FLOPs.
         return (num_tokens * self.linear_flops_per_token + pairs * self.attn_flops_per_pair) / self.flops
+
+
+def make_cost_model(name: str, hw: HardwareConfig, model: ModelConfig) -> CostModel:
+    """The cost model named by the `cost_model` config key; a bad name or a missing or malformed
+    profile is a ConfigError with a one-line message."""
+    if name == "roofline":
+        return RooflineCostModel(hw, model)
+    if name != "calibrated":
+        raise ConfigError(f"cost_model must be one of {', '.join(COST_MODELS)}, got {name!r}")
+    from apcsim.calibration.profile import available_profiles, profile_path
+    from apcsim.sim.calibrated import load_calibrated
+
+    path = profile_path(hw.name, model.name)
+    if path is None:
+        have = ", ".join(f"hardware={p.split('/')[0]} model={p.split('/')[1]}" for p in available_profiles()) or "none"
+        raise ConfigError(
+            f"no calibration profile for hardware={hw.name} model={model.name} (available: {have}); "
+            f"use cost_model=roofline for the spec-sheet model"
+        )
+    try:
+        return load_calibrated(path, model)
+    except ValueError as e:
+        raise ConfigError(f"calibration profile {path}: {e}") from None

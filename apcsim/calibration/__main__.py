@@ -1,0 +1,93 @@
+"""`python -m apcsim.calibration hardware=a100 model=llama3_8b`: writes calibration.json in the
+Hydra run directory (held-out fit errors per op, whole-step predictions, physics checks).
+
+Keys: `hardware`, `model` (apcsim's groups), `profile` (a CSV path; unset: the bundled profile of
+hardware/model), `holdout_fraction` (0.2), `seed` (0). Errors are one line on stderr, exit 2.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from apcsim.cli import _one_line
+from apcsim.config import register_configs
+from apcsim.errors import ApcsimError
+from apcsim.hardware import HardwareConfig, ModelConfig
+
+PROG = "apcsim.calibration"
+
+
+@dataclass
+class CalibrationConfig:
+    hardware: HardwareConfig = MISSING
+    model: ModelConfig = MISSING
+    profile: Optional[str] = None
+    holdout_fraction: float = 0.2
+    seed: int = 0
+
+
+register_configs()
+ConfigStore.instance().store(name="calibration_schema", node=CalibrationConfig)
+
+
+def _table(result: dict) -> str:
+    lines = [f"{'op':<26} {'median %':>9} {'p90 %':>7} {'held out':>9}"]
+    for op, e in result["ops"].items():
+        lines.append(f"{op:<26} {e['median_ape_pct']:9.2f} {e['p90_ape_pct']:7.2f} {e['n_holdout']:9d}")
+    lines.append("")
+    lines += [f"{name:<26} {ms:10.2f} ms" for name, ms in result["predictions_ms"].items()]
+    return "\n".join(lines)
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="calibration")
+def main(dcfg: DictConfig) -> None:
+    from apcsim.calibration.report import calibrate
+
+    try:
+        cfg: CalibrationConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
+        result = calibrate(cfg.hardware, cfg.model, cfg.profile, cfg.holdout_fraction, cfg.seed)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "calibration.json").write_text(json.dumps(result, indent=2) + "\n")
+    except ApcsimError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(_table(result))
+    print(f"wrote {run_dir / 'calibration.json'}")
+
+
+def entry() -> None:
+    """Like apcsim.cli.entry: Hydra's multi-line errors folded to one line, exit status 2."""
+    real_err, buf = sys.stderr, io.StringIO()
+    sys.stderr = buf
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.stderr = real_err
+    text = buf.getvalue()
+    if code == 0 or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        real_err.write(text)
+        if code:
+            sys.exit(code)
+        return
+    first = text.splitlines()[0] if text.startswith(f"{PROG}: error:") else f"{PROG}: error: {_one_line(text)}"
+    real_err.write(first + "\n")
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    entry()

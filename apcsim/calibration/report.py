@@ -1,0 +1,89 @@
+"""What `python -m apcsim.calibration` computes: held-out fit errors, whole-step predictions and
+the physics checks of one profile, as one JSON-ready dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from apcsim.calibration.holdout import holdout_errors
+from apcsim.calibration.profile import available_profiles, profile_path, read_profile
+from apcsim.core.plan import ScheduledChunk, StepPlan
+from apcsim.errors import ConfigError
+from apcsim.hardware import HardwareConfig, ModelConfig
+from apcsim.sim.calibrated import CalibratedCostModel
+
+TARGETS = {"median_ape_pct": 3.0, "p90_ape_pct": 10.0}
+
+
+def prediction_plans() -> dict[str, StepPlan]:
+    """The named steps whose durations calibration.json predicts."""
+    plans = {}
+    for n in (512, 1024, 2048, 4096, 8192):  # one request, prefix caching off: nothing hashed
+        plans[f"prefill_{n}"] = StepPlan(0, [ScheduledChunk("r", n, 0, (), True)])
+    # 1,024 new tokens after a 3,072-token cached prefix: caching is on, so the 4,096-token prompt
+    # was hashed and looked up when it was admitted (this step).
+    plans["prefill_4096_cached_3072"] = StepPlan(0, [ScheduledChunk("r", 1024, 3072, (), True)], num_hashed_tokens=4096)
+    for b in (1, 16, 64, 128):
+        for c in (1024, 4096):
+            plans[f"decode_b{b}_c{c}"] = StepPlan(0, [], num_cohort=b, cohort_context_sum=b * c)
+    return plans
+
+
+def load_profile_for(hw: HardwareConfig, model: ModelConfig, path: str | None = None):
+    if path is None:
+        p = profile_path(hw.name, model.name)
+        if p is None:
+            raise ConfigError(f"no calibration profile for hardware={hw.name} model={model.name} "
+                              f"(available: {', '.join(available_profiles()) or 'none'})")
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"profile not found: {path}")
+    try:
+        prof = read_profile(p)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if (prof.hardware, prof.model) != (hw.name, model.name):
+        raise ConfigError(f"profile {p} is for hardware={prof.hardware} model={prof.model}, "
+                          f"not hardware={hw.name} model={model.name}")
+    return prof
+
+
+def physics_checks(cost: CalibratedCostModel, hw: HardwareConfig, model: ModelConfig) -> dict:
+    """Bounds no real step can beat: a decode step reads every weight once; a prefill does
+    2 FLOPs per parameter per token at the GPU's peak."""
+    weights_ms = model.weight_bytes / (hw.mem_bw_gbps * 1e9) * 1e3
+    decode_ms = cost.step_time(StepPlan(0, [], num_cohort=1, cohort_context_sum=1024)) * 1e3
+    flops_ms = 2.0 * model.num_params * 4096 / (hw.peak_tflops * 1e12) * 1e3
+    prefill_ms = cost.step_time(prediction_plans()["prefill_4096"]) * 1e3
+    return {
+        "weight_read_ms": weights_ms,
+        "decode_b1_c1024_ms": decode_ms,
+        "decode_over_weight_read": decode_ms / weights_ms,
+        "prefill_4096_flops_bound_ms": flops_ms,
+        "prefill_4096_ms": prefill_ms,
+        "prefill_over_flops_bound": prefill_ms / flops_ms,
+    }
+
+
+def calibrate(hw: HardwareConfig, model: ModelConfig, path: str | None = None,
+              holdout_fraction: float = 0.2, seed: int = 0) -> dict:
+    if not 0 < holdout_fraction < 1:
+        raise ConfigError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    prof = load_profile_for(hw, model, path)
+    try:
+        cost = CalibratedCostModel(prof, model)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return {
+        "hardware": hw.name,
+        "model": model.name,
+        "profile": prof.path,
+        "cost_model": cost.name,
+        "holdout": {"fraction": holdout_fraction, "seed": seed, "targets": TARGETS},
+        "ops": holdout_errors(prof, holdout_fraction, seed),
+        "predictions_ms": {name: cost.step_time(plan) * 1e3 for name, plan in prediction_plans().items()},
+        "physics": physics_checks(cost, hw, model),
+        "overheads": {"cpu_step_ms": cost.cpu_step_ms, "cpu_per_request_ms": cost.cpu_request_ms,
+                      "hash_ns_per_token": cost.hash_ms_per_token * 1e6},
+    }

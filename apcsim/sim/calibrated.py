@@ -1,0 +1,158 @@
+"""The calibrated cost model: step times from profiled kernel timings (see apcsim/calibration).
+
+One step's time, in milliseconds, with L the model's layers:
+
+    tokens(T) + lm_head(S) + L * (sum_prefill_chunks attn_prefill(n, c) + attn_decode(B, C))
+    + cpu_step + cpu_per_request * R + hash_per_token * H
+
+- tokens(T): every token-level op (norms, QKV / output / gate+up / down GEMMs, rotary, SiLU,
+  residual add) at T = tokens in the step, times L, plus the embedding once;
+- lm_head(S): the vocabulary projection of the S tokens sampled this step. The Vidur profile has
+  no LM-head timing (Vidur leaves it out); without an `lm_head` row it is derived from the fused
+  gate+up GEMM, which has the same inner dimension (hidden size), scaled by the ratio of output
+  widths vocab / (2 * intermediate) (128256 / 28672 = 4.47 for Llama-3-8B): a GEMM's bytes and
+  FLOPs are both proportional to its output width;
+- attention: every chunk of n >= 2 new tokens after c tokens of context is a prefill; every
+  request with one new token (the lazy decode cohort and explicit one-token chunks alike) joins
+  one decode batch of B requests whose contexts sum to C. So an explicit decode chunk of context c
+  costs exactly what a cohort member of context c costs, and a plan of cohort (B, C) costs
+  exactly `decode_stretch_times(B, C, 1)[0]`: both go through `_total` with the same operands;
+- CPU: per step and per request (R = requests in the step), the sum of affine fits of the
+  profile's `cpu_*` ops by batch size. For a100/llama3_8b they are Vidur's vLLM engine overheads
+  (schedule, sampler, prepare inputs, process outputs), measured for CodeLlama-34B at TP2 on
+  A100 at batch 8..128 (vLLM of spring 2024); the figures are engine-dependent, not GPU-bound,
+  and the sampler's part was measured with a 32k vocabulary. `cpu_overhead=False` drops them;
+- hashing: H = prompt tokens hashed and looked up this step (`StepPlan.num_hashed_tokens`, 0
+  without prefix caching), at `hash_ns_per_token`: from a `cpu_hash` profile row if there is one,
+  else DEFAULT_HASH_NS_PER_TOKEN, measured with `python -m apcsim.calibration.hashcost` (vLLM V1's
+  tuple hashing with Python's built-in hash plus a dict lookup, block size 16) on the development
+  machine (AMD EPYC VM, 2 vCPUs, Python 3.11.7): 113-115 ns per token.
+
+Not modelled, because the data has no timing for them: writing the new K/V into the paged cache
+(a `kv_cache_save` row is used when a profile has one) and TP communication (one GPU).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import astuple
+from functools import lru_cache
+
+import numpy as np
+
+from apcsim.calibration.attention import DecodeAttention, PrefillAttention
+from apcsim.calibration.fit import Curve, affine_fit
+from apcsim.calibration.profile import OPS, Profile, read_profile
+from apcsim.core.plan import StepPlan
+from apcsim.hardware import ModelConfig
+
+DEFAULT_HASH_NS_PER_TOKEN = 115.0
+REQUIRED_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj", "attn_prefill", "attn_decode")
+# Vidur's cpu_* ops are the parts of one step; `cpu_step` (our engine's profiler) is their total.
+VIDUR_CPU_OPS = ("cpu_schedule", "cpu_sampler", "cpu_prepare_inputs", "cpu_process_outputs")
+
+
+class CalibratedCostModel:
+    def __init__(self, profile: Profile, model: ModelConfig, *, cpu_overhead: bool = True,
+                 hash_ns_per_token: float | None = None) -> None:
+        ops = profile.ops
+        missing = [op for op in REQUIRED_OPS if op not in ops]
+        if missing:
+            raise ValueError(f"profile {profile.path} lacks {', '.join(missing)}")
+        self.name = f"calibrated({profile.hardware}, {profile.model})"
+        self.profile_path = profile.path
+        self.num_layers = float(model.num_layers)
+
+        terms = []
+        for op, spec in OPS.items():
+            if spec.kind == "token" and op != "lm_head" and op in ops:
+                terms.append((self.num_layers if spec.scope == "layer" else 1.0, Curve.fit(ops[op].num_tokens, ops[op].time_ms)))
+        self.tokens = Curve.total(terms)
+        if "lm_head" in ops:
+            self.lm_head = Curve.fit(ops["lm_head"].num_tokens, ops["lm_head"].time_ms)
+        else:
+            up = Curve.fit(ops["mlp_up_proj"].num_tokens, ops["mlp_up_proj"].time_ms)
+            k = model.vocab_size / (2.0 * model.intermediate_size)
+            self.lm_head = Curve(up.xs, up.ys * k, up.slope * k)
+
+        pre, dec = ops["attn_prefill"], ops["attn_decode"]
+        for d, op in ((pre, "attn_prefill"), (dec, "attn_decode")):
+            if d.head_dim != model.head_dim:
+                raise ValueError(f"profile {profile.path}: {op} head_dim {d.head_dim} != model's {model.head_dim}")
+        self.prefill = PrefillAttention.fit(pre.num_tokens, pre.context_len, pre.time_ms, scale=model.num_heads / pre.num_heads)
+        self.decode = DecodeAttention.fit(dec.batch_size, dec.context_len, dec.time_ms, kv_ratio=model.num_kv_heads / dec.num_kv_heads)
+
+        cpu_ops = ("cpu_step",) if "cpu_step" in ops else tuple(op for op in VIDUR_CPU_OPS if op in ops)
+        fits = [affine_fit(ops[op].batch_size, ops[op].time_ms) for op in cpu_ops] if cpu_overhead else []
+        self.cpu_step_ms = float(sum(a for a, _ in fits))
+        self.cpu_request_ms = float(sum(b for _, b in fits))
+        if hash_ns_per_token is None:
+            if "cpu_hash" in ops:
+                h = ops["cpu_hash"]
+                hash_ns_per_token = 1e6 * float((h.num_tokens * h.time_ms).sum() / (h.num_tokens ** 2).sum())
+            else:
+                hash_ns_per_token = DEFAULT_HASH_NS_PER_TOKEN
+        self.hash_ms_per_token = hash_ns_per_token * 1e-6
+        # Marginal costs in a busy batch, for recompute_time.
+        self._token_slope = self.tokens.slope
+        self._causal_pp, self._context_pp = self.prefill.per_pair_ms()
+
+    # -- the one formula ------------------------------------------------------------------------
+    def _total(self, tokens_ms, lm_ms, prefill_ms, decode_ms, cpu_ms, hash_ms):
+        """Seconds. Works on scalars and on numpy arrays with the same operations in the same order."""
+        return (tokens_ms + lm_ms + self.num_layers * (prefill_ms + decode_ms) + cpu_ms + hash_ms) * 1e-3
+
+    def _lm(self, samples: int) -> float:
+        return self.lm_head(samples) if samples > 0 else 0.0
+
+    def _cpu(self, requests: int) -> float:
+        return self.cpu_step_ms + self.cpu_request_ms * requests
+
+    def step_time(self, plan: StepPlan) -> float:
+        n_dec = plan.num_cohort
+        c_dec = plan.cohort_context_sum
+        tokens = n_dec
+        samples = n_dec
+        prefill = 0.0
+        for c in plan.chunks:
+            n = c.num_new_tokens
+            tokens += n
+            if c.samples:
+                samples += 1
+            if n == 1:
+                n_dec += 1
+                c_dec += c.num_context_tokens
+            else:
+                prefill += self.prefill(n, c.num_context_tokens)
+        if tokens == 0:
+            return 0.0
+        return float(self._total(self.tokens(tokens), self._lm(samples), prefill, self.decode(n_dec, c_dec),
+                                 self._cpu(len(plan.chunks) + plan.num_cohort),
+                                 self.hash_ms_per_token * plan.num_hashed_tokens))
+
+    def decode_stretch_times(self, num_seqs: int, context_sum: int, num_steps: int) -> np.ndarray:
+        ctx = context_sum + num_seqs * np.arange(num_steps, dtype=np.float64)  # [num_steps], exact integers
+        dec = self.decode.eval(num_seqs, ctx)
+        return self._total(self.tokens(num_seqs), self._lm(num_seqs), 0.0, dec, self._cpu(num_seqs),
+                           self.hash_ms_per_token * 0)
+
+    def recompute_time(self, num_tokens: int, context: int) -> float:
+        """Marginal cost inside a large batch: the token-level ops at their large-batch slope, and
+        attention at its per-pair cost at the largest profiled chunk (no fixed costs: the step
+        runs anyway)."""
+        pairs_causal = num_tokens * (num_tokens + 1) / 2.0
+        pairs_context = float(num_tokens) * context
+        attn = self.num_layers * (self._causal_pp * pairs_causal + self._context_pp * pairs_context)
+        return (num_tokens * self._token_slope + attn) * 1e-3
+
+
+@lru_cache(maxsize=8)
+def _load(path: str, mtime_ns: int, model_fields: tuple, cpu_overhead: bool) -> CalibratedCostModel:
+    return CalibratedCostModel(read_profile(path), ModelConfig(*model_fields), cpu_overhead=cpu_overhead)
+
+
+def load_calibrated(path, model: ModelConfig, *, cpu_overhead: bool = True) -> CalibratedCostModel:
+    """A fitted model for the profile at `path`, memoised (fitting takes a fraction of a second,
+    and sweeps build one per run). The model is stateless after construction, so sharing is safe."""
+    p = os.fspath(path)
+    return _load(p, os.stat(p).st_mtime_ns, astuple(model), cpu_overhead)
