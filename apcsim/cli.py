@@ -6,10 +6,7 @@ Bad input of any kind ends in one line on stderr and exit status 2: apcsim's own
 
 from __future__ import annotations
 
-import io
-import os
 import logging
-import re
 import sys
 from pathlib import Path
 
@@ -19,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from apcsim.config import SimConfig, register_configs
 from apcsim.errors import ApcsimError
+from apcsim.oneline import run_with_one_line_errors
 
 log = logging.getLogger("apcsim")
 
@@ -53,46 +51,5 @@ def main(dcfg: DictConfig) -> None:
     print(f"outputs in {run_dir}")
 
 
-def _one_line(text: str) -> str:
-    """Fold Hydra's multi-line error into one line: the message and the options it lists."""
-    head: list[str] = []
-    options: list[str] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("Set the environment variable HYDRA_FULL_ERROR", "Traceback")):
-            continue
-        if line.startswith(("Config search path", "full_key:", "object_type=", "reference_type")):
-            break
-        line = re.sub(r"^In '[^']*': ", "", line)
-        if raw.startswith("\t") and head:
-            options.append(line)  # an indented list, e.g. the available options of a group
-        else:
-            head.append(line)
-    msg = "; ".join(head) or text.strip()
-    if options:
-        msg = msg.rstrip(":") + ": " + ", ".join(options)
-    return re.sub(r"[.:]\s*;", ";", msg)
-
-
 def entry() -> None:
-    real_err = sys.stderr
-    buf = io.StringIO()
-    sys.stderr = buf
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.stderr = real_err
-    text = buf.getvalue()
-    if code == 0 or os.environ.get("HYDRA_FULL_ERROR") == "1":
-        real_err.write(text)  # success, or the user asked for Hydra's full error
-        if code:
-            sys.exit(code)
-        return
-    if text.startswith("apcsim: error:"):
-        real_err.write(text.splitlines()[0] + "\n")
-    else:
-        real_err.write(f"apcsim: error: {_one_line(text)}\n")
-    sys.exit(2)
+    run_with_one_line_errors(main, "apcsim")

@@ -4,7 +4,6 @@ and beyond the profiled range, physics bounds, bit-equal decode stretches, and t
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys

@@ -7,9 +7,7 @@ hardware/model), `holdout_fraction` (0.2), `seed` (0). Errors are one line on st
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from apcsim.cli import _one_line
+from apcsim.oneline import run_with_one_line_errors
 from apcsim.config import register_configs
 from apcsim.errors import ApcsimError
 from apcsim.hardware import HardwareConfig, ModelConfig
@@ -68,25 +66,7 @@ def main(dcfg: DictConfig) -> None:
 
 
 def entry() -> None:
-    """Like apcsim.cli.entry: Hydra's multi-line errors folded to one line, exit status 2."""
-    real_err, buf = sys.stderr, io.StringIO()
-    sys.stderr = buf
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.stderr = real_err
-    text = buf.getvalue()
-    if code == 0 or os.environ.get("HYDRA_FULL_ERROR") == "1":
-        real_err.write(text)
-        if code:
-            sys.exit(code)
-        return
-    first = text.splitlines()[0] if text.startswith(f"{PROG}: error:") else f"{PROG}: error: {_one_line(text)}"
-    real_err.write(first + "\n")
-    sys.exit(2)
+    run_with_one_line_errors(main, PROG)
 
 
 if __name__ == "__main__":

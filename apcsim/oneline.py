@@ -1,0 +1,59 @@
+"""Run a Hydra entry point so that any bad input ends in one line on stderr and exit status 2.
+
+The entry point reports its own checks as `PROG: error: ...` and exits 2; Hydra's composition
+errors (unknown option, wrong type) are multi-line and get folded here. HYDRA_FULL_ERROR=1
+passes Hydra's full output through.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import sys
+from typing import Callable
+
+
+def _one_line(text: str) -> str:
+    """Fold Hydra's multi-line error into one line: the message and the options it lists."""
+    head: list[str] = []
+    options: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("Set the environment variable HYDRA_FULL_ERROR", "Traceback")):
+            continue
+        if line.startswith(("Config search path", "full_key:", "object_type=", "reference_type")):
+            break
+        line = re.sub(r"^In '[^']*': ", "", line)
+        if raw.startswith("\t") and head:
+            options.append(line)  # an indented list, e.g. the available options of a group
+        else:
+            head.append(line)
+    msg = "; ".join(head) or text.strip()
+    if options:
+        msg = msg.rstrip(":") + ": " + ", ".join(options)
+    return re.sub(r"[.:]\s*;", ";", msg)
+
+
+def run_with_one_line_errors(main: Callable[[], None], prog: str) -> None:
+    real_err = sys.stderr
+    buf = io.StringIO()
+    sys.stderr = buf  # Hydra prints its errors to stderr, then exits
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.stderr = real_err
+    text = buf.getvalue()
+    if code == 0 or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        real_err.write(text)  # success, or the user asked for Hydra's full error
+        if code:
+            sys.exit(code)
+        return
+    if text.startswith(f"{prog}: error:"):
+        real_err.write(text.splitlines()[0] + "\n")
+    else:
+        real_err.write(f"{prog}: error: {_one_line(text)}\n")
+    sys.exit(2)
