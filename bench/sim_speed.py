@@ -12,7 +12,9 @@ Usage: python bench/sim_speed.py [--repeats 3] [--cases mooncake synth100k] [--o
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -71,7 +73,9 @@ def main() -> None:
         r = results[name]
         print(f"{name:10s} {r['requests']:>7d} req  {r['median_wall_s']:7.2f} s  {r['requests_per_wall_s']:8.0f} req/s  "
               f"peak RSS {r['median_peak_rss_mib']:6.0f} MiB  hit rate {r['hit_rate']:.3f}  steps {r['steps']}")
-    info = {"machine": platform.machine(), "python": platform.python_version(), "results": results}
+    info = {"command": " ".join(["python", *sys.argv]), "date": datetime.date.today().isoformat(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "python": platform.python_version(),
+            "results": results}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(info, f, indent=2)
