@@ -265,6 +265,43 @@ def test_cache_unaware_budget_charges_cached_tokens(chunked):
     assert admitted and all(r.num_cached_tokens == 512 for r in admitted)
 
 
+def _admitted_with_few_free_blocks(cache_aware_admission: bool) -> int:
+    """A 512-token prefix is cached, then a long request pins most of the cache; of 10 requests
+    sharing the prefix (16 new tokens each), how many does one step admit?"""
+    bs = 16
+    sched = build("lru", bs=bs, num_blocks=60, max_num_batched_tokens=4096, max_num_seqs=64,
+                  cache_aware_admission=cache_aware_admission)
+    rng = np.random.default_rng(0)
+    prefix = rng.integers(0, 1000, 512, dtype=np.int32)  # 32 blocks
+    now = 0.0
+    warm = Request(RequestSpec("warm", np.concatenate([prefix, [7]]).astype(np.int32), 1), 0)
+    sched.add_request(warm, now)
+    while sched.has_work:
+        plan = sched.schedule(now)
+        now += 0.01
+        sched.update(plan, now)
+    # 20 blocks in use by an unrelated request: 40 free, of which 32 hold the cached prefix.
+    pin = Request(RequestSpec("pin", rng.integers(2000, 3000, 320, dtype=np.int32), 400), 1)
+    sched.add_request(pin, now)
+    sched.update(sched.schedule(now), now + 0.01)
+    burst = [Request(RequestSpec(f"s{i}", np.concatenate([prefix, np.full(16, 5000 + i)]).astype(np.int32), 4), 2 + i)
+             for i in range(10)]
+    for r in burst:
+        sched.add_request(r, now)
+    sched.update(sched.schedule(now), now + 0.01)
+    sched.verify()
+    return sum(r.num_cached_tokens >= 0 for r in burst)
+
+
+def test_cache_unaware_admission_wants_every_prompt_block_free():
+    # 40 blocks free, 32 of them the cached prefix. Each burst request (33 blocks) lacks one block
+    # beyond its hits; the pinned request's next token takes one more: 8 - 1 = 7 are admitted.
+    assert _admitted_with_few_free_blocks(True) == 7
+    # vLLM 0.6.3's check wants all 33 prompt blocks free: the first fits (33 <= 40); then the hits
+    # are in use and 6 blocks are free, so no other request is admitted.
+    assert _admitted_with_few_free_blocks(False) == 1
+
+
 # -- (g) multi-turn ----------------------------------------------------------------------------------------
 def test_multiturn_follow_ups_hit_their_history():
     common = ["workload=multiturn", "workload.num_conversations=6", "workload.turns=3", "block_size=16"]

@@ -25,6 +25,10 @@ class SchedulerConfig:
     # true: cached prompt tokens cost no budget (vLLM >= 0.6.5); false: they are charged, as in
     # vLLM 0.6.3, which the seed article blames for extra preemptions at high concurrency.
     cache_aware_budget: bool = True
+    # true: a waiting request is admitted when the blocks it lacks beyond its cache hits are free;
+    # false: all its prompt blocks must be free, hits or not, as vLLM 0.6.3's can_allocate checked
+    # (vllm-project/vllm#7883), which lowers how full the cache can be run.
+    cache_aware_admission: bool = True
     # Tokens of one request's prefill chunk at most per step (0: no limit); vLLM's
     # long_prefill_token_threshold, which stops one long prompt from starving decodes.
     long_prefill_token_threshold: int = 0
