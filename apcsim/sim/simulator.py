@@ -1,26 +1,24 @@
-"""The SimPy simulation: an arrival process and the engine loop schedule -> cost model -> update.
+"""The SimPy driver of the serving loop (`apcsim.loop`): step durations from the cost model.
 
-The engine loop skips quiet stretches of pure decode in one timeout (see
-`Scheduler.quiet_steps`), so the cost of a run grows with events (arrivals, completions, block
-allocations, preemptions), not with generated tokens.
+Two processes: arrivals (the frontend's requests falling due on SimPy's clock) and the engine
+(schedule -> cost model -> update). The engine skips quiet stretches of pure decode in one
+timeout (see `Scheduler.quiet_steps`), so the cost of a run grows with events (arrivals,
+completions, block allocations, preemptions), not with generated tokens.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
-from collections import deque
-
 import numpy as np
 import simpy
 
-from apcsim.core.request import Request, RequestSpec
+from apcsim.core.request import RequestSpec
 from apcsim.core.scheduler import Scheduler
+from apcsim.loop import ServingLoop
 from apcsim.metrics import MetricsCollector
 from apcsim.sim.cost_model import CostModel
 
 
-class Simulation:
+class Simulation(ServingLoop):
     def __init__(
         self,
         specs: list[RequestSpec],
@@ -32,78 +30,30 @@ class Simulation:
         skip_quiet: bool = True,
         verify_every_step: bool = False,
     ) -> None:
-        if max_concurrency is not None and max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        super().__init__(specs, scheduler, max_concurrency=max_concurrency, output_seed=output_seed,
+                         verify_every_step=verify_every_step)
         self.env = simpy.Environment()
-        self.scheduler = scheduler
         self.cost = cost_model
-        self.metrics = MetricsCollector(scheduler)
-        self.requests = [Request(spec=s, index=i, output_seed=output_seed) for i, s in enumerate(specs)]
-        self.max_concurrency = max_concurrency
         self.skip_quiet = skip_quiet
-        self.verify_every_step = verify_every_step
-        self._by_id = {r.request_id: r for r in self.requests}
-        if len(self._by_id) != len(self.requests):
-            raise ValueError("request ids are not unique")
-        self._children: dict[str, list[Request]] = {}
-        self._pending: list[tuple[float, int, Request]] = []  # future arrivals: (time, seq, request)
-        self._seq = itertools.count()
-        for r in self.requests:
-            parent = r.spec.parent_id
-            if parent is None:
-                self._push_arrival(r.spec.arrival_time, r)
-            elif parent not in self._by_id:
-                raise ValueError(f"request {r.request_id}: parent {parent!r} is not in the workload")
-            else:
-                self._children.setdefault(parent, []).append(r)
-        self._blocked: deque[Request] = deque()  # due, waiting for a max_concurrency slot
-        self._in_flight = 0
-        self._arrivals_changed = self.env.event()
-        self._work = self.env.event()
-
-    # -- arrivals ------------------------------------------------------------------------------
-    def _push_arrival(self, t: float, r: Request) -> None:
-        heapq.heappush(self._pending, (t, next(self._seq), r))
+        self._arrivals_changed = self.env.event()  # a request finished: follow-ups or the gate moved
+        self._work = self.env.event()  # the scheduler got work while the engine was idle
 
     @property
     def next_arrival_time(self) -> float:
-        """When the next request reaches the engine, as far as is known now (inf if none)."""
-        if self._pending and (self.max_concurrency is None or self._in_flight < self.max_concurrency):
-            return self._pending[0][0]
-        return float("inf")
+        return self.frontend.next_arrival_time
 
-    def _send(self, r: Request) -> None:
-        if self.max_concurrency is not None and self._in_flight >= self.max_concurrency:
-            self._blocked.append(r)
-            return
-        self._in_flight += 1
-        if self.scheduler.add_request(r, self.env.now):
-            if not self._work.triggered:
-                self._work.succeed()
-        else:
-            self._done(r)  # rejected: frees its slot and releases its follow-ups
-
-    def _done(self, r: Request) -> None:
-        self._in_flight -= 1
-        for child in self._children.pop(r.request_id, ()):
-            # The user reads the answer (or the error) and types the next turn.
-            self._push_arrival(max(child.spec.arrival_time, self.env.now + child.spec.think_time_s), child)
-        if not self._arrivals_changed.triggered:
-            self._arrivals_changed.succeed()
-        while self._blocked and self._in_flight < self.max_concurrency:
-            self._send(self._blocked.popleft())
+    def _notify(self, queued: int) -> None:
+        if queued and not self._work.triggered:
+            self._work.succeed()
 
     def _arrival_process(self):
-        env = self.env
+        env, fe = self.env, self.frontend
         while True:
-            if self._pending:
-                t = self._pending[0][0]
-                if t <= env.now:
-                    _, _, r = heapq.heappop(self._pending)
-                    self._send(r)
-                    continue
+            self._notify(fe.deliver(env.now))
+            t = fe.next_due_time
+            if t < float("inf"):
                 wake = env.timeout(t - env.now)
-            elif self._children or self._blocked or self.scheduler.has_work:
+            elif fe.has_future_requests or self.scheduler.has_work:
                 wake = None  # follow-ups or blocked requests may still come
             else:
                 return
@@ -112,30 +62,21 @@ class Simulation:
             if changed.triggered:
                 self._arrivals_changed = env.event()
 
-    # -- the engine loop -----------------------------------------------------------------------
     def _engine_process(self):
-        env, sched, cost, metrics = self.env, self.scheduler, self.cost, self.metrics
+        env, sched = self.env, self.scheduler
         while True:
             if not sched.has_work:
-                if not self._pending and not self._children and not self._blocked:
+                if not self.frontend.has_future_requests:
                     return
                 self._work = env.event()
                 yield self._work
                 continue
-            plan = sched.schedule(env.now)
-            if plan.is_empty:
-                raise RuntimeError(
-                    f"step {plan.step}: nothing schedulable with {len(sched.running)} running and "
-                    f"{sched.num_waiting} waiting requests"
-                )
-            duration = cost.step_time(plan)
+            plan = self.next_plan(env.now)
+            duration = self.cost.step_time(plan)
             yield env.timeout(duration)
-            result = sched.update(plan, env.now)
-            metrics.record_step(env.now, duration, plan.num_requests, plan.num_tokens, result)
-            for r in result.finished:
-                self._done(r)
-            if self.verify_every_step:
-                sched.verify()
+            result = self.complete(plan, env.now, duration)
+            if result.finished and not self._arrivals_changed.triggered:
+                self._arrivals_changed.succeed()
             yield env.timeout(0)  # let arrivals due now reach the queue before the next schedule
             if self.skip_quiet:
                 yield from self._skip_quiet_stretch()

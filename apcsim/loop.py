@@ -1,0 +1,151 @@
+"""The one serving loop, shared by the simulator and the engine; only the clock differs.
+
+    frontend.deliver(now)            arrivals due by now pass the max_concurrency gate
+    plan = loop.next_plan(now)       Scheduler.schedule -> StepPlan
+    ... the executor runs the plan:  sim: the cost model's duration on SimPy's clock
+                                     engine: a forward pass, measured on the wall clock
+    loop.complete(plan, end, dur)    Scheduler.update -> metrics; finished requests release
+                                     their follow-up turns and their concurrency slots
+
+`apcsim.sim.simulator.Simulation` drives it with SimPy events, `engine.runner.EngineLoop` with
+`time.perf_counter`. Everything that decides what a request sees (arrival stamps, the gate,
+follow-ups, rejections) lives here, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+
+from apcsim.core.plan import StepPlan
+from apcsim.core.request import Request, RequestSpec
+from apcsim.core.scheduler import Scheduler, StepResult
+from apcsim.metrics import MetricsCollector
+
+
+class Frontend:
+    """The clients' side: when each request reaches the scheduler.
+
+    A request is due at its trace time (or at 0 with `use_timestamps=False`, as an offline
+    benchmark sends everything at once); a follow-up turn is due `think_time_s` after its parent
+    ends (at once offline), never before its own trace time. At most `max_concurrency` requests
+    are in flight; a due request beyond that waits at the gate, first come first served, and is
+    stamped with the time it passes. Invariant: every request is in exactly one of pending,
+    waiting on its parent, blocked at the gate, in flight, or done.
+    """
+
+    def __init__(self, requests: list[Request], scheduler: Scheduler, *, max_concurrency: int | None = None,
+                 use_timestamps: bool = True) -> None:
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self.scheduler = scheduler
+        self.max_concurrency = max_concurrency
+        self.use_timestamps = use_timestamps
+        by_id = {r.request_id: r for r in requests}
+        if len(by_id) != len(requests):
+            raise ValueError("request ids are not unique")
+        self._pending: list[tuple[float, int, Request]] = []  # due later: (time, seq, request)
+        self._seq = itertools.count()
+        self._children: dict[str, list[Request]] = {}  # parent id -> follow-ups waiting on it
+        self._blocked: deque[Request] = deque()  # due, waiting for a concurrency slot
+        self._in_flight = 0
+        for r in requests:
+            parent = r.spec.parent_id
+            if parent is None:
+                self._push(r.spec.arrival_time if use_timestamps else 0.0, r)
+            elif parent not in by_id:
+                raise ValueError(f"request {r.request_id}: parent {parent!r} is not in the workload")
+            else:
+                self._children.setdefault(parent, []).append(r)
+
+    def _push(self, t: float, r: Request) -> None:
+        heapq.heappush(self._pending, (t, next(self._seq), r))
+
+    @property
+    def gate_open(self) -> bool:
+        return self.max_concurrency is None or self._in_flight < self.max_concurrency
+
+    @property
+    def next_due_time(self) -> float:
+        """When the next pending request falls due (it may then wait at the gate); inf if none."""
+        return self._pending[0][0] if self._pending else float("inf")
+
+    @property
+    def next_arrival_time(self) -> float:
+        """When the next request reaches the scheduler, as far as is known now (inf if none)."""
+        return self.next_due_time if self.gate_open else float("inf")
+
+    @property
+    def has_future_requests(self) -> bool:
+        """Requests not yet handed to the scheduler: pending, follow-ups, or blocked at the gate."""
+        return bool(self._pending or self._children or self._blocked)
+
+    def deliver(self, now: float) -> int:
+        """Hand every request due by `now` to the scheduler; returns how many it queued."""
+        queued = 0
+        while self._pending and self._pending[0][0] <= now:
+            t, _, r = heapq.heappop(self._pending)
+            # Stamped with its due time: a request that came while the engine was busy has been
+            # waiting since then (a wall-clock driver sees it late; SimPy's sees it on time).
+            queued += self._send(r, t)
+        return queued
+
+    def _send(self, r: Request, t: float) -> int:
+        if not self.gate_open:
+            self._blocked.append(r)
+            return 0
+        self._in_flight += 1
+        if self.scheduler.add_request(r, t):
+            return 1
+        return self.finish(r, t)  # rejected: frees its slot and releases its follow-ups
+
+    def finish(self, r: Request, now: float) -> int:
+        """`r` finished (or was rejected) at `now`: release its follow-ups and its slot; returns
+        how many blocked requests the freed slot let through to the scheduler."""
+        self._in_flight -= 1
+        for child in self._children.pop(r.request_id, ()):
+            # The user reads the answer (or the error) and types the next turn.
+            t = max(child.spec.arrival_time, now + child.spec.think_time_s) if self.use_timestamps else now
+            self._push(t, child)
+        queued = 0
+        while self._blocked and self.gate_open:
+            queued += self._send(self._blocked.popleft(), now)
+        return queued
+
+
+class ServingLoop:
+    """Requests, frontend, scheduler and metrics of one run; the drivers supply the clock."""
+
+    def __init__(self, specs: list[RequestSpec], scheduler: Scheduler, *, max_concurrency: int | None = None,
+                 output_seed: int = 0, use_timestamps: bool = True, verify_every_step: bool = False) -> None:
+        self.scheduler = scheduler
+        self.metrics = MetricsCollector(scheduler)
+        self.requests = [Request(spec=s, index=i, output_seed=output_seed) for i, s in enumerate(specs)]
+        self.frontend = Frontend(self.requests, scheduler, max_concurrency=max_concurrency,
+                                 use_timestamps=use_timestamps)
+        self.verify_every_step = verify_every_step
+
+    @property
+    def done(self) -> bool:
+        return not self.scheduler.has_work and not self.frontend.has_future_requests
+
+    def next_plan(self, now: float) -> StepPlan:
+        plan = self.scheduler.schedule(now)
+        if plan.is_empty:
+            sched = self.scheduler
+            raise RuntimeError(
+                f"step {plan.step}: nothing schedulable with {len(sched.running)} running and "
+                f"{sched.num_waiting} waiting requests"
+            )
+        return plan
+
+    def complete(self, plan: StepPlan, now: float, duration: float) -> StepResult:
+        """The plan ran and ended at `now` after `duration` seconds."""
+        result = self.scheduler.update(plan, now)
+        self.metrics.record_step(now, duration, plan.num_requests, plan.num_tokens, result)
+        for r in result.finished:
+            self.frontend.finish(r, now)
+        if self.verify_every_step:
+            self.scheduler.verify()
+        return result
