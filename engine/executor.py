@@ -1,0 +1,130 @@
+"""The engine's executor: a StepPlan in, one forward pass of the model, greedy tokens out.
+
+It owns the paged KV cache (`[num_layers, num_blocks, block_size, kv_heads, head_dim]` for K and
+for V; layer l's cache is the view [l]) and each request's output-token array: the tokens it
+samples are written there, and `Request.set_output_tokens` makes that array the request's token
+stream, so the scheduler's block keys for output blocks hash the real generated tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from apcsim.core.plan import ScheduledChunk, StepPlan
+from apcsim.core.request import Request
+from engine.model import AttnMetadata, LlamaForCausalLM
+
+UNSAMPLED = -1  # an output slot whose token has not been sampled yet
+
+
+@dataclass
+class StepInputs:
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64
+    meta: AttnMetadata
+    samplers: list[tuple[Request, int]]  # per sampled row: (request, index into its outputs)
+
+
+def kv_block_bytes(model_cfg, block_size: int, dtype: torch.dtype) -> int:
+    """Bytes of one block across all layers, K and V."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    return 2 * model_cfg.num_layers * block_size * model_cfg.num_kv_heads * model_cfg.head_dim * elem
+
+
+class Executor:
+    def __init__(self, model: LlamaForCausalLM, ops, *, num_blocks: int, block_size: int,
+                 capture_logits: bool = False) -> None:
+        cfg = model.cfg
+        p = model.lm_head.weight
+        self.model, self.ops = model, ops
+        self.device, self.dtype = p.device, p.dtype
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        shape = (cfg.num_layers, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+        self.k_caches = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        self.v_caches = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        self.requests: dict[str, Request] = {}
+        self.outputs: dict[str, np.ndarray] = {}  # request id -> int32 [output_len]
+        self.capture_logits = capture_logits
+        self.logits: dict[tuple[str, int], torch.Tensor] = {}  # (request id, output index) -> fp32 [V]
+
+    def register(self, req: Request) -> None:
+        """Give the request a token stream this executor fills (call before it is scheduled)."""
+        out = np.full(req.max_output_tokens, UNSAMPLED, dtype=np.int32)
+        self.requests[req.request_id] = req
+        self.outputs[req.request_id] = out
+        req.set_output_tokens(out)
+
+    def generated(self, request_id: str) -> np.ndarray:
+        return self.outputs[request_id]
+
+    # -- inputs --------------------------------------------------------------------------------
+    def prepare(self, plan: StepPlan) -> StepInputs | None:
+        chunks: list[ScheduledChunk] = list(plan.chunks)
+        if plan.num_cohort:
+            chunks += plan.cohort_chunks()
+        if not chunks:
+            return None
+        bs = self.block_size
+        ids, pos, slots, qsl, seq_lens, tables, sample_rows = [], [], [], [0], [], [], []
+        samplers: list[tuple[Request, int]] = []
+        t = 0
+        for c in chunks:
+            r = self.requests[c.request_id]
+            start, stop = c.num_context_tokens, c.num_context_tokens + c.num_new_tokens
+            toks = r.token_slice(start, stop)
+            p = np.arange(start, stop, dtype=np.int64)
+            table = np.asarray(c.block_ids, dtype=np.int64)
+            ids.append(toks)
+            pos.append(p)
+            slots.append(table[p // bs] * bs + p % bs)
+            t += c.num_new_tokens
+            qsl.append(t)
+            seq_lens.append(stop)
+            tables.append(table)
+            if c.samples:
+                sample_rows.append(t - 1)
+                samplers.append((r, stop - r.prompt_len))
+        input_ids = np.concatenate(ids)
+        if (input_ids < 0).any():
+            raise RuntimeError(f"step {plan.step}: an input token was never sampled")
+        max_blocks = max(len(x) for x in tables)
+        bt = np.zeros((len(tables), max_blocks), dtype=np.int32)
+        for i, x in enumerate(tables):
+            bt[i, : len(x)] = x
+        dev = self.device
+
+        def to(a, dtype):
+            return torch.from_numpy(np.ascontiguousarray(a)).to(device=dev, dtype=dtype, non_blocking=True)
+
+        meta = AttnMetadata(
+            slot_mapping=to(np.concatenate(slots), torch.int64),
+            block_tables=to(bt, torch.int32),
+            query_start_loc=to(np.asarray(qsl), torch.int32),
+            seq_lens=to(np.asarray(seq_lens), torch.int32),
+            logits_indices=to(np.asarray(sample_rows, dtype=np.int64), torch.int64),
+            max_query_len=max(c.num_new_tokens for c in chunks),
+        )
+        return StepInputs(to(input_ids, torch.int64), to(np.concatenate(pos), torch.int64), meta, samplers)
+
+    # -- one step ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute(self, plan: StepPlan) -> None:
+        """Run the plan's forward pass and store the sampled tokens; returns after the device is done."""
+        inp = self.prepare(plan)
+        if inp is None:
+            return
+        if not inp.samplers:  # prefill chunks that sample nothing still write their KV
+            inp.meta.logits_indices = inp.meta.logits_indices[:0]
+        logits = self.model(inp.input_ids, inp.positions, inp.meta, self.k_caches, self.v_caches, self.ops)  # [S, V]
+        tokens = logits.argmax(dim=-1).to(torch.int32).cpu().numpy()  # greedy; .cpu() syncs the device
+        for (r, idx), tok in zip(inp.samplers, tokens.tolist()):
+            out = self.outputs[r.request_id]
+            out[idx] = tok
+        if self.capture_logits:
+            cpu = logits.cpu()
+            for i, (r, idx) in enumerate(inp.samplers):
+                self.logits[(r.request_id, idx)] = cpu[i].clone()

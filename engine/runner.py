@@ -1,0 +1,258 @@
+"""One engine run from a composed config: the simulator's loop with a real executor and a wall clock.
+
+schedule(now) -> StepPlan -> Executor.execute (forward pass, measured) -> update(plan, now): the
+serving loop of `apcsim.loop`, with the same Request, BlockPool, Scheduler and policy objects as
+the simulator. Arrivals
+follow the trace's timestamps on the wall clock (`online=true`) or all come at once (offline:
+every request is due at t=0, a follow-up turn as soon as its parent finishes).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from apcsim.config import SimConfig
+from apcsim.core.build import make_scheduler
+from apcsim.core.request import RequestSpec, Status
+from apcsim.core.scheduler import Scheduler
+from apcsim.errors import ApcsimError, ConfigError
+from apcsim.loop import ServingLoop
+from apcsim.metrics import MetricsCollector, request_rows, write_metrics, write_requests_csv
+from apcsim.run import validate
+from apcsim.workloads import build_workload
+
+
+@dataclass
+class EngineConfig(SimConfig):
+    device: str = "auto"  # auto: cuda if available, else cpu
+    weights: Optional[str] = None  # a folder of HF Llama *.safetensors; None: random weights (seed)
+    online: bool = False  # arrivals on the wall clock at the trace's timestamps; false: all at once
+    attention_backend: str = "auto"  # auto: triton on cuda, torch (reference) on cpu; or triton/torch
+    cpu_kv_cache_mib: int = 256  # KV cache size on the CPU when num_gpu_blocks is not given
+    weights_seed: Optional[int] = None  # seed of the random weights; None: `seed`
+    cpu_threads: Optional[int] = None  # torch intra-op threads on the CPU; None: torch's default
+
+
+def register_engine_config() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    from apcsim.config import register_configs
+
+    register_configs()
+    ConfigStore.instance().store(name="engine_schema", node=EngineConfig)
+
+
+class EngineLoop(ServingLoop):
+    """The wall-clock driver of the serving loop (`apcsim.loop`); the simulator's is SimPy's."""
+
+    def __init__(self, specs: list[RequestSpec], scheduler: Scheduler, executor, *,
+                 max_concurrency: int | None = None, online: bool = False, output_seed: int = 0,
+                 verify_every_step: bool = False, on_step=None) -> None:
+        super().__init__(specs, scheduler, max_concurrency=max_concurrency, output_seed=output_seed,
+                         use_timestamps=online, verify_every_step=verify_every_step)
+        self.executor = executor
+        self.on_step = on_step  # callback(plan, result) after each step (tests)
+        for r in self.requests:
+            executor.register(r)
+        self._t0 = 0.0
+
+    def now(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def run(self) -> MetricsCollector:
+        sched, fe = self.scheduler, self.frontend
+        self._t0 = time.perf_counter()
+        while True:
+            fe.deliver(self.now())
+            if not sched.has_work:
+                if not fe.has_future_requests:
+                    break
+                due = fe.next_due_time
+                if due == float("inf"):
+                    raise RuntimeError("follow-up or blocked requests with nothing running")
+                time.sleep(max(0.0, due - self.now()))
+                continue
+            plan = self.next_plan(self.now())
+            t_start = time.perf_counter()
+            self.executor.execute(plan)  # returns once the device is done (tokens on the host)
+            t_end = time.perf_counter()
+            result = self.complete(plan, t_end - self._t0, t_end - t_start)
+            if self.on_step is not None:
+                self.on_step(plan, result)
+        return self.metrics
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available")
+    return dev
+
+
+def resolve_ops(name: str, device):
+    from engine import kernels
+
+    if name == "auto":
+        name = "triton" if device.type == "cuda" else "torch"
+    if name not in kernels.BACKENDS:
+        raise ConfigError(f"attention_backend must be auto or one of {', '.join(kernels.BACKENDS)}, got {name!r}")
+    return kernels.get_ops(name)
+
+
+def kv_num_blocks(cfg: EngineConfig, device, dtype) -> int:
+    """num_gpu_blocks if given; on CUDA what gpu_memory_utilization leaves after the weights and
+    one full-budget step's activations (as vLLM sizes it); on the CPU cpu_kv_cache_mib."""
+    import torch
+
+    from apcsim.hardware import activation_bytes
+    from engine.executor import kv_block_bytes
+
+    if cfg.num_gpu_blocks is not None:
+        return cfg.num_gpu_blocks
+    per_block = kv_block_bytes(cfg.model, cfg.block_size, dtype)
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        budget = total * cfg.gpu_memory_utilization - (total - free)  # weights are loaded by now
+        budget -= activation_bytes(cfg.model, cfg.scheduler.max_num_batched_tokens, cfg.scheduler.max_num_seqs)
+        n = int(budget // per_block)
+    else:
+        n = int(cfg.cpu_kv_cache_mib * 2**20 // per_block)
+    if n < 1:
+        raise ConfigError(f"no room for a KV cache of model {cfg.model.name} (one block is {per_block} bytes)")
+    return n
+
+
+@dataclass
+class EngineOutcome:
+    metrics: dict
+    loop: EngineLoop
+    collector: MetricsCollector
+    wall_s: float
+
+    @property
+    def simulation(self) -> EngineLoop:  # the name apcsim's writers use
+        return self.loop
+
+
+def _recompute_cost(cfg: SimConfig):
+    """The policies' recompute-cost estimate comes from the simulator's cost model (spec sheet
+    when there is no calibration profile for this hardware and model)."""
+    from apcsim.sim.cost_model import make_cost_model
+
+    try:
+        cost = make_cost_model(cfg.cost_model, cfg.hardware, cfg.model)
+    except ApcsimError:
+        cost = make_cost_model("roofline", cfg.hardware, cfg.model)
+    bs = cfg.block_size
+    return lambda depth: cost.recompute_time(bs, depth * bs)
+
+
+def build_engine(cfg: EngineConfig, *, capture_logits: bool = False, on_step=None):
+    """(loop, executor) for a config; nothing runs yet."""
+    import torch
+
+    from engine.executor import Executor
+    from engine.weights import build_model, default_dtype
+
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    if device.type == "cpu" and cfg.cpu_threads is not None:
+        if cfg.cpu_threads < 1:
+            raise ConfigError(f"cpu_threads must be >= 1, got {cfg.cpu_threads}")
+        torch.set_num_threads(cfg.cpu_threads)
+    ops = resolve_ops(cfg.attention_backend, device)
+    seed = cfg.seed if cfg.weights_seed is None else cfg.weights_seed
+    model = build_model(cfg.model, weights=cfg.weights, seed=seed, device=device, dtype=default_dtype(device))
+    num_blocks = kv_num_blocks(cfg, device, default_dtype(device))
+    executor = Executor(model, ops, num_blocks=num_blocks, block_size=cfg.block_size, capture_logits=capture_logits)
+    workload_ss, output_ss = np.random.SeedSequence(cfg.seed).spawn(2)
+    specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
+    scheduler = make_scheduler(cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=cfg.block_size,
+                               recompute_cost=_recompute_cost(cfg))
+    loop = EngineLoop(specs, scheduler, executor, max_concurrency=cfg.max_concurrency, online=cfg.online,
+                      output_seed=int(output_ss.generate_state(1)[0]), verify_every_step=cfg.verify, on_step=on_step)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return loop, executor
+
+
+def run_engine(cfg: EngineConfig, **kw) -> EngineOutcome:
+    t0 = time.perf_counter()
+    loop, executor = build_engine(cfg, **kw)
+    collector = loop.run()
+    if cfg.verify:
+        loop.scheduler.verify()
+    m = executor.model
+    extra = {
+        "config": {
+            "policy": "none" if cfg.policy is None else cfg.policy.name,
+            "scheduler": cfg.scheduler.name,
+            "workload": cfg.workload.name,
+            "block_size": cfg.block_size,
+            "num_gpu_blocks": executor.num_blocks,
+            "hardware": cfg.hardware.name,
+            "model": cfg.model.name,
+            "executor": "engine",
+            "device": str(executor.device),
+            "dtype": str(executor.dtype).removeprefix("torch."),
+            "attention_backend": executor.ops.name,
+            "weights": cfg.weights or f"random(seed={cfg.seed if cfg.weights_seed is None else cfg.weights_seed})",
+            "online": cfg.online,
+            "seed": cfg.seed,
+            "num_params": sum(p.numel() for p in m.parameters()),
+        }
+    }
+    metrics = collector.summary(loop.requests, extra)
+    return EngineOutcome(metrics, loop, collector, time.perf_counter() - t0)
+
+
+def write_engine_outputs(out: EngineOutcome, run_dir: Path, cfg: EngineConfig) -> None:
+    """metrics.json, requests.csv, run_info.json, report.html (as the simulator) + outputs.jsonl."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_metrics(run_dir / "metrics.json", out.metrics)
+    write_requests_csv(run_dir / "requests.csv", request_rows(out.loop.requests))
+    ex = out.loop.executor
+    with (run_dir / "outputs.jsonl").open("w") as f:
+        for r in out.loop.requests:
+            toks = ex.generated(r.request_id)[: r.num_output_tokens] if r.status is Status.FINISHED else []
+            f.write(json.dumps({"request_id": r.request_id, "output_token_ids": [int(t) for t in toks]}) + "\n")
+    n = len(out.loop.requests)
+    run_info = {
+        "wall_s": out.wall_s,
+        "requests_per_wall_s": n / out.wall_s if out.wall_s > 0 else None,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "device": out.metrics["config"]["device"],
+    }
+    (run_dir / "run_info.json").write_text(json.dumps(run_info, indent=2) + "\n")
+    if cfg.report.enabled:
+        from apcsim.report import write_report
+
+        write_report(run_dir / "report.html", out.metrics, out.loop.requests, out.collector.timeline,
+                     include_plotlyjs=cfg.report.plotlyjs)
+
+
+def compose_engine_config(overrides: list[str] | None = None) -> EngineConfig:
+    """A typed engine config from the same overrides `python -m engine` takes (tests, benchmarks)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    register_engine_config()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="apcsim.conf", version_base=None):
+        dcfg = compose(config_name="engine", overrides=list(overrides or []))
+    return OmegaConf.to_object(dcfg)  # type: ignore[return-value]
