@@ -1,0 +1,59 @@
+"""`bench/engine_step.py --smoke` runs on the CPU and prints the JSON the GPU run will fill
+(every code path: decode roofline cases, caching overhead and gain against the ideal)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("hydra")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DECODE_CASE_KEYS = {"batch", "context", "step_s", "prepare_s", "weight_bytes", "kv_bytes", "roofline_s", "ratio",
+                    "roofline_nominal_s", "ratio_vs_nominal", "goal_max_ratio", "goal_met"}
+RUN_KEYS = {"policy", "num_gpu_blocks", "duration_s", "output_tokens", "output_throughput_tok_s", "prompt_tokens",
+            "prompt_tokens_computed", "prefix_cache_hit_rate", "num_preemptions", "num_steps", "prefill", "wall_s"}
+
+
+def test_engine_step_smoke(tmp_path):
+    out = tmp_path / "engine_step.json"
+    proc = subprocess.run([sys.executable, "bench/engine_step.py", "--smoke", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert json.loads(proc.stdout) == res
+    assert {"bench", "date_utc", "command", "device", "torch", "triton", "smoke"} <= res.keys()
+    assert res["smoke"] is True and res["device"] != "" and "--smoke" in res["command"]
+
+    dec = res["decode"]
+    assert {"model", "dtype", "attention_backend", "block_size", "copy", "nominal_tbps", "cases"} <= dec.keys()
+    assert dec["copy"]["tb_per_s"] > 0
+    assert dec["cases"] and all(c.keys() == DECODE_CASE_KEYS for c in dec["cases"])
+    assert all(c["step_s"] > 0 and c["ratio"] > 0 for c in dec["cases"])
+    with_goal = [c for c in dec["cases"] if c["goal_max_ratio"] is not None]
+    assert with_goal and all(isinstance(c["goal_met"], bool) for c in with_goal)  # batch 1, context 1,024
+
+    cach = res["caching"]
+    none_shared, shared = cach["no_sharing"], cach["sharing"]
+    for case in (none_shared, shared):
+        for side in ("off", "on"):
+            runs = case["runs"][side]
+            assert runs and all(r.keys() == RUN_KEYS for r in runs)
+            for r in runs:
+                # The steps' wall times sum to the run's duration: the attribution covers all of it.
+                assert r["prefill"]["steps_wall_s"] == pytest.approx(r["duration_s"], rel=1e-9)
+                assert r["prefill"]["tokens"] == r["prompt_tokens_computed"]
+                assert r["num_gpu_blocks"] == cach["num_gpu_blocks"]
+        assert {r["policy"] for r in case["runs"]["on"]} == {"lru"}
+        assert {r["policy"] for r in case["runs"]["off"]} == {"none"}
+    assert {"throughput_ratio_on_off", "loss", "goal_max_loss", "goal_met"} <= none_shared.keys()
+    assert none_shared["runs"]["on"][0]["prefix_cache_hit_rate"] == 0.0
+    assert {"measured_gain", "skipped_prompt_tokens", "ideal_duration_s", "ideal_gain", "gain_fraction_of_ideal",
+            "goal_min_fraction", "goal_met"} <= shared.keys()
+    assert shared["skipped_prompt_tokens"] > 0 and shared["ideal_gain"] > 0
