@@ -29,6 +29,17 @@ DECODE_CONFIG = {"block_n": 64, "num_warps": 4, "num_stages": 2, "programs_per_s
 
 
 @triton.jit
+def _dot(a, b, IEEE_DOT: tl.constexpr):
+    """a @ b with fp32 accumulation; exact fp32 products when IEEE_DOT (fp32 caches: TF32 would
+    miss the reference's tolerance)."""
+    if IEEE_DOT:
+        out = tl.dot(a, b, input_precision="ieee")
+    else:
+        out = tl.dot(a, b)
+    return out
+
+
+@triton.jit
 def _paged_prefill_kernel(
     q_ptr,  # [T, H, D]
     k_cache_ptr, v_cache_ptr,  # [NB, BLOCK_SIZE, Hkv, D]
@@ -93,19 +104,13 @@ def _paged_prefill_kernel(
                     mask=d_mask[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
         v = tl.load(v_cache_ptr + v_off[:, None] + d[None, :] * stride_vd,
                     mask=d_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
-        if IEEE_DOT:
-            s = tl.dot(q, k, input_precision="ieee")
-        else:
-            s = tl.dot(q, k)
+        s = _dot(q, k, IEEE_DOT)
         s = s * scale_log2e  # [ROWS, BLOCK_N], log2 domain
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        if IEEE_DOT:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE_DOT)
         m_i = m_new
 
     # Diagonal tiles: causal mask (key <= the row's position) and the sequence end.
@@ -119,10 +124,7 @@ def _paged_prefill_kernel(
                     mask=n_mask[None, :] & d_mask[:, None], other=0.0)
         v = tl.load(v_cache_ptr + v_off[:, None] + d[None, :] * stride_vd,
                     mask=n_mask[:, None] & d_mask[None, :], other=0.0)
-        if IEEE_DOT:
-            s = tl.dot(q, k, input_precision="ieee")
-        else:
-            s = tl.dot(q, k)
+        s = _dot(q, k, IEEE_DOT)
         s = s * scale_log2e
         visible = (n[None, :] <= q_pos[:, None]) & n_mask[None, :]
         s = tl.where(visible, s, float("-inf"))
@@ -133,10 +135,7 @@ def _paged_prefill_kernel(
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        if IEEE_DOT:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE_DOT)
         m_i = m_new
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)
@@ -253,19 +252,13 @@ def _paged_decode_split_kernel(
                     mask=n_mask[None, :] & d_mask[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
         v = tl.load(v_cache_ptr + v_off[:, None] + d[None, :] * stride_vd,
                     mask=n_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
-        if IEEE_DOT:
-            s = tl.dot(q, k, input_precision="ieee")
-        else:
-            s = tl.dot(q, k)
+        s = _dot(q, k, IEEE_DOT)
         s = tl.where(n_mask[None, :], s * scale_log2e, float("-inf"))  # [BLOCK_H, BLOCK_N]
         m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every tile has >= 1 valid key
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        if IEEE_DOT:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE_DOT)
         m_i = m_new
 
     nonempty = l_i > 0
