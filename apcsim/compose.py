@@ -10,9 +10,11 @@ from omegaconf import OmegaConf
 from apcsim.config import SimConfig, register_configs
 
 
-def compose_config(overrides: list[str] | None = None) -> SimConfig:
+def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> SimConfig:
+    """`config_name` picks the primary config in apcsim/conf: "config" (the simulator) or "engine"
+    (whose schema the engine registers first)."""
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="apcsim.conf", version_base=None):
-        dcfg = compose(config_name="config", overrides=list(overrides or []))
+        dcfg = compose(config_name=config_name, overrides=list(overrides or []))
     return OmegaConf.to_object(dcfg)  # type: ignore[return-value]

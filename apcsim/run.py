@@ -110,14 +110,14 @@ def simulate(cfg: SimConfig) -> SimOutcome:
     return SimOutcome(metrics, sim, collector, time.perf_counter() - t0)
 
 
-def write_outputs(out: SimOutcome, run_dir: Path, cfg: SimConfig) -> None:
+def write_run_files(run_dir: Path, cfg: SimConfig, metrics: dict, requests, timeline, run_info: dict) -> None:
+    """metrics.json, requests.csv, run_info.json (the caller's fields plus peak RSS, Python and
+    machine) and, if enabled, report.html: the files every run writes, simulated or measured."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_metrics(run_dir / "metrics.json", out.metrics)
-    write_requests_csv(run_dir / "requests.csv", request_rows(out.simulation.requests))
-    n = len(out.simulation.requests)
+    write_metrics(run_dir / "metrics.json", metrics)
+    write_requests_csv(run_dir / "requests.csv", request_rows(requests))
     run_info = {
-        "wall_s": out.wall_s,
-        "simulated_requests_per_wall_s": n / out.wall_s if out.wall_s > 0 else None,
+        **run_info,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "python": platform.python_version(),
         "machine": platform.machine(),
@@ -126,5 +126,12 @@ def write_outputs(out: SimOutcome, run_dir: Path, cfg: SimConfig) -> None:
     if cfg.report.enabled:
         from apcsim.report import write_report
 
-        write_report(run_dir / "report.html", out.metrics, out.simulation.requests,
-                     out.collector.timeline, include_plotlyjs=cfg.report.plotlyjs)
+        write_report(run_dir / "report.html", metrics, requests, timeline, include_plotlyjs=cfg.report.plotlyjs)
+
+
+def write_outputs(out: SimOutcome, run_dir: Path, cfg: SimConfig) -> None:
+    n = len(out.simulation.requests)
+    write_run_files(run_dir, cfg, out.metrics, out.simulation.requests, out.collector.timeline, {
+        "wall_s": out.wall_s,
+        "simulated_requests_per_wall_s": n / out.wall_s if out.wall_s > 0 else None,
+    })

@@ -10,8 +10,6 @@ every request is due at t=0, a follow-up turn as soon as its parent finishes).
 from __future__ import annotations
 
 import json
-import platform
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +23,8 @@ from apcsim.core.request import RequestSpec, Status
 from apcsim.core.scheduler import Scheduler
 from apcsim.errors import ApcsimError, ConfigError
 from apcsim.loop import ServingLoop
-from apcsim.metrics import MetricsCollector, request_rows, write_metrics, write_requests_csv
-from apcsim.run import validate
+from apcsim.metrics import MetricsCollector
+from apcsim.run import validate, write_run_files
 from apcsim.workloads import build_workload
 
 
@@ -219,40 +217,25 @@ def run_engine(cfg: EngineConfig, **kw) -> EngineOutcome:
 
 
 def write_engine_outputs(out: EngineOutcome, run_dir: Path, cfg: EngineConfig) -> None:
-    """metrics.json, requests.csv, run_info.json, report.html (as the simulator) + outputs.jsonl."""
+    """The simulator's run files (metrics.json, requests.csv, run_info.json, report.html) plus
+    outputs.jsonl: each request's greedy output token ids."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_metrics(run_dir / "metrics.json", out.metrics)
-    write_requests_csv(run_dir / "requests.csv", request_rows(out.loop.requests))
     ex = out.loop.executor
     with (run_dir / "outputs.jsonl").open("w") as f:
         for r in out.loop.requests:
             toks = ex.generated(r.request_id)[: r.num_output_tokens] if r.status is Status.FINISHED else []
             f.write(json.dumps({"request_id": r.request_id, "output_token_ids": [int(t) for t in toks]}) + "\n")
     n = len(out.loop.requests)
-    run_info = {
+    write_run_files(run_dir, cfg, out.metrics, out.loop.requests, out.collector.timeline, {
         "wall_s": out.wall_s,
         "requests_per_wall_s": n / out.wall_s if out.wall_s > 0 else None,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
         "device": out.metrics["config"]["device"],
-    }
-    (run_dir / "run_info.json").write_text(json.dumps(run_info, indent=2) + "\n")
-    if cfg.report.enabled:
-        from apcsim.report import write_report
-
-        write_report(run_dir / "report.html", out.metrics, out.loop.requests, out.collector.timeline,
-                     include_plotlyjs=cfg.report.plotlyjs)
+    })
 
 
 def compose_engine_config(overrides: list[str] | None = None) -> EngineConfig:
     """A typed engine config from the same overrides `python -m engine` takes (tests, benchmarks)."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
+    from apcsim.compose import compose_config
 
     register_engine_config()
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="apcsim.conf", version_base=None):
-        dcfg = compose(config_name="engine", overrides=list(overrides or []))
-    return OmegaConf.to_object(dcfg)  # type: ignore[return-value]
+    return compose_config(overrides, config_name="engine")  # type: ignore[return-value]
