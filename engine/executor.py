@@ -52,11 +52,18 @@ class Executor:
         self.logits: dict[tuple[str, int], torch.Tensor] = {}  # (request id, output index) -> fp32 [V]
 
     def register(self, req: Request) -> None:
-        """Give the request a token stream this executor fills (call before it is scheduled)."""
+        """Give the request a token stream this executor fills (call before it is scheduled).
+
+        A request whose workload fixes its answer (`RequestSpec.output_token_ids`, as multiturn
+        does so that the next turn's prompt quotes it) is teacher-forced: the model still samples
+        every position (kept in `generated`), but the fixed tokens are what it feeds back and what
+        its output blocks hash, so a follow-up prompt finds them cached exactly as in the
+        simulator. Free-running requests feed back what they sample."""
         out = np.full(req.max_output_tokens, UNSAMPLED, dtype=np.int32)
         self.requests[req.request_id] = req
         self.outputs[req.request_id] = out
-        req.set_output_tokens(out)
+        if req.spec.output_token_ids is None:
+            req.set_output_tokens(out)
 
     def generated(self, request_id: str) -> np.ndarray:
         return self.outputs[request_id]
