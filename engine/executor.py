@@ -124,10 +124,18 @@ class Executor:
         inp = self.prepare(plan)
         if inp is None:
             return
+        self.store(inp, *self.forward(inp))
+
+    @torch.inference_mode()
+    def forward(self, inp: StepInputs) -> tuple[np.ndarray, torch.Tensor]:
+        """The model and greedy sampling: (int32 tokens [S] on the host, fp32 logits [S, V])."""
         if not inp.samplers:  # prefill chunks that sample nothing still write their KV
             inp.meta.logits_indices = inp.meta.logits_indices[:0]
         logits = self.model(inp.input_ids, inp.positions, inp.meta, self.k_caches, self.v_caches, self.ops)  # [S, V]
-        tokens = logits.argmax(dim=-1).to(torch.int32).cpu().numpy()  # greedy; .cpu() syncs the device
+        return logits.argmax(dim=-1).to(torch.int32).cpu().numpy(), logits  # greedy; .cpu() syncs the device
+
+    def store(self, inp: StepInputs, tokens: np.ndarray, logits: torch.Tensor) -> None:
+        """Write each sampled token into its request's output array (host work after the step)."""
         for (r, idx), tok in zip(inp.samplers, tokens.tolist()):
             out = self.outputs[r.request_id]
             out[idx] = tok
