@@ -59,18 +59,23 @@ def register_profile_config() -> None:
     ConfigStore.instance().store(name="engine_profile_schema", node=ProfileConfig)
 
 
-def hardware_name_of(device) -> str:
-    """`h100` for "NVIDIA H100 80GB HBM3", `cpu` on the CPU, else the lower-cased device name
-    with runs of other characters turned into `_`."""
-    import torch
-
-    if device.type != "cuda":
-        return "cpu"
-    name = torch.cuda.get_device_name(device).lower()
+def gpu_hardware_name(device_name: str) -> str:
+    """`h100` for "NVIDIA H100 80GB HBM3" (a known family in the name), else the lower-cased name
+    without the vendor, runs of other characters turned into `_`."""
+    name = device_name.lower()
     for known in _GPU_NAMES:
         if re.search(rf"(?<![a-z0-9]){known}(?![a-z0-9])", name):
             return known
     return re.sub(r"[^a-z0-9]+", "_", name.removeprefix("nvidia ")).strip("_") or "gpu"
+
+
+def hardware_name_of(device) -> str:
+    """The profile's hardware name for a torch device: `cpu`, or `gpu_hardware_name` of a GPU."""
+    import torch
+
+    if device.type != "cuda":
+        return "cpu"
+    return gpu_hardware_name(torch.cuda.get_device_name(device))
 
 
 def _git_commit() -> str:

@@ -81,11 +81,14 @@ GRIDS: dict[str, ProfileGrid] = {
 
 def estimate_seconds(grid: ProfileGrid, model: ModelConfig, *, peak_tflops: float, mem_bw_gbps: float,
                      warmup: int, repeats: int, efficiency: float = 0.25, floor_s: float = 20e-6,
-                     target_s: float = 1e-3, max_iters: int = 20) -> float:
+                     target_s: float = 1e-3, max_iters: int = 20, fixed_s: float = 90.0) -> float:
     """Device time of a grid, pessimistically: every measured call takes max(FLOPs, bytes) at
     `efficiency` of the spec sheet, or `floor_s` (a launch), and is made `warmup` + 1 + `repeats`
     x iters times (iters as `OpTimer` picks them); plus the decode steps of the CPU-overhead
-    runs (a whole forward each) and the model's random initialisation (one write of its weights)."""
+    runs (a whole forward each), the model's random initialisation (one write of its weights), and
+    `fixed_s` for what does not scale with the grid: imports, Triton's JIT compilation of each
+    kernel specialisation (a few dozen: block_m, num_splits, dtype; ~1-3 s each), cuBLAS
+    heuristics."""
     peak, bw = peak_tflops * 1e12 * efficiency, mem_bw_gbps * 1e9 * efficiency
     b = model.dtype_bytes
     e, kv = model.hidden_size, model.num_kv_heads * model.head_dim
@@ -111,4 +114,4 @@ def estimate_seconds(grid: ProfileGrid, model: ModelConfig, *, peak_tflops: floa
     step = cost(2.0 * model.num_params, model.weight_bytes)
     total += sum(grid.cpu_steps + 4 for _ in grid.cpu_batch) * max(step, 30 * model.num_layers * floor_s)
     total += model.weight_bytes / bw
-    return total
+    return total + fixed_s
