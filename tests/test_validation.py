@@ -170,3 +170,25 @@ def test_validate_cli_end_to_end(tiny_profile, tmp_path):
     bad = subprocess.run([*cmd[:-1], "hardware=h100", f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "is for hardware=cpu" in bad.stderr
+
+
+def test_h100_suite_lists_the_issue_matrix_and_every_run_composes():
+    from engine.validate_suite import load_suite, select
+
+    runs = load_suite("h100")
+    workloads = {"shared_prefix_1k", "shared_prefix_4k", "shared_fraction_0.5", "multiturn", "rag", "mooncake", "gmi"}
+    assert len(runs) == len(workloads) * 3 * 2 + 1
+    for w in workloads:
+        for policy in ("lru", "lfu", "cost_aware"):
+            for bs in (16, 64):
+                assert f"{w}-{policy}-{bs}" in runs
+    register_validate_config()
+    for name in [f"{w}-cost_aware-64" for w in workloads]:  # one per workload: composing takes ~0.5 s
+        cfg = compose_config(runs[name], config_name="engine_validate")
+        assert cfg.hardware.name == "h100" and cfg.model.name == "llama3_8b" and cfg.online
+    assert compose_config(runs["preempt_small_cache-lru-16"], config_name="engine_validate").num_gpu_blocks == 600
+    shards = [select(runs, None, f"{i}/3") for i in range(3)]
+    assert sorted(n for s in shards for n in s) == sorted(runs)
+    assert list(select(runs, "gmi-*", None)) == [n for n in runs if n.startswith("gmi-")]
+    with pytest.raises(ConfigError):
+        select(runs, None, "3/3")
