@@ -155,23 +155,24 @@ def run_profile(cfg: ProfileConfig, argv: list[str] | None = None) -> tuple[Path
     cache = PagedCache(model, cache_blocks_needed(grid, cfg.block_size), cfg.block_size, cfg.seed)
     phases: dict[str, float] = {}
 
-    def phase(name, fn):
+    def phase(name, fn, *args, **kw):
         t = time.perf_counter()
-        r = fn()
+        r = fn(*args, **kw)
         phases[name] = round(time.perf_counter() - t, 3)
         return r
 
-    rows = phase("token_ops", lambda: token_op_rows(model, ops, cache, grid, timer, cfg.seed))
-    rows += phase("lm_head", lambda: lm_head_rows(model, grid, timer, cfg.seed))
-    rows += phase("attention", lambda: attention_rows(model, ops, cache, grid, timer, cfg.seed))
-    del cache
+    rows = phase("token_ops", token_op_rows, model, ops, cache, grid, timer, cfg.seed)
+    rows += phase("lm_head", lm_head_rows, model, grid, timer, cfg.seed)
+    rows += phase("attention", attention_rows, model, ops, cache, grid, timer, cfg.seed)
+    del cache  # the loop runs below get their own KV cache: give this one's memory back first
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     shape = {"num_heads": cfg.model.num_heads, "num_kv_heads": cfg.model.num_kv_heads,
              "head_dim": cfg.model.head_dim, "tp": 1}
-    host = phase("cpu_step", lambda: cpu_step_rows(model, ops, grid, block_size=cfg.block_size, policy=cfg.policy,
-                                                   seed=cfg.seed))
-    host += phase("cpu_hash", lambda: cpu_hash_rows(grid, block_size=cfg.block_size, policy=cfg.policy,
-                                                    vocab_size=cfg.model.vocab_size, seed=cfg.seed,
-                                                    repeats=cfg.repeats))
+    host = phase("cpu_step", cpu_step_rows, model, ops, grid, block_size=cfg.block_size, policy=cfg.policy,
+                 seed=cfg.seed)
+    host += phase("cpu_hash", cpu_hash_rows, grid, block_size=cfg.block_size, policy=cfg.policy,
+                  vocab_size=cfg.model.vocab_size, seed=cfg.seed, repeats=cfg.repeats)
     rows += [{**r, **shape} for r in host]
 
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
