@@ -118,13 +118,17 @@ class ServingLoop:
     """Requests, frontend, scheduler and metrics of one run; the drivers supply the clock."""
 
     def __init__(self, specs: list[RequestSpec], scheduler: Scheduler, *, max_concurrency: int | None = None,
-                 output_seed: int = 0, use_timestamps: bool = True, verify_every_step: bool = False) -> None:
+                 output_seed: int = 0, use_timestamps: bool = True, verify_every_step: bool = False,
+                 on_step=None) -> None:
         self.scheduler = scheduler
         self.metrics = MetricsCollector(scheduler)
         self.requests = [Request(spec=s, index=i, output_seed=output_seed) for i, s in enumerate(specs)]
         self.frontend = Frontend(self.requests, scheduler, max_concurrency=max_concurrency,
                                  use_timestamps=use_timestamps)
         self.verify_every_step = verify_every_step
+        # callback(plan, result) after each executed step (tests, validation); a simulator's
+        # skipped quiet stretch is not a plan and is not reported.
+        self.on_step = on_step
 
     @property
     def done(self) -> bool:
@@ -148,4 +152,6 @@ class ServingLoop:
             self.frontend.finish(r, now)
         if self.verify_every_step:
             self.scheduler.verify()
+        if self.on_step is not None:
+            self.on_step(plan, result)
         return result

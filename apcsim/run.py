@@ -74,10 +74,14 @@ class SimOutcome:
     wall_s: float
 
 
-def simulate(cfg: SimConfig) -> SimOutcome:
+def simulate(cfg: SimConfig, *, cost: CostModel | None = None, use_timestamps: bool = True,
+             on_step=None) -> SimOutcome:
+    """`cost` replaces the cost model the config selects (validation against a profile file);
+    `use_timestamps=False` sends every request at t=0, as the engine's offline mode does."""
     validate(cfg)
     t0 = time.perf_counter()
-    cost = build_cost_model(cfg)
+    if cost is None:
+        cost = build_cost_model(cfg)
     workload_ss, output_ss = np.random.SeedSequence(cfg.seed).spawn(2)
     specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
     num_blocks = num_blocks_for(cfg)
@@ -89,6 +93,7 @@ def simulate(cfg: SimConfig) -> SimOutcome:
     sim = Simulation(
         specs, scheduler, cost, max_concurrency=cfg.max_concurrency,
         output_seed=int(output_ss.generate_state(1)[0]), skip_quiet=cfg.skip_quiet, verify_every_step=cfg.verify,
+        use_timestamps=use_timestamps, on_step=on_step,
     )
     collector = sim.run()
     if cfg.verify:

@@ -52,11 +52,18 @@ class Executor:
         self.logits: dict[tuple[str, int], torch.Tensor] = {}  # (request id, output index) -> fp32 [V]
 
     def register(self, req: Request) -> None:
-        """Give the request a token stream this executor fills (call before it is scheduled)."""
+        """Give the request a token stream this executor fills (call before it is scheduled).
+
+        A request whose workload fixes its answer (`RequestSpec.output_token_ids`, as multiturn
+        does so that the next turn's prompt quotes it) is teacher-forced: the model still samples
+        every position (kept in `generated`), but the fixed tokens are what it feeds back and what
+        its output blocks hash, so a follow-up prompt finds them cached exactly as in the
+        simulator. Free-running requests feed back what they sample."""
         out = np.full(req.max_output_tokens, UNSAMPLED, dtype=np.int32)
         self.requests[req.request_id] = req
         self.outputs[req.request_id] = out
-        req.set_output_tokens(out)
+        if req.spec.output_token_ids is None:
+            req.set_output_tokens(out)
 
     def generated(self, request_id: str) -> np.ndarray:
         return self.outputs[request_id]
@@ -117,10 +124,18 @@ class Executor:
         inp = self.prepare(plan)
         if inp is None:
             return
+        self.store(inp, *self.forward(inp))
+
+    @torch.inference_mode()
+    def forward(self, inp: StepInputs) -> tuple[np.ndarray, torch.Tensor]:
+        """The model and greedy sampling: (int32 tokens [S] on the host, fp32 logits [S, V])."""
         if not inp.samplers:  # prefill chunks that sample nothing still write their KV
             inp.meta.logits_indices = inp.meta.logits_indices[:0]
         logits = self.model(inp.input_ids, inp.positions, inp.meta, self.k_caches, self.v_caches, self.ops)  # [S, V]
-        tokens = logits.argmax(dim=-1).to(torch.int32).cpu().numpy()  # greedy; .cpu() syncs the device
+        return logits.argmax(dim=-1).to(torch.int32).cpu().numpy(), logits  # greedy; .cpu() syncs the device
+
+    def store(self, inp: StepInputs, tokens: np.ndarray, logits: torch.Tensor) -> None:
+        """Write each sampled token into its request's output array (host work after the step)."""
         for (r, idx), tok in zip(inp.samplers, tokens.tolist()):
             out = self.outputs[r.request_id]
             out[idx] = tok

@@ -55,9 +55,8 @@ class EngineLoop(ServingLoop):
                  max_concurrency: int | None = None, online: bool = False, output_seed: int = 0,
                  verify_every_step: bool = False, on_step=None) -> None:
         super().__init__(specs, scheduler, max_concurrency=max_concurrency, output_seed=output_seed,
-                         use_timestamps=online, verify_every_step=verify_every_step)
+                         use_timestamps=online, verify_every_step=verify_every_step, on_step=on_step)
         self.executor = executor
-        self.on_step = on_step  # callback(plan, result) after each step (tests)
         for r in self.requests:
             executor.register(r)
         self._t0 = 0.0
@@ -82,9 +81,7 @@ class EngineLoop(ServingLoop):
             t_start = time.perf_counter()
             self.executor.execute(plan)  # returns once the device is done (tokens on the host)
             t_end = time.perf_counter()
-            result = self.complete(plan, t_end - self._t0, t_end - t_start)
-            if self.on_step is not None:
-                self.on_step(plan, result)
+            self.complete(plan, t_end - self._t0, t_end - t_start)
         return self.metrics
 
 
@@ -144,21 +141,24 @@ class EngineOutcome:
         return self.loop
 
 
-def _recompute_cost(cfg: SimConfig):
-    """The policies' recompute-cost estimate comes from the simulator's cost model (spec sheet
-    when there is no calibration profile for this hardware and model)."""
+def _recompute_cost(cfg: SimConfig, cost=None):
+    """The policies' recompute-cost estimate comes from the simulator's cost model: `cost` if
+    given (validation passes the one the simulator uses), else the config's, else the spec sheet
+    when there is no calibration profile for this hardware and model."""
     from apcsim.sim.cost_model import make_cost_model
 
-    try:
-        cost = make_cost_model(cfg.cost_model, cfg.hardware, cfg.model)
-    except ApcsimError:
-        cost = make_cost_model("roofline", cfg.hardware, cfg.model)
+    if cost is None:
+        try:
+            cost = make_cost_model(cfg.cost_model, cfg.hardware, cfg.model)
+        except ApcsimError:
+            cost = make_cost_model("roofline", cfg.hardware, cfg.model)
     bs = cfg.block_size
     return lambda depth: cost.recompute_time(bs, depth * bs)
 
 
-def build_engine(cfg: EngineConfig, *, capture_logits: bool = False, on_step=None):
-    """(loop, executor) for a config; nothing runs yet."""
+def build_engine(cfg: EngineConfig, *, capture_logits: bool = False, on_step=None, cost=None):
+    """(loop, executor) for a config; nothing runs yet. `cost`: the cost model whose recompute
+    estimate the policies use (default: the config's, see `_recompute_cost`)."""
     import torch
 
     from engine.executor import Executor
@@ -178,7 +178,7 @@ def build_engine(cfg: EngineConfig, *, capture_logits: bool = False, on_step=Non
     workload_ss, output_ss = np.random.SeedSequence(cfg.seed).spawn(2)
     specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
     scheduler = make_scheduler(cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=cfg.block_size,
-                               recompute_cost=_recompute_cost(cfg))
+                               recompute_cost=_recompute_cost(cfg, cost))
     loop = EngineLoop(specs, scheduler, executor, max_concurrency=cfg.max_concurrency, online=cfg.online,
                       output_seed=int(output_ss.generate_state(1)[0]), verify_every_step=cfg.verify, on_step=on_step)
     if device.type == "cuda":

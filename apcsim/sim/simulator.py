@@ -29,9 +29,11 @@ class Simulation(ServingLoop):
         output_seed: int = 0,
         skip_quiet: bool = True,
         verify_every_step: bool = False,
+        use_timestamps: bool = True,
+        on_step=None,
     ) -> None:
         super().__init__(specs, scheduler, max_concurrency=max_concurrency, output_seed=output_seed,
-                         verify_every_step=verify_every_step)
+                         use_timestamps=use_timestamps, verify_every_step=verify_every_step, on_step=on_step)
         self.env = simpy.Environment()
         self.cost = cost_model
         self.skip_quiet = skip_quiet
