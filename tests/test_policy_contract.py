@@ -15,10 +15,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apcsim.core.block_pool import BlockPool
+from apcsim.core.future import StaticFuture
 from apcsim.hardware import HardwareConfig, ModelConfig
 from apcsim.sim.cost_model import RooflineCostModel
 from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
 from policies.types import PolicyContext
+
+
+def future_for(entry):
+    """A future for policies that need one (belady): a fixed, scrambled next use per key."""
+    return StaticFuture(lambda key: (key * 7919) % 101) if entry.cls.needs_future else None
+
+
 
 
 def _linear_cost(depth: int) -> float:
@@ -45,7 +53,7 @@ def leaves_only_policies() -> list:
 
 def make_pool(name: str, num_blocks: int, overrides: dict | None = None, cost=_linear_cost, block_size: int = 4) -> BlockPool:
     entry = EVICTION_POLICIES[name]
-    ctx = PolicyContext(block_size=block_size, num_blocks=num_blocks, recompute_cost=cost)
+    ctx = PolicyContext(block_size=block_size, num_blocks=num_blocks, recompute_cost=cost, future=future_for(entry))
     return BlockPool(num_blocks, entry.cls(entry.config_cls(**(overrides or {})), ctx))
 
 

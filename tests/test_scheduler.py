@@ -22,10 +22,10 @@ from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
 COST = RooflineCostModel(HardwareConfig(), ModelConfig())
 
 
-def build(policy: str, scheduler: str = "fcfs", *, bs: int = 16, num_blocks: int = 64, **sched_kw):
+def build(policy: str, scheduler: str = "fcfs", *, bs: int = 16, num_blocks: int = 64, specs=None, **sched_kw):
     sc = SCHEDULING_POLICIES[scheduler].config_cls(**sched_kw)
     return make_scheduler(EVICTION_POLICIES[policy].config_cls(), sc, num_blocks=num_blocks, block_size=bs,
-                          recompute_cost=lambda d: COST.recompute_time(bs, d * bs))
+                          recompute_cost=lambda d: COST.recompute_time(bs, d * bs), specs=specs)
 
 
 def run(specs, sched, **sim_kw):
@@ -94,7 +94,7 @@ def test_skip_quiet_gives_identical_metrics():
         specs = random_specs(seed=i % 3, n=30)
         out = []
         for skip in (True, False):
-            sched = build(pol, sch, bs=bs, num_blocks=nb, max_num_batched_tokens=64 if chunked else 512,
+            sched = build(pol, sch, bs=bs, num_blocks=nb, specs=specs, max_num_batched_tokens=64 if chunked else 512,
                           max_num_seqs=8, chunked_prefill=chunked, cache_aware_budget=cab)
             sim, m = run(specs, sched, skip_quiet=skip)
             per_req = [(r.status, r.num_cached_tokens, r.num_preemptions, r.num_output_tokens, r.first_token_time,

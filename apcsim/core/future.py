@@ -69,3 +69,26 @@ class FutureOracle:
         keys = self._keys[rank]
         for fn in self._listeners:
             fn(keys)
+
+
+class StaticFuture:
+    """A fixed table of next uses (key -> rank; missing keys: never again). For tests, and for
+    driving a future-aware policy by hand; `consume` re-announces keys to subscribers."""
+
+    def __init__(self, next_uses: dict[int, float] | Callable[[int], float]) -> None:
+        self._table = next_uses
+        self._listeners: list[Callable[[list[int]], None]] = []
+
+    def next_use(self, key: int) -> float:
+        t = self._table
+        return t(key) if callable(t) else t.get(key, math.inf)
+
+    def subscribe(self, fn: Callable[[list[int]], None]) -> None:
+        self._listeners.append(fn)
+
+    def set(self, key: int, rank: float) -> None:
+        """Change a key's next use (it may only grow, as in a real run) and tell subscribers."""
+        assert not callable(self._table)
+        self._table[key] = rank
+        for fn in self._listeners:
+            fn([key])
