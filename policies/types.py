@@ -75,10 +75,15 @@ class PolicyContext:
 
 
 class SchedulableRequest(Protocol):
-    """The fields of a request a scheduling policy may read."""
+    """The fields of a request a scheduling policy may read. `block_keys` holds the keys of the
+    prompt's leading full blocks, at least as many as the cache probe (`cached_blocks`) found."""
 
     @property
     def priority(self) -> int: ...
 
+    @property
+    def num_tokens(self) -> int: ...
+
     arrival_time: float
     admit_seq: int
+    block_keys: list[int]

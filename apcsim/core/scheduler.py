@@ -74,7 +74,7 @@ class Scheduler:
         self.future = future
         chooser = PREEMPTION_CHOOSERS.get(cfg.preemption)
         self._choose_victim = policy.victim if chooser is None else (lambda running: chooser(running, self._computed))
-        policy.bind(self._cached_blocks, self.clock)
+        policy.bind(self._cached_blocks, self.clock, kv.block_size)
         self.block_size = kv.block_size
         self.stats = SchedulerStats()
         self.step = 0

@@ -46,6 +46,7 @@ class S3FIFOPolicy(KeylessFirstPolicy):
         self._ghost: OrderedDict[int, None] = OrderedDict()  # keys, oldest first
         self._freq: dict[int, int] = {}
         self._members: dict[int, Block] = {}  # evictable keyed blocks
+        self._small_members = 0  # how many of them are in S: a scan of S with none is skipped
         self._chosen: Block | None = None  # victim() found it; valid until the next hook
 
     def on_insert(self, block: Block) -> None:
@@ -66,15 +67,19 @@ class S3FIFOPolicy(KeylessFirstPolicy):
     def _kadd(self, block: Block) -> None:
         self._chosen = None
         self._members[block.block_id] = block
+        self._small_members += block.block_id in self._small
 
     def _kremove(self, block: Block, evicted: bool) -> None:
         self._chosen = None
         bid = block.block_id
         del self._members[bid]
+        in_small = bid in self._small
+        self._small_members -= in_small
         if not evicted:
             return
         del self._freq[bid]
-        if self._small.pop(bid, None) is not None:
+        if in_small:
+            del self._small[bid]
             self._ghost[block.key] = None
             while len(self._ghost) > self.ctx.num_blocks:
                 self._ghost.popitem(last=False)
@@ -83,6 +88,8 @@ class S3FIFOPolicy(KeylessFirstPolicy):
 
     def _scan_small(self) -> Block | None:
         small, main, freq = self._small, self._main, self._freq
+        if not self._small_members:
+            return None  # everything in S is in use: nothing to find (and no O(|S|) walk)
         for _ in range(len(small)):
             bid, b = next(iter(small.items()))
             if bid in self._members and freq[bid] == 0:
@@ -91,6 +98,7 @@ class S3FIFOPolicy(KeylessFirstPolicy):
             if freq[bid] > 0:
                 freq[bid] = 0
                 main[bid] = b
+                self._small_members -= bid in self._members
             else:
                 small[bid] = b  # in use and unhit: stays in S, at the new end
         return None
@@ -130,4 +138,5 @@ class S3FIFOPolicy(KeylessFirstPolicy):
         assert not (set(self._small) & set(self._main)), "a block is in both S and M"
         assert set(self._small) | set(self._main) == set(self._freq), "queues and frequencies disagree"
         assert set(self._members) <= set(self._freq), "an evictable keyed block is in no queue"
+        assert self._small_members == len(set(self._members) & set(self._small)), "S member count drifted"
         super().verify()

@@ -48,13 +48,16 @@ class SchedulingPolicy(abc.ABC):
         self.cfg = cfg
         self.cached_blocks: Callable[[SchedulableRequest], int] = _no_probe
         self.clock = Clock()
+        self.block_size = 1
 
-    def bind(self, cached_blocks: Callable[[SchedulableRequest], int], clock: Clock) -> None:
+    def bind(self, cached_blocks: Callable[[SchedulableRequest], int], clock: Clock, block_size: int) -> None:
         """Called once by the scheduler. `cached_blocks(r)` is how many leading prompt blocks of
         waiting request r the cache holds now (read-only; memoised by the KV cache manager),
-        `clock.now` the current time. Cache-aware orders (lpm, spf, ...) use them."""
+        `clock.now` the current time, `block_size` tokens per block. Cache-aware orders (lpm,
+        spf, ...) use them."""
         self.cached_blocks = cached_blocks
         self.clock = clock
+        self.block_size = block_size
 
     def refresh(self) -> None:
         """The cache or the clock may have changed since the last call (the scheduler calls this
