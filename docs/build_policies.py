@@ -1,6 +1,7 @@
 """Run the policy zoo on every trace and write docs/policies.md (tables from docs/data/*.csv).
 
-    python docs/build_policies.py            # runs the sweeps (about 15 minutes on 2 cores)
+    python docs/build_policies.py            # runs every trace's sweep (mooncake and gmi: long)
+    python docs/build_policies.py --traces multiturn,rag,shared_prefix   # a subset
     python docs/build_policies.py --reuse    # rebuild the page from docs/data/policy_zoo_*.csv
 
 For each trace, the cache sizes are 10 %, 25 % and 50 % of its working set: the number of
@@ -82,10 +83,11 @@ def run(preset: str, overrides: list[str], out: Path) -> None:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
 
 
-def sweep_all() -> None:
+def sweep_all(names: list[str]) -> None:
     DATA.mkdir(exist_ok=True)
     jobs = []
-    for name, (ov, _) in TRACES.items():
+    for name in names:
+        ov = TRACES[name][0]
         sizes = sizes_for(ov)
         jobs.append((f"policy_zoo_{name}", "policy_zoo", ov + [f"num_gpu_blocks={','.join(map(str, sizes))}"]))
         if name in SCHED_TRACES:
@@ -197,11 +199,16 @@ def build_page() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reuse", action="store_true", help="rebuild the page from docs/data/ without running")
+    ap.add_argument("--traces", default=",".join(TRACES), help="comma-separated subset of: " + ", ".join(TRACES))
     args = ap.parse_args()
+    names = [t for t in args.traces.split(",") if t]
+    unknown = [t for t in names if t not in TRACES]
+    if unknown:
+        sys.exit(f"build_policies: unknown trace(s) {', '.join(unknown)}; known: {', '.join(TRACES)}")
     if not args.reuse:
-        if not GMI.is_file():
+        if "gmi" in names and not GMI.is_file():
             sys.exit(f"build_policies: the GMI trace is not at {GMI}")
-        sweep_all()
+        sweep_all(names)
     (DOCS / "policies.md").write_text(build_page())
     print(f"wrote {DOCS / 'policies.md'}")
 
