@@ -19,6 +19,7 @@ from apcsim.metrics import MetricsCollector, request_rows, write_metrics, write_
 from apcsim.sim.cost_model import CostModel, make_cost_model
 from apcsim.sim.simulator import Simulation
 from apcsim.workloads import build_workload
+from policies.scheduling.preemption import PREEMPTION_MODES
 
 
 def validate(cfg: SimConfig) -> None:
@@ -34,6 +35,8 @@ def validate(cfg: SimConfig) -> None:
          f"scheduler.max_num_batched_tokens ({cfg.scheduler.max_num_batched_tokens}) must be >= scheduler.max_num_seqs ({cfg.scheduler.max_num_seqs})"),
         (cfg.scheduler.long_prefill_token_threshold >= 0, "scheduler.long_prefill_token_threshold must be >= 0"),
         (cfg.scheduler.max_model_len is None or cfg.scheduler.max_model_len >= 2, "scheduler.max_model_len must be >= 2"),
+        (cfg.scheduler.preemption in PREEMPTION_MODES,
+         f"scheduler.preemption must be one of {', '.join(PREEMPTION_MODES)}, got {cfg.scheduler.preemption!r}"),
         (cfg.report.plotlyjs in ("inline", "cdn"), f"report.plotlyjs must be inline or cdn, got {cfg.report.plotlyjs!r}"),
     ]
     hw, model = cfg.hardware, cfg.model
@@ -88,7 +91,7 @@ def simulate(cfg: SimConfig, *, cost: CostModel | None = None, use_timestamps: b
     bs = cfg.block_size
     scheduler = make_scheduler(
         cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=bs,
-        recompute_cost=lambda depth: cost.recompute_time(bs, depth * bs),
+        recompute_cost=lambda depth: cost.recompute_time(bs, depth * bs), specs=specs,
     )
     sim = Simulation(
         specs, scheduler, cost, max_concurrency=cfg.max_concurrency,
@@ -109,7 +112,8 @@ def simulate(cfg: SimConfig, *, cost: CostModel | None = None, use_timestamps: b
             "model": cfg.model.name,
             "cost_model": cost.name,
             "seed": cfg.seed,
-        }
+        },
+        "policy_stats": scheduler.kv.pool.policy.stats(),
     }
     metrics = collector.summary(sim.requests, extra)
     return SimOutcome(metrics, sim, collector, time.perf_counter() - t0)

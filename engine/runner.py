@@ -178,7 +178,7 @@ def build_engine(cfg: EngineConfig, *, capture_logits: bool = False, on_step=Non
     workload_ss, output_ss = np.random.SeedSequence(cfg.seed).spawn(2)
     specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
     scheduler = make_scheduler(cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=cfg.block_size,
-                               recompute_cost=_recompute_cost(cfg, cost))
+                               recompute_cost=_recompute_cost(cfg, cost), specs=specs)
     loop = EngineLoop(specs, scheduler, executor, max_concurrency=cfg.max_concurrency, online=cfg.online,
                       output_seed=int(output_ss.generate_state(1)[0]), verify_every_step=cfg.verify, on_step=on_step)
     if device.type == "cuda":

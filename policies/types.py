@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Protocol
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol
 
 
 class Block:
@@ -30,24 +30,60 @@ class Block:
         return f"Block({self.block_id}, ref={self.ref_cnt}, key={self.key}, depth={self.depth})"
 
 
+class Clock:
+    """The serving core's current time in seconds (simulated or wall clock, the executor's).
+
+    The scheduler sets `now` at the start of every step and when a step's results are applied
+    (which is when finished requests release their blocks), so a policy reading it in a hook sees
+    the time of the event that called the hook."""
+
+    __slots__ = ("now",)
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+
+class FutureUses(Protocol):
+    """The offline oracle a policy that knows the future (`belady`) consults; built by the core
+    from the whole workload (see `apcsim.core.future`).
+
+    `next_use(key)` is the arrival rank of the earliest request not yet admitted whose prompt
+    can hit the block with this key (math.inf if none). `subscribe(fn)` registers `fn(keys)`,
+    called when a request is admitted for the first time with its prompt's keys: their next
+    use has just moved later."""
+
+    def next_use(self, key: int) -> float: ...
+
+    def subscribe(self, fn: Callable[[list[int]], None]) -> None: ...
+
+
 @dataclass(frozen=True)
 class PolicyContext:
     """What the serving core tells a policy when it builds it.
 
     `recompute_cost(depth)` is the time in seconds to recompute the block at `depth` (its
     `block_size` tokens attending to `depth * block_size` tokens of prefix), from the cost model.
+    `clock` is the current time (for policies with durations: `priority_lru`, `pinned_ttl`).
+    `future` is set only for policies that declare `needs_future` (`belady`).
     """
 
     block_size: int
     num_blocks: int
     recompute_cost: Callable[[int], float]
+    clock: Clock = field(default_factory=Clock)
+    future: Optional[FutureUses] = None
 
 
 class SchedulableRequest(Protocol):
-    """The fields of a request a scheduling policy may read."""
+    """The fields of a request a scheduling policy may read. `block_keys` holds the keys of the
+    prompt's leading full blocks, at least as many as the cache probe (`cached_blocks`) found."""
 
     @property
     def priority(self) -> int: ...
 
+    @property
+    def num_tokens(self) -> int: ...
+
     arrival_time: float
     admit_seq: int
+    block_keys: list[int]

@@ -26,9 +26,17 @@ from hypothesis.stateful import (
 )
 
 from apcsim.core.block_pool import BlockPool
+from apcsim.core.future import StaticFuture
 from policies.eviction.lru import LRUPolicy
 from policies.registry import EVICTION_POLICIES
 from policies.types import PolicyContext
+
+
+def future_for(entry):
+    """A future for policies that need one (belady): a fixed, scrambled next use per key."""
+    return StaticFuture(lambda key: (key * 7919) % 101) if entry.cls.needs_future else None
+
+
 
 
 def _cost(depth: int) -> float:
@@ -49,7 +57,7 @@ def policy_variants() -> list:
 def make_pool(name: str, num_blocks: int, overrides: dict | None = None) -> BlockPool:
     entry = EVICTION_POLICIES[name]
     cfg = entry.config_cls(**(overrides or {}))
-    ctx = PolicyContext(block_size=4, num_blocks=num_blocks, recompute_cost=_cost)
+    ctx = PolicyContext(block_size=4, num_blocks=num_blocks, recompute_cost=_cost, future=future_for(entry))
     return BlockPool(num_blocks, entry.cls(cfg, ctx))
 
 

@@ -15,10 +15,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apcsim.core.block_pool import BlockPool
+from apcsim.core.future import StaticFuture
 from apcsim.hardware import HardwareConfig, ModelConfig
 from apcsim.sim.cost_model import RooflineCostModel
 from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
-from policies.types import PolicyContext
+from policies.types import Clock, PolicyContext
+
+
+def future_for(entry):
+    """A future for policies that need one (belady): a fixed, scrambled next use per key."""
+    return StaticFuture(lambda key: (key * 7919) % 101) if entry.cls.needs_future else None
+
+
 
 
 def _linear_cost(depth: int) -> float:
@@ -45,7 +53,7 @@ def leaves_only_policies() -> list:
 
 def make_pool(name: str, num_blocks: int, overrides: dict | None = None, cost=_linear_cost, block_size: int = 4) -> BlockPool:
     entry = EVICTION_POLICIES[name]
-    ctx = PolicyContext(block_size=block_size, num_blocks=num_blocks, recompute_cost=cost)
+    ctx = PolicyContext(block_size=block_size, num_blocks=num_blocks, recompute_cost=cost, future=future_for(entry))
     return BlockPool(num_blocks, entry.cls(entry.config_cls(**(overrides or {})), ctx))
 
 
@@ -338,11 +346,15 @@ def test_lfu_aging_lets_an_old_hot_block_go(freq):
 
 # -- scheduling policies -------------------------------------------------------------------------
 class _Req:
-    def __init__(self, name: str, priority: int = 0, arrival_time: float = 0.0, admit_seq: int = -1) -> None:
+    def __init__(self, name: str, priority: int = 0, arrival_time: float = 0.0, admit_seq: int = -1,
+                 num_tokens: int = 64, keys: tuple = (), cached: int = 0) -> None:
         self.name = name
         self._priority = priority
         self.arrival_time = arrival_time
         self.admit_seq = admit_seq
+        self.num_tokens = num_tokens
+        self.block_keys = list(keys)
+        self.cached = cached  # leading blocks "in the cache" (what the probe reports)
 
     @property
     def priority(self) -> int:
@@ -352,9 +364,11 @@ class _Req:
         return f"R({self.name}, p={self._priority}, t={self.arrival_time}, seq={self.admit_seq})"
 
 
-def make_sched_policy(name: str):
+def make_sched_policy(name: str, clock: Clock | None = None, block_size: int = 4, **cfg):
     entry = SCHEDULING_POLICIES[name]
-    return entry.cls(entry.config_cls())
+    pol = entry.cls(entry.config_cls(**cfg))
+    pol.bind(lambda r: r.cached, clock or Clock(), block_size)
+    return pol
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULING_POLICIES))

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 from apcsim.core.block_pool import BlockPool
+from apcsim.core.future import FutureOracle
 from apcsim.core.kv_cache_manager import KVCacheManager
+from apcsim.core.request import RequestSpec
 from apcsim.core.scheduler import Scheduler
 from policies.eviction.base import EvictionConfig
 from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
 from policies.scheduling.base import SchedulerConfig
-from policies.types import PolicyContext
+from policies.types import Clock, PolicyContext
 
 NO_CACHING = "none"
 
@@ -22,8 +24,11 @@ def make_scheduler(
     num_blocks: int,
     block_size: int,
     recompute_cost: Callable[[int], float],
+    specs: Sequence[RequestSpec] | None = None,
 ) -> Scheduler:
-    """`eviction=None` means prefix caching off, the same as the `none` policy."""
+    """`eviction=None` means prefix caching off, the same as the `none` policy. `specs` (the
+    whole workload, in the order the serving loop numbers requests) is needed only by a policy
+    that knows the future (`belady`)."""
     name = NO_CACHING if eviction is None else eviction.name
     entry = EVICTION_POLICIES.get(name)
     if entry is None:
@@ -31,7 +36,15 @@ def make_scheduler(
     sched_entry = SCHEDULING_POLICIES.get(scheduling.name)
     if sched_entry is None:
         raise KeyError(f"unknown scheduling policy {scheduling.name!r}; known: {', '.join(sorted(SCHEDULING_POLICIES))}")
-    ctx = PolicyContext(block_size=block_size, num_blocks=num_blocks, recompute_cost=recompute_cost)
+    future = None
+    if entry.cls.needs_future:
+        if specs is None:
+            raise ValueError(f"eviction policy {name!r} needs the workload's future (the request specs)")
+        future = FutureOracle(specs, block_size)
+    clock = Clock()
+    ctx = PolicyContext(block_size=block_size, num_blocks=num_blocks, recompute_cost=recompute_cost,
+                        clock=clock, future=future)
     policy = entry.cls(eviction if eviction is not None else entry.config_cls(), ctx)
     pool = BlockPool(num_blocks, policy)
-    return Scheduler(scheduling, sched_entry.cls(scheduling), KVCacheManager(pool, block_size))
+    return Scheduler(scheduling, sched_entry.cls(scheduling), KVCacheManager(pool, block_size),
+                     clock=clock, future=future)

@@ -16,6 +16,7 @@ import xxhash
 
 from apcsim.core.block_pool import BlockPool
 from apcsim.core.request import Request
+from policies.eviction.base import EvictionPolicy
 
 
 _is_block = partial(is_not, None)
@@ -31,11 +32,25 @@ def root_seed(cache_salt: str | None) -> int:
     return 0 if cache_salt is None else xxhash.xxh3_64_intdigest(cache_salt.encode())
 
 
+def chain_keys(tokens, block_size: int, seed: int) -> list[int]:
+    """Keys of the full blocks of `tokens` (int32), chained from `seed`: the one key function
+    (the KV cache manager and the offline future oracle both call it)."""
+    data = memoryview(tokens.tobytes())
+    step = block_size * 4  # int32 tokens
+    h = xxhash.xxh3_64_intdigest
+    out = []
+    for i in range(len(tokens) // block_size):
+        seed = h(data[i * step : (i + 1) * step], seed)
+        out.append(seed)
+    return out
+
+
 class KVCacheManager:
     def __init__(self, pool: BlockPool, block_size: int) -> None:
         self.pool = pool
         self.block_size = block_size
         self.enable_caching = pool.policy.enables_caching
+        self._policy_before_release = type(pool.policy).before_release is not EvictionPolicy.before_release
 
     # -- keys ----------------------------------------------------------------------------------
     def block_keys(self, req: Request, num_blocks: int) -> list[int]:
@@ -44,13 +59,8 @@ class KVCacheManager:
         if len(keys) < num_blocks:
             bs = self.block_size
             start = len(keys)
-            tokens = memoryview(req.token_slice(start * bs, num_blocks * bs).tobytes())
-            step = bs * 4  # int32 tokens
             seed = keys[-1] if keys else root_seed(req.spec.cache_salt)
-            h = xxhash.xxh3_64_intdigest
-            for i in range(num_blocks - start):
-                seed = h(tokens[i * step : (i + 1) * step], seed)
-                keys.append(seed)
+            keys.extend(chain_keys(req.token_slice(start * bs, num_blocks * bs), bs, seed))
         return keys
 
     # -- the verbs -----------------------------------------------------------------------------
@@ -120,6 +130,8 @@ class KVCacheManager:
     def free(self, req: Request) -> None:
         """Release the request's blocks, tail first, so the tail is evicted before the head."""
         blocks = self.pool.blocks
+        if self._policy_before_release:
+            self.pool.policy.before_release(req)
         self.pool.release([blocks[i] for i in reversed(req.block_ids)])
         req.block_ids = []
         req.num_cached_blocks = 0

@@ -20,7 +20,8 @@ class RequestSpec:
     Invariant: `prompt_token_ids` is a 1-D int32 array of length >= 1, `output_len >= 1`.
     `output_token_ids`, when given, are the tokens the simulator "generates" (so a later turn of a
     conversation that quotes them hits the cache); otherwise they are drawn from a per-request
-    stream. `parent_id` makes the request a follow-up: it arrives `think_time_s` after its parent
+    stream. `retention_priority`/`retention_duration_s` are read by `priority_lru` only. `parent_id`
+    makes the request a follow-up: it arrives `think_time_s` after its parent
     finishes, and never before `arrival_time`.
     """
 
@@ -33,6 +34,11 @@ class RequestSpec:
     output_token_ids: np.ndarray | None = None  # int32 [output_len]
     parent_id: str | None = None
     think_time_s: float = 0.0
+    # TensorRT-LLM-style retention priority (0..100) of the blocks this request releases, and for
+    # how many seconds it holds before decaying to the policy's default; None: the `priority_lru`
+    # config decides. Other policies ignore both.
+    retention_priority: int | None = None
+    retention_duration_s: float | None = None
 
     @property
     def prompt_len(self) -> int:

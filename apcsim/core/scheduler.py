@@ -26,6 +26,8 @@ from apcsim.core.kv_cache_manager import KVCacheManager, _cdiv
 from apcsim.core.plan import ScheduledChunk, StepPlan
 from apcsim.core.request import Request, Status
 from policies.scheduling.base import SchedulerConfig, SchedulingPolicy
+from policies.scheduling.preemption import PREEMPTION_CHOOSERS, PREEMPTION_MODES
+from policies.types import Clock
 
 
 @dataclass
@@ -52,7 +54,10 @@ class StepResult:
 
 
 class Scheduler:
-    def __init__(self, cfg: SchedulerConfig, policy: SchedulingPolicy, kv: KVCacheManager) -> None:
+    def __init__(self, cfg: SchedulerConfig, policy: SchedulingPolicy, kv: KVCacheManager, *,
+                 clock: Clock | None = None, future=None) -> None:
+        """`clock` is shared with the eviction policy (set here at every schedule and update);
+        `future` is the offline oracle (`apcsim.core.future`), told of first admissions."""
         if cfg.max_num_batched_tokens < 1 or cfg.max_num_seqs < 1:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be >= 1")
         if cfg.max_num_batched_tokens < cfg.max_num_seqs:
@@ -60,9 +65,16 @@ class Scheduler:
             raise ValueError(
                 f"max_num_batched_tokens ({cfg.max_num_batched_tokens}) must be >= max_num_seqs ({cfg.max_num_seqs})"
             )
+        if cfg.preemption not in PREEMPTION_MODES:
+            raise ValueError(f"scheduler.preemption must be one of {', '.join(PREEMPTION_MODES)}, got {cfg.preemption!r}")
         self.cfg = cfg
         self.policy = policy
         self.kv = kv
+        self.clock = clock if clock is not None else Clock()
+        self.future = future
+        chooser = PREEMPTION_CHOOSERS.get(cfg.preemption)
+        self._choose_victim = policy.victim if chooser is None else (lambda running: chooser(running, self._computed))
+        policy.bind(self._cached_blocks, self.clock, kv.block_size)
         self.block_size = kv.block_size
         self.stats = SchedulerStats()
         self.step = 0
@@ -97,6 +109,14 @@ class Scheduler:
         req.status = Status.WAITING
         self.policy.add(req)
         return True
+
+    def _cached_blocks(self, r: Request) -> int:
+        """Leading prompt blocks of a waiting request the cache holds now (the policies' probe)."""
+        return len(self.kv.get_computed_blocks(r))
+
+    def _computed(self, r: Request) -> int:
+        """A running request's exact computed tokens (a cohort member's counter lags)."""
+        return r.num_computed_tokens + (self.step - r.anchor_step if r.anchor_step >= 0 else 0)
 
     @property
     def num_waiting(self) -> int:
@@ -177,6 +197,8 @@ class Scheduler:
     def schedule(self, now: float) -> StepPlan:
         s = self.step
         cfg = self.cfg
+        self.clock.now = now
+        self.policy.refresh()
         for r in self._pop_events(self._alloc_events, s):
             self._unanchor(r, s)
         self._scheduled = {}
@@ -200,7 +222,7 @@ class Scheduler:
                 new = min(new, cfg.long_prefill_token_threshold)
             new = min(new, remaining)
             while not self.kv.allocate_slots(r, new):
-                victim = self.policy.victim(self.running)
+                victim = self._choose_victim(self.running)
                 refund = self._scheduled.pop(victim, 0)
                 if victim.anchor_step >= 0 and victim.admit_seq < r.admit_seq:
                     refund = 1  # a cohort member before r had been given its token already
@@ -293,6 +315,8 @@ class Scheduler:
                 r.first_scheduled_time = now
                 self.stats.prefix_cache_queries += r.prompt_len
                 self.stats.prefix_cache_hits += cached
+                if self.future is not None:
+                    self.future.consume(r.index)
             else:
                 self.stats.preempted_prefix_cache_queries += r.num_tokens
                 self.stats.preempted_prefix_cache_hits += cached
@@ -319,6 +343,7 @@ class Scheduler:
         """Apply the step's results: tokens computed, tokens sampled, requests finished."""
         s = self.step
         assert plan.step == s, f"update for step {plan.step} while at step {s}"
+        self.clock.now = now  # finished requests release their blocks at this time
         res = StepResult(num_regular_decodes=self._num_cohort_scheduled)
         stats = self.stats
         for r, new in self._scheduled.items():
@@ -365,6 +390,7 @@ class Scheduler:
         if self._explicit or not self._cohort:
             return 0
         if len(self.policy) and len(self.running) < self.cfg.max_num_seqs:
+            self.policy.refresh()
             head = self.policy.peek()
             plan = self._admission(head, self.cfg.max_num_batched_tokens - len(self._cohort))
             if plan is not None and self.kv.can_allocate(head, plan[0], plan[2]) >= 0:

@@ -12,6 +12,10 @@ the pool owns the blocks and calls these hooks:
 - `victim()`           the block to reuse next; only peeks. Keyless blocks cost nothing to reuse.
 - `on_evict(block)`    the victim leaves the set. Its key is still set; the pool drops it next.
 - `on_became_leaf(block)` an evictable block's last cached child was just evicted.
+- `before_release(request)` the KV cache manager is about to release `request`'s blocks (the
+                       `on_release` calls for those that reach ref_cnt 0 follow); a policy that
+                       takes per-request attributes (`priority_lru`'s retention priority) reads
+                       `request.spec` here. Policies must not import the core: duck-typed.
 
 Two batch forms exist for speed and default to the hooks above: `on_release_many(blocks)` and
 `evict(n)` (n victims, each taken out of the set in turn; the pool asks for one at a time when
@@ -37,6 +41,8 @@ class EvictionPolicy(abc.ABC):
     enables_caching: bool = True
     #: Whether the policy reads Block.num_children / on_became_leaf (the pool maintains them only then).
     uses_tree: bool = True
+    #: Whether the policy needs `PolicyContext.future` (the offline oracle; `belady` only).
+    needs_future: bool = False
 
     def __init__(self, cfg: EvictionConfig, ctx: PolicyContext) -> None:
         self.cfg = cfg
@@ -62,6 +68,13 @@ class EvictionPolicy(abc.ABC):
 
     def on_became_leaf(self, block: Block) -> None:
         pass
+
+    def before_release(self, request) -> None:
+        pass
+
+    def stats(self) -> dict:
+        """Policy-specific counters for metrics.json (`policy_stats`), e.g. pins broken."""
+        return {}
 
     def on_release_many(self, blocks: list[Block]) -> None:
         """`on_release` for each block, in order."""

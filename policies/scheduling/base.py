@@ -2,16 +2,21 @@
 
 The scheduler admits from the head of the waiting queue (`peek`/`pop`), puts preempted requests
 back with `readd_preempted`, and when blocks run out asks `victim(running)` which running request
-to preempt. `running` is in admission order.
+to preempt (unless `scheduler.preemption` names a fixed rule). `running` is in admission order.
+A policy whose order depends on the cache reads it through `cached_blocks`, given by `bind`.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from policies.types import SchedulableRequest
+from policies.types import Clock, SchedulableRequest
+
+
+def _no_probe(request) -> int:
+    raise RuntimeError("cached_blocks() before the scheduler bound the policy")
 
 
 @dataclass
@@ -33,11 +38,30 @@ class SchedulerConfig:
     # long_prefill_token_threshold, which stops one long prompt from starving decodes.
     long_prefill_token_threshold: int = 0
     max_model_len: Optional[int] = None  # prompt + output tokens at most; None: what the cache holds
+    # Which running request to preempt when blocks run out: policy (the scheduling policy's own
+    # choice), latest_arrival, lowest_priority or least_computed (policies/scheduling/preemption.py).
+    preemption: str = "policy"
 
 
 class SchedulingPolicy(abc.ABC):
     def __init__(self, cfg: SchedulerConfig) -> None:
         self.cfg = cfg
+        self.cached_blocks: Callable[[SchedulableRequest], int] = _no_probe
+        self.clock = Clock()
+        self.block_size = 1
+
+    def bind(self, cached_blocks: Callable[[SchedulableRequest], int], clock: Clock, block_size: int) -> None:
+        """Called once by the scheduler. `cached_blocks(r)` is how many leading prompt blocks of
+        waiting request r the cache holds now (read-only; memoised by the KV cache manager),
+        `clock.now` the current time, `block_size` tokens per block. Cache-aware orders (lpm,
+        spf, ...) use them."""
+        self.cached_blocks = cached_blocks
+        self.clock = clock
+        self.block_size = block_size
+
+    def refresh(self) -> None:
+        """The cache or the clock may have changed since the last call (the scheduler calls this
+        before it reads the queue's head in a step); an order that depends on them re-ranks."""
 
     @abc.abstractmethod
     def add(self, request: SchedulableRequest) -> None:
