@@ -16,6 +16,7 @@ from apcsim.core.build import make_scheduler
 from apcsim.errors import ConfigError
 from apcsim.hardware import kv_cache_blocks
 from apcsim.metrics import MetricsCollector, request_rows, write_metrics, write_requests_csv
+from apcsim.progress import make_progress
 from apcsim.sim.cost_model import CostModel, make_cost_model
 from apcsim.sim.simulator import Simulation
 from apcsim.workloads import build_workload
@@ -74,7 +75,8 @@ class SimOutcome:
     wall_s: float
 
 
-def simulate(cfg: SimConfig) -> SimOutcome:
+def simulate(cfg: SimConfig, *, multirun: bool = False) -> SimOutcome:
+    """`multirun`: this is one job of a sweep (the progress bar stays off unless `progress=on`)."""
     validate(cfg)
     t0 = time.perf_counter()
     cost = build_cost_model(cfg)
@@ -89,6 +91,7 @@ def simulate(cfg: SimConfig) -> SimOutcome:
     sim = Simulation(
         specs, scheduler, cost, max_concurrency=cfg.max_concurrency,
         output_seed=int(output_ss.generate_state(1)[0]), skip_quiet=cfg.skip_quiet, verify_every_step=cfg.verify,
+        progress=make_progress(cfg.progress, len(specs), multirun=multirun),
     )
     collector = sim.run()
     if cfg.verify:
