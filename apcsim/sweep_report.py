@@ -44,8 +44,8 @@ def is_numeric(rows: list[dict], key: str) -> bool:
     return all(_number(r.get(key)) is not None for r in rows)
 
 
-def _log_axis(values: list[float]) -> bool:
-    return min(values) > 0 and max(values) / min(values) >= 16
+def _log_axis(values: list[float], ratio: float = 16) -> bool:
+    return min(values) > 0 and max(values) / min(values) >= ratio
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -77,6 +77,10 @@ def line_figure(rows: list[dict], key: str, others: list[str]) -> go.Figure:
     note = f" (mean over {', '.join(others)})" if others else ""
     fig = make_subplots(rows=1, cols=len(LINE_METRICS), horizontal_spacing=0.08,
                         subplot_titles=[f"{label}{note}" for _, label in LINE_METRICS])
+    for col, (metric, _) in enumerate(LINE_METRICS, start=1):
+        ys = [y for y in (_number(r.get(metric)) for r in rows) if y is not None]
+        if metric.startswith("ttft") and ys and _log_axis(ys, 100):
+            fig.update_yaxes(type="log", row=1, col=col)  # latencies spanning decades
     for i, policy in enumerate(_policies(rows)):
         mine = [r for r in rows if policy_of(r) == policy]
         for col, (metric, _) in enumerate(LINE_METRICS, start=1):
