@@ -84,6 +84,19 @@ def test_submitit_slurm_launcher_config_composes():
     assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "cpu" and launcher.timeout_min == 30
 
 
+def test_submitit_local_launcher_runs_a_sweep(tmp_path):
+    """submitit's local executor: the SLURM launcher's code path (pickled job, submitit folder,
+    result files) with processes on this machine instead of sbatch."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[slurm]'")
+    sweep = tmp_path / "s"
+    p = apcsim(tmp_path, "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "+policy=none,lru",
+               *TINY, "report.enabled=false", f"hydra.sweep.dir={sweep}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (sweep / ".submitit").is_dir()
+    rows = read_csv(sweep / "sweep.csv")
+    assert [(r["policy"], r["status"]) for r in rows] == [("none", "ok"), ("lru", "ok")]
+
+
 def test_ray_cluster_launcher_config_reads_ray_address(monkeypatch):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="pip install -e '.[ray]'")
     monkeypatch.setenv("RAY_ADDRESS", "10.1.2.3:6379")
