@@ -43,4 +43,3 @@ class SweepReportCallback(Callback):
             write_sweep_html(sweep_dir / "sweep.html", rows, title=str(sweep_dir), include_plotlyjs=plotlyjs)
             msg += " and sweep.html"
         log.info(msg)
-        print(msg)
