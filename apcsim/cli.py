@@ -12,6 +12,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from apcsim.config import SimConfig, register_configs
@@ -25,9 +26,15 @@ register_configs()
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
-def main(dcfg: DictConfig) -> None:
+def main(dcfg: DictConfig) -> float | None:
     from apcsim.run import simulate, write_outputs
 
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        # One job of a sweep: its failure is recorded in its directory and the sweep goes on.
+        from apcsim.job import run_multirun_job
+
+        return run_multirun_job(dcfg, Path(hc.runtime.output_dir))
     try:
         cfg: SimConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
         out = simulate(cfg)
@@ -38,6 +45,7 @@ def main(dcfg: DictConfig) -> None:
         sys.exit(2)
     print(summary_line(out.metrics, clock="simulated"))
     print(f"outputs in {run_dir}")
+    return None
 
 
 def entry() -> None:

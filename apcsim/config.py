@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from apcsim.hardware import HardwareConfig, ModelConfig
+from apcsim.sweep_options import Progress, SweepConfig, TuneConfig
 from apcsim.workloads import WORKLOADS, WorkloadConfig
 from policies.eviction.base import EvictionConfig
 from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
@@ -47,6 +48,9 @@ class SimConfig:
     verify: bool = False  # check every block-pool and scheduler invariant after every step (slow)
     skip_quiet: bool = True  # skip stretches of pure decode in one event (results are identical)
     experiment: Optional[Any] = None  # set by +experiment=... presets
+    progress: Progress = Progress.auto  # a bar over simulated requests (see apcsim.sweep_options)
+    sweep: SweepConfig = field(default_factory=SweepConfig)  # multirun: skip jobs already done
+    tune: Optional[TuneConfig] = None  # set by tuning presets: the job returns an objective
 
 
 def register_configs() -> None:

@@ -16,6 +16,7 @@ from apcsim.core.build import make_scheduler
 from apcsim.errors import ConfigError
 from apcsim.hardware import kv_cache_blocks
 from apcsim.metrics import MetricsCollector, request_rows, write_metrics, write_requests_csv
+from apcsim.progress import make_progress
 from apcsim.sim.cost_model import CostModel, make_cost_model
 from apcsim.sim.simulator import Simulation
 from apcsim.workloads import build_workload
@@ -78,9 +79,10 @@ class SimOutcome:
 
 
 def simulate(cfg: SimConfig, *, cost: CostModel | None = None, use_timestamps: bool = True,
-             on_step=None) -> SimOutcome:
+             on_step=None, multirun: bool = False) -> SimOutcome:
     """`cost` replaces the cost model the config selects (validation against a profile file);
-    `use_timestamps=False` sends every request at t=0, as the engine's offline mode does."""
+    `use_timestamps=False` sends every request at t=0, as the engine's offline mode does;
+    `multirun`: this is one job of a sweep (the progress bar stays off unless `progress=on`)."""
     validate(cfg)
     t0 = time.perf_counter()
     if cost is None:
@@ -97,6 +99,7 @@ def simulate(cfg: SimConfig, *, cost: CostModel | None = None, use_timestamps: b
         specs, scheduler, cost, max_concurrency=cfg.max_concurrency,
         output_seed=int(output_ss.generate_state(1)[0]), skip_quiet=cfg.skip_quiet, verify_every_step=cfg.verify,
         use_timestamps=use_timestamps, on_step=on_step,
+        progress=make_progress(cfg.progress, len(specs), multirun=multirun),
     )
     collector = sim.run()
     if cfg.verify:

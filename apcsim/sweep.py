@@ -1,6 +1,10 @@
-"""Collect a Hydra multirun into one table: a row per job, its overrides and its metrics.
+"""Collect a Hydra multirun into one table: a row per job, its overrides, its metrics and its
+status (`ok`, `failed` with the error, or `incomplete`: a job that never finished writing).
 
-    python -m apcsim.sweep multirun/seed_overhead/2026-11-23_12-00-00 [--out table.csv]
+    python -m apcsim.sweep multirun/seed_overhead/2026-11-23_12-00-00 [--out table.csv] [--html]
+
+A multirun of `python -m apcsim` writes `sweep.csv` and `sweep.html` by itself (the callback in
+apcsim.sweep_callback); this command rebuilds them, e.g. after a sweep was interrupted.
 """
 
 from __future__ import annotations
@@ -37,21 +41,55 @@ def flatten(metrics: dict, prefix: str = "") -> dict:
     return out
 
 
-def collect(sweep_dir: Path) -> list[dict]:
-    """One dict per finished job (a directory with metrics.json), in job-number order."""
+def _is_job_dir(p: Path) -> bool:
+    return p.is_dir() and any((p / f).is_file() for f in ("metrics.json", "status.json", ".hydra/overrides.yaml"))
+
+
+def collect(sweep_dir: Path, *, finished_only: bool = False) -> list[dict]:
+    """One dict per job directory, in job-number order: `job`, the overrides, `status`, then
+    either the flattened metrics (ok) or `error` (failed). `finished_only`: only jobs with
+    metrics.json."""
+    from apcsim.job import read_status
+
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"no sweep directory {sweep_dir}")
     rows = []
-    jobs = sorted((p for p in sweep_dir.iterdir() if (p / "metrics.json").is_file()),
+    jobs = sorted((p for p in sweep_dir.iterdir() if _is_job_dir(p)),
                   key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
     for job in jobs:
+        has_metrics = (job / "metrics.json").is_file()
+        if finished_only and not has_metrics:
+            continue
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
         row = {"job": job.name, **parse_overrides(overrides or [])}
-        row.update(flatten(json.loads((job / "metrics.json").read_text())))
+        st = read_status(job)
+        if st is not None and st.get("status") == "failed":
+            row.update(status="failed", error=st.get("error", ""))
+        elif has_metrics and (st is None or st.get("status") == "ok"):
+            # No status.json: written before jobs recorded one; metrics.json alone means done.
+            row.update(status="ok", error="")
+            row.update(flatten(json.loads((job / "metrics.json").read_text())))
+        else:
+            row.update(status="incomplete", error="the job did not finish (killed, or still running)")
         rows.append(row)
     return rows
+
+
+def override_keys(row: dict) -> list[str]:
+    """A row's override keys: those between `job` and `status` (see `collect`)."""
+    keys = list(row)
+    return keys[1: keys.index("status")] if "status" in keys else keys[1:]
+
+
+def swept_keys(rows: list[dict]) -> list[str]:
+    """Override keys that take more than one value across the jobs (every key if none does)."""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in override_keys(r) if k not in keys]
+    varying = [k for k in keys if len({str(r.get(k, "")) for r in rows}) > 1]
+    return varying or keys
 
 
 def write_csv(rows: list[dict], path) -> None:
@@ -68,16 +106,23 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep_dir", type=Path)
     ap.add_argument("--out", type=Path, default=None, help="CSV path (default: SWEEP_DIR/sweep.csv)")
+    ap.add_argument("--html", action="store_true", help="also write SWEEP_DIR/sweep.html (plotly)")
     args = ap.parse_args(argv)
     try:
         rows = collect(args.sweep_dir)
     except (FileNotFoundError, ValueError, yaml.YAMLError) as e:
         sys.exit(f"apcsim.sweep: error: {e}")
     if not rows:
-        sys.exit(f"apcsim.sweep: error: no finished jobs (metrics.json) under {args.sweep_dir}")
+        sys.exit(f"apcsim.sweep: error: no finished jobs (metrics.json) or failed jobs (status.json) under {args.sweep_dir}")
     out = args.out or args.sweep_dir / "sweep.csv"
     write_csv(rows, out)
-    print(f"{len(rows)} jobs -> {out}")
+    ok = sum(r["status"] == "ok" for r in rows)
+    print(f"{len(rows)} jobs ({ok} ok, {len(rows) - ok} failed or incomplete) -> {out}")
+    if args.html:
+        from apcsim.sweep_report import write_sweep_html
+
+        write_sweep_html(args.sweep_dir / "sweep.html", rows, title=str(args.sweep_dir))
+        print(f"-> {args.sweep_dir / 'sweep.html'}")
 
 
 if __name__ == "__main__":

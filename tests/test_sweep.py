@@ -19,7 +19,7 @@ CONF = Path(__file__).resolve().parents[1] / "apcsim" / "conf" / "experiment"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in CONF.glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONF.glob("seed_*.yaml")))
 def test_preset_composes_with_its_first_grid_point(name):
     """A preset's fixed keys apply, and the first value of each swept key composes."""
     params = yaml.safe_load((CONF / f"{name}.yaml").read_text())["hydra"]["sweeper"]["params"]

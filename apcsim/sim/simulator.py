@@ -31,12 +31,14 @@ class Simulation(ServingLoop):
         verify_every_step: bool = False,
         use_timestamps: bool = True,
         on_step=None,
+        progress=None,
     ) -> None:
         super().__init__(specs, scheduler, max_concurrency=max_concurrency, output_seed=output_seed,
                          use_timestamps=use_timestamps, verify_every_step=verify_every_step, on_step=on_step)
         self.env = simpy.Environment()
         self.cost = cost_model
         self.skip_quiet = skip_quiet
+        self.progress = progress  # apcsim.progress.RequestProgress or None: told of finished requests
         self._arrivals_changed = self.env.event()  # a request finished: follow-ups or the gate moved
         self._work = self.env.event()  # the scheduler got work while the engine was idle
 
@@ -77,6 +79,8 @@ class Simulation(ServingLoop):
             duration = self.cost.step_time(plan)
             yield env.timeout(duration)
             result = self.complete(plan, env.now, duration)
+            if result.finished and self.progress is not None:
+                self.progress.advance(len(result.finished))
             if result.finished and not self._arrivals_changed.triggered:
                 self._arrivals_changed.succeed()
             yield env.timeout(0)  # let arrivals due now reach the queue before the next schedule
@@ -110,4 +114,6 @@ class Simulation(ServingLoop):
         self.env.process(self._arrival_process())
         engine = self.env.process(self._engine_process())
         self.env.run(until=engine)
+        if self.progress is not None:
+            self.progress.close()
         return self.metrics
