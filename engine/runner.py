@@ -24,7 +24,7 @@ from apcsim.core.scheduler import Scheduler
 from apcsim.errors import ApcsimError, ConfigError
 from apcsim.loop import ServingLoop
 from apcsim.metrics import MetricsCollector
-from apcsim.run import validate, write_run_files
+from apcsim.run import kv_options, validate, write_run_files
 from apcsim.workloads import build_workload
 
 
@@ -178,7 +178,7 @@ def build_engine(cfg: EngineConfig, *, capture_logits: bool = False, on_step=Non
     workload_ss, output_ss = np.random.SeedSequence(cfg.seed).spawn(2)
     specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
     scheduler = make_scheduler(cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=cfg.block_size,
-                               recompute_cost=_recompute_cost(cfg))
+                               recompute_cost=_recompute_cost(cfg), kv_options=kv_options(cfg))
     loop = EngineLoop(specs, scheduler, executor, max_concurrency=cfg.max_concurrency, online=cfg.online,
                       output_seed=int(output_ss.generate_state(1)[0]), verify_every_step=cfg.verify, on_step=on_step)
     if device.type == "cuda":
@@ -212,7 +212,7 @@ def run_engine(cfg: EngineConfig, **kw) -> EngineOutcome:
             "num_params": sum(p.numel() for p in m.parameters()),
         }
     }
-    metrics = collector.summary(loop.requests, extra)
+    metrics = collector.summary(loop.num_requests, extra)
     return EngineOutcome(metrics, loop, collector, time.perf_counter() - t0)
 
 
@@ -226,7 +226,7 @@ def write_engine_outputs(out: EngineOutcome, run_dir: Path, cfg: EngineConfig) -
             toks = ex.generated(r.request_id)[: r.num_output_tokens] if r.status is Status.FINISHED else []
             f.write(json.dumps({"request_id": r.request_id, "output_token_ids": [int(t) for t in toks]}) + "\n")
     n = len(out.loop.requests)
-    write_run_files(run_dir, cfg, out.metrics, out.loop.requests, out.collector.timeline, {
+    write_run_files(run_dir, cfg, out.metrics, out.collector, {
         "wall_s": out.wall_s,
         "requests_per_wall_s": n / out.wall_s if out.wall_s > 0 else None,
         "device": out.metrics["config"]["device"],

@@ -22,8 +22,10 @@ def make_scheduler(
     num_blocks: int,
     block_size: int,
     recompute_cost: Callable[[int], float],
+    kv_options: dict | None = None,
 ) -> Scheduler:
-    """`eviction=None` means prefix caching off, the same as the `none` policy."""
+    """`eviction=None` means prefix caching off, the same as the `none` policy. `kv_options`:
+    keyword arguments of `KVCacheManager` (hash_algo, verify_tokens)."""
     name = NO_CACHING if eviction is None else eviction.name
     entry = EVICTION_POLICIES.get(name)
     if entry is None:
@@ -34,4 +36,4 @@ def make_scheduler(
     ctx = PolicyContext(block_size=block_size, num_blocks=num_blocks, recompute_cost=recompute_cost)
     policy = entry.cls(eviction if eviction is not None else entry.config_cls(), ctx)
     pool = BlockPool(num_blocks, policy)
-    return Scheduler(scheduling, sched_entry.cls(scheduling), KVCacheManager(pool, block_size))
+    return Scheduler(scheduling, sched_entry.cls(scheduling), KVCacheManager(pool, block_size, **(kv_options or {})))

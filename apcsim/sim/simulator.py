@@ -15,6 +15,7 @@ from apcsim.core.request import RequestSpec
 from apcsim.core.scheduler import Scheduler
 from apcsim.loop import ServingLoop
 from apcsim.metrics import MetricsCollector
+from apcsim.requestlog import RequestLog
 from apcsim.sim.cost_model import CostModel
 
 
@@ -29,9 +30,11 @@ class Simulation(ServingLoop):
         output_seed: int = 0,
         skip_quiet: bool = True,
         verify_every_step: bool = False,
+        keep_requests: bool = True,
+        log: RequestLog | None = None,
     ) -> None:
         super().__init__(specs, scheduler, max_concurrency=max_concurrency, output_seed=output_seed,
-                         verify_every_step=verify_every_step)
+                         verify_every_step=verify_every_step, keep_requests=keep_requests, log=log)
         self.env = simpy.Environment()
         self.cost = cost_model
         self.skip_quiet = skip_quiet
