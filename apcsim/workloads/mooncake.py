@@ -1,4 +1,5 @@
-"""Mooncake-format traces: JSONL of timestamp, input_length, output_length, hash_ids.
+"""Mooncake-format traces: JSONL of timestamp, input_length, output_length, hash_ids, and an
+optional `cache_salt` (or `tenant`) per request: requests with different salts never share blocks.
 
 Each hash id names one `hash_block_size`-token block of the prompt. We map an id to a block of
 pseudo-random tokens that depends only on (seed, id), so two requests that share an id share
@@ -23,7 +24,7 @@ from apcsim.core.request import RequestSpec
 from apcsim.errors import ConfigError
 from apcsim.workloads._common import check_float, check_int, hashed_blocks, readonly, unique_tokens
 from apcsim.workloads.base import BuildContext, WorkloadConfig, register_workload
-from apcsim.workloads.tracefile import resolve_trace_path, trace_error
+from apcsim.workloads.tracefile import resolve_trace_path, salt_value, trace_error
 
 _UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _HASH_STREAM = 1  # token streams of this module, so they differ from other workloads'
@@ -49,6 +50,7 @@ class _Row:
     input_length: int
     output_length: int
     hash_ids: list
+    salt: Optional[str] = None
 
 
 def _int_field(rec: dict, key: str, lo: int, where) -> int:
@@ -94,7 +96,7 @@ def read_rows(path, unit: str, limit: Optional[int]) -> list[_Row]:
             if not isinstance(ids, list) or not ids or not all(isinstance(h, int) and not isinstance(h, bool) for h in ids):
                 raise where("hash_ids must be a non-empty list of integers")
             rows.append(_Row(lineno, ts * _UNITS[unit], _int_field(rec, "input_length", 1, where),
-                             _int_field(rec, "output_length", 0, where), ids))
+                             _int_field(rec, "output_length", 0, where), ids, salt_value(rec, where)))
     return rows
 
 
@@ -138,5 +140,5 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> list[RequestSpec]:
         specs.append(RequestSpec(
             request_id=f"mc-{i}", prompt_token_ids=readonly(prompt),
             # An output of 0 tokens cannot be served (the first token is the prefill's): 1 instead.
-            output_len=max(1, r.output_length), arrival_time=(r.t - t0) * scale))
+            output_len=max(1, r.output_length), arrival_time=(r.t - t0) * scale, cache_salt=r.salt))
     return specs
