@@ -133,6 +133,8 @@ class MetricsCollector:
             raise RuntimeError(f"{num_requests - len(self.log)} requests neither finished nor rejected")
         start = float(c["spec_arrival"].min()) if len(self.log) else 0.0
         end = float(c["finish_time"][ok].max()) if ok.any() else start
+        if partial and len(self.timeline.time):
+            end = max(end, self.timeline.time[-1])  # the clock ran on past the last finish
         duration = end - start
         num_done = int(ok.sum())
         out_tokens = int(c["output_tokens"][ok].sum())

@@ -194,9 +194,9 @@ def write_run_files(run_dir: Path, cfg: SimConfig, metrics: dict, collector: Met
 
 
 def write_outputs(out: SimOutcome, run_dir: Path, cfg: SimConfig) -> None:
-    n = out.simulation.num_requests
-    error = None if out.interrupted is None else f"{out.interrupted}: {len(out.collector.log)} of {n} requests done"
+    n, done = out.simulation.num_requests, len(out.collector.log)
+    error = None if out.interrupted is None else f"{out.interrupted}: {done} of {n} requests done"
     write_run_files(run_dir, cfg, out.metrics, out.collector, {
         "wall_s": out.wall_s,
-        "simulated_requests_per_wall_s": n / out.wall_s if out.wall_s > 0 else None,
+        "simulated_requests_per_wall_s": done / out.wall_s if out.wall_s > 0 else None,
     }, status=out.status, error=error)
