@@ -81,6 +81,15 @@ def num_blocks_for(cfg: SimConfig) -> int:
     return n
 
 
+def check_some_request_fits(specs, num_blocks: int, block_size: int) -> None:
+    """A cache that no request fits in is a config error; one that only some requests overflow is
+    not: the scheduler rejects those (with the reason in requests.csv) and serves the rest."""
+    need = min(-(-(s.prompt_len + s.output_len) // block_size) for s in specs)
+    if need > num_blocks:
+        raise ConfigError(f"the KV cache ({num_blocks} blocks of {block_size} tokens) is too small for any request: "
+                          f"the smallest needs {need} blocks; raise num_gpu_blocks or lower the lengths")
+
+
 def build_cost_model(cfg: SimConfig) -> CostModel:
     """The step-time model the config selects (`cost_model`, `hardware`, `model`)."""
     return make_cost_model(cfg.cost_model, cfg.hardware, cfg.model)
@@ -114,6 +123,7 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
     specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
     num_blocks = num_blocks_for(cfg)
     bs = cfg.block_size
+    check_some_request_fits(specs, num_blocks, bs)
     scheduler = make_scheduler(
         cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=bs,
         recompute_cost=lambda depth: cost.recompute_time(bs, depth * bs), kv_options=kv_options(cfg),

@@ -55,8 +55,8 @@ def build(cfg: AzureConfig, ctx: BuildContext) -> list[RequestSpec]:
             line = reader.line_num
             if not row or not any(c.strip() for c in row):
                 continue
-            if len(row) < 3:
-                raise trace_error(path, line, f"expected 3 columns, got {len(row)}")
+            if len(row) < 3 or len(row) > len(header):
+                raise trace_error(path, line, f"expected {len(header)} columns as in the header, got {len(row)}")
             try:
                 t = parse_timestamp(row[0])
             except ValueError:

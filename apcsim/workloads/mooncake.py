@@ -24,8 +24,10 @@ from apcsim.core.request import RequestSpec
 from apcsim.errors import ConfigError
 from apcsim.workloads._common import check_float, check_int, hashed_blocks, readonly, unique_tokens
 from apcsim.workloads.base import BuildContext, WorkloadConfig, register_workload
-from apcsim.workloads.tracefile import resolve_trace_path, salt_value, trace_error
+from apcsim.workloads.tracefile import SALT_FIELDS, resolve_trace_path, salt_value, trace_error
 
+_REQUIRED = ("timestamp", "input_length", "output_length", "hash_ids")
+_KNOWN = _REQUIRED + SALT_FIELDS
 _UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _HASH_STREAM = 1  # token streams of this module, so they differ from other workloads'
 _PAD_STREAM = 2
@@ -83,9 +85,12 @@ def read_rows(path, unit: str, limit: Optional[int]) -> list[_Row]:
                 raise where(f"not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
             if not isinstance(rec, dict):
                 raise where("expected a JSON object")
-            for key in ("timestamp", "input_length", "output_length", "hash_ids"):
+            for key in _REQUIRED:
                 if key not in rec:
                     raise where(f"missing field {key!r}")
+            unknown = sorted(k for k in rec if k not in _KNOWN)
+            if unknown:
+                raise where(f"unknown field {unknown[0]!r} (known: {', '.join(_KNOWN)})")
             ts = rec["timestamp"]
             if isinstance(ts, float):  # fractional timestamps are fine, negative or NaN are not
                 if not ts >= 0:
