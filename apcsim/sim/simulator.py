@@ -59,6 +59,10 @@ class Simulation(ServingLoop):
             elif fe.has_future_requests or self.scheduler.has_work:
                 wake = None  # follow-ups or blocked requests may still come
             else:
+                # Nothing will ever arrive again. Wake an idle engine so that it sees that too:
+                # when the last arrival was rejected nothing else would (found by the fuzz test).
+                if not self._work.triggered:
+                    self._work.succeed()
                 return
             changed = self._arrivals_changed
             yield (changed if wake is None else (wake | changed))

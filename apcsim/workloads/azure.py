@@ -41,6 +41,15 @@ def parse_timestamp(text: str) -> float:
 def build(cfg: AzureConfig, ctx: BuildContext) -> list[RequestSpec]:
     scale = check_float(cfg, "time_scale", 0.0, inclusive=False)
     path = resolve_trace_path(cfg.path)
+    try:
+        return _read(cfg, ctx, path, scale)
+    except UnicodeDecodeError as e:  # found by the fuzz test: binary junk is a trace error
+        raise trace_error(path, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise trace_error(path, None, f"malformed CSV ({e})") from None
+
+
+def _read(cfg: AzureConfig, ctx: BuildContext, path, scale: float) -> list[RequestSpec]:
     times, inputs, outputs = [], [], []
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)

@@ -100,6 +100,8 @@ def read_rows(path, unit: str, limit: Optional[int]) -> list[_Row]:
             ids = rec["hash_ids"]
             if not isinstance(ids, list) or not ids or not all(isinstance(h, int) and not isinstance(h, bool) for h in ids):
                 raise where("hash_ids must be a non-empty list of integers")
+            if not all(-(2**63) <= h < 2**63 for h in ids):
+                raise where("hash_ids must fit in 64-bit signed integers")
             rows.append(_Row(lineno, ts * _UNITS[unit], _int_field(rec, "input_length", 1, where),
                              _int_field(rec, "output_length", 0, where), ids, salt_value(rec, where)))
     return rows
