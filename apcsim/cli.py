@@ -2,6 +2,9 @@
 
 Bad input of any kind ends in one line on stderr and exit status 2: apcsim's own checks raise
 `ApcsimError`, and Hydra's composition errors (unknown option, wrong type) are folded to one line.
+Every run (each job of a multirun) ends with `status.json` in its output directory: "ok",
+"failed" (with the error) or "interrupted" (SIGINT/SIGTERM: the requests done so far are in
+requests.csv and metrics.json; the process exits 128 + the signal, which also ends a multirun).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from apcsim.config import SimConfig, register_configs
 from apcsim.errors import ApcsimError
+from apcsim.interrupt import RunInterrupted, interruptible
 from apcsim.metrics import summary_line
 from apcsim.oneline import run_with_one_line_errors
 
@@ -27,23 +31,38 @@ register_configs()
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(dcfg: DictConfig) -> float | None:
-    from apcsim.run import simulate, write_outputs
+    from apcsim.run import simulate, write_outputs, write_status
 
     hc = HydraConfig.get()
-    if hc.mode == RunMode.MULTIRUN:
-        # One job of a sweep: its failure is recorded in its directory and the sweep goes on.
-        from apcsim.job import run_multirun_job
+    run_dir = Path(hc.runtime.output_dir)
+    with interruptible():
+        if hc.mode == RunMode.MULTIRUN:
+            # One job of a sweep: a failure is recorded in its directory and the sweep goes on;
+            # an interruption marks the job and ends the sweep.
+            from apcsim.job import run_multirun_job
 
-        return run_multirun_job(dcfg, Path(hc.runtime.output_dir))
-    try:
-        cfg: SimConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
-        out = simulate(cfg)
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        write_outputs(out, run_dir, cfg)
-    except ApcsimError as e:
-        print(f"apcsim: error: {e}", file=sys.stderr)
-        sys.exit(2)
+            return run_multirun_job(dcfg, run_dir)
+        try:
+            cfg: SimConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
+            out = simulate(cfg, requests_csv=run_dir / "requests.csv")
+            write_outputs(out, run_dir, cfg)
+        except ApcsimError as e:
+            write_status(run_dir, "failed", str(e))
+            print(f"apcsim: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except RunInterrupted as e:  # before the run started or while writing its outputs
+            write_status(run_dir, "interrupted", str(e))
+            print(f"apcsim: {e}; nothing complete in {run_dir}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        except Exception as e:  # a bug: keep the traceback, but mark the job
+            write_status(run_dir, "failed", f"{type(e).__name__}: {e}")
+            raise
     print(summary_line(out.metrics, clock="simulated"))
+    if out.interrupted is not None:
+        done = out.metrics["num_finished"] + out.metrics["num_rejected"]
+        print(f"apcsim: {out.interrupted} after {done} of {out.metrics['num_requests']} requests; "
+              f"partial outputs in {run_dir} (status.json: interrupted)", file=sys.stderr)
+        sys.exit(out.interrupted.exit_code)
     print(f"outputs in {run_dir}")
     return None
 

@@ -47,6 +47,11 @@ class SimConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
     verify: bool = False  # check every block-pool and scheduler invariant after every step (slow)
     skip_quiet: bool = True  # skip stretches of pure decode in one event (results are identical)
+    # Block-key hash: xxh3_64 (fastest), xxh3_128 or sha256 (see apcsim/core/block_hash.py and the
+    # README's collision odds). verify_tokens: compare token ids on every hit; a mismatch (a hash
+    # collision) is a miss, counted in metrics.json's hash_collisions.
+    hash_algo: str = "xxh3_64"
+    verify_tokens: bool = False
     experiment: Optional[Any] = None  # set by +experiment=... presets
     progress: Progress = Progress.auto  # a bar over simulated requests (see apcsim.sweep_options)
     sweep: SweepConfig = field(default_factory=SweepConfig)  # multirun: skip jobs already done

@@ -44,9 +44,10 @@ def read_status(job_dir: Path) -> dict | None:
         return None
 
 
-def _write_status(job_dir: Path, **fields) -> None:
-    job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / STATUS_FILE).write_text(json.dumps(fields, indent=2) + "\n")
+def _write_status(job_dir: Path, status: str, error: str | None = None, **fields) -> None:
+    from apcsim.run import write_status  # the one writer of status.json (atomic)
+
+    write_status(job_dir, status, error, **fields)
 
 
 def reusable_metrics(job_dir: Path, fingerprint: str) -> dict | None:
@@ -78,6 +79,9 @@ def objective(metrics: dict | None, cfg: SimConfig) -> float | None:
 
 def run_multirun_job(dcfg: DictConfig, job_dir: Path) -> float | None:
     """Run one sweep job; failures are recorded, not raised. Returns the tuning objective."""
+    import sys
+
+    from apcsim.interrupt import RunInterrupted
     from apcsim.metrics import summary_line
     from apcsim.run import simulate, write_outputs
 
@@ -88,22 +92,32 @@ def run_multirun_job(dcfg: DictConfig, job_dir: Path) -> float | None:
         if old is not None:
             log.info("results of this config exist in %s: skipped (sweep.rerun=true runs it again)", job_dir)
             st = read_status(job_dir) or {}
-            _write_status(job_dir, **{**st, "reused": True})
+            _write_status(job_dir, **{**st, "reused": True})  # st has "status": "ok"
             return objective(old, cfg)
     # Drop an old status first: a job killed mid-run must not leave "ok" beside stale metrics.
     (job_dir / STATUS_FILE).unlink(missing_ok=True)
     t0 = time.perf_counter()
     try:
-        out = simulate(cfg, multirun=True)
+        out = simulate(cfg, multirun=True, requests_csv=job_dir / "requests.csv")
         write_outputs(out, job_dir, cfg)
+    except RunInterrupted as e:  # before the run started or while writing its outputs
+        _write_status(job_dir, "interrupted", str(e), config_sha256=fingerprint,
+                      wall_s=time.perf_counter() - t0, reused=False)
+        log.error("job interrupted (%s): the sweep stops here", e.signal_name)
+        sys.exit(e.exit_code)
     except Exception as e:  # noqa: BLE001 - any failure is this job's row, the sweep goes on
         kind = "input" if isinstance(e, ApcsimError) else "bug"
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         log.error("job failed (%s): %s", type(e).__name__, msg)
-        _write_status(job_dir, status="failed", error=msg, error_type=type(e).__name__, error_kind=kind,
+        _write_status(job_dir, "failed", msg, error_type=type(e).__name__, error_kind=kind,
                       traceback=None if kind == "input" else traceback.format_exc(),
                       config_sha256=fingerprint, wall_s=time.perf_counter() - t0, reused=False)
         return objective(None, cfg)
-    _write_status(job_dir, status="ok", config_sha256=fingerprint, wall_s=time.perf_counter() - t0, reused=False)
+    if out.interrupted is not None:
+        # write_outputs marked the job interrupted with its partial results; no later job starts.
+        log.error("job interrupted (%s) with partial outputs in %s: the sweep stops here",
+                  out.interrupted.signal_name, job_dir)
+        sys.exit(out.interrupted.exit_code)
+    _write_status(job_dir, "ok", None, config_sha256=fingerprint, wall_s=time.perf_counter() - t0, reused=False)
     log.info(summary_line(out.metrics, clock="simulated"))
     return objective(out.metrics, cfg)

@@ -17,11 +17,18 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
+from functools import partial
+from typing import Callable
 
 from apcsim.core.plan import StepPlan
 from apcsim.core.request import Request, RequestSpec
 from apcsim.core.scheduler import Scheduler, StepResult
 from apcsim.metrics import MetricsCollector
+from apcsim.requestlog import RequestLog
+
+
+def _new_request(output_seed: int, index: int, spec: RequestSpec) -> Request:
+    return Request(spec=spec, index=index, output_seed=output_seed)
 
 
 class Frontend:
@@ -35,32 +42,39 @@ class Frontend:
     waiting on its parent, blocked at the gate, in flight, or done.
     """
 
-    def __init__(self, requests: list[Request], scheduler: Scheduler, *, max_concurrency: int | None = None,
-                 use_timestamps: bool = True) -> None:
+    def __init__(self, specs: list[RequestSpec], scheduler: Scheduler, *, max_concurrency: int | None = None,
+                 use_timestamps: bool = True, make_request: Callable[[int, RequestSpec], Request] | None = None,
+                 on_done: Callable[[Request], None] | None = None) -> None:
+        """`make_request(index, spec)` builds a spec's `Request` when it is handed to the scheduler
+        (so only requests in flight exist); `on_done(r)` sees each request once as it leaves."""
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.scheduler = scheduler
         self.max_concurrency = max_concurrency
         self.use_timestamps = use_timestamps
-        by_id = {r.request_id: r for r in requests}
-        if len(by_id) != len(requests):
+        self._make = make_request or (lambda i, s: Request(spec=s, index=i))
+        self._on_done = on_done
+        ids = {s.request_id for s in specs}
+        if len(ids) != len(specs):
             raise ValueError("request ids are not unique")
-        self._pending: list[tuple[float, int, Request]] = []  # due later: (time, seq, request)
+        # Entries are (index, spec) until sent: a RequestSpec is immutable workload data, the
+        # mutable Request is made only when the request reaches the scheduler.
+        self._pending: list[tuple[float, int, tuple[int, RequestSpec]]] = []  # due later: (time, seq, entry)
         self._seq = itertools.count()
-        self._children: dict[str, list[Request]] = {}  # parent id -> follow-ups waiting on it
-        self._blocked: deque[Request] = deque()  # due, waiting for a concurrency slot
+        self._children: dict[str, list[tuple[int, RequestSpec]]] = {}  # parent id -> follow-ups waiting on it
+        self._blocked: deque[tuple[int, RequestSpec]] = deque()  # due, waiting for a concurrency slot
         self._in_flight = 0
-        for r in requests:
-            parent = r.spec.parent_id
+        for i, s in enumerate(specs):
+            parent = s.parent_id
             if parent is None:
-                self._push(r.spec.arrival_time if use_timestamps else 0.0, r)
-            elif parent not in by_id:
-                raise ValueError(f"request {r.request_id}: parent {parent!r} is not in the workload")
+                self._push(s.arrival_time if use_timestamps else 0.0, (i, s))
+            elif parent not in ids:
+                raise ValueError(f"request {s.request_id}: parent {parent!r} is not in the workload")
             else:
-                self._children.setdefault(parent, []).append(r)
+                self._children.setdefault(parent, []).append((i, s))
 
-    def _push(self, t: float, r: Request) -> None:
-        heapq.heappush(self._pending, (t, next(self._seq), r))
+    def _push(self, t: float, entry: tuple[int, RequestSpec]) -> None:
+        heapq.heappush(self._pending, (t, next(self._seq), entry))
 
     @property
     def gate_open(self) -> bool:
@@ -85,17 +99,18 @@ class Frontend:
         """Hand every request due by `now` to the scheduler; returns how many it queued."""
         queued = 0
         while self._pending and self._pending[0][0] <= now:
-            t, _, r = heapq.heappop(self._pending)
+            t, _, entry = heapq.heappop(self._pending)
             # Stamped with its due time: a request that came while the engine was busy has been
             # waiting since then (a wall-clock driver sees it late; SimPy's sees it on time).
-            queued += self._send(r, t)
+            queued += self._send(entry, t)
         return queued
 
-    def _send(self, r: Request, t: float) -> int:
+    def _send(self, entry: tuple[int, RequestSpec], t: float) -> int:
         if not self.gate_open:
-            self._blocked.append(r)
+            self._blocked.append(entry)
             return 0
         self._in_flight += 1
+        r = self._make(*entry)
         if self.scheduler.add_request(r, t):
             return 1
         return self.finish(r, t)  # rejected: frees its slot and releases its follow-ups
@@ -104,9 +119,12 @@ class Frontend:
         """`r` finished (or was rejected) at `now`: release its follow-ups and its slot; returns
         how many blocked requests the freed slot let through to the scheduler."""
         self._in_flight -= 1
+        if self._on_done is not None:
+            self._on_done(r)
         for child in self._children.pop(r.request_id, ()):
             # The user reads the answer (or the error) and types the next turn.
-            t = max(child.spec.arrival_time, now + child.spec.think_time_s) if self.use_timestamps else now
+            spec = child[1]
+            t = max(spec.arrival_time, now + spec.think_time_s) if self.use_timestamps else now
             self._push(t, child)
         queued = 0
         while self._blocked and self.gate_open:
@@ -119,16 +137,29 @@ class ServingLoop:
 
     def __init__(self, specs: list[RequestSpec], scheduler: Scheduler, *, max_concurrency: int | None = None,
                  output_seed: int = 0, use_timestamps: bool = True, verify_every_step: bool = False,
-                 on_step=None) -> None:
+                 on_step=None, keep_requests: bool = True, log: RequestLog | None = None) -> None:
+        """`keep_requests=False` is the bounded-memory mode of long runs: a `Request` exists only
+        while it is in flight, its outcome goes to `metrics.log` and `requests` stays None.
+        `log` (default: rows kept in memory) may stream requests.csv to a file."""
         self.scheduler = scheduler
-        self.metrics = MetricsCollector(scheduler)
-        self.requests = [Request(spec=s, index=i, output_seed=output_seed) for i, s in enumerate(specs)]
-        self.frontend = Frontend(self.requests, scheduler, max_concurrency=max_concurrency,
-                                 use_timestamps=use_timestamps)
+        self.metrics = MetricsCollector(scheduler, log)
+        self.num_requests = len(specs)
+        if keep_requests:
+            self.requests: list[Request] | None = [Request(spec=s, index=i, output_seed=output_seed)
+                                                   for i, s in enumerate(specs)]
+            make = self._kept_request
+        else:
+            self.requests = None
+            make = partial(_new_request, output_seed)
+        self.frontend = Frontend(specs, scheduler, max_concurrency=max_concurrency, use_timestamps=use_timestamps,
+                                 make_request=make, on_done=self.metrics.record_request)
         self.verify_every_step = verify_every_step
         # callback(plan, result) after each executed step (tests, validation); a simulator's
         # skipped quiet stretch is not a plan and is not reported.
         self.on_step = on_step
+
+    def _kept_request(self, index: int, spec: RequestSpec) -> Request:
+        return self.requests[index]  # type: ignore[index]
 
     @property
     def done(self) -> bool:

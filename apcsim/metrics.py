@@ -6,16 +6,17 @@ Everything here is a pure function of the steps and requests it is given, so a s
 
 from __future__ import annotations
 
-import csv
 import json
 import math
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from apcsim.core.request import Request, Status
+from apcsim.core.request import Request
 from apcsim.core.scheduler import Scheduler, StepResult
+from apcsim.requestlog import REQUEST_COLUMNS, RequestLog, request_row, write_rows_csv  # noqa: F401  (re-exported)
 
 PERCENTILES = (50, 90, 99)
 
@@ -41,42 +42,60 @@ def summarize(values, weights=None) -> dict:
     return {"n": int(w.sum()), "mean": mean, **{f"p{q}": p for q, p in zip(PERCENTILES, ps)}}
 
 
+def _floats() -> array:
+    return array("d")
+
+
+def _ints() -> array:
+    return array("q")
+
+
 @dataclass
 class Timeline:
-    """One row per executed step or skipped stretch of steps (so O(events) rows)."""
+    """One row per executed step or skipped stretch of steps (so O(events) rows), in compact
+    typed arrays (8 bytes a value, not a Python object each: a million-request run has ~10^6 rows)."""
 
-    time: list[float] = field(default_factory=list)  # end of the step/stretch, s
-    steps: list[int] = field(default_factory=list)  # steps it covers
-    batch: list[int] = field(default_factory=list)  # requests scheduled per step
-    tokens: list[int] = field(default_factory=list)  # tokens per step
-    kv_usage: list[float] = field(default_factory=list)  # blocks in use / all blocks
-    running: list[int] = field(default_factory=list)
-    waiting: list[int] = field(default_factory=list)
-    preemptions: list[int] = field(default_factory=list)  # cumulative
-    hit_rate: list[float] = field(default_factory=list)  # cumulative prefix-cache hit rate
+    time: array = field(default_factory=_floats)  # end of the step/stretch, s
+    steps: array = field(default_factory=_ints)  # steps it covers
+    batch: array = field(default_factory=_ints)  # requests scheduled per step
+    tokens: array = field(default_factory=_ints)  # tokens per step
+    kv_usage: array = field(default_factory=_floats)  # blocks in use / all blocks
+    running: array = field(default_factory=_ints)
+    waiting: array = field(default_factory=_ints)
+    preemptions: array = field(default_factory=_ints)  # cumulative
+    hit_rate: array = field(default_factory=_floats)  # cumulative prefix-cache hit rate
 
     def as_arrays(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self.__dict__.items()}
 
 
 class MetricsCollector:
-    def __init__(self, scheduler: Scheduler) -> None:
+    """Step rows (`timeline`), inter-token gaps and each request's outcome (`log`), all in
+    bounded per-item memory; `summary` turns them into metrics.json."""
+
+    def __init__(self, scheduler: Scheduler, log: RequestLog | None = None) -> None:
         self.scheduler = scheduler
         self.timeline = Timeline()
-        self._itl_values: list[np.ndarray] = []
-        self._itl_weights: list[np.ndarray] = []
+        self.log = log if log is not None else RequestLog()
+        # Inter-token gaps: value i occurs weight i times (a cohort step is one gap per request).
+        self._itl_values = array("d")
+        self._itl_weights = array("d")
         self.num_steps = 0
         self.busy_time = 0.0
+
+    def record_request(self, r: Request) -> None:
+        """`r` left the system (finished or rejected); the caller may drop it after this."""
+        self.log.add(r)
 
     def record_step(self, now: float, duration: float, num_requests: int, num_tokens: int, result: StepResult) -> None:
         self.num_steps += 1
         self.busy_time += duration
         if result.num_regular_decodes:
-            self._itl_values.append(np.array([duration]))
-            self._itl_weights.append(np.array([result.num_regular_decodes], dtype=np.float64))
+            self._itl_values.append(duration)
+            self._itl_weights.append(float(result.num_regular_decodes))
         if result.itl_samples:
-            self._itl_values.append(np.asarray(result.itl_samples, dtype=np.float64))
-            self._itl_weights.append(np.ones(len(result.itl_samples)))
+            self._itl_values.extend(result.itl_samples)
+            self._itl_weights.extend([1.0] * len(result.itl_samples))
         self._row(now, 1, num_requests, num_tokens)
 
     def record_stretch(self, now: float, durations: np.ndarray, num_seqs: int) -> None:
@@ -85,8 +104,8 @@ class MetricsCollector:
         self.num_steps += k
         for d in durations.tolist():  # one at a time, as record_step would: bit-identical sums
             self.busy_time += d
-        self._itl_values.append(durations)
-        self._itl_weights.append(np.full(k, float(num_seqs)))
+        self._itl_values.extend(durations.tolist())
+        self._itl_weights.extend([float(num_seqs)] * k)
         self._row(now, k, num_seqs, num_seqs)
 
     def _row(self, now: float, steps: int, batch: int, tokens: int) -> None:
@@ -103,28 +122,36 @@ class MetricsCollector:
         q = s.stats.prefix_cache_queries
         t.hit_rate.append(s.stats.prefix_cache_hits / q if q else 0.0)
 
-    def summary(self, requests: list[Request], extra: dict | None = None) -> dict:
+    def summary(self, requests, extra: dict | None = None, *, partial: bool = False) -> dict:
+        """metrics.json of the run. `requests`: the workload's requests or just their number.
+        `partial`: the run was cut short, so some requests are neither finished nor rejected."""
         st = self.scheduler.stats
-        done = [r for r in requests if r.status is Status.FINISHED]
-        if requests and len(done) + st.num_rejected != len(requests):
-            raise RuntimeError(f"{len(requests) - len(done) - st.num_rejected} requests neither finished nor rejected")
-        start = min((r.spec.arrival_time for r in requests), default=0.0)
-        end = max((r.finish_time for r in done), default=start)
+        num_requests = requests if isinstance(requests, int) else len(requests)
+        c = self.log.columns()
+        ok = c["finished"]
+        if not partial and num_requests and len(self.log) != num_requests:
+            raise RuntimeError(f"{num_requests - len(self.log)} requests neither finished nor rejected")
+        start = float(c["spec_arrival"].min()) if len(self.log) else 0.0
+        end = float(c["finish_time"][ok].max()) if ok.any() else start
+        if partial and len(self.timeline.time):
+            end = max(end, self.timeline.time[-1])  # the clock ran on past the last finish
         duration = end - start
-        out_tokens = sum(r.num_output_tokens for r in done)
-        in_tokens = sum(r.prompt_len for r in done)
-        ttft = [r.first_token_time - r.arrival_time for r in done]
-        e2e = [r.finish_time - r.arrival_time for r in done]
-        tpot = [(r.finish_time - r.first_token_time) / (r.num_output_tokens - 1) for r in done if r.num_output_tokens > 1]
-        itl_v = np.concatenate(self._itl_values) if self._itl_values else np.zeros(0)
-        itl_w = np.concatenate(self._itl_weights) if self._itl_weights else np.zeros(0)
+        num_done = int(ok.sum())
+        out_tokens = int(c["output_tokens"][ok].sum())
+        in_tokens = int(c["prompt_tokens"][ok].sum())
+        ttft = c["ttft"][ok]
+        e2e = c["e2e"][ok]
+        tpot = c["tpot"][ok]
+        tpot = tpot[~np.isnan(tpot)]
+        itl_v = np.frombuffer(self._itl_values, dtype=np.float64) if len(self._itl_values) else np.zeros(0)
+        itl_w = np.frombuffer(self._itl_weights, dtype=np.float64) if len(self._itl_weights) else np.zeros(0)
         rate = lambda x: x / duration if duration > 0 else 0.0  # noqa: E731
         q = st.prefix_cache_queries
         tl = self.timeline
         weights = np.asarray(tl.steps, dtype=np.float64)
         m = {
-            "num_requests": len(requests),
-            "num_finished": len(done),
+            "num_requests": num_requests,
+            "num_finished": num_done,
             "num_rejected": st.num_rejected,
             "prefix_cache_queries": q,
             "prefix_cache_hits": st.prefix_cache_hits,
@@ -142,7 +169,7 @@ class MetricsCollector:
             "busy_fraction": self.busy_time / duration if duration > 0 else 0.0,
             "output_throughput_tok_s": rate(out_tokens),
             "total_token_throughput_tok_s": rate(out_tokens + in_tokens),
-            "request_throughput_rps": rate(len(done)),
+            "request_throughput_rps": rate(num_done),
             "mean_batch_size": float(np.dot(tl.batch, weights) / weights.sum()) if tl.steps else 0.0,
             "peak_kv_usage": max(tl.kv_usage, default=0.0),
             "ttft_s": summarize(ttft),
@@ -150,6 +177,8 @@ class MetricsCollector:
             "itl_s": summarize(itl_v, itl_w),
             "e2e_s": summarize(e2e),
         }
+        if partial:
+            m["num_unfinished"] = num_requests - len(self.log)
         if extra:
             m.update(extra)
         return m
@@ -167,39 +196,12 @@ def write_metrics(path: Path, metrics: dict) -> None:
     path.write_text(json.dumps(_clean(metrics), indent=2, sort_keys=False) + "\n")
 
 
-REQUEST_COLUMNS = [
-    "request_id", "arrival_s", "first_scheduled_s", "first_token_s", "finish_s", "ttft_s", "e2e_s",
-    "prompt_tokens", "cached_tokens", "output_tokens", "preemptions", "priority", "rejected_reason",
-]
-
-
 def request_rows(requests: list[Request]) -> list[dict]:
-    rows = []
-    for r in requests:
-        ok = r.status is Status.FINISHED
-        rows.append({
-            "request_id": r.request_id,
-            "arrival_s": r.arrival_time,
-            "first_scheduled_s": r.first_scheduled_time if ok else "",
-            "first_token_s": r.first_token_time if ok else "",
-            "finish_s": r.finish_time if ok else "",
-            "ttft_s": r.first_token_time - r.arrival_time if ok else "",
-            "e2e_s": r.finish_time - r.arrival_time if ok else "",
-            "prompt_tokens": r.prompt_len,
-            "cached_tokens": max(r.num_cached_tokens, 0),
-            "output_tokens": r.num_output_tokens,
-            "preemptions": r.num_preemptions,
-            "priority": r.priority,
-            "rejected_reason": r.rejected_reason,
-        })
-    return rows
+    return [request_row(r) for r in requests]
 
 
 def write_requests_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=REQUEST_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    write_rows_csv(path, rows)
 
 
 def summary_line(m: dict, *, clock: str, where: str = "") -> str:

@@ -47,7 +47,8 @@ def run_with_one_line_errors(main: Callable[[], None], prog: str) -> None:
     finally:
         sys.stderr = real_err
     text = buf.getvalue()
-    if code == 0 or os.environ.get("HYDRA_FULL_ERROR") == "1":
+    # 128 + signal: an interrupted run, which has said what it kept; not an input error.
+    if code == 0 or code > 128 or os.environ.get("HYDRA_FULL_ERROR") == "1":
         real_err.write(text)  # success, or the user asked for Hydra's full error
         if code:
             sys.exit(code)

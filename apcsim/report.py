@@ -14,8 +14,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from apcsim.core.request import Request, Status
 from apcsim.metrics import Timeline
+from apcsim.requestlog import RequestLog
 
 _MAX_POINTS = 4000  # per trace; more adds bytes, not information
 
@@ -33,16 +33,17 @@ def _cdf(values) -> tuple[np.ndarray, np.ndarray]:
     return _thin(v, np.arange(1, len(v) + 1) / max(len(v), 1))
 
 
-def build_figure(requests: list[Request], timeline: Timeline, title: str) -> go.Figure:
-    done = [r for r in requests if r.status is Status.FINISHED]
+def build_figure(log: RequestLog, timeline: Timeline, title: str) -> go.Figure:
+    """From the run's per-request columns (not Request objects: a long run does not keep them)."""
+    c = log.columns()
     fig = make_subplots(
         rows=3, cols=2, vertical_spacing=0.09,
         subplot_titles=("TTFT CDF", "End-to-end latency CDF", "Prefix-cache hit rate (cumulative)",
                         "KV-cache usage", "Running batch size", "Preemptions (cumulative)"),
     )
-    x, y = _cdf([r.first_token_time - r.arrival_time for r in done])
+    x, y = _cdf(c["ttft"][c["finished"]])
     fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="TTFT"), row=1, col=1)
-    x, y = _cdf([r.finish_time - r.arrival_time for r in done])
+    x, y = _cdf(c["e2e"][c["finished"]])
     fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="E2E"), row=1, col=2)
     t = timeline.as_arrays()
     if len(t["time"]):
@@ -72,11 +73,11 @@ def _metrics_table(m: dict) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
-def write_report(path: Path, metrics: dict, requests: list[Request], timeline: Timeline,
+def write_report(path: Path, metrics: dict, log: RequestLog, timeline: Timeline,
                  include_plotlyjs: str = "inline") -> None:
     c = metrics.get("config", {})
     title = f"apcsim: {c.get('workload', '?')}, policy={c.get('policy', '?')}, block_size={c.get('block_size', '?')}"
-    fig = build_figure(requests, timeline, title)
+    fig = build_figure(log, timeline, title)
     plot = fig.to_html(full_html=False, include_plotlyjs=True if include_plotlyjs == "inline" else "cdn")
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"

@@ -12,10 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from apcsim.config import SimConfig
+from apcsim.core.block_hash import get_hash_algo
 from apcsim.core.build import make_scheduler
 from apcsim.errors import ConfigError
 from apcsim.hardware import kv_cache_blocks
-from apcsim.metrics import MetricsCollector, request_rows, write_metrics, write_requests_csv
+from apcsim.interrupt import RunInterrupted
+from apcsim.metrics import MetricsCollector, write_metrics
+from apcsim.requestlog import RequestLog, write_rows_csv
 from apcsim.progress import make_progress
 from apcsim.sim.cost_model import CostModel, make_cost_model
 from apcsim.sim.simulator import Simulation
@@ -50,6 +53,23 @@ def validate(cfg: SimConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    get_hash_algo(cfg.hash_algo)  # unknown names list the known ones
+
+
+def kv_options(cfg: SimConfig) -> dict:
+    return {"hash_algo": cfg.hash_algo, "verify_tokens": cfg.verify_tokens}
+
+
+def run_extra(cfg: SimConfig, scheduler) -> dict:
+    """metrics.json keys that exist only when their option is on (so default outputs keep their shape)."""
+    extra = {}
+    if cfg.verify_tokens:
+        extra["hash_collisions"] = scheduler.stats.hash_collisions
+    return extra
+
+
+def config_extra(cfg: SimConfig) -> dict:
+    return {"hash_algo": cfg.hash_algo} if cfg.hash_algo != "xxh3_64" else {}
 
 
 def num_blocks_for(cfg: SimConfig) -> int:
@@ -65,6 +85,15 @@ def num_blocks_for(cfg: SimConfig) -> int:
     return n
 
 
+def check_some_request_fits(specs, num_blocks: int, block_size: int) -> None:
+    """A cache that no request fits in is a config error; one that only some requests overflow is
+    not: the scheduler rejects those (with the reason in requests.csv) and serves the rest."""
+    need = min(-(-(s.prompt_len + s.output_len) // block_size) for s in specs)
+    if need > num_blocks:
+        raise ConfigError(f"the KV cache ({num_blocks} blocks of {block_size} tokens) is too small for any request: "
+                          f"the smallest needs {need} blocks; raise num_gpu_blocks or lower the lengths")
+
+
 def build_cost_model(cfg: SimConfig) -> CostModel:
     """The step-time model the config selects (`cost_model`, `hardware`, `model`)."""
     return make_cost_model(cfg.cost_model, cfg.hardware, cfg.model)
@@ -76,13 +105,28 @@ class SimOutcome:
     simulation: Simulation
     collector: MetricsCollector
     wall_s: float
+    interrupted: RunInterrupted | None = None  # the signal that cut the run short, if any
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.interrupted is None else "interrupted"
 
 
-def simulate(cfg: SimConfig, *, cost: CostModel | None = None, use_timestamps: bool = True,
-             on_step=None, multirun: bool = False) -> SimOutcome:
-    """`cost` replaces the cost model the config selects (validation against a profile file);
+def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests: bool = False,
+             cost: CostModel | None = None, use_timestamps: bool = True, on_step=None,
+             multirun: bool = False) -> SimOutcome:
+    """Run one simulation. `requests_csv`: stream each request's row there as it leaves (flushed,
+    so an interrupted run keeps them); otherwise rows are kept in memory (`collector.log.rows`).
+    `keep_requests`: keep every `Request` object in `simulation.requests` (tests); by default
+    a request is dropped once recorded, so memory does not grow with finished requests.
+
+    A `RunInterrupted` (SIGINT/SIGTERM under `apcsim.interrupt.interruptible`) during the run
+    ends it early: the outcome then summarises the requests that finished and says so.
+
+    `cost` replaces the cost model the config selects (validation against a profile file);
     `use_timestamps=False` sends every request at t=0, as the engine's offline mode does;
-    `multirun`: this is one job of a sweep (the progress bar stays off unless `progress=on`)."""
+    `on_step(plan, result)` is called after every executed step; `multirun`: this is one job of
+    a sweep (the progress bar stays off unless `progress=on`)."""
     validate(cfg)
     t0 = time.perf_counter()
     if cost is None:
@@ -91,18 +135,31 @@ def simulate(cfg: SimConfig, *, cost: CostModel | None = None, use_timestamps: b
     specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
     num_blocks = num_blocks_for(cfg)
     bs = cfg.block_size
+    check_some_request_fits(specs, num_blocks, bs)
     scheduler = make_scheduler(
         cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=bs,
-        recompute_cost=lambda depth: cost.recompute_time(bs, depth * bs), specs=specs,
+        recompute_cost=lambda depth: cost.recompute_time(bs, depth * bs), specs=specs, kv_options=kv_options(cfg),
     )
-    sim = Simulation(
-        specs, scheduler, cost, max_concurrency=cfg.max_concurrency,
-        output_seed=int(output_ss.generate_state(1)[0]), skip_quiet=cfg.skip_quiet, verify_every_step=cfg.verify,
-        use_timestamps=use_timestamps, on_step=on_step,
-        progress=make_progress(cfg.progress, len(specs), multirun=multirun),
-    )
-    collector = sim.run()
-    if cfg.verify:
+    sink = open(requests_csv, "w", newline="") if requests_csv is not None else None
+    interrupted = None
+    try:
+        sim = Simulation(
+            specs, scheduler, cost, max_concurrency=cfg.max_concurrency,
+            output_seed=int(output_ss.generate_state(1)[0]), skip_quiet=cfg.skip_quiet, verify_every_step=cfg.verify,
+            keep_requests=keep_requests, log=RequestLog(sink) if sink is not None else None,
+            use_timestamps=use_timestamps, on_step=on_step,
+            progress=make_progress(cfg.progress, len(specs), multirun=multirun),
+        )
+        del specs  # the frontend holds what it still needs
+        try:
+            collector = sim.run()
+        except RunInterrupted as e:
+            interrupted = e
+            collector = sim.metrics
+    finally:
+        if sink is not None:
+            sink.close()
+    if cfg.verify and interrupted is None:
         scheduler.verify()
     extra = {
         "config": {
@@ -115,21 +172,41 @@ def simulate(cfg: SimConfig, *, cost: CostModel | None = None, use_timestamps: b
             "model": cfg.model.name,
             "cost_model": cost.name,
             "seed": cfg.seed,
+            **config_extra(cfg),
         },
+        **run_extra(cfg, scheduler),
         "policy_stats": scheduler.kv.pool.policy.stats(),
     }
-    metrics = collector.summary(sim.requests, extra)
-    return SimOutcome(metrics, sim, collector, time.perf_counter() - t0)
+    metrics = collector.summary(sim.num_requests, extra, partial=interrupted is not None)
+    return SimOutcome(metrics, sim, collector, time.perf_counter() - t0, interrupted)
 
 
-def write_run_files(run_dir: Path, cfg: SimConfig, metrics: dict, requests, timeline, run_info: dict) -> None:
-    """metrics.json, requests.csv, run_info.json (the caller's fields plus peak RSS, Python and
-    machine) and, if enabled, report.html: the files every run writes, simulated or measured."""
+def write_status(run_dir: Path, status: str, error: str | None = None, **extra) -> None:
+    """`status.json` = {"status": "ok" | "failed" | "interrupted", "error": message or null,
+    **extra}: the one file a sweep collector reads to know whether a job's other files are
+    complete (a sweep job adds its config fingerprint and wall time, see `apcsim.job`)."""
+    if status not in ("ok", "failed", "interrupted"):
+        raise ValueError(f"unknown run status {status!r}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "status.json.tmp"
+    tmp.write_text(json.dumps({"status": status, "error": error, **extra}) + "\n")
+    tmp.replace(run_dir / "status.json")  # atomic: a reader never sees half a file
+
+
+def write_run_files(run_dir: Path, cfg: SimConfig, metrics: dict, collector: MetricsCollector, run_info: dict,
+                    *, status: str = "ok", error: str | None = None) -> None:
+    """metrics.json, requests.csv (unless the run streamed it there already), run_info.json (the
+    caller's fields plus status, peak RSS, Python and machine), report.html if enabled, and last
+    status.json: the files every run writes, simulated or measured. Wall-clock figures go to
+    run_info.json only, so metrics.json and requests.csv are byte-identical across runs."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(run_dir / "metrics.json", metrics)
-    write_requests_csv(run_dir / "requests.csv", request_rows(requests))
+    log = collector.log
+    if not log.streams:
+        write_rows_csv(run_dir / "requests.csv", log.rows or [])
     run_info = {
         **run_info,
+        "status": status,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "python": platform.python_version(),
         "machine": platform.machine(),
@@ -138,12 +215,14 @@ def write_run_files(run_dir: Path, cfg: SimConfig, metrics: dict, requests, time
     if cfg.report.enabled:
         from apcsim.report import write_report
 
-        write_report(run_dir / "report.html", metrics, requests, timeline, include_plotlyjs=cfg.report.plotlyjs)
+        write_report(run_dir / "report.html", metrics, log, collector.timeline, include_plotlyjs=cfg.report.plotlyjs)
+    write_status(run_dir, status, error)
 
 
 def write_outputs(out: SimOutcome, run_dir: Path, cfg: SimConfig) -> None:
-    n = len(out.simulation.requests)
-    write_run_files(run_dir, cfg, out.metrics, out.simulation.requests, out.collector.timeline, {
+    n, done = out.simulation.num_requests, len(out.collector.log)
+    error = None if out.interrupted is None else f"{out.interrupted}: {done} of {n} requests done"
+    write_run_files(run_dir, cfg, out.metrics, out.collector, {
         "wall_s": out.wall_s,
-        "simulated_requests_per_wall_s": n / out.wall_s if out.wall_s > 0 else None,
-    })
+        "simulated_requests_per_wall_s": done / out.wall_s if out.wall_s > 0 else None,
+    }, status=out.status, error=error)

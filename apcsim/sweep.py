@@ -1,5 +1,5 @@
 """Collect a Hydra multirun into one table: a row per job, its overrides, its metrics and its
-status (`ok`, `failed` with the error, or `incomplete`: a job that never finished writing).
+status (`ok`, `failed` with the error, `interrupted` (Ctrl-C or kill; partial outputs), or `incomplete`: a job that never finished writing).
 
     python -m apcsim.sweep multirun/seed_overhead/2026-11-23_12-00-00 [--out table.csv] [--html]
 
@@ -67,6 +67,9 @@ def collect(sweep_dir: Path, *, finished_only: bool = False) -> list[dict]:
         st = read_status(job)
         if st is not None and st.get("status") == "failed":
             row.update(status="failed", error=st.get("error", ""))
+        elif st is not None and st.get("status") == "interrupted":
+            # Partial metrics of a cut-short run are not comparable with finished jobs' metrics.
+            row.update(status="interrupted", error=st.get("error") or "interrupted")
         elif has_metrics and (st is None or st.get("status") == "ok"):
             # No status.json: written before jobs recorded one; metrics.json alone means done.
             row.update(status="ok", error="")

@@ -24,7 +24,7 @@ from apcsim.core.scheduler import Scheduler
 from apcsim.errors import ApcsimError, ConfigError
 from apcsim.loop import ServingLoop
 from apcsim.metrics import MetricsCollector
-from apcsim.run import validate, write_run_files
+from apcsim.run import kv_options, validate, write_run_files
 from apcsim.workloads import build_workload
 
 
@@ -106,24 +106,57 @@ def resolve_ops(name: str, device):
     return kernels.get_ops(name)
 
 
-def kv_num_blocks(cfg: EngineConfig, device, dtype) -> int:
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def kv_memory_error(*, model: str, weights_bytes: int, activation_bytes: int, block_bytes: int, num_blocks: int | None,
+                    free_bytes: int, total_bytes: int, utilization: float) -> str | None:
+    """The message for a KV cache that does not fit on the GPU (None if it fits), with every
+    number the user needs: weights, activations, the KV asked for, free and total memory.
+    `num_blocks`: the blocks asked for (num_gpu_blocks), or None when sized from utilization."""
+    budget = total_bytes * utilization - (total_bytes - free_bytes)  # the weights are loaded by now
+    room = budget - activation_bytes
+    head = (f"GPU out of memory for model {model}: weights {_gib(weights_bytes)}, activations {_gib(activation_bytes)}, "
+            f"{_gib(free_bytes)} free of {_gib(total_bytes)}")
+    if num_blocks is None:
+        if room >= block_bytes:
+            return None
+        return (f"{head}; gpu_memory_utilization={utilization} leaves {_gib(max(room, 0))} for the KV cache, "
+                f"less than one block ({block_bytes} bytes); raise gpu_memory_utilization or use a smaller model")
+    kv = num_blocks * block_bytes
+    if kv + activation_bytes <= free_bytes:
+        return None
+    fit = max(int((free_bytes - activation_bytes) // block_bytes), 0)
+    return (f"{head}; num_gpu_blocks={num_blocks} needs {_gib(kv)} of KV cache ({block_bytes} bytes a block), "
+            f"at most {fit} blocks fit")
+
+
+def kv_num_blocks(cfg: EngineConfig, device, dtype, weights_bytes: int = 0) -> int:
     """num_gpu_blocks if given; on CUDA what gpu_memory_utilization leaves after the weights and
-    one full-budget step's activations (as vLLM sizes it); on the CPU cpu_kv_cache_mib."""
+    one full-budget step's activations (as vLLM sizes it); on the CPU cpu_kv_cache_mib. On CUDA
+    a cache that cannot fit is a ConfigError with the numbers (see kv_memory_error), raised
+    before anything is allocated, instead of torch's OutOfMemoryError mid-setup."""
     import torch
 
     from apcsim.hardware import activation_bytes
     from engine.executor import kv_block_bytes
 
-    if cfg.num_gpu_blocks is not None:
-        return cfg.num_gpu_blocks
     per_block = kv_block_bytes(cfg.model, cfg.block_size, dtype)
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
-        budget = total * cfg.gpu_memory_utilization - (total - free)  # weights are loaded by now
-        budget -= activation_bytes(cfg.model, cfg.scheduler.max_num_batched_tokens, cfg.scheduler.max_num_seqs)
-        n = int(budget // per_block)
-    else:
-        n = int(cfg.cpu_kv_cache_mib * 2**20 // per_block)
+        act = activation_bytes(cfg.model, cfg.scheduler.max_num_batched_tokens, cfg.scheduler.max_num_seqs)
+        msg = kv_memory_error(model=cfg.model.name, weights_bytes=weights_bytes, activation_bytes=act,
+                              block_bytes=per_block, num_blocks=cfg.num_gpu_blocks, free_bytes=free,
+                              total_bytes=total, utilization=cfg.gpu_memory_utilization)
+        if msg is not None:
+            raise ConfigError(msg)
+        if cfg.num_gpu_blocks is not None:
+            return cfg.num_gpu_blocks
+        return int((total * cfg.gpu_memory_utilization - (total - free) - act) // per_block)
+    if cfg.num_gpu_blocks is not None:
+        return cfg.num_gpu_blocks
+    n = int(cfg.cpu_kv_cache_mib * 2**20 // per_block)
     if n < 1:
         raise ConfigError(f"no room for a KV cache of model {cfg.model.name} (one block is {per_block} bytes)")
     return n
@@ -173,12 +206,13 @@ def build_engine(cfg: EngineConfig, *, capture_logits: bool = False, on_step=Non
     ops = resolve_ops(cfg.attention_backend, device)
     seed = cfg.seed if cfg.weights_seed is None else cfg.weights_seed
     model = build_model(cfg.model, weights=cfg.weights, seed=seed, device=device, dtype=default_dtype(device))
-    num_blocks = kv_num_blocks(cfg, device, default_dtype(device))
+    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    num_blocks = kv_num_blocks(cfg, device, default_dtype(device), weights_bytes)
     executor = Executor(model, ops, num_blocks=num_blocks, block_size=cfg.block_size, capture_logits=capture_logits)
     workload_ss, output_ss = np.random.SeedSequence(cfg.seed).spawn(2)
     specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
     scheduler = make_scheduler(cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=cfg.block_size,
-                               recompute_cost=_recompute_cost(cfg, cost), specs=specs)
+                               recompute_cost=_recompute_cost(cfg, cost), specs=specs, kv_options=kv_options(cfg))
     loop = EngineLoop(specs, scheduler, executor, max_concurrency=cfg.max_concurrency, online=cfg.online,
                       output_seed=int(output_ss.generate_state(1)[0]), verify_every_step=cfg.verify, on_step=on_step)
     if device.type == "cuda":
@@ -212,7 +246,7 @@ def run_engine(cfg: EngineConfig, **kw) -> EngineOutcome:
             "num_params": sum(p.numel() for p in m.parameters()),
         }
     }
-    metrics = collector.summary(loop.requests, extra)
+    metrics = collector.summary(loop.num_requests, extra)
     return EngineOutcome(metrics, loop, collector, time.perf_counter() - t0)
 
 
@@ -226,7 +260,7 @@ def write_engine_outputs(out: EngineOutcome, run_dir: Path, cfg: EngineConfig) -
             toks = ex.generated(r.request_id)[: r.num_output_tokens] if r.status is Status.FINISHED else []
             f.write(json.dumps({"request_id": r.request_id, "output_token_ids": [int(t) for t in toks]}) + "\n")
     n = len(out.loop.requests)
-    write_run_files(run_dir, cfg, out.metrics, out.loop.requests, out.collector.timeline, {
+    write_run_files(run_dir, cfg, out.metrics, out.collector, {
         "wall_s": out.wall_s,
         "requests_per_wall_s": n / out.wall_s if out.wall_s > 0 else None,
         "device": out.metrics["config"]["device"],

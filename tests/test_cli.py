@@ -20,7 +20,8 @@ from apcsim.workloads import WORKLOADS
 from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
 
 GOLDEN = Path(__file__).parent / "golden"
-CONF = Path(__file__).resolve().parents[1] / "apcsim" / "conf"
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "apcsim" / "conf"
 
 
 def _options(group: str) -> list[str]:
@@ -72,7 +73,7 @@ def test_wrong_type_is_rejected_at_composition():
 
 
 def _cli(tmp_path: Path, *args: str, name: str = "run") -> subprocess.CompletedProcess:
-    env = {**os.environ}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's apcsim, whatever is installed
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, "-m", "apcsim", *args, f"hydra.run.dir={tmp_path / name}"],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)

@@ -313,7 +313,7 @@ def test_cache_unaware_admission_wants_every_prompt_block_free():
 # -- (g) multi-turn ----------------------------------------------------------------------------------------
 def test_multiturn_follow_ups_hit_their_history():
     common = ["workload=multiturn", "workload.num_conversations=6", "workload.turns=3", "block_size=16"]
-    out = simulate(compose_config([*common, "+policy=lru"]))
+    out = simulate(compose_config([*common, "+policy=lru"]), keep_requests=True)
     none = simulate(compose_config(common)).metrics
     m = out.metrics
     assert none["prefix_cache_hit_rate"] == 0.0

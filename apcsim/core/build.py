@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from apcsim.core.block_hash import HashAlgo, get_hash_algo
 from apcsim.core.block_pool import BlockPool
 from apcsim.core.future import FutureOracle
 from apcsim.core.kv_cache_manager import KVCacheManager
@@ -25,10 +26,12 @@ def make_scheduler(
     block_size: int,
     recompute_cost: Callable[[int], float],
     specs: Sequence[RequestSpec] | None = None,
+    kv_options: dict | None = None,
 ) -> Scheduler:
     """`eviction=None` means prefix caching off, the same as the `none` policy. `specs` (the
     whole workload, in the order the serving loop numbers requests) is needed only by a policy
-    that knows the future (`belady`)."""
+    that knows the future (`belady`). `kv_options`: keyword arguments of `KVCacheManager`
+    (hash_algo, verify_tokens)."""
     name = NO_CACHING if eviction is None else eviction.name
     entry = EVICTION_POLICIES.get(name)
     if entry is None:
@@ -36,15 +39,18 @@ def make_scheduler(
     sched_entry = SCHEDULING_POLICIES.get(scheduling.name)
     if sched_entry is None:
         raise KeyError(f"unknown scheduling policy {scheduling.name!r}; known: {', '.join(sorted(SCHEDULING_POLICIES))}")
+    kv_options = dict(kv_options or {})
+    algo = kv_options.get("hash_algo", "xxh3_64")
+    kv_options["hash_algo"] = algo = algo if isinstance(algo, HashAlgo) else get_hash_algo(algo)
     future = None
     if entry.cls.needs_future:
         if specs is None:
             raise ValueError(f"eviction policy {name!r} needs the workload's future (the request specs)")
-        future = FutureOracle(specs, block_size)
+        future = FutureOracle(specs, block_size, algo)  # keyed exactly as the manager keys blocks
     clock = Clock()
     ctx = PolicyContext(block_size=block_size, num_blocks=num_blocks, recompute_cost=recompute_cost,
                         clock=clock, future=future)
     policy = entry.cls(eviction if eviction is not None else entry.config_cls(), ctx)
     pool = BlockPool(num_blocks, policy)
-    return Scheduler(scheduling, sched_entry.cls(scheduling), KVCacheManager(pool, block_size),
-                     clock=clock, future=future)
+    kv = KVCacheManager(pool, block_size, **kv_options)
+    return Scheduler(scheduling, sched_entry.cls(scheduling), kv, clock=clock, future=future)

@@ -1,9 +1,11 @@
 """Request-level verbs over the block pool: find a request's cached prefix, allocate slots for
 the tokens it will compute, cache its full blocks, free it. vLLM V1's KVCacheManager semantics.
 
-Block keys chain: key(i) = xxh3_64(tokens of block i, seed=key(i-1)), and the chain starts from
-a seed derived from the request's cache salt, so equal keys mean equal whole prefixes (and equal
-tenants). Only full blocks get keys.
+Block keys chain: key(i) = H(key(i-1), tokens of block i) (by default xxh3_64 with the parent
+key as seed; see `block_hash` for the choices), and the chain starts from a seed derived from the
+request's cache salt, so equal keys mean equal whole prefixes (and equal tenants). Only full
+blocks get keys. With `verify_tokens`, each cached block also keeps its salt and token ids, and
+a lookup accepts a key match only if they are equal too (a mismatch is a hash collision: a miss).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from operator import attrgetter, is_not
 
 import xxhash
 
+from apcsim.core.block_hash import HashAlgo, get_hash_algo
 from apcsim.core.block_pool import BlockPool
 from apcsim.core.request import Request
 from policies.eviction.base import EvictionPolicy
@@ -32,25 +35,39 @@ def root_seed(cache_salt: str | None) -> int:
     return 0 if cache_salt is None else xxhash.xxh3_64_intdigest(cache_salt.encode())
 
 
-def chain_keys(tokens, block_size: int, seed: int) -> list[int]:
-    """Keys of the full blocks of `tokens` (int32), chained from `seed`: the one key function
-    (the KV cache manager and the offline future oracle both call it)."""
-    data = memoryview(tokens.tobytes())
+def chain_keys(tokens, block_size: int, seed: int, algo: HashAlgo | None = None) -> list[int]:
+    """Keys of the full blocks of `tokens` (int32), chained from `seed` with `algo` (default
+    xxh3_64): the one key function (the KV cache manager and the offline future oracle both call
+    it)."""
+    data = memoryview(tokens.astype("<i4", copy=False).tobytes())
     step = block_size * 4  # int32 tokens
-    h = xxhash.xxh3_64_intdigest
     out = []
+    if algo is None or algo.name == "xxh3_64":  # inlined: the hot path of every run
+        h = xxhash.xxh3_64_intdigest
+        for i in range(len(tokens) // block_size):
+            seed = h(data[i * step : (i + 1) * step], seed)
+            out.append(seed)
+        return out
+    hstep = algo.step
     for i in range(len(tokens) // block_size):
-        seed = h(data[i * step : (i + 1) * step], seed)
+        seed = hstep(seed, bytes(data[i * step : (i + 1) * step]))
         out.append(seed)
     return out
 
 
 class KVCacheManager:
-    def __init__(self, pool: BlockPool, block_size: int) -> None:
+    def __init__(self, pool: BlockPool, block_size: int, *, hash_algo: str | HashAlgo = "xxh3_64",
+                 verify_tokens: bool = False) -> None:
         self.pool = pool
         self.block_size = block_size
         self.enable_caching = pool.policy.enables_caching
         self._policy_before_release = type(pool.policy).before_release is not EvictionPolicy.before_release
+        self.hash_algo = hash_algo if isinstance(hash_algo, HashAlgo) else get_hash_algo(hash_algo)
+        self.verify_tokens = verify_tokens
+        # verify_tokens: block id -> (salt, token bytes) of what it was cached with. Set only
+        # when enabled (it costs block_size * 4 bytes a block); a cached block's entry is always
+        # its latest content, since a block is re-keyed only by caching it again.
+        self._content: dict[int, tuple[str | None, bytes]] = {}
 
     # -- keys ----------------------------------------------------------------------------------
     def block_keys(self, req: Request, num_blocks: int) -> list[int]:
@@ -59,9 +76,13 @@ class KVCacheManager:
         if len(keys) < num_blocks:
             bs = self.block_size
             start = len(keys)
-            seed = keys[-1] if keys else root_seed(req.spec.cache_salt)
-            keys.extend(chain_keys(req.token_slice(start * bs, num_blocks * bs), bs, seed))
+            seed = keys[-1] if keys else self.hash_algo.root(req.spec.cache_salt)
+            keys.extend(chain_keys(req.token_slice(start * bs, num_blocks * bs), bs, seed, self.hash_algo))
         return keys
+
+    def _block_content(self, req: Request, i: int) -> tuple[str | None, bytes]:
+        bs = self.block_size
+        return req.spec.cache_salt, req.token_slice(i * bs, (i + 1) * bs).tobytes()
 
     # -- the verbs -----------------------------------------------------------------------------
     def get_computed_blocks(self, req: Request) -> list:
@@ -83,10 +104,26 @@ class KVCacheManager:
             hits = []
         keys = self.block_keys(req, max_blocks)
         if len(hits) < max_blocks:
-            # The walk in C: lookups stop at the first key not cached.
-            hits.extend(takewhile(_is_block, map(pool.cached.get, keys[len(hits) : max_blocks])))
+            if self.verify_tokens:
+                req.lookup_collided = self._verified_walk(req, keys, hits, max_blocks)
+            else:
+                # The walk in C: lookups stop at the first key not cached.
+                hits.extend(takewhile(_is_block, map(pool.cached.get, keys[len(hits) : max_blocks])))
         req.hit_memo = (pool.num_evictions, hits)
         return list(hits)
+
+    def _verified_walk(self, req: Request, keys: list[int], hits: list, max_blocks: int) -> bool:
+        """Extend `hits` while the key is cached AND the block holds this request's salt and
+        tokens; True if it stopped at a key match whose content differs (a hash collision)."""
+        cached, content = self.pool.cached, self._content
+        for i in range(len(hits), max_blocks):
+            b = cached.get(keys[i])
+            if b is None:
+                return False
+            if content.get(b.block_id) != self._block_content(req, i):
+                return True
+            hits.append(b)
+        return False
 
     def can_allocate(self, req: Request, num_new_tokens: int, computed: list) -> int:
         """How many new blocks the request needs, or -1 if the pool cannot give them now."""
@@ -125,6 +162,9 @@ class KVCacheManager:
         keys = self.block_keys(req, num_full)
         blocks = self.pool.blocks
         self.pool.cache_chain([blocks[i] for i in req.block_ids[first:num_full]], keys, first)
+        if self.verify_tokens:
+            for i in range(first, num_full):
+                self._content[req.block_ids[i]] = self._block_content(req, i)
         req.num_cached_blocks = num_full
 
     def free(self, req: Request) -> None:

@@ -112,6 +112,7 @@ class Request:
     # (pool.num_evictions, hit blocks) of the last prefix lookup while waiting: still exact if no
     # keyed block was evicted since, so a request retried every step re-walks only past its end.
     hit_memo: tuple | None = None
+    lookup_collided: bool = False  # verify_tokens: the last lookup stopped at a hash collision
     _outputs: np.ndarray | None = None
 
     @property

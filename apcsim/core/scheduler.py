@@ -43,6 +43,7 @@ class SchedulerStats:
     recomputed_tokens: int = 0  # tokens computed again after a preemption (prompt or output)
     num_preemptions: int = 0
     num_rejected: int = 0
+    hash_collisions: int = 0  # verify_tokens: admissions whose lookup stopped at a key collision
 
 
 @dataclass
@@ -297,6 +298,7 @@ class Scheduler:
 
     def _admit_waiting(self, remaining: int, now: float) -> int:
         cfg = self.cfg
+        stats = self.stats
         num_hashed = 0
         while len(self.policy) and remaining > 0 and len(self.running) < cfg.max_num_seqs:
             r = self.policy.peek()
@@ -310,6 +312,9 @@ class Scheduler:
             if self.kv.enable_caching:
                 num_hashed += r.num_tokens  # with caching off nothing is hashed or looked up
             cached = len(computed) * self.block_size
+            if r.lookup_collided:
+                stats.hash_collisions += 1
+                r.lookup_collided = False
             if r.num_cached_tokens < 0:
                 r.num_cached_tokens = cached
                 r.first_scheduled_time = now

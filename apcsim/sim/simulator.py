@@ -15,6 +15,7 @@ from apcsim.core.request import RequestSpec
 from apcsim.core.scheduler import Scheduler
 from apcsim.loop import ServingLoop
 from apcsim.metrics import MetricsCollector
+from apcsim.requestlog import RequestLog
 from apcsim.sim.cost_model import CostModel
 
 
@@ -32,9 +33,12 @@ class Simulation(ServingLoop):
         use_timestamps: bool = True,
         on_step=None,
         progress=None,
+        keep_requests: bool = True,
+        log: RequestLog | None = None,
     ) -> None:
         super().__init__(specs, scheduler, max_concurrency=max_concurrency, output_seed=output_seed,
-                         use_timestamps=use_timestamps, verify_every_step=verify_every_step, on_step=on_step)
+                         use_timestamps=use_timestamps, verify_every_step=verify_every_step, on_step=on_step,
+                         keep_requests=keep_requests, log=log)
         self.env = simpy.Environment()
         self.cost = cost_model
         self.skip_quiet = skip_quiet
@@ -60,6 +64,10 @@ class Simulation(ServingLoop):
             elif fe.has_future_requests or self.scheduler.has_work:
                 wake = None  # follow-ups or blocked requests may still come
             else:
+                # Nothing will ever arrive again. Wake an idle engine so that it sees that too:
+                # when the last arrival was rejected nothing else would (found by the fuzz test).
+                if not self._work.triggered:
+                    self._work.succeed()
                 return
             changed = self._arrivals_changed
             yield (changed if wake is None else (wake | changed))

@@ -1,7 +1,8 @@
 """The Azure LLM inference trace (Splitwise, ISCA'24): CSV of TIMESTAMP, ContextTokens, GeneratedTokens.
 
 It carries arrivals and lengths only, no prefix information, so every prompt is request-unique
-tokens: prefix caching can only help a request that is preempted and recomputed. It is the
+tokens: prefix caching can only help a request that is preempted and recomputed. An optional
+`cache_salt` or `tenant` column (after the three) gives each request its tenant. It is the
 workload for questions about scheduling and preemption under a real arrival pattern.
 """
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from apcsim.core.request import RequestSpec
 from apcsim.workloads._common import check_float, unique_tokens
 from apcsim.workloads.base import BuildContext, WorkloadConfig, register_workload
-from apcsim.workloads.tracefile import resolve_trace_path, trace_error
+from apcsim.workloads.tracefile import SALT_FIELDS, resolve_trace_path, salt_value, trace_error
 
 _TOKEN_STREAM = 3
 _COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -40,20 +41,31 @@ def parse_timestamp(text: str) -> float:
 def build(cfg: AzureConfig, ctx: BuildContext) -> list[RequestSpec]:
     scale = check_float(cfg, "time_scale", 0.0, inclusive=False)
     path = resolve_trace_path(cfg.path)
+    try:
+        return _read(cfg, ctx, path, scale)
+    except UnicodeDecodeError as e:  # found by the fuzz test: binary junk is a trace error
+        raise trace_error(path, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise trace_error(path, None, f"malformed CSV ({e})") from None
+
+
+def _read(cfg: AzureConfig, ctx: BuildContext, path, scale: float) -> list[RequestSpec]:
     times, inputs, outputs = [], [], []
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:3]] != list(_COLUMNS):
             raise trace_error(path, 1, f"expected a header {','.join(_COLUMNS)}, got {header!r}")
+        salt_cols = {h.strip(): i for i, h in enumerate(header) if h.strip() in SALT_FIELDS}
+        salts: list = []
         for row in reader:
             if cfg.num_requests is not None and len(times) >= cfg.num_requests:
                 break
             line = reader.line_num
             if not row or not any(c.strip() for c in row):
                 continue
-            if len(row) < 3:
-                raise trace_error(path, line, f"expected 3 columns, got {len(row)}")
+            if len(row) < 3 or len(row) > len(header):
+                raise trace_error(path, line, f"expected {len(header)} columns as in the header, got {len(row)}")
             try:
                 t = parse_timestamp(row[0])
             except ValueError:
@@ -69,12 +81,15 @@ def build(cfg: AzureConfig, ctx: BuildContext) -> list[RequestSpec]:
             times.append(t)
             inputs.append(n_in)
             outputs.append(n_out)
+            cells = {k: row[i].strip() for k, i in salt_cols.items() if i < len(row)}
+            salts.append(salt_value(cells, lambda msg, _l=line: trace_error(path, _l, msg)))
     if not times:
         raise trace_error(path, None, "no requests in trace")
     prompts = unique_tokens(ctx.seed, _TOKEN_STREAM, range(len(inputs)), inputs, ctx.vocab_size)
     t0 = times[0]
     return [
         # An output of 0 tokens cannot be served (the first token is the prefill's): 1 instead.
-        RequestSpec(request_id=f"az-{i}", prompt_token_ids=p, output_len=max(1, o), arrival_time=(t - t0) * scale)
-        for i, (t, p, o) in enumerate(zip(times, prompts, outputs))
+        RequestSpec(request_id=f"az-{i}", prompt_token_ids=p, output_len=max(1, o), arrival_time=(t - t0) * scale,
+                    cache_salt=salt)
+        for i, (t, p, o, salt) in enumerate(zip(times, prompts, outputs, salts))
     ]

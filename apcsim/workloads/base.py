@@ -33,6 +33,10 @@ class WorkloadConfig:
     arrival: str = "trace"
     request_rate: Optional[float] = None
     num_requests: Optional[int] = None  # synthetic: how many; traces: keep the first N (None: all)
+    # Tenants: N > 0 gives each conversation (a request and its follow-ups) one of N cache salts,
+    # drawn uniformly from its own seeded stream; tenants never share cached blocks. None: the
+    # workload's own salts (a trace's `cache_salt`/`tenant` field), else one shared cache.
+    num_tenants: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ def build_workload(cfg: WorkloadConfig, *, vocab_size: int, seed_seq: np.random.
     entry = WORKLOADS.get(cfg.name)
     if entry is None:
         raise ConfigError(f"unknown workload {cfg.name!r}; known: {', '.join(sorted(WORKLOADS))}")
-    build_ss, arrival_ss = seed_seq.spawn(2)
+    build_ss, arrival_ss, tenant_ss = seed_seq.spawn(3)  # spawn(3)'s first two == spawn(2)'s
     ctx = BuildContext(vocab_size=vocab_size, rng=np.random.default_rng(build_ss), seed=int(build_ss.generate_state(1)[0]))
     specs = entry.build(cfg, ctx)
     if cfg.num_requests is not None:
@@ -83,8 +87,29 @@ def build_workload(cfg: WorkloadConfig, *, vocab_size: int, seed_seq: np.random.
         specs = specs[: cfg.num_requests]
     if not specs:
         raise ConfigError(f"workload {cfg.name!r} produced no requests")
+    if cfg.num_tenants is not None:
+        specs = assign_tenants(specs, cfg, np.random.default_rng(tenant_ss))
     specs = apply_arrivals(specs, cfg, np.random.default_rng(arrival_ss))
     return sorted(specs, key=lambda s: s.arrival_time)  # stable: ties keep workload order
+
+
+def assign_tenants(specs: list[RequestSpec], cfg: WorkloadConfig, rng: np.random.Generator) -> list[RequestSpec]:
+    """Salt each conversation with one of `num_tenants` tenants; a follow-up keeps its parent's."""
+    n = cfg.num_tenants
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"workload.num_tenants must be an integer >= 1, got {n!r}")
+    if any(s.cache_salt is not None for s in specs):
+        raise ConfigError(f"workload.num_tenants={n} conflicts with the tenants the {cfg.name} workload already "
+                          "has (a trace's cache_salt/tenant field); drop one")
+    roots = [s for s in specs if s.parent_id is None]
+    draws = rng.integers(0, n, len(roots))
+    salt_of = {s.request_id: f"tenant-{int(k)}" for s, k in zip(roots, draws)}
+    out = []
+    for s in specs:  # parents precede their follow-ups in every workload's order
+        salt = salt_of[s.request_id] if s.parent_id is None else salt_of[s.parent_id]
+        salt_of[s.request_id] = salt
+        out.append(dataclasses.replace(s, cache_salt=salt))
+    return out
 
 
 def apply_arrivals(specs: list[RequestSpec], cfg: WorkloadConfig, rng: np.random.Generator) -> list[RequestSpec]:

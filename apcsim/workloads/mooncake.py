@@ -1,4 +1,5 @@
-"""Mooncake-format traces: JSONL of timestamp, input_length, output_length, hash_ids.
+"""Mooncake-format traces: JSONL of timestamp, input_length, output_length, hash_ids, and an
+optional `cache_salt` (or `tenant`) per request: requests with different salts never share blocks.
 
 Each hash id names one `hash_block_size`-token block of the prompt. We map an id to a block of
 pseudo-random tokens that depends only on (seed, id), so two requests that share an id share
@@ -23,8 +24,10 @@ from apcsim.core.request import RequestSpec
 from apcsim.errors import ConfigError
 from apcsim.workloads._common import check_float, check_int, hashed_blocks, readonly, unique_tokens
 from apcsim.workloads.base import BuildContext, WorkloadConfig, register_workload
-from apcsim.workloads.tracefile import resolve_trace_path, trace_error
+from apcsim.workloads.tracefile import SALT_FIELDS, resolve_trace_path, salt_value, trace_error
 
+_REQUIRED = ("timestamp", "input_length", "output_length", "hash_ids")
+_KNOWN = _REQUIRED + SALT_FIELDS
 _UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _HASH_STREAM = 1  # token streams of this module, so they differ from other workloads'
 _PAD_STREAM = 2
@@ -49,6 +52,7 @@ class _Row:
     input_length: int
     output_length: int
     hash_ids: list
+    salt: Optional[str] = None
 
 
 def _int_field(rec: dict, key: str, lo: int, where) -> int:
@@ -81,9 +85,12 @@ def read_rows(path, unit: str, limit: Optional[int]) -> list[_Row]:
                 raise where(f"not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
             if not isinstance(rec, dict):
                 raise where("expected a JSON object")
-            for key in ("timestamp", "input_length", "output_length", "hash_ids"):
+            for key in _REQUIRED:
                 if key not in rec:
                     raise where(f"missing field {key!r}")
+            unknown = sorted(k for k in rec if k not in _KNOWN)
+            if unknown:
+                raise where(f"unknown field {unknown[0]!r} (known: {', '.join(_KNOWN)})")
             ts = rec["timestamp"]
             if isinstance(ts, float):  # fractional timestamps are fine, negative or NaN are not
                 if not ts >= 0:
@@ -93,8 +100,10 @@ def read_rows(path, unit: str, limit: Optional[int]) -> list[_Row]:
             ids = rec["hash_ids"]
             if not isinstance(ids, list) or not ids or not all(isinstance(h, int) and not isinstance(h, bool) for h in ids):
                 raise where("hash_ids must be a non-empty list of integers")
+            if not all(-(2**63) <= h < 2**63 for h in ids):
+                raise where("hash_ids must fit in 64-bit signed integers")
             rows.append(_Row(lineno, ts * _UNITS[unit], _int_field(rec, "input_length", 1, where),
-                             _int_field(rec, "output_length", 0, where), ids))
+                             _int_field(rec, "output_length", 0, where), ids, salt_value(rec, where)))
     return rows
 
 
@@ -138,5 +147,5 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> list[RequestSpec]:
         specs.append(RequestSpec(
             request_id=f"mc-{i}", prompt_token_ids=readonly(prompt),
             # An output of 0 tokens cannot be served (the first token is the prefill's): 1 instead.
-            output_len=max(1, r.output_length), arrival_time=(r.t - t0) * scale))
+            output_len=max(1, r.output_length), arrival_time=(r.t - t0) * scale, cache_salt=r.salt))
     return specs

@@ -47,3 +47,22 @@ def trace_error(path: pathlib.Path, line: int | None, msg: str) -> TraceError:
     """Errors name the file and the 1-based line so the user can go and look."""
     where = f"{path}, line {line}" if line is not None else str(path)
     return TraceError(f"{where}: {msg}")
+
+
+SALT_FIELDS = ("cache_salt", "tenant")
+
+
+def salt_value(fields: dict, where) -> str | None:
+    """A record's cache salt from its optional `cache_salt` or `tenant` field (a non-empty string
+    or an integer); both may be given only if equal. `where(msg)` builds the TraceError."""
+    found = {}
+    for key in SALT_FIELDS:
+        v = fields.get(key)
+        if v is None or v == "":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (str, int)):
+            raise where(f"{key} must be a string or an integer, got {v!r}")
+        found[key] = str(v)
+    if len(set(found.values())) > 1:
+        raise where(f"cache_salt {found['cache_salt']!r} and tenant {found['tenant']!r} disagree; give one")
+    return next(iter(found.values()), None)

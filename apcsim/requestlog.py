@@ -1,0 +1,132 @@
+"""Each request's outcome, recorded once when it finishes or is rejected, in bounded memory.
+
+A run of a million requests must not keep a million `Request` objects: the loop hands every
+request here as it leaves (finished or rejected) and drops it. What the summary needs is kept as
+one float per request in `array('d')`/`array('q')` columns (8 bytes each: 1M requests is a few
+tens of MB); the `requests.csv` row goes straight to a sink (a file, flushed as it goes, so an
+interrupted run keeps every row written so far) or, without a sink, to an in-memory list for
+small runs and tests.
+
+Rows are in the order requests leave (finish or rejection), a deterministic order for a given
+config and seed; `index` (the request's position in the workload) restores workload order.
+"""
+
+from __future__ import annotations
+
+import csv
+from array import array
+from typing import TextIO
+
+import numpy as np
+
+from apcsim.core.request import Request, Status
+
+REQUEST_COLUMNS = [
+    "request_id", "arrival_s", "first_scheduled_s", "first_token_s", "finish_s", "ttft_s", "e2e_s",
+    "prompt_tokens", "cached_tokens", "output_tokens", "preemptions", "priority", "rejected_reason",
+]
+
+NAN = float("nan")
+
+
+def request_row(r: Request) -> dict:
+    ok = r.status is Status.FINISHED
+    return {
+        "request_id": r.request_id,
+        "arrival_s": r.arrival_time,
+        "first_scheduled_s": r.first_scheduled_time if ok else "",
+        "first_token_s": r.first_token_time if ok else "",
+        "finish_s": r.finish_time if ok else "",
+        "ttft_s": r.first_token_time - r.arrival_time if ok else "",
+        "e2e_s": r.finish_time - r.arrival_time if ok else "",
+        "prompt_tokens": r.prompt_len,
+        "cached_tokens": max(r.num_cached_tokens, 0),
+        "output_tokens": r.num_output_tokens,
+        "preemptions": r.num_preemptions,
+        "priority": r.priority,
+        "rejected_reason": r.rejected_reason,
+    }
+
+
+class RequestLog:
+    """Columns of per-request outcomes plus the requests.csv rows (see module doc).
+
+    Invariant: every column has one entry per request recorded; `finished[i]` says whether entry
+    i finished (its latency columns are NaN otherwise).
+    """
+
+    def __init__(self, sink: TextIO | None = None, *, flush_every: int = 1000) -> None:
+        self.index = array("q")  # position in the workload
+        self.finished = array("b")
+        self.spec_arrival = array("d")  # the workload's arrival time (before the gate)
+        self.finish_time = array("d")
+        self.ttft = array("d")
+        self.e2e = array("d")
+        self.tpot = array("d")  # NaN for a single-token output
+        self.prompt_tokens = array("q")
+        self.output_tokens = array("q")
+        self.rows: list[dict] | None = None if sink is not None else []
+        self._sink = sink
+        self._writer = None
+        if sink is not None:
+            self._writer = csv.DictWriter(sink, fieldnames=REQUEST_COLUMNS)
+            self._writer.writeheader()
+            sink.flush()
+        self._flush_every = flush_every
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def streams(self) -> bool:
+        return self._sink is not None
+
+    def add(self, r: Request) -> None:
+        ok = r.status is Status.FINISHED
+        if not ok and r.status is not Status.REJECTED:
+            raise ValueError(f"request {r.request_id} recorded while {r.status.value}")
+        self.index.append(r.index)
+        self.finished.append(ok)
+        self.spec_arrival.append(r.spec.arrival_time)
+        self.prompt_tokens.append(r.prompt_len)
+        self.output_tokens.append(r.num_output_tokens)
+        if ok:
+            self.finish_time.append(r.finish_time)
+            self.ttft.append(r.first_token_time - r.arrival_time)
+            self.e2e.append(r.finish_time - r.arrival_time)
+            n = r.num_output_tokens
+            self.tpot.append((r.finish_time - r.first_token_time) / (n - 1) if n > 1 else NAN)
+        else:
+            for col in (self.finish_time, self.ttft, self.e2e, self.tpot):
+                col.append(NAN)
+        row = request_row(r)
+        if self._writer is None:
+            self.rows.append(row)  # type: ignore[union-attr]
+        else:
+            self._writer.writerow(row)
+            if len(self.index) % self._flush_every == 0:
+                self._sink.flush()  # type: ignore[union-attr]
+
+    def flush(self) -> None:
+        if self._sink is not None:
+            self._sink.flush()
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Every column as a numpy array, in workload order (the order of the old request list,
+        so sums and percentiles see the values in the same order whatever order requests left)."""
+        order = np.argsort(np.frombuffer(self.index, dtype=np.int64) if len(self.index) else np.zeros(0, np.int64),
+                           kind="stable")
+        out = {}
+        for name in ("finished", "spec_arrival", "finish_time", "ttft", "e2e", "tpot", "prompt_tokens", "output_tokens"):
+            col = getattr(self, name)
+            a = np.asarray(col) if len(col) else np.zeros(0, dtype=np.int8 if col.typecode == "b" else np.float64)
+            out[name] = a[order]
+        out["finished"] = out["finished"].astype(bool)
+        return out
+
+
+def write_rows_csv(path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=REQUEST_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)

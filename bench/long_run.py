@@ -1,0 +1,91 @@
+"""Long runs in bounded memory: wall time and peak RSS of 100k- and 1M-request simulations.
+
+Each case runs `apcsim.run.simulate` in a fresh subprocess (so the peak RSS is its own) with
+requests.csv streamed to a temporary directory, as the CLI does, and report.html written from
+the bounded columns. The workload is shared_prefix with short prompts (64 tokens, half shared,
+32 output tokens) at Poisson arrivals of 120 req/s, which the server keeps up with (it serves ~140 req/s here), so the number of requests in
+flight stays bounded and memory should grow only with the workload's own specs (its prompt
+arrays) and the per-request float columns, not with finished Request objects. Target: < 2 GiB
+for 1M requests.
+
+Usage: python bench/long_run.py [--cases 100k 1m] [--out bench/results/long_run_cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+COMMON = ["+policy=lru", "block_size=16", "workload=shared_prefix", "workload.input_tokens=64",
+          "workload.shared_fraction=0.5", "workload.output_tokens=32", "workload.arrival=poisson",
+          "workload.request_rate=120", "report.plotlyjs=cdn"]
+CASES = {
+    "100k": COMMON + ["workload.num_requests=100000"],
+    "1m": COMMON + ["workload.num_requests=1000000"],
+}
+
+CHILD = r"""
+import json, resource, sys, tempfile, time
+from pathlib import Path
+from apcsim.compose import compose_config
+from apcsim.run import simulate, write_outputs
+cfg = compose_config(sys.argv[1:])
+t0 = time.perf_counter()
+with tempfile.TemporaryDirectory() as d:
+    out = simulate(cfg, requests_csv=Path(d) / "requests.csv")
+    sim_wall = time.perf_counter() - t0
+    write_outputs(out, Path(d), cfg)
+    rows = sum(1 for _ in open(Path(d) / "requests.csv")) - 1
+    report_mib = (Path(d) / "report.html").stat().st_size / 2**20
+wall = time.perf_counter() - t0
+m = out.metrics
+print(json.dumps({"wall_s": wall, "simulate_wall_s": sim_wall, "requests": m["num_requests"],
+                  "finished": m["num_finished"], "csv_rows": rows, "steps": m["num_steps"],
+                  "hit_rate": m["prefix_cache_hit_rate"], "simulated_s": m["duration_s"],
+                  "report_mib": report_mib,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run_case(overrides: list[str]) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    proc = subprocess.run([sys.executable, "-c", CHILD, *overrides], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"case failed: {' '.join(overrides)}\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    results = {}
+    for name in args.cases:
+        r = run_case(CASES[name])
+        r["overrides"] = CASES[name]
+        r["under_2_gib"] = r["peak_rss_mib"] < 2048
+        results[name] = r
+        print(f"{name}: {r['requests']} requests in {r['wall_s']:.1f} s wall, peak RSS {r['peak_rss_mib']:.0f} MiB",
+              flush=True)
+    doc = {
+        "command": "python bench/long_run.py " + " ".join(sys.argv[1:]),
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (the development VM; no GPU)",
+        "python": platform.python_version(),
+        "results": results,
+    }
+    text = json.dumps(doc, indent=2) + "\n"
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

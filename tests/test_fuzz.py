@@ -1,0 +1,295 @@
+"""Hypothesis fuzzing of the serving core and the trace readers.
+
+Serving core: random arrivals, prompt lengths and shared prefixes, output lengths, priorities,
+tenants, cache sizes, block sizes, step budgets and scheduler options, under every registered
+eviction and scheduling policy (parametrized over the registries, so a new policy is fuzzed
+without touching this file). After every step and skipped stretch the pool's and the
+scheduler's invariants hold (`verify()`); at the end every request is finished with exactly its
+output length (preemptions and recomputes included) or rejected with a reason, and hits never
+exceed queries.
+
+Trace readers: random bytes, lines and JSON values either parse or raise TraceError, never any
+other exception.
+
+Settings are fixed (derandomize=True, no example database), so a run is reproducible and CI
+time is bounded (~30 s for the file on the 2-CPU VM).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from apcsim.core.build import make_scheduler
+from apcsim.core.request import RequestSpec, Status
+from apcsim.errors import TraceError
+from apcsim.hardware import HardwareConfig, ModelConfig
+from apcsim.sim.cost_model import RooflineCostModel
+from apcsim.sim.simulator import Simulation
+from apcsim.workloads import WORKLOADS, build_workload
+from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
+
+COST = RooflineCostModel(HardwareConfig(), ModelConfig())
+FUZZ = settings(max_examples=20, deadline=None, database=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@st.composite
+def serving_cases(draw):
+    bs = draw(st.sampled_from([1, 2, 4, 16]))
+    max_num_seqs = draw(st.integers(1, 6))
+    sched = {
+        "max_num_seqs": max_num_seqs,
+        "max_num_batched_tokens": draw(st.integers(max_num_seqs, 96)),
+        "chunked_prefill": draw(st.booleans()),
+        "cache_aware_budget": draw(st.booleans()),
+        "cache_aware_admission": draw(st.booleans()),
+        "long_prefill_token_threshold": draw(st.sampled_from([0, 0, 5, 32])),
+        "max_model_len": draw(st.sampled_from([None, None, 40, 200])),
+    }
+    num_blocks = draw(st.integers(1, 48))
+    prefixes = [draw(st.lists(st.integers(0, 5), min_size=0, max_size=40)) for _ in range(3)]
+    n = draw(st.integers(1, 14))
+    specs, t = [], 0.0
+    for i in range(n):
+        t += draw(st.sampled_from([0.0, 0.0, 0.001, 0.05, 1.0]))
+        prefix = prefixes[draw(st.integers(0, 2))]
+        tail = draw(st.lists(st.integers(0, 5), min_size=1 if not prefix else 0, max_size=30))
+        specs.append(RequestSpec(
+            f"r{i}", np.asarray(prefix + tail, dtype=np.int32), draw(st.integers(1, 24)), arrival_time=t,
+            priority=draw(st.integers(0, 3)), cache_salt=draw(st.sampled_from([None, None, "t1"])),
+        ))
+    return bs, num_blocks, sched, specs, draw(st.booleans()), draw(st.sampled_from([None, 1, 3]))
+
+
+@pytest.mark.parametrize("scheduling", sorted(SCHEDULING_POLICIES))
+@pytest.mark.parametrize("eviction", sorted(EVICTION_POLICIES))
+@FUZZ
+@given(case=serving_cases())
+def test_serving_core_invariants_under_random_load(eviction, scheduling, case):
+    # Mixed priorities are fuzzed under fcfs only (where they do not change the order) until the
+    # priority scheduler's livelock below is fixed; see test_priority_preemption_livelock.
+    check_serving_run(eviction, scheduling, case if scheduling == "fcfs" else _one_priority(case))
+
+
+def _one_priority(case):
+    bs, num_blocks, sched_kw, specs, skip_quiet, max_concurrency = case
+    return bs, num_blocks, sched_kw, [replace(s, priority=0) for s in specs], skip_quiet, max_concurrency
+
+
+PRIORITY_LIVELOCK = (1,
+     26,
+     {'max_num_seqs': 3,
+      'max_num_batched_tokens': 15,
+      'chunked_prefill': False,
+      'cache_aware_budget': False,
+      'cache_aware_admission': True,
+      'long_prefill_token_threshold': 0,
+      'max_model_len': None},
+     [RequestSpec(request_id='r0',
+       prompt_token_ids=np.array([0, 0, 0, 0, 0, 0], dtype=np.int32),
+       output_len=11,
+       arrival_time=0.0,
+       priority=0,
+       cache_salt=None,
+       output_token_ids=None,
+       parent_id=None,
+       think_time_s=0.0),
+      RequestSpec(request_id='r1',
+       prompt_token_ids=np.array([0, 0, 0, 0, 0, 0], dtype=np.int32),
+       output_len=1,
+       arrival_time=0.0,
+       priority=0,
+       cache_salt=None,
+       output_token_ids=None,
+       parent_id=None,
+       think_time_s=0.0),
+      RequestSpec(request_id='r2',
+       prompt_token_ids=np.array([0, 0, 0, 0, 0, 0], dtype=np.int32),
+       output_len=1,
+       arrival_time=0.0,
+       priority=0,
+       cache_salt=None,
+       output_token_ids=None,
+       parent_id=None,
+       think_time_s=0.0),
+      RequestSpec(request_id='r3',
+       prompt_token_ids=np.array([0], dtype=np.int32),
+       output_len=8,
+       arrival_time=0.0,
+       priority=0,
+       cache_salt=None,
+       output_token_ids=None,
+       parent_id=None,
+       think_time_s=0.0),
+      RequestSpec(request_id='r4',
+       prompt_token_ids=np.array([0, 0, 0, 0, 0, 0, 0, 0, 0], dtype=np.int32),
+       output_len=5,
+       arrival_time=0.05,
+       priority=1,
+       cache_salt='t1',
+       output_token_ids=None,
+       parent_id=None,
+       think_time_s=0.0),
+      RequestSpec(request_id='r5',
+       prompt_token_ids=np.array([0, 0], dtype=np.int32),
+       output_len=4,
+       arrival_time=0.05,
+       priority=0,
+       cache_salt=None,
+       output_token_ids=None,
+       parent_id=None,
+       think_time_s=0.0),
+      RequestSpec(request_id='r6',
+       prompt_token_ids=np.array([1, 0, 0], dtype=np.int32),
+       output_len=2,
+       arrival_time=0.1,
+       priority=0,
+       cache_salt=None,
+       output_token_ids=None,
+       parent_id=None,
+       think_time_s=0.0),
+      RequestSpec(request_id='r7',
+       prompt_token_ids=np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], dtype=np.int32),
+       output_len=2,
+       arrival_time=0.1,
+       priority=0,
+       cache_salt=None,
+       output_token_ids=None,
+       parent_id=None,
+       think_time_s=0.0)],
+     False,
+     None)
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
+    "found by this fuzz test: the priority scheduler preempts until nothing is schedulable "
+    "('nothing schedulable with 2 running and 1 waiting requests' at step 15); any eviction policy"))
+@pytest.mark.parametrize("eviction", ["lru", "cost_aware"])
+def test_priority_preemption_livelock(eviction):
+    check_serving_run(eviction, "priority", PRIORITY_LIVELOCK)
+
+
+def check_serving_run(eviction, scheduling, case):
+    bs, num_blocks, sched_kw, specs, skip_quiet, max_concurrency = case
+    sc = replace(SCHEDULING_POLICIES[scheduling].config_cls(), **sched_kw)
+    sched = make_scheduler(EVICTION_POLICIES[eviction].config_cls(), sc, num_blocks=num_blocks, block_size=bs,
+                           recompute_cost=lambda d: COST.recompute_time(bs, d * bs))
+    sim = Simulation(specs, sched, COST, skip_quiet=skip_quiet, max_concurrency=max_concurrency,
+                     verify_every_step=True)  # verify() after every step and every skipped stretch
+    m = sim.run().summary(sim.requests)
+    sched.verify()
+    assert not sched.has_work and sched.kv.pool.num_used == 0, "everything released at the end"
+    out_tokens = 0
+    for r in sim.requests:
+        assert r.status in (Status.FINISHED, Status.REJECTED), r
+        if r.status is Status.REJECTED:
+            assert r.rejected_reason, f"{r.request_id} rejected without a reason"
+        else:
+            assert not r.rejected_reason
+            assert r.num_output_tokens == r.spec.output_len, "exact output despite preemptions"
+            assert r.num_computed_tokens == r.prompt_len + r.spec.output_len - 1
+            assert 0 <= r.num_cached_tokens <= r.prompt_len - 1
+            out_tokens += r.spec.output_len
+    assert m["num_finished"] + m["num_rejected"] == len(specs)
+    assert m["output_tokens"] == out_tokens
+    assert 0 <= m["prefix_cache_hits"] <= m["prefix_cache_queries"]
+    assert 0 <= m["preempted_prefix_cache_hits"] <= m["preempted_prefix_cache_queries"]
+    if eviction == "none":
+        assert m["prefix_cache_hits"] == 0
+
+
+# -- trace readers ---------------------------------------------------------------------------------
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=8,
+)
+FIELDS = ["timestamp", "input_length", "output_length", "hash_ids", "cache_salt", "tenant"]
+
+
+@st.composite
+def mooncake_lines(draw):
+    """Mostly plausible records with random corruption: valid ones, wrong values, missing or
+    extra fields, raw garbage lines."""
+    lines = []
+    for _ in range(draw(st.integers(0, 5))):
+        kind = draw(st.sampled_from(["ok", "ok", "mutate", "value", "garbage"]))
+        n_ids = draw(st.integers(1, 3))
+        rec = {"timestamp": draw(st.integers(0, 50)), "input_length": draw(st.integers(1, n_ids * 8)),
+               "output_length": draw(st.integers(0, 5)), "hash_ids": draw(st.lists(st.integers(0, 9), min_size=n_ids,
+                                                                                    max_size=n_ids))}
+        if kind == "mutate":
+            key = draw(st.sampled_from(FIELDS + ["extra"]))
+            if draw(st.booleans()):
+                rec.pop(key, None)
+            else:
+                rec[key] = draw(json_values)
+            lines.append(json.dumps(rec).encode())
+        elif kind == "value":
+            lines.append(json.dumps(draw(json_values)).encode())
+        elif kind == "garbage":
+            lines.append(draw(st.binary(max_size=30)).replace(b"\n", b""))
+        else:
+            lines.append(json.dumps(rec).encode())
+    return b"\n".join(lines) + draw(st.sampled_from([b"", b"\n"]))
+
+
+def _build(tmp_path, name: str, data: bytes, **opts):
+    path = tmp_path / name
+    path.write_bytes(data)
+    cfg = replace(WORKLOADS[name.split(".")[0]].config_cls(), path=str(path), **opts)
+    return build_workload(cfg, vocab_size=1000, seed_seq=np.random.SeedSequence(0))
+
+
+@FUZZ
+@given(data=mooncake_lines(), strict=st.booleans())
+def test_mooncake_reader_parses_or_raises_trace_error(tmp_path_factory, data, strict):
+    tmp = tmp_path_factory.mktemp("mc")
+    try:
+        specs = _build(tmp, "mooncake.jsonl", data, hash_block_size=8, strict_lengths=strict)
+    except TraceError as e:
+        assert str(tmp) in str(e)  # names the file
+        return
+    assert specs and all(s.prompt_len >= 1 and s.output_len >= 1 for s in specs)
+
+
+@FUZZ
+@given(data=st.binary(max_size=200))
+def test_mooncake_reader_on_random_bytes(tmp_path_factory, data):
+    try:
+        _build(tmp_path_factory.mktemp("mc"), "mooncake.jsonl", data)
+    except TraceError:
+        pass
+
+
+cells = st.one_of(st.text(max_size=6), st.integers(-5, 50).map(str),
+                  st.sampled_from(["2023-11-16 18:00:00.5", "2023-11-16 18:00:01", "2023-11-16 18:00:0x", ""]))
+
+
+@st.composite
+def azure_text(draw):
+    header = draw(st.sampled_from(["TIMESTAMP,ContextTokens,GeneratedTokens",
+                                   "TIMESTAMP,ContextTokens,GeneratedTokens,tenant", "TIMESTAMP,x", ""]))
+    rows = [",".join(draw(st.lists(cells, min_size=0, max_size=5))) for _ in range(draw(st.integers(0, 5)))]
+    text = "\n".join([header, *rows])
+    if draw(st.booleans()):
+        text += draw(st.text(max_size=10))  # stray quotes, control characters, non-ASCII
+    return text.encode("utf-8", "surrogatepass")
+
+
+@FUZZ
+@given(data=st.one_of(azure_text(), st.binary(max_size=120)))
+def test_azure_reader_parses_or_raises_trace_error(tmp_path_factory, data):
+    tmp = tmp_path_factory.mktemp("az")
+    try:
+        specs = _build(tmp, "azure.csv", data)
+    except TraceError as e:
+        assert str(tmp) in str(e)
+        return
+    assert specs and all(s.prompt_len >= 1 for s in specs)
