@@ -65,6 +65,9 @@ def run_extra(cfg: SimConfig, scheduler) -> dict:
     extra = {}
     if cfg.verify_tokens:
         extra["hash_collisions"] = scheduler.stats.hash_collisions
+    policy_stats = scheduler.kv.pool.policy.stats()  # e.g. pinned_ttl's pins broken
+    if policy_stats:
+        extra["policy_stats"] = policy_stats
     return extra
 
 
@@ -175,7 +178,6 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
             **config_extra(cfg),
         },
         **run_extra(cfg, scheduler),
-        "policy_stats": scheduler.kv.pool.policy.stats(),
     }
     metrics = collector.summary(sim.num_requests, extra, partial=interrupted is not None)
     return SimOutcome(metrics, sim, collector, time.perf_counter() - t0, interrupted)

@@ -171,7 +171,7 @@ def run_validation(cfg: ValidateConfig) -> ValidationOutcome:
     sim_cfg = copy.deepcopy(cfg)
     sim_cfg.num_gpu_blocks = eng.loop.executor.num_blocks
     sim_plans: list = []
-    sim = simulate(sim_cfg, cost=cost, use_timestamps=cfg.online,
+    sim = simulate(sim_cfg, cost=cost, use_timestamps=cfg.online, keep_requests=True,
                    on_step=lambda plan, _res: sim_plans.append(_plan_key(plan)))
     comparison = compare_metrics(sim.metrics, eng.metrics)
     decisions = compare_decisions(eng.loop.requests, sim.simulation.requests, engine_plans,

@@ -16,6 +16,13 @@ from pathlib import Path
 import pytest
 
 from apcsim.cli import entry
+from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
+
+# Hydra lists every registered option, sorted: the message must name them all.
+KNOWN_POLICIES = ", ".join(sorted(EVICTION_POLICIES))
+KNOWN_SCHEDULERS = ", ".join(sorted(SCHEDULING_POLICIES))
+_CONF = Path(__file__).resolve().parents[1] / "apcsim" / "conf"
+KNOWN_HARDWARE = ", ".join(sorted(p.stem for p in (_CONF / "hardware").glob("*.yaml")))
 
 MC_OK = {"timestamp": 0, "input_length": 1024, "output_length": 4, "hash_ids": [1, 2]}
 
@@ -74,10 +81,10 @@ CASES = [
     # -- config
     ("unknown_key", None, None, ["foo=1"], "could not override 'foo'"),
     ("unknown_nested_key", None, None, ["workload.colour=red"], "key 'colour' not in"),
-    ("unknown_policy", None, None, ["+policy=lur"], "available options in 'policy': cost_aware, lfu, lru, none"),
-    ("unknown_scheduler", None, None, ["scheduler=sjf"], "available options in 'scheduler': fcfs, priority"),
+    ("unknown_policy", None, None, ["+policy=lur"], f"available options in 'policy': {KNOWN_POLICIES}"),
+    ("unknown_scheduler", None, None, ["scheduler=sjf"], f"available options in 'scheduler': {KNOWN_SCHEDULERS}"),
     ("unknown_workload", None, None, ["workload=nope"], "available options in 'workload': azure, mooncake, multiturn"),
-    ("unknown_hardware", None, None, ["hardware=tpu"], "available options in 'hardware': a100, h100"),
+    ("unknown_hardware", None, None, ["hardware=tpu"], f"available options in 'hardware': {KNOWN_HARDWARE}"),
     ("unknown_model", None, None, ["model=gpt5"], "available options in 'model': llama3_8b, tiny"),
     ("unknown_hash", None, None, ["hash_algo=md5"], "unknown hash_algo 'md5'; known: xxh3_64, xxh3_128, sha256"),
     ("block_size_zero", None, None, ["block_size=0"], "block_size must be >= 1, got 0"),
