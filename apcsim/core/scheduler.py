@@ -196,6 +196,19 @@ class Scheduler:
 
     # -- one step ------------------------------------------------------------------------------
     def schedule(self, now: float) -> StepPlan:
+        plan = self._schedule_pass(now)
+        preempted = plan.preempted
+        while plan.is_empty and plan.preempted:
+            # Every request left running preempted itself or stood after one that did (vLLM V1
+            # ends the running pass there and skips the waiting queue), so nothing runs: vLLM
+            # would spend one empty iteration. The preemptions freed blocks, so plan again in
+            # the same step; each pass preempts at least one request, so this ends.
+            plan = self._schedule_pass(now)
+            preempted = preempted + plan.preempted
+        plan.preempted = preempted
+        return plan
+
+    def _schedule_pass(self, now: float) -> StepPlan:
         s = self.step
         cfg = self.cfg
         self.clock.now = now
