@@ -31,7 +31,8 @@ register_configs()
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(dcfg: DictConfig) -> float | None:
-    from apcsim.run import simulate, write_outputs, write_status
+    from apcsim.run import simulate, write_outputs
+    from apcsim.status import write_status
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)

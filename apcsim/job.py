@@ -21,10 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from apcsim.config import SimConfig
 from apcsim.errors import ApcsimError
+from apcsim.status import STATUS_FILE, read_status, write_status
 
 log = logging.getLogger("apcsim")
 
-STATUS_FILE = "status.json"
 # Keys that change how a job runs or reports, not what it computes.
 _NOT_FINGERPRINTED = ("sweep", "progress", "tune")
 
@@ -35,19 +35,6 @@ def config_fingerprint(dcfg: DictConfig) -> str:
     for key in _NOT_FINGERPRINTED:
         data.pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def read_status(job_dir: Path) -> dict | None:
-    try:
-        return json.loads((job_dir / STATUS_FILE).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _write_status(job_dir: Path, status: str, error: str | None = None, **fields) -> None:
-    from apcsim.run import write_status  # the one writer of status.json (atomic)
-
-    write_status(job_dir, status, error, **fields)
 
 
 def reusable_metrics(job_dir: Path, fingerprint: str) -> dict | None:
@@ -92,7 +79,7 @@ def run_multirun_job(dcfg: DictConfig, job_dir: Path) -> float | None:
         if old is not None:
             log.info("results of this config exist in %s: skipped (sweep.rerun=true runs it again)", job_dir)
             st = read_status(job_dir) or {}
-            _write_status(job_dir, **{**st, "reused": True})  # st has "status": "ok"
+            write_status(job_dir, **{**st, "reused": True})  # st has "status": "ok"
             return objective(old, cfg)
     # Drop an old status first: a job killed mid-run must not leave "ok" beside stale metrics.
     (job_dir / STATUS_FILE).unlink(missing_ok=True)
@@ -101,7 +88,7 @@ def run_multirun_job(dcfg: DictConfig, job_dir: Path) -> float | None:
         out = simulate(cfg, multirun=True, requests_csv=job_dir / "requests.csv")
         write_outputs(out, job_dir, cfg)
     except RunInterrupted as e:  # before the run started or while writing its outputs
-        _write_status(job_dir, "interrupted", str(e), config_sha256=fingerprint,
+        write_status(job_dir, "interrupted", str(e), config_sha256=fingerprint,
                       wall_s=time.perf_counter() - t0, reused=False)
         log.error("job interrupted (%s): the sweep stops here", e.signal_name)
         sys.exit(e.exit_code)
@@ -109,7 +96,7 @@ def run_multirun_job(dcfg: DictConfig, job_dir: Path) -> float | None:
         kind = "input" if isinstance(e, ApcsimError) else "bug"
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         log.error("job failed (%s): %s", type(e).__name__, msg)
-        _write_status(job_dir, "failed", msg, error_type=type(e).__name__, error_kind=kind,
+        write_status(job_dir, "failed", msg, error_type=type(e).__name__, error_kind=kind,
                       traceback=None if kind == "input" else traceback.format_exc(),
                       config_sha256=fingerprint, wall_s=time.perf_counter() - t0, reused=False)
         return objective(None, cfg)
@@ -118,6 +105,6 @@ def run_multirun_job(dcfg: DictConfig, job_dir: Path) -> float | None:
         log.error("job interrupted (%s) with partial outputs in %s: the sweep stops here",
                   out.interrupted.signal_name, job_dir)
         sys.exit(out.interrupted.exit_code)
-    _write_status(job_dir, "ok", None, config_sha256=fingerprint, wall_s=time.perf_counter() - t0, reused=False)
+    write_status(job_dir, "ok", None, config_sha256=fingerprint, wall_s=time.perf_counter() - t0, reused=False)
     log.info(summary_line(out.metrics, clock="simulated"))
     return objective(out.metrics, cfg)

@@ -19,6 +19,7 @@ from apcsim.hardware import kv_cache_blocks
 from apcsim.interrupt import RunInterrupted
 from apcsim.metrics import MetricsCollector, write_metrics
 from apcsim.requestlog import RequestLog, write_rows_csv
+from apcsim.status import write_status
 from apcsim.progress import make_progress
 from apcsim.sim.cost_model import CostModel, make_cost_model
 from apcsim.sim.simulator import Simulation
@@ -181,18 +182,6 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
     }
     metrics = collector.summary(sim.num_requests, extra, partial=interrupted is not None)
     return SimOutcome(metrics, sim, collector, time.perf_counter() - t0, interrupted)
-
-
-def write_status(run_dir: Path, status: str, error: str | None = None, **extra) -> None:
-    """`status.json` = {"status": "ok" | "failed" | "interrupted", "error": message or null,
-    **extra}: the one file a sweep collector reads to know whether a job's other files are
-    complete (a sweep job adds its config fingerprint and wall time, see `apcsim.job`)."""
-    if status not in ("ok", "failed", "interrupted"):
-        raise ValueError(f"unknown run status {status!r}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "status.json.tmp"
-    tmp.write_text(json.dumps({"status": status, "error": error, **extra}) + "\n")
-    tmp.replace(run_dir / "status.json")  # atomic: a reader never sees half a file
 
 
 def write_run_files(run_dir: Path, cfg: SimConfig, metrics: dict, collector: MetricsCollector, run_info: dict,

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from apcsim.status import STATUS_FILE, read_status
+
 # Overrides that name the preset or switch outputs; they do not distinguish grid points.
 _IGNORED = {"experiment", "report.enabled", "hydra.sweep.dir", "hydra.run.dir"}
 
@@ -42,14 +44,13 @@ def flatten(metrics: dict, prefix: str = "") -> dict:
 
 
 def _is_job_dir(p: Path) -> bool:
-    return p.is_dir() and any((p / f).is_file() for f in ("metrics.json", "status.json", ".hydra/overrides.yaml"))
+    return p.is_dir() and any((p / f).is_file() for f in ("metrics.json", STATUS_FILE, ".hydra/overrides.yaml"))
 
 
 def collect(sweep_dir: Path, *, finished_only: bool = False) -> list[dict]:
     """One dict per job directory, in job-number order: `job`, the overrides, `status`, then
     either the flattened metrics (ok) or `error` (failed). `finished_only`: only jobs with
     metrics.json."""
-    from apcsim.job import read_status
 
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():

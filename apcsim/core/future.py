@@ -23,13 +23,14 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-from apcsim.core.block_hash import HashAlgo
-from apcsim.core.kv_cache_manager import chain_keys, root_seed
+from apcsim.core.block_hash import HashAlgo, get_hash_algo
+from apcsim.core.kv_cache_manager import chain_keys
 from apcsim.core.request import RequestSpec
 
 
 class FutureOracle:
     def __init__(self, specs: Sequence[RequestSpec], block_size: int, algo: HashAlgo | None = None) -> None:
+        algo = algo or get_hash_algo("xxh3_64")  # the manager's default
         order = sorted(range(len(specs)), key=lambda i: (specs[i].arrival_time, i))
         self.rank_of = [0] * len(specs)  # workload index -> arrival rank
         for rank, i in enumerate(order):
@@ -39,7 +40,7 @@ class FutureOracle:
         for rank, i in enumerate(order):
             spec = specs[i]
             n = (spec.prompt_len - 1) // block_size
-            seed = root_seed(spec.cache_salt) if algo is None else algo.root(spec.cache_salt)
+            seed = algo.root(spec.cache_salt)
             keys = chain_keys(spec.prompt_token_ids[: n * block_size], block_size, seed, algo)
             self._keys[rank] = keys
             for k in keys:

@@ -30,11 +30,6 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def root_seed(cache_salt: str | None) -> int:
-    """The seed of a request's key chain; a tenant's salt makes its chain disjoint from others'."""
-    return 0 if cache_salt is None else xxhash.xxh3_64_intdigest(cache_salt.encode())
-
-
 def chain_keys(tokens, block_size: int, seed: int, algo: HashAlgo | None = None) -> list[int]:
     """Keys of the full blocks of `tokens` (int32), chained from `seed` with `algo` (default
     xxh3_64): the one key function (the KV cache manager and the offline future oracle both call
