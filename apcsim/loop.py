@@ -23,6 +23,7 @@ from typing import Callable
 from apcsim.core.plan import StepPlan
 from apcsim.core.request import Request, RequestSpec
 from apcsim.core.scheduler import Scheduler, StepResult
+from apcsim.interrupt import safe_point
 from apcsim.metrics import MetricsCollector
 from apcsim.requestlog import RequestLog
 
@@ -166,6 +167,7 @@ class ServingLoop:
         return not self.scheduler.has_work and not self.frontend.has_future_requests
 
     def next_plan(self, now: float) -> StepPlan:
+        safe_point()  # a deferred Ctrl-C/kill ends the run here, between whole steps
         plan = self.scheduler.schedule(now)
         if plan.is_empty:
             sched = self.scheduler

@@ -13,6 +13,7 @@ import simpy
 
 from apcsim.core.request import RequestSpec
 from apcsim.core.scheduler import Scheduler
+from apcsim.interrupt import deferred
 from apcsim.loop import ServingLoop
 from apcsim.metrics import MetricsCollector
 from apcsim.requestlog import RequestLog
@@ -121,7 +122,8 @@ class Simulation(ServingLoop):
     def run(self) -> MetricsCollector:
         self.env.process(self._arrival_process())
         engine = self.env.process(self._engine_process())
-        self.env.run(until=engine)
+        with deferred():  # Ctrl-C/kill stop the run only at a step boundary (`next_plan`)
+            self.env.run(until=engine)
         if self.progress is not None:
             self.progress.close()
         return self.metrics
