@@ -4,6 +4,9 @@ It owns the paged KV cache (`[num_layers, num_blocks, block_size, kv_heads, head
 for V; layer l's cache is the view [l]) and each request's output-token array: the tokens it
 samples are written there, and `Request.set_output_tokens` makes that array the request's token
 stream, so the scheduler's block keys for output blocks hash the real generated tokens.
+
+Pure-decode steps go through `engine.decode_graphs` (CUDA graphs on the GPU) once
+`enable_decode_graphs` is called; every other step runs the model eagerly.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 
 from apcsim.core.plan import ScheduledChunk, StepPlan
 from apcsim.core.request import Request
+from engine.decode_graphs import DecodeGraphs
 from engine.model import AttnMetadata, LlamaForCausalLM
 
 UNSAMPLED = -1  # an output slot whose token has not been sampled yet
@@ -22,10 +26,15 @@ UNSAMPLED = -1  # an output slot whose token has not been sampled yet
 
 @dataclass
 class StepInputs:
-    input_ids: torch.Tensor  # [T] int64
-    positions: torch.Tensor  # [T] int64
-    meta: AttnMetadata
+    """One step's model inputs. Eager steps carry device tensors; a decode step loaded into the
+    decode graphs' static buffers carries only `graph_batch` (its number of requests)."""
+
+    input_ids: torch.Tensor | None  # [T] int64
+    positions: torch.Tensor | None  # [T] int64
+    meta: AttnMetadata | None
     samplers: list[tuple[Request, int]]  # per sampled row: (request, index into its outputs)
+    sample_rows: np.ndarray  # int64 [S]: rows of the step's tokens that are sampled
+    graph_batch: int = 0  # > 0: run by the decode graphs with this many requests
 
 
 def kv_block_bytes(model_cfg, block_size: int, dtype: torch.dtype) -> int:
@@ -50,6 +59,15 @@ class Executor:
         self.outputs: dict[str, np.ndarray] = {}  # request id -> int32 [output_len]
         self.capture_logits = capture_logits
         self.logits: dict[tuple[str, int], torch.Tensor] = {}  # (request id, output index) -> fp32 [V]
+        self.decode_graphs: DecodeGraphs | None = None
+
+    def enable_decode_graphs(self, mode: str, *, max_batch: int, max_blocks_per_seq: int) -> DecodeGraphs:
+        """Run pure-decode steps of up to `max_batch` requests through static buffers: CUDA graphs
+        (mode `graph`, captured here) or the same padded path without capture (`padded`)."""
+        self.decode_graphs = DecodeGraphs(self.model, self.ops, self.k_caches, self.v_caches, max_batch=max_batch,
+                                          max_blocks_per_seq=max_blocks_per_seq, mode=mode)
+        self.decode_graphs.capture()
+        return self.decode_graphs
 
     def register(self, req: Request) -> None:
         """Give the request a token stream this executor fills (call before it is scheduled).
@@ -102,6 +120,12 @@ class Executor:
         bt = np.zeros((len(tables), max_blocks), dtype=np.int32)
         for i, x in enumerate(tables):
             bt[i, : len(x)] = x
+        rows = np.asarray(sample_rows, dtype=np.int64)
+        graphs = self.decode_graphs
+        if graphs is not None and t == len(chunks) and graphs.fits(len(chunks), max_blocks):
+            # Every request has one new token: a decode step, row i = request i.
+            graphs.load(input_ids, np.concatenate(pos), np.concatenate(slots), bt, np.asarray(seq_lens))
+            return StepInputs(None, None, None, samplers, rows, graph_batch=len(chunks))
         dev = self.device
 
         def to(a, dtype):
@@ -112,10 +136,10 @@ class Executor:
             block_tables=to(bt, torch.int32),
             query_start_loc=to(np.asarray(qsl), torch.int32),
             seq_lens=to(np.asarray(seq_lens), torch.int32),
-            logits_indices=to(np.asarray(sample_rows, dtype=np.int64), torch.int64),
+            logits_indices=to(rows, torch.int64),
             max_query_len=max(c.num_new_tokens for c in chunks),
         )
-        return StepInputs(to(input_ids, torch.int64), to(np.concatenate(pos), torch.int64), meta, samplers)
+        return StepInputs(to(input_ids, torch.int64), to(np.concatenate(pos), torch.int64), meta, samplers, rows)
 
     # -- one step ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -129,6 +153,11 @@ class Executor:
     @torch.inference_mode()
     def forward(self, inp: StepInputs) -> tuple[np.ndarray, torch.Tensor]:
         """The model and greedy sampling: (int32 tokens [S] on the host, fp32 logits [S, V])."""
+        if inp.graph_batch:
+            tokens, logits = self.decode_graphs.run(inp.graph_batch)  # every row: [n], [n, V]
+            if len(inp.sample_rows) == inp.graph_batch:
+                return tokens, logits
+            return tokens[inp.sample_rows], logits[torch.from_numpy(inp.sample_rows).to(logits.device)]
         if not inp.samplers:  # prefill chunks that sample nothing still write their KV
             inp.meta.logits_indices = inp.meta.logits_indices[:0]
         logits = self.model(inp.input_ids, inp.positions, inp.meta, self.k_caches, self.v_caches, self.ops)  # [S, V]

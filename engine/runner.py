@@ -37,6 +37,28 @@ class EngineConfig(SimConfig):
     cpu_kv_cache_mib: int = 256  # KV cache size on the CPU when num_gpu_blocks is not given
     weights_seed: Optional[int] = None  # seed of the random weights; None: `seed`
     cpu_threads: Optional[int] = None  # torch intra-op threads on the CPU; None: torch's default
+    # Pure-decode steps (engine/decode_graphs.py): auto = CUDA graphs on a GPU, eager on the CPU;
+    # on = CUDA graphs (a GPU is required); padded = the graphs' padded static-buffer path run
+    # without capture; off = every step eager.
+    cuda_graphs: str = "auto"
+    cuda_graph_max_batch: Optional[int] = None  # largest captured batch; None: scheduler.max_num_seqs
+
+
+CUDA_GRAPH_MODES = ("auto", "on", "padded", "off")
+
+
+def decode_graph_mode(cfg: EngineConfig, device) -> str | None:
+    """The `engine.decode_graphs` mode for a config on a device, or None for eager decode steps."""
+    if cfg.cuda_graphs not in CUDA_GRAPH_MODES:
+        raise ConfigError(f"cuda_graphs must be one of {', '.join(CUDA_GRAPH_MODES)}, got {cfg.cuda_graphs!r}")
+    if cfg.cuda_graph_max_batch is not None and cfg.cuda_graph_max_batch < 1:
+        raise ConfigError(f"cuda_graph_max_batch must be >= 1, got {cfg.cuda_graph_max_batch}")
+    if cfg.cuda_graphs == "on" and device.type != "cuda":
+        raise ConfigError(f"cuda_graphs=on needs a CUDA device, got {device}; cuda_graphs=padded runs the same "
+                          "padded decode path without capture")
+    if cfg.cuda_graphs == "auto":
+        return "graph" if device.type == "cuda" else None
+    return {"on": "graph", "padded": "padded", "off": None}[cfg.cuda_graphs]
 
 
 def register_engine_config() -> None:
@@ -204,6 +226,10 @@ def build_engine(cfg: EngineConfig, *, capture_logits: bool = False, on_step=Non
             raise ConfigError(f"cpu_threads must be >= 1, got {cfg.cpu_threads}")
         torch.set_num_threads(cfg.cpu_threads)
     ops = resolve_ops(cfg.attention_backend, device)
+    graph_mode = decode_graph_mode(cfg, device)
+    if graph_mode == "graph" and ops.name != "triton":
+        raise ConfigError(f"CUDA graphs need attention_backend=triton (the {ops.name} backend syncs with the host); "
+                          "set cuda_graphs=off to run it eagerly")
     seed = cfg.seed if cfg.weights_seed is None else cfg.weights_seed
     model = build_model(cfg.model, weights=cfg.weights, seed=seed, device=device, dtype=default_dtype(device))
     weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -213,6 +239,11 @@ def build_engine(cfg: EngineConfig, *, capture_logits: bool = False, on_step=Non
     specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
     scheduler = make_scheduler(cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=cfg.block_size,
                                recompute_cost=_recompute_cost(cfg, cost), specs=specs, kv_options=kv_options(cfg))
+    if graph_mode is not None and specs:
+        # A request never holds more blocks than its prompt plus its output fill.
+        widest = max(-(-(s.prompt_len + s.output_len) // cfg.block_size) for s in specs)
+        executor.enable_decode_graphs(graph_mode, max_batch=cfg.cuda_graph_max_batch or cfg.scheduler.max_num_seqs,
+                                      max_blocks_per_seq=widest)
     loop = EngineLoop(specs, scheduler, executor, max_concurrency=cfg.max_concurrency, online=cfg.online,
                       output_seed=int(output_ss.generate_state(1)[0]), verify_every_step=cfg.verify, on_step=on_step)
     if device.type == "cuda":
@@ -240,6 +271,7 @@ def run_engine(cfg: EngineConfig, **kw) -> EngineOutcome:
             "device": str(executor.device),
             "dtype": str(executor.dtype).removeprefix("torch."),
             "attention_backend": executor.ops.name,
+            "cuda_graphs": "off" if executor.decode_graphs is None else executor.decode_graphs.mode,
             "weights": cfg.weights or f"random(seed={cfg.seed if cfg.weights_seed is None else cfg.weights_seed})",
             "online": cfg.online,
             "seed": cfg.seed,

@@ -1,0 +1,175 @@
+"""Pure-decode steps through static, padded input buffers, replayed from CUDA graphs on the GPU.
+
+A decode step of an 8B model launches several hundred small kernels (norms, rotary, GEMMs of a
+few rows, attention, residual adds). At small batches their launch overhead, not the GPU, sets the
+step time, so the engine captures the whole decode forward (model, greedy argmax) once per batch
+*bucket* and replays it: one launch per step. vLLM and SGLang do the same.
+
+A graph replays fixed addresses and shapes, hence:
+
+- Inputs live in static buffers sized for the largest bucket; a step only copies into them.
+  Invariant: no buffer is reallocated after capture.
+- A batch of n requests runs the smallest bucket >= n. Its padding rows are inert: slot -1 (the
+  KV write skips it), sequence length 1 reading key 0 of block 0 (finite, whatever it holds),
+  token 0 at position 0; their logits are computed and discarded. Every op of the forward is
+  row-wise or a GEMM over rows, so a padding row cannot change a real row's result.
+- The block table has a fixed width (`max_blocks_per_seq`); a step whose requests need more
+  falls back to the eager forward, as does a batch above the largest bucket.
+- The split-KV decode kernel picks its split count from the batch shape only (no host sync), so
+  it is capturable; the split count of a bucket is that of the bucket's size.
+
+Modes: `graph` captures and replays (CUDA only); `padded` runs the very same padded forward on
+the same static buffers without capturing, which is how the CPU tests check the padding, and a
+way to tell a graph problem from a padding problem on the GPU.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import numpy as np
+import torch
+
+from engine.model import AttnMetadata, LlamaForCausalLM
+
+MODES = ("graph", "padded")
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    """1, 2, 4, then multiples of 8 up to max_batch (included), as vLLM's capture sizes: padding
+    wastes at most 7 rows past 8, where a GEMM of a few more rows costs nothing extra."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    sizes = [b for b in (1, 2, 4) if b <= max_batch]
+    sizes += list(range(8, max_batch + 1, 8))
+    if sizes[-1] != max_batch:
+        sizes.append(max_batch)
+    return sizes
+
+
+class DecodeGraphs:
+    """Runs decode steps (one new token per request) of up to `max_batch` requests whose block
+    tables have at most `max_blocks_per_seq` entries, through static buffers, one CUDA graph per
+    bucket in mode `graph`."""
+
+    def __init__(self, model: LlamaForCausalLM, ops, k_caches: torch.Tensor, v_caches: torch.Tensor, *,
+                 max_batch: int, max_blocks_per_seq: int, mode: str = "graph") -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown decode graph mode {mode!r}; expected one of {MODES}")
+        if max_blocks_per_seq < 1:
+            raise ValueError(f"max_blocks_per_seq must be >= 1, got {max_blocks_per_seq}")
+        p = model.lm_head.weight
+        if mode == "graph" and p.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device; mode 'padded' runs the same path without capture")
+        self.model, self.ops = model, ops
+        self.k_caches, self.v_caches = k_caches, v_caches
+        self.mode = mode
+        self.device = p.device
+        self.buckets = batch_buckets(max_batch)
+        self.max_batch = self.buckets[-1]
+        self.max_blocks_per_seq = max_blocks_per_seq
+        n, dev = self.max_batch, self.device
+        # Static inputs, sized for the largest bucket (a bucket b uses rows [:b]).
+        self.input_ids = torch.zeros(n, dtype=torch.int64, device=dev)  # [Bmax]
+        self.positions = torch.zeros(n, dtype=torch.int64, device=dev)  # [Bmax]
+        self.slot_mapping = torch.full((n,), -1, dtype=torch.int64, device=dev)  # [Bmax]
+        self.block_tables = torch.zeros((n, max_blocks_per_seq), dtype=torch.int32, device=dev)  # [Bmax, MB]
+        self.seq_lens = torch.ones(n, dtype=torch.int32, device=dev)  # [Bmax]
+        self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=dev)  # [Bmax+1]: one token each
+        self.rows = torch.arange(n, dtype=torch.int64, device=dev)  # [Bmax]: every row is sampled
+        # Outputs of each bucket's forward: (tokens int32 [b], logits fp32 [b, V]); in mode `graph`
+        # they are the graph's own output tensors, rewritten by every replay.
+        self._outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.replays = 0  # steps run through this object (for tests and the run's info)
+        self._real_rows = 0  # rows [:_real_rows] may hold a real request; the rest are padding
+
+    # -- capture -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _forward(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        meta = AttnMetadata(slot_mapping=self.slot_mapping[:b], block_tables=self.block_tables[:b],
+                            query_start_loc=self.query_start_loc[: b + 1], seq_lens=self.seq_lens[:b],
+                            logits_indices=self.rows[:b], max_query_len=1)
+        logits = self.model(self.input_ids[:b], self.positions[:b], meta, self.k_caches, self.v_caches, self.ops)
+        return logits.argmax(dim=-1).to(torch.int32), logits  # [b], [b, V]
+
+    def capture(self) -> None:
+        """Capture every bucket's graph (largest first, sharing one memory pool). The static
+        inputs hold padding while capturing, so the warm-up runs write no KV."""
+        if self.mode != "graph" or self._graphs:
+            return
+        self._reset_padding(0)
+        pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream(self.device)
+        for b in reversed(self.buckets):
+            # Warm up off the capture (Triton JIT, cuBLAS workspaces), on a side stream as
+            # torch.cuda.graph requires for lazily initialised state.
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._forward(b)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self._outputs[b] = self._forward(b)
+            self._graphs[b] = graph
+        torch.cuda.synchronize(self.device)
+
+    @property
+    def num_graphs(self) -> int:
+        return len(self._graphs)
+
+    # -- one step ------------------------------------------------------------------------------
+    def bucket_for(self, batch: int) -> int | None:
+        i = bisect.bisect_left(self.buckets, batch)
+        return self.buckets[i] if i < len(self.buckets) else None
+
+    def fits(self, batch: int, blocks_per_seq: int) -> bool:
+        return 1 <= batch <= self.max_batch and blocks_per_seq <= self.max_blocks_per_seq
+
+    def _reset_padding(self, n: int) -> None:
+        """Rows n.. become inert padding rows (only those a previous step filled need it)."""
+        stop = self._real_rows  # the buffers start as padding (see __init__)
+        if stop > n:
+            self.input_ids[n:stop].zero_()
+            self.positions[n:stop].zero_()
+            self.slot_mapping[n:stop].fill_(-1)
+            self.seq_lens[n:stop].fill_(1)
+            self.block_tables[n:stop, 0].zero_()
+        self._real_rows = n
+
+    def load(self, input_ids: np.ndarray, positions: np.ndarray, slot_mapping: np.ndarray,
+             block_tables: np.ndarray, seq_lens: np.ndarray) -> int:
+        """Copy one decode step's host arrays ([n] each, block_tables [n, w] with w <= the static
+        width) into the static buffers; returns the bucket that will run it."""
+        n, w = block_tables.shape
+        if not self.fits(n, w):
+            raise ValueError(f"a decode batch of {n} x {w} blocks does not fit {self.max_batch} x {self.max_blocks_per_seq}")
+        b = self.bucket_for(n)
+
+        def put(dst: torch.Tensor, a: np.ndarray) -> None:
+            dst.copy_(torch.from_numpy(np.ascontiguousarray(a)), non_blocking=True)
+
+        put(self.input_ids[:n], input_ids.astype(np.int64, copy=False))
+        put(self.positions[:n], positions.astype(np.int64, copy=False))
+        put(self.slot_mapping[:n], slot_mapping.astype(np.int64, copy=False))
+        put(self.seq_lens[:n], seq_lens.astype(np.int32, copy=False))
+        # Entries past w of a row are stale but never read: a row reads cdiv(seq_len, block_size).
+        put(self.block_tables[:n, :w], block_tables.astype(np.int32, copy=False))
+        self._reset_padding(n)
+        return b
+
+    @torch.inference_mode()
+    def run(self, n: int) -> tuple[np.ndarray, torch.Tensor]:
+        """The step last `load`ed with n requests: (int32 tokens [n] on the host, fp32 logits [n, V]).
+        The logits are a view of a static buffer, valid until the next step."""
+        b = self.bucket_for(n)
+        if self.mode == "graph":
+            if not self._graphs:
+                self.capture()
+            self._graphs[b].replay()
+            tokens, logits = self._outputs[b]
+        else:
+            tokens, logits = self._forward(b)
+        self.replays += 1
+        return tokens[:n].cpu().numpy(), logits[:n]  # .cpu() waits for the device
