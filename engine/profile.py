@@ -52,6 +52,10 @@ class ProfileConfig:
     policy: str = "lru"  # eviction policy of the scheduler in the cpu_step and cpu_hash runs
     seed: int = 0
     cpu_threads: Optional[int] = None  # torch intra-op threads on the CPU; None: torch's default
+    # As the engine's option: decode steps through CUDA graphs (auto: on a GPU with Triton). With
+    # graphs (or `padded`), whole decode steps are timed as `decode_step` rows, which the
+    # calibrated cost model then uses for pure-decode steps; set it as the engine will run.
+    cuda_graphs: str = "auto"
 
 
 def register_profile_config() -> None:
@@ -120,7 +124,8 @@ def run_profile(cfg: ProfileConfig, argv: list[str] | None = None) -> tuple[Path
     from engine.profiling.kernels import PagedCache, attention_rows, cache_blocks_needed, lm_head_rows, token_op_rows
     from engine.profiling.overhead import cpu_hash_rows, cpu_step_rows
     from engine.profiling.timer import OpTimer
-    from engine.runner import resolve_device, resolve_ops
+    from engine.profiling.decode_step import decode_step_rows
+    from engine.runner import decode_graph_mode, resolve_device, resolve_ops
     from engine.weights import default_dtype, random_model
     from policies.registry import EVICTION_POLICIES
 
@@ -144,6 +149,7 @@ def run_profile(cfg: ProfileConfig, argv: list[str] | None = None) -> tuple[Path
         raise ConfigError(f"hardware_name must be letters, digits, '_', '.' or '-', got {hardware!r}")
     out = Path(cfg.out) if cfg.out else default_out(hardware, cfg.model.name)
     ops = resolve_ops(cfg.attention_backend, device)
+    graph_mode = decode_graph_mode(cfg.cuda_graphs, device, ops.name)
     dtype = default_dtype(device)
     estimate = _estimate(grid, cfg, hardware)
     if estimate is not None:
@@ -169,8 +175,13 @@ def run_profile(cfg: ProfileConfig, argv: list[str] | None = None) -> tuple[Path
         torch.cuda.empty_cache()
     shape = {"num_heads": cfg.model.num_heads, "num_kv_heads": cfg.model.num_kv_heads,
              "head_dim": cfg.model.head_dim, "tp": 1}
+    if graph_mode is not None:
+        rows += phase("decode_step", decode_step_rows, model, ops, grid, timer, mode=graph_mode,
+                      block_size=cfg.block_size, seed=cfg.seed)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     host = phase("cpu_step", cpu_step_rows, model, ops, grid, block_size=cfg.block_size, policy=cfg.policy,
-                 seed=cfg.seed)
+                 seed=cfg.seed, graph_mode=graph_mode)
     host += phase("cpu_hash", cpu_hash_rows, grid, block_size=cfg.block_size, policy=cfg.policy,
                   vocab_size=cfg.model.vocab_size, seed=cfg.seed, repeats=cfg.repeats)
     rows += [{**r, **shape} for r in host]
@@ -197,6 +208,7 @@ def run_profile(cfg: ProfileConfig, argv: list[str] | None = None) -> tuple[Path
         "python": platform.python_version(),
         "cpu_threads": torch.get_num_threads(),
         "attention_backend": ops.name,
+        "decode_graphs": graph_mode or "off",
         "dtype": str(dtype).removeprefix("torch."),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": commit,

@@ -37,7 +37,8 @@ class EngineConfig(SimConfig):
     cpu_kv_cache_mib: int = 256  # KV cache size on the CPU when num_gpu_blocks is not given
     weights_seed: Optional[int] = None  # seed of the random weights; None: `seed`
     cpu_threads: Optional[int] = None  # torch intra-op threads on the CPU; None: torch's default
-    # Pure-decode steps (engine/decode_graphs.py): auto = CUDA graphs on a GPU, eager on the CPU;
+    # Pure-decode steps (engine/decode_graphs.py): auto = CUDA graphs on a GPU with the Triton
+    # kernels, eager otherwise;
     # on = CUDA graphs (a GPU is required); padded = the graphs' padded static-buffer path run
     # without capture; off = every step eager.
     cuda_graphs: str = "auto"
@@ -47,18 +48,24 @@ class EngineConfig(SimConfig):
 CUDA_GRAPH_MODES = ("auto", "on", "padded", "off")
 
 
-def decode_graph_mode(cfg: EngineConfig, device) -> str | None:
-    """The `engine.decode_graphs` mode for a config on a device, or None for eager decode steps."""
-    if cfg.cuda_graphs not in CUDA_GRAPH_MODES:
-        raise ConfigError(f"cuda_graphs must be one of {', '.join(CUDA_GRAPH_MODES)}, got {cfg.cuda_graphs!r}")
-    if cfg.cuda_graph_max_batch is not None and cfg.cuda_graph_max_batch < 1:
-        raise ConfigError(f"cuda_graph_max_batch must be >= 1, got {cfg.cuda_graph_max_batch}")
-    if cfg.cuda_graphs == "on" and device.type != "cuda":
+def decode_graph_mode(cuda_graphs: str, device, ops_name: str, max_batch: int | None = None) -> str | None:
+    """The `engine.decode_graphs` mode of a `cuda_graphs=` value on a device with a kernel
+    backend, or None for eager decode steps. The engine and its profiler both decide here."""
+    if cuda_graphs not in CUDA_GRAPH_MODES:
+        raise ConfigError(f"cuda_graphs must be one of {', '.join(CUDA_GRAPH_MODES)}, got {cuda_graphs!r}")
+    if max_batch is not None and max_batch < 1:
+        raise ConfigError(f"cuda_graph_max_batch must be >= 1, got {max_batch}")
+    if cuda_graphs == "on" and device.type != "cuda":
         raise ConfigError(f"cuda_graphs=on needs a CUDA device, got {device}; cuda_graphs=padded runs the same "
                           "padded decode path without capture")
-    if cfg.cuda_graphs == "auto":
-        return "graph" if device.type == "cuda" else None
-    return {"on": "graph", "padded": "padded", "off": None}[cfg.cuda_graphs]
+    if cuda_graphs == "auto":
+        mode = "graph" if device.type == "cuda" and ops_name == "triton" else None
+    else:
+        mode = {"on": "graph", "padded": "padded", "off": None}[cuda_graphs]
+    if mode == "graph" and ops_name != "triton":
+        raise ConfigError(f"CUDA graphs need attention_backend=triton (the {ops_name} backend syncs with the host); "
+                          "set cuda_graphs=off to run it eagerly")
+    return mode
 
 
 def register_engine_config() -> None:
@@ -226,10 +233,7 @@ def build_engine(cfg: EngineConfig, *, capture_logits: bool = False, on_step=Non
             raise ConfigError(f"cpu_threads must be >= 1, got {cfg.cpu_threads}")
         torch.set_num_threads(cfg.cpu_threads)
     ops = resolve_ops(cfg.attention_backend, device)
-    graph_mode = decode_graph_mode(cfg, device)
-    if graph_mode == "graph" and ops.name != "triton":
-        raise ConfigError(f"CUDA graphs need attention_backend=triton (the {ops.name} backend syncs with the host); "
-                          "set cuda_graphs=off to run it eagerly")
+    graph_mode = decode_graph_mode(cfg.cuda_graphs, device, ops.name, cfg.cuda_graph_max_batch)
     seed = cfg.seed if cfg.weights_seed is None else cfg.weights_seed
     model = build_model(cfg.model, weights=cfg.weights, seed=seed, device=device, dtype=default_dtype(device))
     weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

@@ -161,11 +161,29 @@ def load_cost(cfg: ValidateConfig):
         raise ConfigError(f"calibration profile {prof.path}: {e}") from None
 
 
+def check_decode_graphs_match(cfg: ValidateConfig, cost, profile: str) -> None:
+    """The simulator costs a pure-decode step whole when the profile has `decode_step` rows (the
+    engine replayed it from its decode graphs) and per op otherwise: the engine must run decode
+    steps the way its profile measured them."""
+    from engine.runner import decode_graph_mode, resolve_device, resolve_ops
+
+    device = resolve_device(cfg.device)
+    mode = decode_graph_mode(cfg.cuda_graphs, device, resolve_ops(cfg.attention_backend, device).name,
+                             cfg.cuda_graph_max_batch)
+    whole = cost.decode_step is not None
+    if whole != (mode is not None):
+        raise ConfigError(
+            f"profile {profile} times decode steps {'whole (decode graphs on)' if whole else 'per op (decode graphs off)'}, "
+            f"but the engine would run them {'through decode graphs' if mode else 'eagerly'} (cuda_graphs={cfg.cuda_graphs}); "
+            "profile with the cuda_graphs= setting the engine runs with")
+
+
 def run_validation(cfg: ValidateConfig) -> ValidationOutcome:
     from apcsim.run import simulate
     from engine.runner import run_engine
 
     cost, profile = load_cost(cfg)  # before the engine runs: a bad profile fails fast
+    check_decode_graphs_match(cfg, cost, profile)
     engine_plans: list = []
     eng = run_engine(cfg, cost=cost, on_step=lambda plan, _res: engine_plans.append(_plan_key(plan)))
     sim_cfg = copy.deepcopy(cfg)
@@ -181,7 +199,7 @@ def run_validation(cfg: ValidateConfig) -> ValidationOutcome:
         "workload": c["workload"], "policy": c["policy"], "scheduler": c["scheduler"], "block_size": c["block_size"],
         "num_gpu_blocks": c["num_gpu_blocks"], "hardware": cfg.hardware.name, "model": cfg.model.name,
         "device": c["device"], "dtype": c["dtype"], "attention_backend": c["attention_backend"],
-        "online": cfg.online, "seed": cfg.seed, "profile": profile, "cost_model": cost.name,
+        "cuda_graphs": c["cuda_graphs"], "online": cfg.online, "seed": cfg.seed, "profile": profile, "cost_model": cost.name,
         "engine_wall_s": eng.wall_s, "sim_wall_s": sim.wall_s,
         "decisions": decisions,
         "within_goal": sum(1 for v in comparison.values() if v["within_goal"]),

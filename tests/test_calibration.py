@@ -194,8 +194,47 @@ def test_cached_prefix_is_cheaper_than_full_prefill(cost):
     assert _ms(cost, plans["prefill_1024"]) < cached < full
 
 
+def _with_decode_steps(tmp_path: Path) -> CalibratedCostModel:
+    """The A100 profile plus `decode_step` rows (whole graphed decode steps) of a made-up but
+    monotone shape: 5 ms + 0.02 ms per request + 1 us per KV token read."""
+    src = profile_path("a100", "llama3_8b")
+    lines = src.read_text().splitlines()
+    cols = lines[0].split(",")
+    extra = []
+    for b in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+        for c in (128, 1024, 4096):
+            row = dict(zip(cols, lines[1].split(",")))
+            row.update(op="decode_step", num_tokens=b, batch_size=b, context_len=c, num_heads=32, num_kv_heads=8,
+                       head_dim=128, tp=1, time_ms_median=5.0 + 0.02 * b + 1e-3 * b * c / 1000, source="test")
+            extra.append(",".join(str(row[k]) for k in cols))
+    path = tmp_path / "with_steps.csv"
+    path.write_text("\n".join(lines + extra) + "\n")
+    return CalibratedCostModel(read_profile(path), LLAMA3_8B)
+
+
+def test_decode_step_rows_cost_pure_decode_steps_whole(cost, tmp_path):
+    whole = _with_decode_steps(tmp_path)
+    assert cost.decode_step is None and whole.decode_step is not None
+    dec = _decode_sum(64, 64 * 1024)
+    cpu = whole.cpu_step_ms + whole.cpu_request_ms * 64
+    assert _ms(whole, dec) == pytest.approx(5.0 + 0.02 * 64 + 1e-3 * 64 * 1024 / 1000 + cpu, rel=1e-9)
+    # A step with any prefill chunk is still the per-op sum, identical to the profile without rows.
+    mixed = StepPlan(0, [ScheduledChunk("p", 256, 0, (), True)], num_cohort=8, cohort_context_sum=8 * 1024)
+    assert _ms(whole, mixed) == _ms(cost, mixed)
+    # A head-shape mismatch cannot be rescaled for a whole step: refused.
+    with pytest.raises(ValueError, match="decode_step was measured with other heads"):
+        CalibratedCostModel(read_profile(tmp_path / "with_steps.csv"),
+                            ModelConfig(**{**LLAMA3_8B.__dict__, "num_kv_heads": 4}))
+
+
 # -- exactness the simulator relies on -----------------------------------------------------------------
-def test_step_time_equals_decode_stretch_bit_for_bit(cost):
+@pytest.fixture(params=["per_op", "decode_step"])
+def any_cost(request, cost, tmp_path):
+    return cost if request.param == "per_op" else _with_decode_steps(tmp_path)
+
+
+def test_step_time_equals_decode_stretch_bit_for_bit(any_cost):
+    cost = any_cost
     rng = np.random.default_rng(0)
     for _ in range(3000):
         n = int(rng.integers(1, 400))

@@ -113,6 +113,37 @@ def test_offline_engine_and_simulator_schedule_identically(tiny_profile, case):
     assert skipped.sim.metrics["num_steps"] == out.engine.metrics["num_steps"]
 
 
+@pytest.fixture(scope="module")
+def padded_profile(tmp_path_factory) -> Path:
+    """Profiled with the decode-graph path (`padded` on the CPU): decode steps are timed whole."""
+    register_profile_config()
+    cfg = compose_config([*TINY, "grid=small", "warmup=1", "repeats=3", "cuda_graphs=padded",
+                          f"out={tmp_path_factory.mktemp('profile') / 'tiny_padded.csv'}"], config_name="engine_profile")
+    path, meta = run_profile(cfg, argv=["(test)"])
+    assert meta["decode_graphs"] == "padded"
+    return path
+
+
+def test_decode_graph_profile_validates_with_the_same_decisions(tiny_profile, padded_profile):
+    prof = read_profile(padded_profile)
+    g = GRIDS["small"]
+    steps = prof.ops["decode_step"]
+    assert sorted(zip(steps.batch_size.tolist(), steps.context_len.tolist())) == sorted(g.decode_step_points())
+    model = compose_config(["model=tiny", "hardware=cpu"]).model
+    result = calibrate(compose_config(["hardware=cpu"]).hardware, model, str(padded_profile))
+    assert "decode_step" in result["ops"] and set(result["decode_step_vs_op_sum"]) == {
+        n for n in result["predictions_ms"] if n.startswith("decode_")}
+    overrides = [*OFFLINE_CASES["shared_prefix-lru-preempting"][0], "skip_quiet=false"]
+    out = _validate(padded_profile, *overrides, "cuda_graphs=padded")
+    assert out.info["cuda_graphs"] == "padded" and out.engine.loop.executor.decode_graphs.replays > 0
+    assert out.info["decisions"]["plans_identical"] is True and out.info["decisions"]["requests_differing"] == 0
+    # The engine must run decode steps the way its profile timed them.
+    with pytest.raises(ConfigError, match="times decode steps whole"):
+        _validate(padded_profile, *overrides, "cuda_graphs=off")
+    with pytest.raises(ConfigError, match="times decode steps per op"):
+        _validate(tiny_profile, *overrides, "cuda_graphs=padded")
+
+
 def test_error_pct_rules():
     assert error_pct(110.0, 100.0) == pytest.approx(10.0)
     assert error_pct(0, 0) == 0.0

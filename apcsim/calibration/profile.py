@@ -9,8 +9,8 @@ profiler write the same columns:
 |---|---|
 | `hardware`, `model` | the `hardware=` and `model=` names this profile is for |
 | `op` | kernel group, one of `OPS` below |
-| `num_tokens` | tokens the op processed: the step's tokens (token ops), the chunk's new tokens (`attn_prefill`), sampled tokens (`lm_head`), hashed prompt tokens (`cpu_hash`); for `attn_decode` the batch size |
-| `batch_size` | requests in the op: decode batch (`attn_decode`), 1 (`attn_prefill`), requests in the step (`cpu_*`); 0 where not applicable |
+| `num_tokens` | tokens the op processed: the step's tokens (token ops), the chunk's new tokens (`attn_prefill`), sampled tokens (`lm_head`), hashed prompt tokens (`cpu_hash`); for `attn_decode` and `decode_step` the batch size |
+| `batch_size` | requests in the op: decode batch (`attn_decode`, `decode_step`), 1 (`attn_prefill`), requests in the step (`cpu_*`); 0 where not applicable |
 | `context_len` | tokens of each request already in the KV cache before this step (cached prefix or computed earlier); 0 for token ops |
 | `num_heads`, `num_kv_heads`, `head_dim` | attention shape per GPU of the kernels as measured (they may differ from the model's: the cost model scales, see `apcsim.sim.calibrated`) |
 | `tp` | tensor-parallel degree of the measurement |
@@ -59,6 +59,10 @@ OPS: dict[str, OpSpec] = {
     # Attention.
     "attn_prefill": OpSpec("attn_prefill", "layer", "attention of one prefill chunk: num_tokens new tokens after context_len"),
     "attn_decode": OpSpec("attn_decode", "layer", "decode attention of batch_size requests, each with context_len tokens"),
+    # A whole pure-decode step as one unit (our engine's profiler, when it replays decode steps
+    # from CUDA graphs: their launches cost nothing, so the per-op sum would overstate the step).
+    "decode_step": OpSpec("attn_decode", "step", "the whole forward of a pure-decode step of batch_size requests at "
+                          "context_len each (every layer, LM head, argmax, tokens to the host), as the engine replays it"),
     # CPU work of the serving engine, by requests in the step or by hashed tokens.
     "cpu_step": OpSpec("cpu_batch", "step", "all CPU work of a step outside the forward pass (our engine's profiler)"),
     "cpu_schedule": OpSpec("cpu_batch", "step", "scheduler"),

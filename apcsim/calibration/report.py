@@ -66,6 +66,20 @@ def physics_checks(cost: CalibratedCostModel, hw: HardwareConfig, model: ModelCo
     }
 
 
+def _decode_step_comparison(prof, model: ModelConfig, cost: CalibratedCostModel) -> dict:
+    """With `decode_step` rows (decode steps replayed from CUDA graphs): each decode prediction
+    whole vs as the per-op sum, whose ratio is what the graphs save."""
+    if cost.decode_step is None:
+        return {}
+    ops_only = CalibratedCostModel(prof, model, use_decode_step=False)
+    rows = {}
+    for name, plan in prediction_plans().items():
+        if name.startswith("decode_"):
+            whole, summed = cost.step_time(plan) * 1e3, ops_only.step_time(plan) * 1e3
+            rows[name] = {"decode_step_ms": whole, "op_sum_ms": summed, "op_sum_over_decode_step": summed / whole}
+    return {"decode_step_vs_op_sum": rows}
+
+
 def calibrate(hw: HardwareConfig, model: ModelConfig, path: str | None = None,
               holdout_fraction: float = 0.2, seed: int = 0) -> dict:
     if not 0 < holdout_fraction < 1:
@@ -83,6 +97,7 @@ def calibrate(hw: HardwareConfig, model: ModelConfig, path: str | None = None,
         "holdout": {"fraction": holdout_fraction, "seed": seed, "targets": TARGETS},
         "ops": holdout_errors(prof, holdout_fraction, seed),
         "predictions_ms": {name: cost.step_time(plan) * 1e3 for name, plan in prediction_plans().items()},
+        **_decode_step_comparison(prof, model, cost),
         "physics": physics_checks(cost, hw, model),
         "overheads": {"cpu_step_ms": cost.cpu_step_ms, "cpu_per_request_ms": cost.cpu_request_ms,
                       "hash_ns_per_token": cost.hash_ms_per_token * 1e6},

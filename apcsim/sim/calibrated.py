@@ -28,6 +28,16 @@ One step's time, in milliseconds, with L the model's layers:
   tuple hashing with Python's built-in hash plus a dict lookup, block size 16) on the development
   machine (AMD EPYC VM, 2 vCPUs, Python 3.11.7): 113-115 ns per token.
 
+A pure-decode step (every request has one new token) costs instead
+
+    decode_step(B, C) + cpu_step + cpu_per_request * R
+
+when the profile has `decode_step` rows: our engine replays decode steps from CUDA graphs, whose
+kernels run back to back with no launch gaps, so the per-op sum above (each op timed in a stream
+of launches) would overstate them; its profiler then times the whole replayed step by (batch,
+context) instead, fitted like decode attention. Batches between profiled ones interpolate,
+though the engine pads a batch to its graph bucket (1, 2, 4, then multiples of 8).
+
 Not modelled, because the data has no timing for them: writing the new K/V into the paged cache
 (a `kv_cache_save` row is used when a profile has one) and TP communication (one GPU).
 """
@@ -54,7 +64,7 @@ VIDUR_CPU_OPS = ("cpu_schedule", "cpu_sampler", "cpu_prepare_inputs", "cpu_proce
 
 class CalibratedCostModel:
     def __init__(self, profile: Profile, model: ModelConfig, *, cpu_overhead: bool = True,
-                 hash_ns_per_token: float | None = None) -> None:
+                 hash_ns_per_token: float | None = None, use_decode_step: bool = True) -> None:
         ops = profile.ops
         missing = [op for op in REQUIRED_OPS if op not in ops]
         if missing:
@@ -81,6 +91,14 @@ class CalibratedCostModel:
                 raise ValueError(f"profile {profile.path}: {op} head_dim {d.head_dim} != model's {model.head_dim}")
         self.prefill = PrefillAttention.fit(pre.num_tokens, pre.context_len, pre.time_ms, scale=model.num_heads / pre.num_heads)
         self.decode = DecodeAttention.fit(dec.batch_size, dec.context_len, dec.time_ms, kv_ratio=model.num_kv_heads / dec.num_kv_heads)
+        # Whole pure-decode steps, when the profile times them as the engine runs them.
+        self.decode_step: DecodeAttention | None = None
+        if use_decode_step and "decode_step" in ops:
+            st = ops["decode_step"]
+            if (st.num_heads, st.num_kv_heads, st.head_dim) != (model.num_heads, model.num_kv_heads, model.head_dim):
+                raise ValueError(f"profile {profile.path}: decode_step was measured with other heads than the model's "
+                                 "(a whole step cannot be rescaled)")
+            self.decode_step = DecodeAttention.fit(st.batch_size, st.context_len, st.time_ms)
 
         cpu_ops = ("cpu_step",) if "cpu_step" in ops else tuple(op for op in VIDUR_CPU_OPS if op in ops)
         fits = [affine_fit(ops[op].batch_size, ops[op].time_ms) for op in cpu_ops] if cpu_overhead else []
@@ -108,6 +126,10 @@ class CalibratedCostModel:
     def _cpu(self, requests: int) -> float:
         return self.cpu_step_ms + self.cpu_request_ms * requests
 
+    def _decode_total(self, step_ms, cpu_ms, hash_ms):
+        """Seconds of a pure-decode step costed whole (`decode_step`); scalars or arrays alike."""
+        return (step_ms + cpu_ms + hash_ms) * 1e-3
+
     def step_time(self, plan: StepPlan) -> float:
         n_dec = plan.num_cohort
         c_dec = plan.cohort_context_sum
@@ -126,12 +148,17 @@ class CalibratedCostModel:
                 prefill += self.prefill(n, c.num_context_tokens)
         if tokens == 0:
             return 0.0
+        if self.decode_step is not None and tokens == n_dec:  # every request decodes one token
+            return float(self._decode_total(self.decode_step(n_dec, c_dec), self._cpu(len(plan.chunks) + plan.num_cohort),
+                                            self.hash_ms_per_token * plan.num_hashed_tokens))
         return float(self._total(self.tokens(tokens), self._lm(samples), prefill, self.decode(n_dec, c_dec),
                                  self._cpu(len(plan.chunks) + plan.num_cohort),
                                  self.hash_ms_per_token * plan.num_hashed_tokens))
 
     def decode_stretch_times(self, num_seqs: int, context_sum: int, num_steps: int) -> np.ndarray:
         ctx = context_sum + num_seqs * np.arange(num_steps, dtype=np.float64)  # [num_steps], exact integers
+        if self.decode_step is not None:
+            return self._decode_total(self.decode_step.eval(num_seqs, ctx), self._cpu(num_seqs), self.hash_ms_per_token * 0)
         dec = self.decode.eval(num_seqs, ctx)
         return self._total(self.tokens(num_seqs), self._lm(num_seqs), 0.0, dec, self._cpu(num_seqs),
                            self.hash_ms_per_token * 0)

@@ -26,6 +26,9 @@ class ProfileGrid:
     decode_batch: tuple[int, ...]  # attn_decode: requests
     decode_context: tuple[int, ...]  # attn_decode: tokens before the step, each request
     max_decode_kv_tokens: int  # decode points with batch * (context + 1) above this are skipped
+    decode_step_batch: tuple[int, ...]  # decode_step (whole graphed decode steps): requests
+    decode_step_context: tuple[int, ...]  # decode_step: tokens before the step, each request
+    max_decode_step_kv_tokens: int  # decode_step points above this many KV tokens (all layers) are skipped
     cpu_batch: tuple[int, ...]  # cpu_step: requests decoding in the step
     cpu_steps: int  # decode steps timed per batch size
     hash_tokens: tuple[int, ...]  # cpu_hash: prompt tokens hashed and looked up
@@ -33,6 +36,10 @@ class ProfileGrid:
     def decode_points(self) -> list[tuple[int, int]]:
         return [(b, c) for b in self.decode_batch for c in self.decode_context
                 if b * (c + 1) <= self.max_decode_kv_tokens]
+
+    def decode_step_points(self) -> list[tuple[int, int]]:
+        return [(b, c) for b in self.decode_step_batch for c in self.decode_step_context
+                if b * (c + 1) <= self.max_decode_step_kv_tokens]
 
     def prefill_points(self) -> list[tuple[int, int]]:
         return [(n, c) for n in self.prefill_new for c in self.prefill_context]
@@ -48,6 +55,8 @@ class ProfileGrid:
             raise ValueError("prefill_context needs >= 3 values spanning >= 512 tokens")
         if not self.decode_points():
             raise ValueError("no decode point fits max_decode_kv_tokens")
+        if not self.decode_step_points():
+            raise ValueError("no decode_step point fits max_decode_step_kv_tokens")
 
 
 GRIDS: dict[str, ProfileGrid] = {
@@ -60,6 +69,10 @@ GRIDS: dict[str, ProfileGrid] = {
         decode_batch=(1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256),
         decode_context=(16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),
         max_decode_kv_tokens=524288,
+        # Batches are graph buckets; 262,144 tokens of all 32 layers' KV is 32 GiB for Llama-3-8B.
+        decode_step_batch=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        decode_step_context=(128, 512, 1024, 2048, 4096, 8192),
+        max_decode_step_kv_tokens=262144,
         cpu_batch=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         cpu_steps=20,
         hash_tokens=(256, 1024, 4096, 16384),
@@ -72,6 +85,9 @@ GRIDS: dict[str, ProfileGrid] = {
         decode_batch=(1, 2, 4, 8),
         decode_context=(16, 64, 256),
         max_decode_kv_tokens=4096,
+        decode_step_batch=(1, 2, 4, 8),
+        decode_step_context=(16, 64, 256),
+        max_decode_step_kv_tokens=4096,
         cpu_batch=(1, 2, 4, 8),
         cpu_steps=5,
         hash_tokens=(256, 1024),
@@ -112,6 +128,9 @@ def estimate_seconds(grid: ProfileGrid, model: ModelConfig, *, peak_tflops: floa
     for bb, c in grid.decode_points():
         total += calls(cost(attn_flops * bb * c, bb * (c + 1) * 2 * kv * b))
     step = cost(2.0 * model.num_params, model.weight_bytes)
+    kv_token = 2 * kv * b * model.num_layers  # KV bytes of one token, all layers
+    for bb, c in grid.decode_step_points():  # whole graphed decode steps (when graphs are on)
+        total += calls(cost(2.0 * model.num_params * bb, model.weight_bytes + bb * (c + 1) * kv_token))
     total += sum(grid.cpu_steps + 4 for _ in grid.cpu_batch) * max(step, 30 * model.num_layers * floor_s)
     total += model.weight_bytes / bw
     return total + fixed_s

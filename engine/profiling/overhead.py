@@ -46,8 +46,9 @@ def _sync(device: torch.device) -> None:
 
 
 def cpu_step_rows(model: LlamaForCausalLM, ops, grid: ProfileGrid, *, block_size: int, policy: str,
-                  seed: int) -> list[dict]:
-    """Median host time of a pure-decode step at each batch size of `grid.cpu_batch`."""
+                  seed: int, graph_mode: str | None = None) -> list[dict]:
+    """Median host time of a pure-decode step at each batch size of `grid.cpu_batch`, with the
+    engine's decode graphs in `graph_mode` (None: eager), whose input copies are host work too."""
     cfg = model.cfg
     rng = np.random.default_rng(seed)
     steps = WARM_STEPS + grid.cpu_steps
@@ -61,6 +62,9 @@ def cpu_step_rows(model: LlamaForCausalLM, ops, grid: ProfileGrid, *, block_size
         scheduler = make_scheduler(_policy(policy), sched_cfg, num_blocks=num_blocks, block_size=block_size,
                                    recompute_cost=lambda depth: 0.0)
         executor = Executor(model, ops, num_blocks=num_blocks, block_size=block_size)
+        if graph_mode is not None:
+            executor.enable_decode_graphs(graph_mode, max_batch=b,
+                                          max_blocks_per_seq=_cdiv(PROMPT_TOKENS + out_len, block_size))
         loop = EngineLoop(specs, scheduler, executor, online=False)
         loop.frontend.deliver(0.0)
         host_ms: list[float] = []
