@@ -5,7 +5,9 @@ Part ``decode``: one decode step against the memory roofline.
   in which each of `batch` requests decodes one token with `context` tokens of KV (the new one
   included) goes through ``Executor.execute`` (input building, forward pass, greedy sampling,
   tokens back on the host), timed with perf_counter after a synchronize: warmup, then the
-  median over iterations. Default cases: batch 64 and batch 1 at context 1,024.
+  median over iterations. Default cases: batch 64 and batch 1 at context 1,024, each run with
+  the engine's decode graphs (`graph`: CUDA graphs, as the engine runs decode steps; `padded`
+  in --smoke) and eagerly (`eager`), side by side in one run (--decode-modes).
   Roofline = (weight bytes + KV bytes read) / bandwidth, where
     weight bytes = every parameter once, except the embedding table, of which a step reads only
                    `batch` rows (the untied lm_head is read whole);
@@ -96,6 +98,7 @@ class Settings:
     nominal_tbps: float
     shared_fraction: float
     repeats: int
+    decode_modes: list[str]  # "graph" / "padded" (engine.decode_graphs) or "eager"
     engine_overrides: list[str] = field(default_factory=list)  # for every caching run
     warmup_overrides: list[str] = field(default_factory=list)  # shrink the warmup run
     seed: int = 0
@@ -113,6 +116,7 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
             block_size=a.block_size, batches=a.batches or [1, 4], contexts=a.contexts or [1024],
             warmup=1, iters=3, copy_bytes=1 << 20, nominal_tbps=a.nominal_tbps,
             shared_fraction=a.shared_fraction, repeats=a.repeats,
+            decode_modes=[m if m != "graph" else "padded" for m in a.decode_modes],  # no capture on a CPU
             # One thread: the tiny model's ops are far too small to split, and on a small shared
             # host intra-op threads cost milliseconds per op in hand-offs.
             engine_overrides=["cpu_threads=1", "workload.num_requests=8", "workload.input_tokens=64",
@@ -125,7 +129,8 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         smoke=False, device="cuda", model=a.model, attention_backend=a.attention_backend,
         block_size=a.block_size, batches=a.batches or [64, 1], contexts=a.contexts or [1024],
         warmup=a.warmup, iters=a.iters, copy_bytes=a.copy_gib << 30, nominal_tbps=a.nominal_tbps,
-        shared_fraction=a.shared_fraction, repeats=a.repeats, engine_overrides=list(a.engine_overrides),
+        shared_fraction=a.shared_fraction, repeats=a.repeats, decode_modes=list(a.decode_modes),
+        engine_overrides=list(a.engine_overrides),
         # Full-length prompts (the same kernel specialisations as the measured runs), few requests.
         warmup_overrides=["workload.num_requests=4", "workload.output_tokens=64"], seed=a.seed,
     )
@@ -216,22 +221,29 @@ def decode_plan(executor: Executor, batch: int, context: int, rng: np.random.Gen
     return StepPlan(step=0, chunks=chunks)
 
 
-def time_decode_step(model, ops, settings: Settings, device, batch: int, context: int) -> tuple[float, float]:
-    """(median seconds of Executor.execute, of its input building alone) for one decode step.
-    The executor and its KV cache live only in here, so they are freed on return."""
+def time_decode_step(model, ops, settings: Settings, device, batch: int, context: int,
+                     mode: str) -> tuple[float, float]:
+    """(median seconds of Executor.execute, of its input building alone) for one decode step,
+    through the decode graphs (`mode` graph/padded) or eagerly. The executor, its KV cache and
+    its graphs live only in here, so they are freed on return."""
     blocks_per_seq = math.ceil(context / settings.block_size)
     executor = Executor(model, ops, num_blocks=batch * blocks_per_seq, block_size=settings.block_size)
+    if mode != "eager":
+        executor.enable_decode_graphs(mode, max_batch=batch, max_blocks_per_seq=blocks_per_seq)
     # Random KV rather than the executor's zeros: no data-dependent fast path can flatter the step.
     executor.k_caches.normal_()
     executor.v_caches.normal_()
     plan = decode_plan(executor, batch, context, np.random.default_rng(settings.seed))
     step_s = median_seconds(lambda: executor.execute(plan), device, settings.warmup, settings.iters)
     prepare_s = median_seconds(lambda: executor.prepare(plan), device, settings.warmup, settings.iters)
+    if mode != "eager" and executor.decode_graphs.replays == 0:
+        raise RuntimeError(f"decode mode {mode}: the step did not go through the decode graphs")
     return step_s, prepare_s
 
 
-def decode_case(model, ops, settings: Settings, device, batch: int, context: int, copy_tb_per_s: float) -> dict:
-    step_s, prepare_s = time_decode_step(model, ops, settings, device, batch, context)
+def decode_case(model, ops, settings: Settings, device, batch: int, context: int, copy_tb_per_s: float,
+                mode: str) -> dict:
+    step_s, prepare_s = time_decode_step(model, ops, settings, device, batch, context, mode)
     release_memory(device)
     weights = weight_bytes_read(model, batch)
     kv = kv_bytes_read(model.cfg, batch, context, model.lm_head.weight.dtype)
@@ -239,7 +251,7 @@ def decode_case(model, ops, settings: Settings, device, batch: int, context: int
     nominal_s = (weights + kv) / (settings.nominal_tbps * 1e12)
     goal = DECODE_GOALS.get((batch, context))
     return {
-        "batch": batch, "context": context,
+        "batch": batch, "context": context, "mode": mode,
         "step_s": step_s,
         "prepare_s": prepare_s,  # host-side input building, part of step_s (diagnostic)
         "weight_bytes": weights, "kv_bytes": kv,
@@ -260,8 +272,8 @@ def bench_decode(settings: Settings) -> dict:
     copy = copy_bandwidth(device, settings.copy_bytes, settings.warmup, settings.iters)
     release_memory(device)  # the probe's 2 GiB
     model = build_model(cfg.model, seed=settings.seed, device=device, dtype=dtype)
-    cases = [decode_case(model, ops, settings, device, b, c, copy["tb_per_s"])
-             for b in settings.batches for c in settings.contexts]
+    cases = [decode_case(model, ops, settings, device, b, c, copy["tb_per_s"], mode)
+             for b in settings.batches for c in settings.contexts for mode in settings.decode_modes]
     del model
     release_memory(device)
     return {
@@ -421,6 +433,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--batches", type=int, nargs="+", default=None, help="decode batches (GPU default: 64 1)")
     p.add_argument("--contexts", type=int, nargs="+", default=None, help="decode contexts (default: 1024)")
+    p.add_argument("--decode-modes", nargs="+", default=["graph", "eager"], choices=["graph", "padded", "eager"],
+                   help="how decode steps run: engine decode graphs (graph = CUDA graphs) or eagerly")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--copy-gib", type=int, default=1, help="size of the bandwidth-probe copy")

@@ -15,7 +15,7 @@ pytest.importorskip("hydra")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-DECODE_CASE_KEYS = {"batch", "context", "step_s", "prepare_s", "weight_bytes", "kv_bytes", "roofline_s", "ratio",
+DECODE_CASE_KEYS = {"batch", "context", "mode", "step_s", "prepare_s", "weight_bytes", "kv_bytes", "roofline_s", "ratio",
                     "roofline_nominal_s", "ratio_vs_nominal", "goal_max_ratio", "goal_met"}
 RUN_KEYS = {"policy", "num_gpu_blocks", "duration_s", "output_tokens", "output_throughput_tok_s", "prompt_tokens",
             "prompt_tokens_computed", "prefix_cache_hit_rate", "num_preemptions", "num_steps", "prefill", "wall_s"}
@@ -36,6 +36,7 @@ def test_engine_step_smoke(tmp_path):
     assert dec["copy"]["tb_per_s"] > 0
     assert dec["cases"] and all(c.keys() == DECODE_CASE_KEYS for c in dec["cases"])
     assert all(c["step_s"] > 0 and c["ratio"] > 0 for c in dec["cases"])
+    assert {c["mode"] for c in dec["cases"]} == {"padded", "eager"}  # the graph path, side by side with eager
     with_goal = [c for c in dec["cases"] if c["goal_max_ratio"] is not None]
     assert with_goal and all(isinstance(c["goal_met"], bool) for c in with_goal)  # batch 1, context 1,024
 
