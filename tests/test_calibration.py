@@ -325,3 +325,18 @@ def test_calibration_cli_errors_are_one_line(tmp_path, args, expect):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("apcsim.calibration: error: ") and expect in lines[0].lower()
+
+
+def test_prefill_beyond_the_largest_chunk_keeps_the_fixed_cost_fixed():
+    """A kernel costing a fixed 0.4 ms per call plus 10 ns per (query, key) pair, profiled up to
+    64-token chunks: a 128-token chunk extrapolates to that same law, not to the fixed cost
+    scaled with the chunk's square (what overstated CPU prefill steps 1.5-1.9x)."""
+    from apcsim.calibration.attention import PrefillAttention
+
+    def law(n, c):
+        return 0.4 + 1e-5 * (n * c + n * n / 2)
+
+    pts = [(n, c) for n in (2, 16, 64) for c in (0, 256, 768)]
+    fit = PrefillAttention.fit([n for n, _ in pts], [c for _, c in pts], [law(n, c) for n, c in pts])
+    for n, c in ((128, 128), (256, 0), (512, 768)):
+        assert fit(n, c) == pytest.approx(law(n, c), rel=0.02), (n, c)

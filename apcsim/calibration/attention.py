@@ -31,10 +31,11 @@ class PrefillAttention:
     Inside the profile: the grid (n, c). Beyond the largest profiled context: linear in c with the
     row's least-squares slope (the cross term n * c of attention work is linear in c; rows the
     profile covers too briefly to fit get the per-(query, key)-pair slope of the long rows times
-    n). Beyond the largest profiled chunk n_max: the causal part (the time at c = 0, n^2 / 2
-    pairs) grows as (n / n_max)^2 and the context part as n / n_max, that is constant time per
-    pair at the efficiency reached at n_max. Below the smallest chunk: the smallest chunk's time
-    (one tile of queries costs what a full tile costs).
+    n). Beyond the largest profiled chunk n_max: the fixed part of a call (the time of the
+    smallest chunk at c = 0: launch, one tile) stays, the rest of the causal part (the time at
+    c = 0, n^2 / 2 pairs) grows as (n / n_max)^2 and the context part as n / n_max, that is
+    constant time per pair at the efficiency reached at n_max. Below the smallest chunk: the
+    smallest chunk's time (one tile of queries costs what a full tile costs).
     """
 
     MIN_ROW_POINTS = 3
@@ -44,6 +45,9 @@ class PrefillAttention:
         self.grid = grid
         self.n_max = float(grid.xs[-1])
         self._causal_max = grid(self.n_max, 0.0)
+        # What a call costs whatever its size; scaling it with n^2 would overstate long chunks
+        # wherever it is not negligible (a small model, or a CPU profile).
+        self._fixed = min(grid(float(grid.xs[0]), 0.0), self._causal_max)
 
     @classmethod
     def fit(cls, n, ctx, t, scale: float = 1.0) -> "PrefillAttention":
@@ -68,13 +72,13 @@ class PrefillAttention:
     def __call__(self, n: float, c: float) -> float:
         if n > self.n_max:
             r = n / self.n_max
-            a = self._causal_max
-            return a * r * r + (self.grid(self.n_max, c) - a) * r
+            a, f = self._causal_max, self._fixed
+            return f + (a - f) * r * r + (self.grid(self.n_max, c) - a) * r
         return self.grid(n, c)
 
     def per_pair_ms(self) -> tuple[float, float]:
         """(causal, context) milliseconds per (query, key) pair at the largest profiled chunk."""
-        causal = self._causal_max / (self.n_max * self.n_max / 2.0)
+        causal = (self._causal_max - self._fixed) / (self.n_max * self.n_max / 2.0)
         context = float(self.grid.sy[-1]) / self.n_max
         return causal, context
 
