@@ -9,7 +9,8 @@ A graph replays fixed addresses and shapes, hence:
 
 - Inputs live in static buffers sized for the largest bucket; a step only copies into them.
   Invariant: no buffer is reallocated after capture.
-- A batch of n requests runs the smallest bucket >= n. Its padding rows are inert: slot -1 (the
+- A batch of n requests runs the smallest bucket >= n (`apcsim.sim.decode_buckets`: 1, 2, 4,
+  then multiples of 8; the simulator costs a decode step at that bucket too). Its padding rows are inert: slot -1 (the
   KV write skips it), sequence length 1 reading key 0 of block 0 (finite, whatever it holds),
   token 0 at position 0; their logits are computed and discarded. Every op of the forward is
   row-wise or a GEMM over rows, so a padding row cannot change a real row's result.
@@ -30,21 +31,10 @@ import bisect
 import numpy as np
 import torch
 
+from apcsim.sim.decode_buckets import batch_buckets
 from engine.model import AttnMetadata, LlamaForCausalLM
 
 MODES = ("graph", "padded")
-
-
-def batch_buckets(max_batch: int) -> list[int]:
-    """1, 2, 4, then multiples of 8 up to max_batch (included), as vLLM's capture sizes: padding
-    wastes at most 7 rows past 8, where a GEMM of a few more rows costs nothing extra."""
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-    sizes = [b for b in (1, 2, 4) if b <= max_batch]
-    sizes += list(range(8, max_batch + 1, 8))
-    if sizes[-1] != max_batch:
-        sizes.append(max_batch)
-    return sizes
 
 
 class DecodeGraphs:

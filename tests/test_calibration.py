@@ -218,6 +218,10 @@ def test_decode_step_rows_cost_pure_decode_steps_whole(cost, tmp_path):
     dec = _decode_sum(64, 64 * 1024)
     cpu = whole.cpu_step_ms + whole.cpu_request_ms * 64
     assert _ms(whole, dec) == pytest.approx(5.0 + 0.02 * 64 + 1e-3 * 64 * 1024 / 1000 + cpu, rel=1e-9)
+    # 9 requests run as the engine's graph bucket of 16 (7 padding rows, no context of their own).
+    cpu9 = whole.cpu_step_ms + whole.cpu_request_ms * 9
+    assert _ms(whole, _decode_sum(9, 9 * 1024)) == pytest.approx(whole.decode_step(16, 9 * 1024) + cpu9, rel=1e-12)
+    assert whole.decode_step(16, 9 * 1024) > whole.decode_step(9, 9 * 1024)
     # A step with any prefill chunk is still the per-op sum, identical to the profile without rows.
     mixed = StepPlan(0, [ScheduledChunk("p", 256, 0, (), True)], num_cohort=8, cohort_context_sum=8 * 1024)
     assert _ms(whole, mixed) == _ms(cost, mixed)

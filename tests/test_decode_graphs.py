@@ -22,8 +22,9 @@ if not HAS_CUDA:  # before Triton's first import (see tests/test_kernels.py)
 import numpy as np  # noqa: E402
 
 from apcsim.errors import ConfigError  # noqa: E402
+from apcsim.sim.decode_buckets import batch_buckets, bucket_of  # noqa: E402
 from engine import kernels  # noqa: E402
-from engine.decode_graphs import DecodeGraphs, batch_buckets  # noqa: E402
+from engine.decode_graphs import DecodeGraphs  # noqa: E402
 from engine.runner import compose_engine_config, run_engine  # noqa: E402
 from engine.weights import random_model  # noqa: E402
 
@@ -59,18 +60,22 @@ def _assert_same(a, b) -> None:
 
 def test_batch_buckets():
     assert batch_buckets(1) == [1]
-    assert batch_buckets(3) == [1, 2, 3]
+    assert batch_buckets(3) == [1, 2, 4]
     assert batch_buckets(8) == [1, 2, 4, 8]
-    assert batch_buckets(20) == [1, 2, 4, 8, 16, 20]
+    assert batch_buckets(20) == [1, 2, 4, 8, 16, 24]
     assert batch_buckets(256)[-3:] == [240, 248, 256] and len(batch_buckets(256)) == 35
     with pytest.raises(ValueError):
         batch_buckets(0)
+    # The engine runs every batch as the cost model's bucket_of says.
+    graphs_like = batch_buckets(100)
+    for b in range(1, 101):
+        assert min(x for x in graphs_like if x >= b) == bucket_of(b)
 
 
 @pytest.mark.parametrize("case", ["buckets", "preemption", "fallback"])
 def test_padded_decode_path_matches_eager(case):
     extra = {
-        "buckets": ["scheduler.max_num_seqs=6", "cuda_graph_max_batch=8"],  # batches of 6 padded to 8
+        "buckets": ["scheduler.max_num_seqs=6"],  # batches of 6 padded to bucket 8
         "preemption": ["scheduler.max_num_batched_tokens=32", "scheduler.max_num_seqs=4", "num_gpu_blocks=9"],
         "fallback": ["scheduler.max_num_seqs=6", "scheduler.max_num_batched_tokens=64", "cuda_graph_max_batch=4"],  # batches of 6 run eagerly
     }[case]

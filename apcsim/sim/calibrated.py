@@ -54,6 +54,7 @@ from apcsim.calibration.attention import DecodeAttention, PrefillAttention
 from apcsim.calibration.fit import Curve, affine_fit
 from apcsim.calibration.profile import OPS, Profile, read_profile
 from apcsim.core.plan import StepPlan
+from apcsim.sim.decode_buckets import bucket_of
 from apcsim.hardware import ModelConfig
 
 DEFAULT_HASH_NS_PER_TOKEN = 115.0
@@ -149,7 +150,7 @@ class CalibratedCostModel:
         if tokens == 0:
             return 0.0
         if self.decode_step is not None and tokens == n_dec:  # every request decodes one token
-            return float(self._decode_total(self.decode_step(n_dec, c_dec), self._cpu(len(plan.chunks) + plan.num_cohort),
+            return float(self._decode_total(self.decode_step(bucket_of(n_dec), c_dec), self._cpu(len(plan.chunks) + plan.num_cohort),
                                             self.hash_ms_per_token * plan.num_hashed_tokens))
         return float(self._total(self.tokens(tokens), self._lm(samples), prefill, self.decode(n_dec, c_dec),
                                  self._cpu(len(plan.chunks) + plan.num_cohort),
@@ -158,7 +159,8 @@ class CalibratedCostModel:
     def decode_stretch_times(self, num_seqs: int, context_sum: int, num_steps: int) -> np.ndarray:
         ctx = context_sum + num_seqs * np.arange(num_steps, dtype=np.float64)  # [num_steps], exact integers
         if self.decode_step is not None:
-            return self._decode_total(self.decode_step.eval(num_seqs, ctx), self._cpu(num_seqs), self.hash_ms_per_token * 0)
+            return self._decode_total(self.decode_step.eval(bucket_of(num_seqs), ctx), self._cpu(num_seqs),
+                                      self.hash_ms_per_token * 0)
         dec = self.decode.eval(num_seqs, ctx)
         return self._total(self.tokens(num_seqs), self._lm(num_seqs), 0.0, dec, self._cpu(num_seqs),
                            self.hash_ms_per_token * 0)

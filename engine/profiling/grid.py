@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 from apcsim.hardware import ModelConfig
+from apcsim.sim.decode_buckets import bucket_of
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class ProfileGrid:
             raise ValueError("prefill_context needs >= 3 values spanning >= 512 tokens")
         if not self.decode_points():
             raise ValueError("no decode point fits max_decode_kv_tokens")
+        if any(bucket_of(b) != b for b in self.decode_step_batch):
+            raise ValueError("decode_step_batch must be graph buckets (1, 2, 4 or multiples of 8): the engine runs no other")
         if not self.decode_step_points():
             raise ValueError("no decode_step point fits max_decode_step_kv_tokens")
 
