@@ -1,7 +1,10 @@
-"""`python -m engine.validate_suite suite=h100 [only=GLOB,..] [shard=I/N] [out=DIR] [max_wall_s=S] [profile=PATH]`:
+"""`python -m engine.validate_suite suite=h100 [only=GLOB,..] [shard=I/N] [out=DIR] [max_wall_s=S] [profile=PATH] [set=KEY=VALUE ...]`:
 run a validation matrix (`apcsim/conf/validation/<suite>.yaml`: workloads x policies x block
 sizes, plus extra runs) through `engine.validate`, one run directory each under `out`, and
 collect `suite.csv` (one row per run and metric) and `table.md`.
+
+Every `set=KEY=VALUE` (repeatable) is appended to every run's overrides, after the suite's own:
+e.g. `set=cuda_graphs=padded` to run a CPU suite through the decode-graph path.
 
 Runs whose `validation.json` exists in `out` are skipped, so a matrix larger than one device call
 is finished by calling again with the same `out`; `max_wall_s` stops before starting a run once
@@ -108,10 +111,16 @@ def collect(out_dir: Path, names: list[str]) -> tuple[list[dict], str]:
 
 def main(argv: list[str]) -> int:
     opts = {"suite": None, "only": None, "shard": None, "out": None, "max_wall_s": None, "profile": None}
+    sets: list[str] = []
     for a in argv:
         k, sep, v = a.partition("=")
+        if sep and k == "set":
+            if "=" not in v:
+                raise ConfigError(f"set= takes an override KEY=VALUE, got {a!r}")
+            sets.append(v)
+            continue
         if not sep or k not in opts:
-            raise ConfigError(f"unknown argument {a!r}; expected key=value with key in {', '.join(opts)}")
+            raise ConfigError(f"unknown argument {a!r}; expected key=value with key in {', '.join([*opts, 'set'])}")
         opts[k] = v
     if not opts["suite"]:
         raise ConfigError("suite= is required (a file of apcsim/conf/validation/)")
@@ -120,7 +129,7 @@ def main(argv: list[str]) -> int:
         raise ConfigError("no run of the suite matches only=/shard=")
     out_dir = Path(opts["out"] or f"outputs/validate_suite/{opts['suite']}")
     limit = float(opts["max_wall_s"]) if opts["max_wall_s"] else None
-    extra = [f"profile={opts['profile']}"] if opts["profile"] else []
+    extra = ([f"profile={opts['profile']}"] if opts["profile"] else []) + sets
     t0 = time.perf_counter()
     for name, ov in runs.items():
         run_dir = out_dir / name

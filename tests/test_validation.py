@@ -144,6 +144,19 @@ def test_decode_graph_profile_validates_with_the_same_decisions(tiny_profile, pa
         _validate(tiny_profile, *overrides, "cuda_graphs=padded")
 
 
+def test_suite_set_overrides_reach_every_run(padded_profile, tmp_path):
+    from engine.validate_suite import main
+
+    out = tmp_path / "suite"
+    assert main(["suite=cpu_demo", "only=shared_prefix-lru-16", f"profile={padded_profile}", "set=cuda_graphs=padded",
+                 "set=workload.num_requests=8", f"out={out}"]) == 0
+    info = json.loads((out / "shared_prefix-lru-16" / "validation_info.json").read_text())
+    assert info["cuda_graphs"] == "padded" and info["decisions"]["requests_compared"] == 8
+    assert "| shared_prefix-lru-16 |" in (out / "table.md").read_text()
+    with pytest.raises(ConfigError, match="set= takes an override"):
+        main(["suite=cpu_demo", "set=cuda_graphs"])
+
+
 def test_error_pct_rules():
     assert error_pct(110.0, 100.0) == pytest.approx(10.0)
     assert error_pct(0, 0) == 0.0
