@@ -101,7 +101,7 @@ def meta_path(profile: Path) -> Path:
     return profile.with_suffix(".meta.json")
 
 
-def _estimate(grid, cfg: ProfileConfig, hardware: str) -> float | None:
+def _estimate(grid, cfg: ProfileConfig, hardware: str, decode_graphs: bool) -> float | None:
     """Estimated device seconds, if `conf/hardware/<hardware>.yaml` gives the spec sheet."""
     from importlib import resources
 
@@ -112,7 +112,7 @@ def _estimate(grid, cfg: ProfileConfig, hardware: str) -> float | None:
         return None
     hw = OmegaConf.load(spec)
     return estimate_seconds(grid, cfg.model, peak_tflops=float(hw.peak_tflops), mem_bw_gbps=float(hw.mem_bw_gbps),
-                            warmup=cfg.warmup, repeats=cfg.repeats)
+                            warmup=cfg.warmup, repeats=cfg.repeats, decode_graphs=decode_graphs)
 
 
 def run_profile(cfg: ProfileConfig, argv: list[str] | None = None) -> tuple[Path, dict]:
@@ -151,7 +151,7 @@ def run_profile(cfg: ProfileConfig, argv: list[str] | None = None) -> tuple[Path
     ops = resolve_ops(cfg.attention_backend, device)
     graph_mode = decode_graph_mode(cfg.cuda_graphs, device, ops.name)
     dtype = default_dtype(device)
-    estimate = _estimate(grid, cfg, hardware)
+    estimate = _estimate(grid, cfg, hardware, graph_mode is not None)
     if estimate is not None:
         print(f"{PROG}: estimated device time of grid={cfg.grid} on {hardware}: {estimate:.0f} s", file=sys.stderr)
 

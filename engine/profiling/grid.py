@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from apcsim.hardware import ModelConfig
-from apcsim.sim.decode_buckets import bucket_of
+from apcsim.sim.decode_buckets import batch_buckets, bucket_of
 
 
 @dataclass(frozen=True)
@@ -100,14 +100,16 @@ GRIDS: dict[str, ProfileGrid] = {
 
 def estimate_seconds(grid: ProfileGrid, model: ModelConfig, *, peak_tflops: float, mem_bw_gbps: float,
                      warmup: int, repeats: int, efficiency: float = 0.25, floor_s: float = 20e-6,
-                     target_s: float = 1e-3, max_iters: int = 20, fixed_s: float = 90.0) -> float:
+                     target_s: float = 1e-3, max_iters: int = 20, fixed_s: float = 90.0,
+                     decode_graphs: bool = True) -> float:
     """Device time of a grid, pessimistically: every measured call takes max(FLOPs, bytes) at
     `efficiency` of the spec sheet, or `floor_s` (a launch), and is made `warmup` + 1 + `repeats`
     x iters times (iters as `OpTimer` picks them); plus the decode steps of the CPU-overhead
     runs (a whole forward each), the model's random initialisation (one write of its weights), and
     `fixed_s` for what does not scale with the grid: imports, Triton's JIT compilation of each
     kernel specialisation (a few dozen: block_m, num_splits, dtype; ~1-3 s each), cuBLAS
-    heuristics."""
+    heuristics. With `decode_graphs`, also the whole decode steps and every graph capture (two
+    warm-up forwards and the captured one, at the largest batch's cost)."""
     peak, bw = peak_tflops * 1e12 * efficiency, mem_bw_gbps * 1e9 * efficiency
     b = model.dtype_bytes
     e, kv = model.hidden_size, model.num_kv_heads * model.head_dim
@@ -131,9 +133,13 @@ def estimate_seconds(grid: ProfileGrid, model: ModelConfig, *, peak_tflops: floa
     for bb, c in grid.decode_points():
         total += calls(cost(attn_flops * bb * c, bb * (c + 1) * 2 * kv * b))
     step = cost(2.0 * model.num_params, model.weight_bytes)
-    kv_token = 2 * kv * b * model.num_layers  # KV bytes of one token, all layers
-    for bb, c in grid.decode_step_points():  # whole graphed decode steps (when graphs are on)
-        total += calls(cost(2.0 * model.num_params * bb, model.weight_bytes + bb * (c + 1) * kv_token))
+    if decode_graphs:
+        kv_token = 2 * kv * b * model.num_layers  # KV bytes of one token, all layers
+        for bb, c in grid.decode_step_points():  # whole graphed decode steps
+            total += calls(cost(2.0 * model.num_params * bb, model.weight_bytes + bb * (c + 1) * kv_token))
+        captures = len(batch_buckets(max(grid.decode_step_batch))) + sum(len(batch_buckets(bb)) for bb in grid.cpu_batch)
+        top = max(grid.decode_step_batch + grid.cpu_batch)
+        total += 3 * captures * max(cost(2.0 * model.num_params * top, model.weight_bytes), 30 * model.num_layers * floor_s)
     total += sum(grid.cpu_steps + 4 for _ in grid.cpu_batch) * max(step, 30 * model.num_layers * floor_s)
     total += model.weight_bytes / bw
     return total + fixed_s
