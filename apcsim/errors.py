@@ -11,3 +11,11 @@ class ConfigError(ApcsimError):
 
 class TraceError(ApcsimError):
     """A missing or malformed trace file; the message names the file and line."""
+
+
+class JobsFailed(SystemExit):
+    """A multirun finished, reports written, with failed jobs: exit status 1, and the output
+    passes through as it is (not an input error, which would be folded to one line, status 2)."""
+
+    def __init__(self) -> None:
+        super().__init__(1)

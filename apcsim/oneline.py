@@ -13,6 +13,8 @@ import re
 import sys
 from typing import Callable
 
+from apcsim.errors import JobsFailed
+
 
 def _one_line(text: str) -> str:
     """Fold Hydra's multi-line error into one line: the message and the options it lists."""
@@ -40,15 +42,18 @@ def run_with_one_line_errors(main: Callable[[], None], prog: str) -> None:
     buf = io.StringIO()
     sys.stderr = buf  # Hydra prints its errors to stderr, then exits
     code = 0
+    passthrough = False
     try:
         main()
+    except JobsFailed:
+        code, passthrough = 1, True
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         sys.stderr = real_err
     text = buf.getvalue()
     # 128 + signal: an interrupted run, which has said what it kept; not an input error.
-    if code == 0 or code > 128 or os.environ.get("HYDRA_FULL_ERROR") == "1":
+    if code == 0 or code > 128 or passthrough or os.environ.get("HYDRA_FULL_ERROR") == "1":
         real_err.write(text)  # success, or the user asked for Hydra's full error
         if code:
             sys.exit(code)

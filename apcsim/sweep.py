@@ -106,6 +106,12 @@ def write_csv(rows: list[dict], path) -> None:
         w.writerows(rows)
 
 
+def _fail(msg: str) -> None:
+    """Bad input: one line on stderr and exit status 2, as every apcsim command (argparse too)."""
+    print(f"apcsim.sweep: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep_dir", type=Path)
@@ -115,9 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rows = collect(args.sweep_dir)
     except (FileNotFoundError, ValueError, yaml.YAMLError) as e:
-        sys.exit(f"apcsim.sweep: error: {e}")
+        _fail(str(e))
     if not rows:
-        sys.exit(f"apcsim.sweep: error: no finished jobs (metrics.json) or failed jobs (status.json) under {args.sweep_dir}")
+        _fail(f"no finished jobs (metrics.json) or failed jobs (status.json) under {args.sweep_dir}")
     out = args.out or args.sweep_dir / "sweep.csv"
     write_csv(rows, out)
     ok = sum(r["status"] == "ok" for r in rows)

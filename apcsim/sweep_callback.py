@@ -8,12 +8,14 @@ Ray, SLURM) or sweeper (basic, Optuna): it reads the job directories, not the la
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from apcsim.errors import JobsFailed
 from apcsim.sweep import collect, write_csv
 
 log = logging.getLogger("apcsim")
@@ -43,3 +45,8 @@ class SweepReportCallback(Callback):
             write_sweep_html(sweep_dir / "sweep.html", rows, title=str(sweep_dir), include_plotlyjs=plotlyjs)
             msg += " and sweep.html"
         log.info(msg)
+        if failed and config.get("sweep", {}).get("fail_on_error", True):
+            # After the reports: every job ran and its result is kept; only the exit status says it.
+            print(f"apcsim: {failed} of {len(rows)} jobs failed (status and error in {sweep_dir / 'sweep.csv'}); "
+                  "exit status 1 (sweep.fail_on_error=false: 0)", file=sys.stderr)
+            raise JobsFailed()

@@ -25,6 +25,9 @@ class SweepConfig:
     # A multirun job whose directory already holds metrics.json from the same config is not
     # simulated again (re-running a sweep only fills in what is missing or failed); true forces it.
     rerun: bool = False
+    # A multirun in which any job failed exits with status 1 once every job ran and sweep.csv /
+    # sweep.html are written (so scripts and CI notice); false: exit 0 and leave it to `status`.
+    fail_on_error: bool = True
 
 
 @dataclass

@@ -57,7 +57,9 @@ def test_real_multirun_is_collected_one_row_per_job(tmp_path):
 
 
 def test_collector_errors_are_one_line(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="no sweep directory"):
-        main([str(tmp_path / "missing")])
-    with pytest.raises(SystemExit, match="no finished jobs"):
-        main([str(tmp_path)])
+    for args, msg in (([str(tmp_path / "missing")], "no sweep directory"), ([str(tmp_path)], "no finished jobs")):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("apcsim.sweep: error: ") and msg in err
