@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -143,6 +144,33 @@ def test_mooncake_time_scale_and_first_n_independent_of_the_rest():
     for x, y in zip(a, b):
         assert np.array_equal(x.prompt_token_ids, y.prompt_token_ids)
         assert y.arrival_time == pytest.approx(0.5 * x.arrival_time)
+
+
+def _shared_blocks(specs, block: int) -> list[int]:
+    """Per request: leading whole blocks of `block` tokens equal to some earlier request's."""
+    seen: set[bytes] = set()
+    out = []
+    for sp in specs:
+        t = sp.prompt_token_ids
+        heads = [t[: k * block].tobytes() for k in range(1, len(t) // block + 1)]
+        out.append(sum(1 for _ in itertools.takewhile(lambda h: h in seen, heads)))
+        seen.update(heads)
+    return out
+
+
+def test_mooncake_length_scale_keeps_the_reuse_exact():
+    """1/16 of every length: 512-token hash blocks become 32 tokens, and which requests share how
+    many leading blocks is exactly as in the full-length trace."""
+    full = build(MooncakeConfig(num_requests=300))
+    small = build(MooncakeConfig(num_requests=300, length_scale=0.0625))
+    assert _shared_blocks(small, 32) == _shared_blocks(full, 512) and sum(_shared_blocks(full, 512)) > 0
+    for f, s in zip(full, small):
+        assert s.prompt_len == -(-f.prompt_len // 16) and s.output_len == max(1, round(f.output_len / 16))
+        assert s.arrival_time == f.arrival_time
+    with pytest.raises(ConfigError, match="whole number of tokens"):
+        build(MooncakeConfig(num_requests=3, length_scale=0.001))
+    with pytest.raises(ConfigError, match="length_scale must be"):
+        build(MooncakeConfig(num_requests=3, length_scale=0.0))
 
 
 @pytest.mark.parametrize("line,match", [

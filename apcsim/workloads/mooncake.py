@@ -10,11 +10,18 @@ does. A trailing partial block takes the first tokens of its id's block.
 
 The same reader takes the GMI/LMBench trace with `hash_block_size=32 timestamp_unit=ns
 strict_lengths=false` (its lengths fit 32-token blocks only approximately).
+
+`length_scale` shrinks (or stretches) every request while keeping the trace's reuse exact: a hash
+id becomes `hash_block_size * length_scale` tokens, a prompt ceil(input_length * length_scale)
+tokens and an output round(output_length * length_scale) (at least 1). Which requests share which
+blocks, in which order, is unchanged, so a whole trace whose reuse is long-range can be replayed
+where its full lengths would not fit (a GPU run of a few minutes).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -40,6 +47,9 @@ class MooncakeConfig(WorkloadConfig):
     hash_block_size: int = 512
     timestamp_unit: str = "ms"
     time_scale: float = 1.0  # multiplies every arrival time: 0.5 replays twice as fast
+    # multiplies every length, hash blocks included (1/16: 512-token blocks become 32 tokens);
+    # hash_block_size * length_scale must be a whole number of tokens
+    length_scale: float = 1.0
     # Require len(hash_ids) == ceil(input_length / hash_block_size). When false, a prompt is its
     # blocks cut to input_length, padded with request-unique tokens if the blocks fall short.
     strict_lengths: bool = True
@@ -111,6 +121,12 @@ def read_rows(path, unit: str, limit: Optional[int]) -> list[_Row]:
 def build(cfg: MooncakeConfig, ctx: BuildContext) -> list[RequestSpec]:
     hbs = check_int(cfg, "hash_block_size", 1)
     scale = check_float(cfg, "time_scale", 0.0, inclusive=False)
+    ls = check_float(cfg, "length_scale", 0.0, inclusive=False)
+    block = hbs * ls  # tokens per hash id once scaled
+    if abs(block - round(block)) > 1e-9 or round(block) < 1:
+        raise ConfigError(f"workload.hash_block_size * workload.length_scale must be a whole number of tokens >= 1, "
+                          f"got {hbs} * {cfg.length_scale} = {block:g}")
+    block = int(round(block))
     if cfg.timestamp_unit not in _UNITS:
         raise ConfigError(f"workload.timestamp_unit must be one of {', '.join(_UNITS)}; got {cfg.timestamp_unit!r}")
     path = resolve_trace_path(cfg.path)
@@ -128,24 +144,27 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> list[RequestSpec]:
                               f"{row.input_length}, expected {expected} with hash_block_size={hbs} "
                               "(strict_lengths=false accepts it)")
 
-    # One table row per distinct id: int32 [num_unique_ids, hbs].
+    # One table row per distinct id: int32 [num_unique_ids, block].
     all_ids = np.fromiter((h for r in rows for h in r.hash_ids), dtype=np.int64)
     uniq, inverse = np.unique(all_ids, return_inverse=True)
-    table = hashed_blocks(ctx.seed, _HASH_STREAM, uniq, hbs, ctx.vocab_size)
-    short = [i for i, r in enumerate(rows) if len(r.hash_ids) * hbs < r.input_length]
+    table = hashed_blocks(ctx.seed, _HASH_STREAM, uniq, block, ctx.vocab_size)
+    # ceil of the scaled length, rounded first so that 1000 * 0.1 is 100, not 101
+    lengths = [max(1, math.ceil(round(r.input_length * ls, 9))) for r in rows]
+    short = [i for i, r in enumerate(rows) if len(r.hash_ids) * block < lengths[i]]
     pads = dict(zip(short, unique_tokens(ctx.seed, _PAD_STREAM, short,
-                                         [rows[i].input_length - len(rows[i].hash_ids) * hbs for i in short],
+                                         [lengths[i] - len(rows[i].hash_ids) * block for i in short],
                                          ctx.vocab_size)))
     specs = []
     pos = 0
     for i, r in enumerate(rows):
         n = len(r.hash_ids)
-        prompt = table[inverse[pos : pos + n]].reshape(-1)[: r.input_length]  # a copy: fancy indexing
+        prompt = table[inverse[pos : pos + n]].reshape(-1)[: lengths[i]]  # a copy: fancy indexing
         pos += n
         if i in pads:
             prompt = np.concatenate([prompt, pads[i]])
         specs.append(RequestSpec(
             request_id=f"mc-{i}", prompt_token_ids=readonly(prompt),
             # An output of 0 tokens cannot be served (the first token is the prefill's): 1 instead.
-            output_len=max(1, r.output_length), arrival_time=(r.t - t0) * scale, cache_salt=r.salt))
+            output_len=max(1, r.output_length if ls == 1.0 else round(r.output_length * ls)),
+            arrival_time=(r.t - t0) * scale, cache_salt=r.salt))
     return specs
