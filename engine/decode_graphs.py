@@ -43,7 +43,8 @@ class DecodeGraphs:
     bucket in mode `graph`."""
 
     def __init__(self, model: LlamaForCausalLM, ops, k_caches: torch.Tensor, v_caches: torch.Tensor, *,
-                 max_batch: int, max_blocks_per_seq: int, mode: str = "graph") -> None:
+                 max_batch: int, max_blocks_per_seq: int, mode: str = "graph",
+                 capture_only: list[int] | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown decode graph mode {mode!r}; expected one of {MODES}")
         if max_blocks_per_seq < 1:
@@ -57,6 +58,11 @@ class DecodeGraphs:
         self.device = p.device
         self.buckets = batch_buckets(max_batch)
         self.max_batch = self.buckets[-1]
+        # Buckets to capture: all, or (a profiler timing known batches) only those; a batch whose
+        # bucket was not captured is refused by `fits` and runs eagerly.
+        self.captured = self.buckets if capture_only is None else sorted(set(capture_only))
+        if not set(self.captured) <= set(self.buckets):
+            raise ValueError(f"capture_only {capture_only} must be buckets up to {self.max_batch}: {self.buckets}")
         self.max_blocks_per_seq = max_blocks_per_seq
         n, dev = self.max_batch, self.device
         # Static inputs, sized for the largest bucket (a bucket b uses rows [:b]).
@@ -91,7 +97,7 @@ class DecodeGraphs:
         self._reset_padding(0)
         pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream(self.device)
-        for b in reversed(self.buckets):
+        for b in reversed(self.captured):
             # Warm up off the capture (Triton JIT, cuBLAS workspaces), on a side stream as
             # torch.cuda.graph requires for lazily initialised state.
             side.wait_stream(torch.cuda.current_stream(self.device))
@@ -115,7 +121,8 @@ class DecodeGraphs:
         return self.buckets[i] if i < len(self.buckets) else None
 
     def fits(self, batch: int, blocks_per_seq: int) -> bool:
-        return 1 <= batch <= self.max_batch and blocks_per_seq <= self.max_blocks_per_seq
+        return (1 <= batch <= self.max_batch and blocks_per_seq <= self.max_blocks_per_seq
+                and self.bucket_for(batch) in self.captured)
 
     def _reset_padding(self, n: int) -> None:
         """Rows n.. become inert padding rows (only those a previous step filled need it)."""

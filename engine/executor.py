@@ -61,11 +61,13 @@ class Executor:
         self.logits: dict[tuple[str, int], torch.Tensor] = {}  # (request id, output index) -> fp32 [V]
         self.decode_graphs: DecodeGraphs | None = None
 
-    def enable_decode_graphs(self, mode: str, *, max_batch: int, max_blocks_per_seq: int) -> DecodeGraphs:
+    def enable_decode_graphs(self, mode: str, *, max_batch: int, max_blocks_per_seq: int,
+                             capture_only: list[int] | None = None) -> DecodeGraphs:
         """Run pure-decode steps of up to `max_batch` requests through static buffers: CUDA graphs
-        (mode `graph`, captured here) or the same padded path without capture (`padded`)."""
+        (mode `graph`, captured here: every bucket, or `capture_only`) or the same padded path
+        without capture (`padded`)."""
         self.decode_graphs = DecodeGraphs(self.model, self.ops, self.k_caches, self.v_caches, max_batch=max_batch,
-                                          max_blocks_per_seq=max_blocks_per_seq, mode=mode)
+                                          max_blocks_per_seq=max_blocks_per_seq, mode=mode, capture_only=capture_only)
         self.decode_graphs.capture()
         return self.decode_graphs
 

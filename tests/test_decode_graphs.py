@@ -138,6 +138,11 @@ def test_padding_rows_write_nothing():
     assert graphs.slot_mapping[1:4].tolist() == [-1, -1, -1] and graphs.seq_lens[1:4].tolist() == [1, 1, 1]
     with pytest.raises(ValueError, match="does not fit"):
         graphs.load(ids, pos, slots, np.zeros((3, 5), dtype=np.int64), seq_lens)
+    # A profiler may capture only the buckets it times; other batches are left to the eager path.
+    only4 = DecodeGraphs(model, ops, k, v, max_batch=8, max_blocks_per_seq=4, mode="padded", capture_only=[4])
+    assert [b for b in range(1, 10) if only4.fits(b, 1)] == [3, 4]
+    with pytest.raises(ValueError, match="must be buckets"):
+        DecodeGraphs(model, ops, k, v, max_batch=8, max_blocks_per_seq=4, mode="padded", capture_only=[3])
 
 
 def test_padded_decode_path_on_triton_kernels():

@@ -29,7 +29,8 @@ def decode_step_rows(model: LlamaForCausalLM, ops, grid: ProfileGrid, timer: OpT
     blocks = max(b * _cdiv(c + 1, block_size) for b, c in points)
     widest = max(_cdiv(c + 1, block_size) for _, c in points)
     executor = Executor(model, ops, num_blocks=blocks, block_size=block_size)
-    graphs = executor.enable_decode_graphs(mode, max_batch=max(b for b, _ in points), max_blocks_per_seq=widest)
+    graphs = executor.enable_decode_graphs(mode, max_batch=max(b for b, _ in points), max_blocks_per_seq=widest,
+                                           capture_only=sorted({b for b, _ in points}))
     rng = np.random.default_rng(seed)
     rows = []
     for b, c in points:

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from apcsim.hardware import ModelConfig
-from apcsim.sim.decode_buckets import batch_buckets, bucket_of
+from apcsim.sim.decode_buckets import bucket_of
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def estimate_seconds(grid: ProfileGrid, model: ModelConfig, *, peak_tflops: floa
         kv_token = 2 * kv * b * model.num_layers  # KV bytes of one token, all layers
         for bb, c in grid.decode_step_points():  # whole graphed decode steps
             total += calls(cost(2.0 * model.num_params * bb, model.weight_bytes + bb * (c + 1) * kv_token))
-        captures = len(batch_buckets(max(grid.decode_step_batch))) + sum(len(batch_buckets(bb)) for bb in grid.cpu_batch)
+        captures = len(set(grid.decode_step_batch)) + len(grid.cpu_batch)
         top = max(grid.decode_step_batch + grid.cpu_batch)
         total += 3 * captures * max(cost(2.0 * model.num_params * top, model.weight_bytes), 30 * model.num_layers * floor_s)
     total += sum(grid.cpu_steps + 4 for _ in grid.cpu_batch) * max(step, 30 * model.num_layers * floor_s)

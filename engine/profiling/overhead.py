@@ -20,6 +20,7 @@ import torch
 
 from apcsim.core.build import make_scheduler
 from apcsim.core.request import Request, RequestSpec
+from apcsim.sim.decode_buckets import bucket_of
 from engine.executor import Executor
 from engine.model import LlamaForCausalLM
 from engine.profiling.grid import ProfileGrid
@@ -63,7 +64,8 @@ def cpu_step_rows(model: LlamaForCausalLM, ops, grid: ProfileGrid, *, block_size
                                    recompute_cost=lambda depth: 0.0)
         executor = Executor(model, ops, num_blocks=num_blocks, block_size=block_size)
         if graph_mode is not None:
-            executor.enable_decode_graphs(graph_mode, max_batch=b,
+            # Only b's own bucket: the timed steps all decode b requests.
+            executor.enable_decode_graphs(graph_mode, max_batch=b, capture_only=[bucket_of(b)],
                                           max_blocks_per_seq=_cdiv(PROMPT_TOKENS + out_len, block_size))
         loop = EngineLoop(specs, scheduler, executor, online=False)
         loop.frontend.deliver(0.0)
