@@ -9,15 +9,13 @@ Usage: python bench/hash_algo_speed.py [--repeats 3] [--out bench/results/hash_a
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _bench import ROOT, describe_run, write_results
+
+sys.path.insert(0, ROOT)
 
 from apcsim.compose import compose_config  # noqa: E402
 from apcsim.run import simulate  # noqa: E402
@@ -42,21 +40,14 @@ def main() -> None:
             walls[name].append(time.perf_counter() - t0)
             hits[name] = m["prefix_cache_hits"]
     med = {k: statistics.median(v) for k, v in walls.items()}
-    doc = {
-        "command": "python bench/hash_algo_speed.py " + " ".join(sys.argv[1:]),
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (the development VM; no GPU)",
+    write_results({
+        **describe_run(" (the development VM; no GPU)"),
         "overrides": BASE,
         "median_wall_s": med,
         "walls_s": walls,
         "ratio_to_xxh3_64": {k: v / med["xxh3_64"] for k, v in med.items()},
         "prefix_cache_hits": hits,
-    }
-    text = json.dumps(doc, indent=2) + "\n"
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    print(text)
+    }, args.out)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,8 @@ Usage: python bench/long_run.py [--cases 100k 1m] [--out bench/results/long_run_
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
-import subprocess
-import sys
+
+from _bench import describe_run, run_child, write_results
 
 COMMON = ["+policy=lru", "block_size=16", "workload=shared_prefix", "workload.input_tokens=64",
           "workload.shared_fraction=0.5", "workload.output_tokens=32", "workload.arrival=poisson",
@@ -52,14 +48,6 @@ print(json.dumps({"wall_s": wall, "simulate_wall_s": sim_wall, "requests": m["nu
 """
 
 
-def run_case(overrides: list[str]) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
-    proc = subprocess.run([sys.executable, "-c", CHILD, *overrides], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"case failed: {' '.join(overrides)}\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
@@ -67,24 +55,13 @@ def main() -> None:
     args = ap.parse_args()
     results = {}
     for name in args.cases:
-        r = run_case(CASES[name])
+        r = run_child(CHILD, CASES[name])
         r["overrides"] = CASES[name]
         r["under_2_gib"] = r["peak_rss_mib"] < 2048
         results[name] = r
         print(f"{name}: {r['requests']} requests in {r['wall_s']:.1f} s wall, peak RSS {r['peak_rss_mib']:.0f} MiB",
               flush=True)
-    doc = {
-        "command": "python bench/long_run.py " + " ".join(sys.argv[1:]),
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (the development VM; no GPU)",
-        "python": platform.python_version(),
-        "results": results,
-    }
-    text = json.dumps(doc, indent=2) + "\n"
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    print(text)
+    write_results({**describe_run(" (the development VM; no GPU)"), "results": results}, args.out)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,9 @@ Usage: python bench/sim_speed.py [--repeats 3] [--cases mooncake synth100k] [--o
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import statistics
-import subprocess
-import sys
+
+from _bench import describe_run, run_child, write_results
 
 CASES = {
     "mooncake": ["+policy=lru", "block_size=16", "workload=mooncake"],
@@ -42,13 +38,6 @@ print(json.dumps({"wall_s": wall, "requests": m["num_requests"], "steps": m["num
 """
 
 
-def run_case(overrides: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, *overrides], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"case failed: {' '.join(overrides)}\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
@@ -57,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     results = {}
     for name in args.cases:
-        runs = [run_case(CASES[name]) for _ in range(args.repeats)]
+        runs = [run_child(CHILD, CASES[name]) for _ in range(args.repeats)]
         wall = statistics.median(r["wall_s"] for r in runs)
         results[name] = {
             "overrides": CASES[name],
@@ -73,12 +62,7 @@ def main() -> None:
         r = results[name]
         print(f"{name:10s} {r['requests']:>7d} req  {r['median_wall_s']:7.2f} s  {r['requests_per_wall_s']:8.0f} req/s  "
               f"peak RSS {r['median_peak_rss_mib']:6.0f} MiB  hit rate {r['hit_rate']:.3f}  steps {r['steps']}")
-    info = {"command": " ".join(["python", *sys.argv]), "date": datetime.date.today().isoformat(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "python": platform.python_version(),
-            "results": results}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(info, f, indent=2)
+    write_results({**describe_run(), "results": results}, args.out, echo=False)
 
 
 if __name__ == "__main__":
