@@ -36,6 +36,15 @@ def release_each(pool, *blocks):
         pool.release([b])
 
 
+def hit_once(pool, key: int, **kw):
+    """A cached block released, hit by a later request, and released again."""
+    b = cached_block(pool, key, **kw)
+    pool.release([b])
+    pool.touch([b])
+    pool.release([b])
+    return b
+
+
 # -- the future oracle ---------------------------------------------------------------------------
 def test_oracle_keys_are_the_kv_cache_managers_keys():
     rng = np.random.default_rng(0)
@@ -120,10 +129,7 @@ def test_belady_beats_lru_on_a_cyclic_scan(policy):
 def test_pinned_ttl_keeps_a_shared_head_then_breaks_pins_oldest_first():
     clock = Clock()
     pool = pool_of("pinned_ttl", 3, clock=clock, pin_depth=1, min_hits=1, ttl_s=10.0)
-    head = cached_block(pool, 1)
-    pool.release([head])
-    pool.touch([head])  # shared: hit once
-    pool.release([head])  # pinned until t=10
+    head = hit_once(pool, 1)  # shared (hit once): pinned until t=10
     tail = cached_block(pool, 2, depth=1)
     other = cached_block(pool, 3)
     release_each(pool, tail, other)
@@ -136,10 +142,7 @@ def test_pinned_ttl_keeps_a_shared_head_then_breaks_pins_oldest_first():
 def test_pinned_ttl_pin_expires_after_ttl():
     clock = Clock()
     pool = pool_of("pinned_ttl", 2, clock=clock, pin_depth=4, min_hits=1, ttl_s=5.0)
-    head = cached_block(pool, 1)
-    pool.release([head])
-    pool.touch([head])
-    pool.release([head])
+    head = hit_once(pool, 1)
     clock.now = 1.0
     fresh = cached_block(pool, 2)
     pool.release([fresh])
@@ -207,10 +210,7 @@ def test_sieve_passes_a_visited_block_once():
 
 def test_s3fifo_filters_one_hit_blocks_and_readmits_ghosts_to_main():
     pool = pool_of("s3fifo", 4)
-    hot = cached_block(pool, 1)
-    pool.release([hot])
-    pool.touch([hot])
-    pool.release([hot])
+    hot = hit_once(pool, 1)
     once = [cached_block(pool, k) for k in (2, 3, 4)]
     release_each(pool, *once)
     assert evict_order(pool, 1) == [once[0].block_id], "hot moves to M; the unhit S head goes"
@@ -223,10 +223,7 @@ def test_s3fifo_filters_one_hit_blocks_and_readmits_ghosts_to_main():
 
 def test_arc_hit_block_survives_a_scan_of_new_blocks():
     pool = pool_of("arc", 3)
-    hot = cached_block(pool, 1)
-    pool.release([hot])
-    pool.touch([hot])
-    pool.release([hot])  # T2
+    hot = hit_once(pool, 1)  # in T2
     scan = [cached_block(pool, k) for k in (2, 3)]
     release_each(pool, *scan)
     assert evict_order(pool, 2) == [s.block_id for s in scan]
@@ -234,10 +231,7 @@ def test_arc_hit_block_survives_a_scan_of_new_blocks():
 
 def test_slru_protects_hit_blocks():
     pool = pool_of("slru", 3)
-    hot = cached_block(pool, 1)
-    pool.release([hot])
-    pool.touch([hot])
-    pool.release([hot])
+    hot = hit_once(pool, 1)
     a, b = cached_block(pool, 2), cached_block(pool, 3)
     release_each(pool, a, b)
     assert evict_order(pool, 3) == [a.block_id, b.block_id, hot.block_id]
