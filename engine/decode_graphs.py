@@ -9,10 +9,10 @@ A graph replays fixed addresses and shapes, hence:
 
 - Inputs live in static buffers sized for the largest bucket; a step only copies into them.
   Invariant: no buffer is reallocated after capture.
-- A batch of n requests runs the smallest bucket >= n (`apcsim.sim.decode_buckets`: 1, 2, 4,
-  then multiples of 8; the simulator costs a decode step at that bucket too). Its padding rows are inert: slot -1 (the
-  KV write skips it), sequence length 1 reading key 0 of block 0 (finite, whatever it holds),
-  token 0 at position 0; their logits are computed and discarded. Every op of the forward is
+- A batch of n requests runs as bucket_of(n) (`apcsim.sim.decode_buckets`: 1, 2, 4, then
+  multiples of 8; the simulator costs a decode step at that bucket too). Its padding rows are
+  inert: slot -1 (the KV write skips it), sequence length 1 reading key 0 of block 0 (finite,
+  whatever it holds), token 0 at position 0; their logits are computed and discarded. Every op of the forward is
   row-wise or a GEMM over rows, so a padding row cannot change a real row's result.
 - The block table has a fixed width (`max_blocks_per_seq`); a step whose requests need more
   falls back to the eager forward, as does a batch above the largest bucket.
@@ -26,12 +26,10 @@ way to tell a graph problem from a padding problem on the GPU.
 
 from __future__ import annotations
 
-import bisect
-
 import numpy as np
 import torch
 
-from apcsim.sim.decode_buckets import batch_buckets
+from apcsim.sim.decode_buckets import batch_buckets, bucket_of
 from engine.model import AttnMetadata, LlamaForCausalLM
 
 MODES = ("graph", "padded")
@@ -79,6 +77,8 @@ class DecodeGraphs:
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.replays = 0  # steps run through this object (for tests and the run's info)
         self._real_rows = 0  # rows [:_real_rows] may hold a real request; the rest are padding
+        if mode == "graph":
+            self._capture()  # before any step is loaded: capturing runs on padding rows
 
     # -- capture -------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -89,12 +89,9 @@ class DecodeGraphs:
         logits = self.model(self.input_ids[:b], self.positions[:b], meta, self.k_caches, self.v_caches, self.ops)
         return logits.argmax(dim=-1).to(torch.int32), logits  # [b], [b, V]
 
-    def capture(self) -> None:
-        """Capture every bucket's graph (largest first, sharing one memory pool). The static
-        inputs hold padding while capturing, so the warm-up runs write no KV."""
-        if self.mode != "graph" or self._graphs:
-            return
-        self._reset_padding(0)
+    def _capture(self) -> None:
+        """Capture each bucket's graph (largest first, sharing one memory pool). The static
+        inputs hold only padding here, so the warm-up runs write no KV."""
         pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream(self.device)
         for b in reversed(self.captured):
@@ -116,13 +113,9 @@ class DecodeGraphs:
         return len(self._graphs)
 
     # -- one step ------------------------------------------------------------------------------
-    def bucket_for(self, batch: int) -> int | None:
-        i = bisect.bisect_left(self.buckets, batch)
-        return self.buckets[i] if i < len(self.buckets) else None
-
     def fits(self, batch: int, blocks_per_seq: int) -> bool:
         return (1 <= batch <= self.max_batch and blocks_per_seq <= self.max_blocks_per_seq
-                and self.bucket_for(batch) in self.captured)
+                and bucket_of(batch) in self.captured)
 
     def _reset_padding(self, n: int) -> None:
         """Rows n.. become inert padding rows (only those a previous step filled need it)."""
@@ -142,8 +135,6 @@ class DecodeGraphs:
         n, w = block_tables.shape
         if not self.fits(n, w):
             raise ValueError(f"a decode batch of {n} x {w} blocks does not fit {self.max_batch} x {self.max_blocks_per_seq}")
-        b = self.bucket_for(n)
-
         def put(dst: torch.Tensor, a: np.ndarray) -> None:
             dst.copy_(torch.from_numpy(np.ascontiguousarray(a)), non_blocking=True)
 
@@ -154,16 +145,14 @@ class DecodeGraphs:
         # Entries past w of a row are stale but never read: a row reads cdiv(seq_len, block_size).
         put(self.block_tables[:n, :w], block_tables.astype(np.int32, copy=False))
         self._reset_padding(n)
-        return b
+        return bucket_of(n)
 
     @torch.inference_mode()
     def run(self, n: int) -> tuple[np.ndarray, torch.Tensor]:
         """The step last `load`ed with n requests: (int32 tokens [n] on the host, fp32 logits [n, V]).
         The logits are a view of a static buffer, valid until the next step."""
-        b = self.bucket_for(n)
+        b = bucket_of(n)
         if self.mode == "graph":
-            if not self._graphs:
-                self.capture()
             self._graphs[b].replay()
             tokens, logits = self._outputs[b]
         else:

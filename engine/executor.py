@@ -68,7 +68,6 @@ class Executor:
         without capture (`padded`)."""
         self.decode_graphs = DecodeGraphs(self.model, self.ops, self.k_caches, self.v_caches, max_batch=max_batch,
                                           max_blocks_per_seq=max_blocks_per_seq, mode=mode, capture_only=capture_only)
-        self.decode_graphs.capture()
         return self.decode_graphs
 
     def register(self, req: Request) -> None:

@@ -38,9 +38,8 @@ class EngineConfig(SimConfig):
     weights_seed: Optional[int] = None  # seed of the random weights; None: `seed`
     cpu_threads: Optional[int] = None  # torch intra-op threads on the CPU; None: torch's default
     # Pure-decode steps (engine/decode_graphs.py): auto = CUDA graphs on a GPU with the Triton
-    # kernels, eager otherwise;
-    # on = CUDA graphs (a GPU is required); padded = the graphs' padded static-buffer path run
-    # without capture; off = every step eager.
+    # kernels, eager otherwise; on = CUDA graphs (a GPU is required); padded = the graphs'
+    # padded static-buffer path run without capture; off = every step eager.
     cuda_graphs: str = "auto"
     cuda_graph_max_batch: Optional[int] = None  # largest captured batch; None: scheduler.max_num_seqs
 

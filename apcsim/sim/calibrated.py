@@ -35,8 +35,9 @@ A pure-decode step (every request has one new token) costs instead
 when the profile has `decode_step` rows: our engine replays decode steps from CUDA graphs, whose
 kernels run back to back with no launch gaps, so the per-op sum above (each op timed in a stream
 of launches) would overstate them; its profiler then times the whole replayed step by (batch,
-context) instead, fitted like decode attention. Batches between profiled ones interpolate,
-though the engine pads a batch to its graph bucket (1, 2, 4, then multiples of 8).
+context) instead, fitted like decode attention. A batch of B is costed as its graph bucket
+(`apcsim.sim.decode_buckets`: 1, 2, 4, then multiples of 8), the batch the engine pads it to and
+runs; its padding rows add no context.
 
 Not modelled, because the data has no timing for them: writing the new K/V into the paged cache
 (a `kv_cache_save` row is used when a profile has one) and TP communication (one GPU).
@@ -54,8 +55,8 @@ from apcsim.calibration.attention import DecodeAttention, PrefillAttention
 from apcsim.calibration.fit import Curve, affine_fit
 from apcsim.calibration.profile import OPS, Profile, read_profile
 from apcsim.core.plan import StepPlan
-from apcsim.sim.decode_buckets import bucket_of
 from apcsim.hardware import ModelConfig
+from apcsim.sim.decode_buckets import bucket_of
 
 DEFAULT_HASH_NS_PER_TOKEN = 115.0
 REQUIRED_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj", "attn_prefill", "attn_decode")
@@ -149,12 +150,12 @@ class CalibratedCostModel:
                 prefill += self.prefill(n, c.num_context_tokens)
         if tokens == 0:
             return 0.0
+        cpu = self._cpu(len(plan.chunks) + plan.num_cohort)
+        hashing = self.hash_ms_per_token * plan.num_hashed_tokens
         if self.decode_step is not None and tokens == n_dec:  # every request decodes one token
-            return float(self._decode_total(self.decode_step(bucket_of(n_dec), c_dec), self._cpu(len(plan.chunks) + plan.num_cohort),
-                                            self.hash_ms_per_token * plan.num_hashed_tokens))
+            return float(self._decode_total(self.decode_step(bucket_of(n_dec), c_dec), cpu, hashing))
         return float(self._total(self.tokens(tokens), self._lm(samples), prefill, self.decode(n_dec, c_dec),
-                                 self._cpu(len(plan.chunks) + plan.num_cohort),
-                                 self.hash_ms_per_token * plan.num_hashed_tokens))
+                                 cpu, hashing))
 
     def decode_stretch_times(self, num_seqs: int, context_sum: int, num_steps: int) -> np.ndarray:
         ctx = context_sum + num_seqs * np.arange(num_steps, dtype=np.float64)  # [num_steps], exact integers

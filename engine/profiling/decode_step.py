@@ -14,27 +14,23 @@ import numpy as np
 
 from engine.executor import Executor
 from engine.model import LlamaForCausalLM
-from engine.profiling.grid import ProfileGrid
+from engine.profiling.grid import ProfileGrid, cdiv
 from engine.profiling.kernels import _row
 from engine.profiling.timer import OpTimer
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def decode_step_rows(model: LlamaForCausalLM, ops, grid: ProfileGrid, timer: OpTimer, *, mode: str,
                      block_size: int, seed: int) -> list[dict]:
     points = grid.decode_step_points()
-    blocks = max(b * _cdiv(c + 1, block_size) for b, c in points)
-    widest = max(_cdiv(c + 1, block_size) for _, c in points)
+    blocks = max(b * cdiv(c + 1, block_size) for b, c in points)
+    widest = max(cdiv(c + 1, block_size) for _, c in points)
     executor = Executor(model, ops, num_blocks=blocks, block_size=block_size)
     graphs = executor.enable_decode_graphs(mode, max_batch=max(b for b, _ in points), max_blocks_per_seq=widest,
                                            capture_only=sorted({b for b, _ in points}))
     rng = np.random.default_rng(seed)
     rows = []
     for b, c in points:
-        per = _cdiv(c + 1, block_size)
+        per = cdiv(c + 1, block_size)
         tables = np.arange(b * per, dtype=np.int64).reshape(b, per)  # [b, per]: distinct blocks
         pos = np.full(b, c, dtype=np.int64)  # the new token follows c cached ones
         slots = tables[:, c // block_size] * block_size + c % block_size

@@ -18,6 +18,11 @@ from apcsim.hardware import ModelConfig
 from apcsim.sim.decode_buckets import bucket_of
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for positive ints: blocks of b tokens that a tokens need."""
+    return -(-a // b)
+
+
 @dataclass(frozen=True)
 class ProfileGrid:
     tokens: tuple[int, ...]  # token-level ops, by tokens in the step

@@ -15,12 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.model import LlamaForCausalLM, apply_rope
-from engine.profiling.grid import ProfileGrid
+from engine.profiling.grid import ProfileGrid, cdiv
 from engine.profiling.timer import OpTimer
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _row(op: str, model: LlamaForCausalLM, ms: float, *, tokens: int, batch: int = 0, context: int = 0) -> dict:
@@ -46,9 +42,9 @@ class PagedCache:
 
 def cache_blocks_needed(grid: ProfileGrid, block_size: int) -> int:
     """Blocks one layer's test cache needs for every attention point and token-op KV write."""
-    prefill = max(_cdiv(n + c, block_size) for n, c in grid.prefill_points())
-    decode = max(b * _cdiv(c + 1, block_size) for b, c in grid.decode_points())
-    return max(prefill, decode, _cdiv(max(grid.tokens), block_size))
+    prefill = max(cdiv(n + c, block_size) for n, c in grid.prefill_points())
+    decode = max(b * cdiv(c + 1, block_size) for b, c in grid.decode_points())
+    return max(prefill, decode, cdiv(max(grid.tokens), block_size))
 
 
 def token_op_rows(model: LlamaForCausalLM, ops, cache: PagedCache, grid: ProfileGrid, timer: OpTimer,
@@ -136,7 +132,7 @@ def attention_rows(model: LlamaForCausalLM, ops, cache: PagedCache, grid: Profil
     gen.manual_seed(seed)
     rows = []
     for n, c in grid.prefill_points():
-        nb = _cdiv(n + c, bs)
+        nb = cdiv(n + c, bs)
         q = torch.randn(n, cfg.num_heads, cfg.head_dim, generator=gen, device=dev, dtype=torch.float32).to(dtype)
         table = torch.arange(nb, device=dev, dtype=torch.int32)[None, :]  # [1, nb]
         qsl = torch.tensor([0, n], device=dev, dtype=torch.int32)
@@ -144,7 +140,7 @@ def attention_rows(model: LlamaForCausalLM, ops, cache: PagedCache, grid: Profil
         ms = timer.median_ms(lambda: ops.paged_attention(q, cache.k, cache.v, table, qsl, seq, scale, max_query_len=n))
         rows.append(_row("attn_prefill", model, ms, tokens=n, batch=1, context=c))
     for b, c in grid.decode_points():
-        per = _cdiv(c + 1, bs)
+        per = cdiv(c + 1, bs)
         q = torch.randn(b, cfg.num_heads, cfg.head_dim, generator=gen, device=dev, dtype=torch.float32).to(dtype)
         table = torch.arange(b * per, device=dev, dtype=torch.int32).view(b, per)
         seq = torch.full((b,), c + 1, device=dev, dtype=torch.int32)

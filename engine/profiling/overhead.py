@@ -23,7 +23,7 @@ from apcsim.core.request import Request, RequestSpec
 from apcsim.sim.decode_buckets import bucket_of
 from engine.executor import Executor
 from engine.model import LlamaForCausalLM
-from engine.profiling.grid import ProfileGrid
+from engine.profiling.grid import ProfileGrid, cdiv
 from engine.runner import EngineLoop
 from policies.eviction.base import EvictionConfig
 from policies.registry import EVICTION_POLICIES
@@ -31,10 +31,6 @@ from policies.scheduling.base import SchedulerConfig
 
 PROMPT_TOKENS = 32  # each request's prompt in the decode-step runs: short, so prefill ends fast
 WARM_STEPS = 3  # decode steps run before timing
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _policy(name: str) -> EvictionConfig:
@@ -58,7 +54,7 @@ def cpu_step_rows(model: LlamaForCausalLM, ops, grid: ProfileGrid, *, block_size
         out_len = steps + 2  # the requests outlive the timed steps: nobody finishes mid-run
         specs = [RequestSpec(f"p{i}", rng.integers(0, cfg.vocab_size, PROMPT_TOKENS, dtype=np.int32), out_len)
                  for i in range(b)]
-        num_blocks = b * _cdiv(PROMPT_TOKENS + out_len, block_size) + 1
+        num_blocks = b * cdiv(PROMPT_TOKENS + out_len, block_size) + 1
         sched_cfg = SchedulerConfig(name="fcfs", max_num_seqs=max(b, 1), max_num_batched_tokens=max(8192, b))
         scheduler = make_scheduler(_policy(policy), sched_cfg, num_blocks=num_blocks, block_size=block_size,
                                    recompute_cost=lambda depth: 0.0)
@@ -66,7 +62,7 @@ def cpu_step_rows(model: LlamaForCausalLM, ops, grid: ProfileGrid, *, block_size
         if graph_mode is not None:
             # Only b's own bucket: the timed steps all decode b requests.
             executor.enable_decode_graphs(graph_mode, max_batch=b, capture_only=[bucket_of(b)],
-                                          max_blocks_per_seq=_cdiv(PROMPT_TOKENS + out_len, block_size))
+                                          max_blocks_per_seq=cdiv(PROMPT_TOKENS + out_len, block_size))
         loop = EngineLoop(specs, scheduler, executor, online=False)
         loop.frontend.deliver(0.0)
         host_ms: list[float] = []
@@ -101,7 +97,7 @@ def cpu_hash_rows(grid: ProfileGrid, *, block_size: int, policy: str, vocab_size
     rng = np.random.default_rng(seed)
     rows = []
     for n in grid.hash_tokens:
-        scheduler = make_scheduler(_policy(policy), SchedulerConfig(name="fcfs"), num_blocks=_cdiv(n, block_size) + 1,
+        scheduler = make_scheduler(_policy(policy), SchedulerConfig(name="fcfs"), num_blocks=cdiv(n, block_size) + 1,
                                    block_size=block_size, recompute_cost=lambda depth: 0.0)
         kv = scheduler.kv
         times = []
