@@ -165,6 +165,6 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> list[RequestSpec]:
         specs.append(RequestSpec(
             request_id=f"mc-{i}", prompt_token_ids=readonly(prompt),
             # An output of 0 tokens cannot be served (the first token is the prefill's): 1 instead.
-            output_len=max(1, r.output_length if ls == 1.0 else round(r.output_length * ls)),
+            output_len=max(1, round(r.output_length * ls)),
             arrival_time=(r.t - t0) * scale, cache_salt=r.salt))
     return specs
