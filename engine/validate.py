@@ -148,7 +148,8 @@ class ValidationOutcome:
 
 
 def load_cost(cfg: ValidateConfig):
-    """The calibrated cost model of the profile that the config names."""
+    """The calibrated cost model of the profile that the config names, costing decode batches
+    above the engine's largest graph bucket per op, as the engine runs them eagerly."""
     from apcsim.calibration.report import load_profile_for
     from apcsim.sim.calibrated import CalibratedCostModel
 
@@ -156,7 +157,7 @@ def load_cost(cfg: ValidateConfig):
         raise ConfigError(f"validation compares against a profile: cost_model must be calibrated, got {cfg.cost_model!r}")
     prof = load_profile_for(cfg.hardware, cfg.model, cfg.profile)
     try:
-        return CalibratedCostModel(prof, cfg.model), prof.path
+        return CalibratedCostModel(prof, cfg.model, decode_graph_max_batch=cfg.cuda_graph_max_batch), prof.path
     except ValueError as e:
         raise ConfigError(f"calibration profile {prof.path}: {e}") from None
 

@@ -194,7 +194,7 @@ def test_cached_prefix_is_cheaper_than_full_prefill(cost):
     assert _ms(cost, plans["prefill_1024"]) < cached < full
 
 
-def _with_decode_steps(tmp_path: Path) -> CalibratedCostModel:
+def _with_decode_steps(tmp_path: Path, **kw) -> CalibratedCostModel:
     """The A100 profile plus `decode_step` rows (whole graphed decode steps) of a made-up but
     monotone shape: 5 ms + 0.02 ms per request + 1 us per KV token read."""
     src = profile_path("a100", "llama3_8b")
@@ -209,7 +209,7 @@ def _with_decode_steps(tmp_path: Path) -> CalibratedCostModel:
             extra.append(",".join(str(row[k]) for k in cols))
     path = tmp_path / "with_steps.csv"
     path.write_text("\n".join(lines + extra) + "\n")
-    return CalibratedCostModel(read_profile(path), LLAMA3_8B)
+    return CalibratedCostModel(read_profile(path), LLAMA3_8B, **kw)
 
 
 def test_decode_step_rows_cost_pure_decode_steps_whole(cost, tmp_path):
@@ -231,10 +231,28 @@ def test_decode_step_rows_cost_pure_decode_steps_whole(cost, tmp_path):
                             ModelConfig(**{**LLAMA3_8B.__dict__, "num_kv_heads": 4}))
 
 
+def test_decode_batches_above_the_largest_graph_run_per_op(cost, tmp_path):
+    """An engine with cuda_graph_max_batch=20 captures buckets up to 24 and runs larger decode
+    batches eagerly: the simulator costs those per op, exactly as without decode_step rows."""
+    capped = _with_decode_steps(tmp_path, decode_graph_max_batch=20)
+    whole = _with_decode_steps(tmp_path)
+    assert capped.graph_max_batch == 24
+    for n in (1, 9, 20, 24):
+        assert _ms(capped, _decode_sum(n, n * 512)) == _ms(whole, _decode_sum(n, n * 512))
+    for n in (25, 64):
+        assert _ms(capped, _decode_sum(n, n * 512)) == _ms(cost, _decode_sum(n, n * 512))
+        assert _ms(capped, _decode_sum(n, n * 512)) != _ms(whole, _decode_sum(n, n * 512))
+    assert capped.decode_stretch_times(25, 25 * 512, 3).tolist() == cost.decode_stretch_times(25, 25 * 512, 3).tolist()
+    with pytest.raises(ValueError, match="decode_graph_max_batch must be >= 1"):
+        _with_decode_steps(tmp_path, decode_graph_max_batch=0)
+
+
 # -- exactness the simulator relies on -----------------------------------------------------------------
-@pytest.fixture(params=["per_op", "decode_step"])
+@pytest.fixture(params=["per_op", "decode_step", "decode_step_capped"])
 def any_cost(request, cost, tmp_path):
-    return cost if request.param == "per_op" else _with_decode_steps(tmp_path)
+    if request.param == "per_op":
+        return cost
+    return _with_decode_steps(tmp_path, decode_graph_max_batch=100 if request.param.endswith("capped") else None)
 
 
 def test_step_time_equals_decode_stretch_bit_for_bit(any_cost):

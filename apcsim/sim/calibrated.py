@@ -37,7 +37,9 @@ kernels run back to back with no launch gaps, so the per-op sum above (each op t
 of launches) would overstate them; its profiler then times the whole replayed step by (batch,
 context) instead, fitted like decode attention. A batch of B is costed as its graph bucket
 (`apcsim.sim.decode_buckets`: 1, 2, 4, then multiples of 8), the batch the engine pads it to and
-runs; its padding rows add no context.
+runs; its padding rows add no context. A batch above the engine's largest graph bucket
+(`decode_graph_max_batch`, the engine's `cuda_graph_max_batch`; None: every batch has a bucket)
+runs eagerly there, so it is costed per op like any other step.
 
 Not modelled, because the data has no timing for them: writing the new K/V into the paged cache
 (a `kv_cache_save` row is used when a profile has one) and TP communication (one GPU).
@@ -66,7 +68,8 @@ VIDUR_CPU_OPS = ("cpu_schedule", "cpu_sampler", "cpu_prepare_inputs", "cpu_proce
 
 class CalibratedCostModel:
     def __init__(self, profile: Profile, model: ModelConfig, *, cpu_overhead: bool = True,
-                 hash_ns_per_token: float | None = None, use_decode_step: bool = True) -> None:
+                 hash_ns_per_token: float | None = None, use_decode_step: bool = True,
+                 decode_graph_max_batch: int | None = None) -> None:
         ops = profile.ops
         missing = [op for op in REQUIRED_OPS if op not in ops]
         if missing:
@@ -101,6 +104,11 @@ class CalibratedCostModel:
                 raise ValueError(f"profile {profile.path}: decode_step was measured with other heads than the model's "
                                  "(a whole step cannot be rescaled)")
             self.decode_step = DecodeAttention.fit(st.batch_size, st.context_len, st.time_ms)
+        if decode_graph_max_batch is not None and decode_graph_max_batch < 1:
+            raise ValueError(f"decode_graph_max_batch must be >= 1, got {decode_graph_max_batch}")
+        # The largest batch the engine replays from a graph (it captures up to the bucket of its
+        # max batch); larger decode batches run eagerly and are costed per op.
+        self.graph_max_batch = None if decode_graph_max_batch is None else bucket_of(decode_graph_max_batch)
 
         cpu_ops = ("cpu_step",) if "cpu_step" in ops else tuple(op for op in VIDUR_CPU_OPS if op in ops)
         fits = [affine_fit(ops[op].batch_size, ops[op].time_ms) for op in cpu_ops] if cpu_overhead else []
@@ -132,6 +140,10 @@ class CalibratedCostModel:
         """Seconds of a pure-decode step costed whole (`decode_step`); scalars or arrays alike."""
         return (step_ms + cpu_ms + hash_ms) * 1e-3
 
+    def _decodes_whole(self, batch: int) -> bool:
+        """Whether a pure-decode step of `batch` requests is costed as one replayed graph."""
+        return self.decode_step is not None and (self.graph_max_batch is None or batch <= self.graph_max_batch)
+
     def step_time(self, plan: StepPlan) -> float:
         n_dec = plan.num_cohort
         c_dec = plan.cohort_context_sum
@@ -152,14 +164,14 @@ class CalibratedCostModel:
             return 0.0
         cpu = self._cpu(len(plan.chunks) + plan.num_cohort)
         hashing = self.hash_ms_per_token * plan.num_hashed_tokens
-        if self.decode_step is not None and tokens == n_dec:  # every request decodes one token
+        if tokens == n_dec and self._decodes_whole(n_dec):  # every request decodes one token
             return float(self._decode_total(self.decode_step(bucket_of(n_dec), c_dec), cpu, hashing))
         return float(self._total(self.tokens(tokens), self._lm(samples), prefill, self.decode(n_dec, c_dec),
                                  cpu, hashing))
 
     def decode_stretch_times(self, num_seqs: int, context_sum: int, num_steps: int) -> np.ndarray:
         ctx = context_sum + num_seqs * np.arange(num_steps, dtype=np.float64)  # [num_steps], exact integers
-        if self.decode_step is not None:
+        if self._decodes_whole(num_seqs):
             return self._decode_total(self.decode_step.eval(bucket_of(num_seqs), ctx), self._cpu(num_seqs),
                                       self.hash_ms_per_token * 0)
         dec = self.decode.eval(num_seqs, ctx)
