@@ -131,6 +131,8 @@ def resolve_ops(name: str, device):
         name = "triton" if device.type == "cuda" else "torch"
     if name not in kernels.BACKENDS:
         raise ConfigError(f"attention_backend must be auto or one of {', '.join(kernels.BACKENDS)}, got {name!r}")
+    if name == "triton" and (why := kernels.triton_unusable_reason(device.type)):
+        raise ConfigError(f"attention_backend=triton on {device}: {why}")
     return kernels.get_ops(name)
 
 

@@ -45,3 +45,27 @@ def test_gpu_oom_message_has_the_numbers():
                    "(2097152 bytes a block), at most 11776 blocks fit")
     assert kv_memory_error(num_blocks=None, free_bytes=int(24 * GiB), utilization=0.9, **common) is None
     assert kv_memory_error(num_blocks=11776, free_bytes=int(24 * GiB), utilization=0.9, **common) is None
+
+
+def test_triton_backend_that_cannot_run_is_refused_before_any_launch(monkeypatch):
+    """Without the interpreter on a CPU Triton's own error is "0 active drivers" from inside the
+    first kernel launch; the engine names the cause in one line instead."""
+    from engine import kernels
+    from engine.runner import resolve_ops
+    from apcsim.errors import ConfigError
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match="set TRITON_INTERPRET=1 in the environment"):
+        resolve_ops("triton", cpu)
+    assert resolve_ops("torch", cpu).name == "torch"
+    assert kernels.triton_unusable_reason("cuda") is None  # compiled kernels: no interpreter involved
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    versions = {"triton": (3, 6), "numpy": (2, 4)}
+    monkeypatch.setattr(kernels, "_version", versions.get)
+    assert "needs NumPy < 2.4, or Triton >= 3.7" in kernels.triton_unusable_reason("cpu")
+    for triton, numpy in (((3, 6), (2, 3)), ((3, 7), (2, 4))):
+        versions.update(triton=triton, numpy=numpy)
+        assert kernels.triton_unusable_reason("cpu") is None
+    versions["triton"] = None
+    assert "pip install" in kernels.triton_unusable_reason("cuda")

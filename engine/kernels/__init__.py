@@ -40,12 +40,19 @@ engine resolves one from its ``attention_backend`` option and hands it to the mo
 
 Triton is imported only when the ``"triton"`` backend is requested, so the engine runs on a
 machine without it; on a CPU set ``TRITON_INTERPRET=1`` before that to run the Triton kernels in
-Triton's interpreter (fp32/fp16 only; bf16 is broken there).
+Triton's interpreter (fp32/fp16 only; bf16 is broken there). ``triton_unusable_reason(device)``
+says, before any kernel launches, why the Triton backend cannot run on a device.
+
+The kernels are checked in the interpreter on Triton 3.6.0, 3.7.1, 3.8.0 and 3.9.0. Before 3.7
+the interpreter converts one-element arrays to Python ints, which NumPy 2.4 refuses: there it
+needs NumPy < 2.4 (compiled kernels on a GPU are not affected).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Callable
 
 from . import reference
@@ -63,6 +70,33 @@ class KernelOps:
     write_kv: Callable
     paged_attention: Callable
     paged_decode_attention: Callable
+
+
+def _version(package: str) -> tuple[int, int] | None:
+    try:
+        major, minor = metadata.version(package).split(".")[:2]
+        return int(major), int(minor)
+    except (metadata.PackageNotFoundError, ValueError):
+        return None
+
+
+def triton_unusable_reason(device_type: str) -> str | None:
+    """Why the Triton backend cannot run on a device of this type ("cuda" or "cpu"), or None.
+    Checked before Triton is imported: on a CPU without the interpreter, Triton's own error is
+    "0 active drivers" deep inside the first launch."""
+    triton = _version("triton")
+    if triton is None:
+        return "the triton backend needs Triton: pip install -e '.[engine]'"
+    if device_type == "cuda":
+        return None
+    if os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("1", "true", "on", "yes"):
+        return ("the triton backend on the CPU needs Triton's interpreter: set TRITON_INTERPRET=1 in the environment "
+                "(fp32/fp16 only), or use attention_backend=torch")
+    numpy = _version("numpy")
+    if triton < (3, 7) and numpy is not None and numpy >= (2, 4):
+        return (f"Triton {'.'.join(map(str, triton))}'s interpreter fails on NumPy {'.'.join(map(str, numpy))} "
+                "(it needs NumPy < 2.4, or Triton >= 3.7)")
+    return None
 
 
 def get_ops(name: str) -> KernelOps:
