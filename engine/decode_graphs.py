@@ -19,6 +19,13 @@ A graph replays fixed addresses and shapes, hence:
 - The split-KV decode kernel picks its split count from the batch shape only (no host sync), so
   it is capturable; the split count of a bucket is that of the bucket's size.
 
+Memory: the graphs share one private memory pool, captured largest first, so a bucket's
+intermediates reuse the larger buckets' (only one graph runs at a time). What a graph returns
+stays allocated, so the graphs return only their greedy tokens ([b] int32 each); the logits,
+needed only by tests that compare them (`keep_logits`), are copied into one static [Bmax, V] fp32
+buffer that every bucket shares, not kept per bucket (that would be sum(b) x V x 4 bytes: 2.2 GB
+for Llama-3-8B with buckets up to 256). `graph_memory_bytes` estimates the total for KV sizing.
+
 Modes: `graph` captures and replays (CUDA only); `padded` runs the very same padded forward on
 the same static buffers without capturing, which is how the CPU tests check the padding, and a
 way to tell a graph problem from a padding problem on the GPU.
@@ -29,10 +36,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from apcsim.hardware import ModelConfig, activation_bytes
 from apcsim.sim.decode_buckets import batch_buckets, bucket_of
 from engine.model import AttnMetadata, LlamaForCausalLM
 
 MODES = ("graph", "padded")
+
+
+def graph_memory_bytes(model: ModelConfig, max_batch: int, max_blocks_per_seq: int, keep_logits: bool) -> int:
+    """Memory the decode graphs hold beside the eager forward's: the pool (one forward of the
+    largest bucket: its activations and logits), the static inputs, and the shared logits
+    buffer when kept."""
+    b = bucket_of(max_batch)
+    inputs = b * (3 * 8 + 3 * 4 + 4 * max_blocks_per_seq) + 4 * (b + 1)  # ids, positions, slots, rows; lens, table
+    return activation_bytes(model, b, b) + inputs + (b * model.vocab_size * 4 if keep_logits else 0)
 
 
 class DecodeGraphs:
@@ -42,7 +59,7 @@ class DecodeGraphs:
 
     def __init__(self, model: LlamaForCausalLM, ops, k_caches: torch.Tensor, v_caches: torch.Tensor, *,
                  max_batch: int, max_blocks_per_seq: int, mode: str = "graph",
-                 capture_only: list[int] | None = None) -> None:
+                 capture_only: list[int] | None = None, keep_logits: bool = False) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown decode graph mode {mode!r}; expected one of {MODES}")
         if max_blocks_per_seq < 1:
@@ -71,9 +88,11 @@ class DecodeGraphs:
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=dev)  # [Bmax]
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=dev)  # [Bmax+1]: one token each
         self.rows = torch.arange(n, dtype=torch.int64, device=dev)  # [Bmax]: every row is sampled
-        # Outputs of each bucket's forward: (tokens int32 [b], logits fp32 [b, V]); in mode `graph`
-        # they are the graph's own output tensors, rewritten by every replay.
-        self._outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Each bucket's greedy tokens (int32 [b]); in mode `graph` the graph's own output tensor,
+        # rewritten by every replay. Logits, when kept, go to one buffer all buckets share.
+        self.logits = (torch.empty((n, model.lm_head.weight.shape[0]), dtype=torch.float32, device=dev)  # [Bmax, V]
+                       if keep_logits else None)
+        self._tokens: dict[int, torch.Tensor] = {}
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.replays = 0  # steps run through this object (for tests and the run's info)
         self._real_rows = 0  # rows [:_real_rows] may hold a real request; the rest are padding
@@ -82,12 +101,15 @@ class DecodeGraphs:
 
     # -- capture -------------------------------------------------------------------------------
     @torch.inference_mode()
-    def _forward(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, b: int) -> torch.Tensor:
+        """Greedy tokens (int32 [b]) of the loaded step; its logits into `self.logits[:b]` if kept."""
         meta = AttnMetadata(slot_mapping=self.slot_mapping[:b], block_tables=self.block_tables[:b],
                             query_start_loc=self.query_start_loc[: b + 1], seq_lens=self.seq_lens[:b],
                             logits_indices=self.rows[:b], max_query_len=1)
         logits = self.model(self.input_ids[:b], self.positions[:b], meta, self.k_caches, self.v_caches, self.ops)
-        return logits.argmax(dim=-1).to(torch.int32), logits  # [b], [b, V]
+        if self.logits is not None:
+            self.logits[:b].copy_(logits)  # [b, V]
+        return logits.argmax(dim=-1).to(torch.int32)  # [b]
 
     def _capture(self) -> None:
         """Capture each bucket's graph (largest first, sharing one memory pool). The static
@@ -104,7 +126,7 @@ class DecodeGraphs:
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self._outputs[b] = self._forward(b)
+                self._tokens[b] = self._forward(b)
             self._graphs[b] = graph
         torch.cuda.synchronize(self.device)
 
@@ -148,14 +170,15 @@ class DecodeGraphs:
         return bucket_of(n)
 
     @torch.inference_mode()
-    def run(self, n: int) -> tuple[np.ndarray, torch.Tensor]:
-        """The step last `load`ed with n requests: (int32 tokens [n] on the host, fp32 logits [n, V]).
-        The logits are a view of a static buffer, valid until the next step."""
+    def run(self, n: int) -> tuple[np.ndarray, torch.Tensor | None]:
+        """The step last `load`ed with n requests: (int32 tokens [n] on the host, fp32 logits
+        [n, V] or None when not kept). The logits are a view of a static buffer, valid until the
+        next step."""
         b = bucket_of(n)
         if self.mode == "graph":
             self._graphs[b].replay()
-            tokens, logits = self._outputs[b]
+            tokens = self._tokens[b]
         else:
-            tokens, logits = self._forward(b)
+            tokens = self._forward(b)
         self.replays += 1
-        return tokens[:n].cpu().numpy(), logits[:n]  # .cpu() waits for the device
+        return tokens[:n].cpu().numpy(), None if self.logits is None else self.logits[:n]  # .cpu() waits

@@ -67,7 +67,8 @@ class Executor:
         (mode `graph`, captured here: every bucket, or `capture_only`) or the same padded path
         without capture (`padded`)."""
         self.decode_graphs = DecodeGraphs(self.model, self.ops, self.k_caches, self.v_caches, max_batch=max_batch,
-                                          max_blocks_per_seq=max_blocks_per_seq, mode=mode, capture_only=capture_only)
+                                          max_blocks_per_seq=max_blocks_per_seq, mode=mode, capture_only=capture_only,
+                                          keep_logits=self.capture_logits)
         return self.decode_graphs
 
     def register(self, req: Request) -> None:
@@ -152,19 +153,21 @@ class Executor:
         self.store(inp, *self.forward(inp))
 
     @torch.inference_mode()
-    def forward(self, inp: StepInputs) -> tuple[np.ndarray, torch.Tensor]:
-        """The model and greedy sampling: (int32 tokens [S] on the host, fp32 logits [S, V])."""
+    def forward(self, inp: StepInputs) -> tuple[np.ndarray, torch.Tensor | None]:
+        """The model and greedy sampling: (int32 tokens [S] on the host, fp32 logits [S, V]; from
+        the decode graphs, logits only with capture_logits, else None)."""
         if inp.graph_batch:
-            tokens, logits = self.decode_graphs.run(inp.graph_batch)  # every row: [n], [n, V]
+            tokens, logits = self.decode_graphs.run(inp.graph_batch)  # every row: [n], [n, V] or None
             if len(inp.sample_rows) == inp.graph_batch:
                 return tokens, logits
-            return tokens[inp.sample_rows], logits[torch.from_numpy(inp.sample_rows).to(logits.device)]
+            rows = torch.from_numpy(inp.sample_rows)
+            return tokens[inp.sample_rows], None if logits is None else logits[rows.to(logits.device)]
         if not inp.samplers:  # prefill chunks that sample nothing still write their KV
             inp.meta.logits_indices = inp.meta.logits_indices[:0]
         logits = self.model(inp.input_ids, inp.positions, inp.meta, self.k_caches, self.v_caches, self.ops)  # [S, V]
         return logits.argmax(dim=-1).to(torch.int32).cpu().numpy(), logits  # greedy; .cpu() syncs the device
 
-    def store(self, inp: StepInputs, tokens: np.ndarray, logits: torch.Tensor) -> None:
+    def store(self, inp: StepInputs, tokens: np.ndarray, logits: torch.Tensor | None) -> None:
         """Write each sampled token into its request's output array (host work after the step)."""
         for (r, idx), tok in zip(inp.samplers, tokens.tolist()):
             out = self.outputs[r.request_id]

@@ -141,14 +141,16 @@ def _gib(n: float) -> str:
 
 
 def kv_memory_error(*, model: str, weights_bytes: int, activation_bytes: int, block_bytes: int, num_blocks: int | None,
-                    free_bytes: int, total_bytes: int, utilization: float) -> str | None:
+                    free_bytes: int, total_bytes: int, utilization: float, graph_bytes: int = 0) -> str | None:
     """The message for a KV cache that does not fit on the GPU (None if it fits), with every
     number the user needs: weights, activations, the KV asked for, free and total memory.
-    `num_blocks`: the blocks asked for (num_gpu_blocks), or None when sized from utilization."""
+    `num_blocks`: the blocks asked for (num_gpu_blocks), or None when sized from utilization.
+    `activation_bytes` includes `graph_bytes`, the decode graphs' share, named when > 0."""
     budget = total_bytes * utilization - (total_bytes - free_bytes)  # the weights are loaded by now
     room = budget - activation_bytes
-    head = (f"GPU out of memory for model {model}: weights {_gib(weights_bytes)}, activations {_gib(activation_bytes)}, "
-            f"{_gib(free_bytes)} free of {_gib(total_bytes)}")
+    graphs = f" (CUDA graphs {_gib(graph_bytes)})" if graph_bytes > 0 else ""
+    head = (f"GPU out of memory for model {model}: weights {_gib(weights_bytes)}, activations {_gib(activation_bytes)}"
+            f"{graphs}, {_gib(free_bytes)} free of {_gib(total_bytes)}")
     if num_blocks is None:
         if room >= block_bytes:
             return None
@@ -162,9 +164,10 @@ def kv_memory_error(*, model: str, weights_bytes: int, activation_bytes: int, bl
             f"at most {fit} blocks fit")
 
 
-def kv_num_blocks(cfg: EngineConfig, device, dtype, weights_bytes: int = 0) -> int:
-    """num_gpu_blocks if given; on CUDA what gpu_memory_utilization leaves after the weights and
-    one full-budget step's activations (as vLLM sizes it); on the CPU cpu_kv_cache_mib. On CUDA
+def kv_num_blocks(cfg: EngineConfig, device, dtype, weights_bytes: int = 0, graph_bytes: int = 0) -> int:
+    """num_gpu_blocks if given; on CUDA what gpu_memory_utilization leaves after the weights,
+    one full-budget step's activations (as vLLM sizes it) and the decode graphs' memory
+    (`graph_bytes`, see engine.decode_graphs.graph_memory_bytes); on the CPU cpu_kv_cache_mib. On CUDA
     a cache that cannot fit is a ConfigError with the numbers (see kv_memory_error), raised
     before anything is allocated, instead of torch's OutOfMemoryError mid-setup."""
     import torch
@@ -175,8 +178,8 @@ def kv_num_blocks(cfg: EngineConfig, device, dtype, weights_bytes: int = 0) -> i
     per_block = kv_block_bytes(cfg.model, cfg.block_size, dtype)
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
-        act = activation_bytes(cfg.model, cfg.scheduler.max_num_batched_tokens, cfg.scheduler.max_num_seqs)
-        msg = kv_memory_error(model=cfg.model.name, weights_bytes=weights_bytes, activation_bytes=act,
+        act = activation_bytes(cfg.model, cfg.scheduler.max_num_batched_tokens, cfg.scheduler.max_num_seqs) + graph_bytes
+        msg = kv_memory_error(model=cfg.model.name, weights_bytes=weights_bytes, activation_bytes=act, graph_bytes=graph_bytes,
                               block_bytes=per_block, num_blocks=cfg.num_gpu_blocks, free_bytes=free,
                               total_bytes=total, utilization=cfg.gpu_memory_utilization)
         if msg is not None:
@@ -224,6 +227,7 @@ def build_engine(cfg: EngineConfig, *, capture_logits: bool = False, on_step=Non
     estimate the policies use (default: the config's, see `_recompute_cost`)."""
     import torch
 
+    from engine.decode_graphs import graph_memory_bytes
     from engine.executor import Executor
     from engine.weights import build_model, default_dtype
 
@@ -238,17 +242,19 @@ def build_engine(cfg: EngineConfig, *, capture_logits: bool = False, on_step=Non
     seed = cfg.seed if cfg.weights_seed is None else cfg.weights_seed
     model = build_model(cfg.model, weights=cfg.weights, seed=seed, device=device, dtype=default_dtype(device))
     weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    num_blocks = kv_num_blocks(cfg, device, default_dtype(device), weights_bytes)
-    executor = Executor(model, ops, num_blocks=num_blocks, block_size=cfg.block_size, capture_logits=capture_logits)
     workload_ss, output_ss = np.random.SeedSequence(cfg.seed).spawn(2)
     specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
+    # A request never holds more blocks than its prompt plus its output fill.
+    widest = max((-(-(s.prompt_len + s.output_len) // cfg.block_size) for s in specs), default=1)
+    graph_batch = cfg.cuda_graph_max_batch or cfg.scheduler.max_num_seqs
+    graph_bytes = (graph_memory_bytes(cfg.model, graph_batch, widest, keep_logits=capture_logits)
+                   if graph_mode == "graph" else 0)
+    num_blocks = kv_num_blocks(cfg, device, default_dtype(device), weights_bytes, graph_bytes=graph_bytes)
+    executor = Executor(model, ops, num_blocks=num_blocks, block_size=cfg.block_size, capture_logits=capture_logits)
     scheduler = make_scheduler(cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=cfg.block_size,
                                recompute_cost=_recompute_cost(cfg, cost), specs=specs, kv_options=kv_options(cfg))
     if graph_mode is not None and specs:
-        # A request never holds more blocks than its prompt plus its output fill.
-        widest = max(-(-(s.prompt_len + s.output_len) // cfg.block_size) for s in specs)
-        executor.enable_decode_graphs(graph_mode, max_batch=cfg.cuda_graph_max_batch or cfg.scheduler.max_num_seqs,
-                                      max_blocks_per_seq=widest)
+        executor.enable_decode_graphs(graph_mode, max_batch=graph_batch, max_blocks_per_seq=widest)
     loop = EngineLoop(specs, scheduler, executor, max_concurrency=cfg.max_concurrency, online=cfg.online,
                       output_seed=int(output_ss.generate_state(1)[0]), verify_every_step=cfg.verify, on_step=on_step)
     if device.type == "cuda":

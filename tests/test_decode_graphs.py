@@ -108,7 +108,7 @@ def test_padding_rows_write_nothing():
     shape = (cfg.num_layers, nb, bs, cfg.num_kv_heads, cfg.head_dim)
     gen = torch.Generator().manual_seed(1)
     k, v = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
-    graphs = DecodeGraphs(model, ops, k, v, max_batch=8, max_blocks_per_seq=4, mode="padded")
+    graphs = DecodeGraphs(model, ops, k, v, max_batch=8, max_blocks_per_seq=4, mode="padded", keep_logits=True)
     seq_lens = np.array([5, 9, 2])  # the new token sits at seq_len - 1
     tables = np.array([[3, 7, 0], [1, 2, 12], [9, 0, 0]])
     pos = seq_lens - 1
@@ -133,6 +133,11 @@ def test_padding_rows_write_nothing():
     torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
     assert tokens.tolist() == want.argmax(-1).tolist()
     torch.testing.assert_close(k, k2)
+    # Without keep_logits (the engine's default) the same tokens, and no logits buffer.
+    lean = DecodeGraphs(model, ops, before_k.clone(), before_v.clone(), max_batch=8, max_blocks_per_seq=4, mode="padded")
+    lean.load(ids, pos, slots, tables, seq_lens)
+    lean_tokens, lean_logits = lean.run(3)
+    assert lean_logits is None and lean.logits is None and lean_tokens.tolist() == tokens.tolist()
     # A smaller batch next: the rows the previous step filled become padding again.
     graphs.load(ids[:1], pos[:1], slots[:1], tables[:1], seq_lens[:1])
     assert graphs.slot_mapping[1:4].tolist() == [-1, -1, -1] and graphs.seq_lens[1:4].tolist() == [1, 1, 1]

@@ -45,6 +45,25 @@ def test_gpu_oom_message_has_the_numbers():
                    "(2097152 bytes a block), at most 11776 blocks fit")
     assert kv_memory_error(num_blocks=None, free_bytes=int(24 * GiB), utilization=0.9, **common) is None
     assert kv_memory_error(num_blocks=11776, free_bytes=int(24 * GiB), utilization=0.9, **common) is None
+    # The decode graphs' memory is part of the activations and named.
+    msg = kv_memory_error(num_blocks=11776, free_bytes=int(24 * GiB), utilization=0.9,
+                          **{**common, "activation_bytes": int(1.25 * GiB)}, graph_bytes=int(0.25 * GiB))
+    assert msg.startswith("GPU out of memory for model llama3_8b: weights 15.00 GiB, activations 1.25 GiB "
+                          "(CUDA graphs 0.25 GiB), 24.00 GiB free") and msg.endswith("at most 11648 blocks fit")
+
+
+def test_decode_graph_memory_estimate():
+    """One forward of the largest bucket (its activations and logits), the static inputs, and the
+    shared logits buffer only when kept: not a [b, V] logits tensor per bucket."""
+    from apcsim.hardware import activation_bytes
+    from engine.decode_graphs import graph_memory_bytes
+
+    model = compose_engine_config(["model=llama3_8b"]).model
+    lean = graph_memory_bytes(model, 250, 512, keep_logits=False)  # bucket 256
+    inputs = 256 * (24 + 12 + 4 * 512) + 4 * 257
+    assert lean == activation_bytes(model, 256, 256) + inputs
+    assert graph_memory_bytes(model, 250, 512, keep_logits=True) - lean == 256 * model.vocab_size * 4
+    assert lean < 0.2 * GiB  # a [b, V] fp32 logits tensor kept per bucket up to 256 would be 2 GiB
 
 
 def test_triton_backend_that_cannot_run_is_refused_before_any_launch(monkeypatch):
