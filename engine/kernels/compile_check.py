@@ -151,7 +151,7 @@ def engine_calls(heads: Heads, dtype: str, block_size: int, sms: int) -> list[tu
             q = torch.empty((batch, H, D), dtype=dt)  # [B, H, D]
             tables = torch.zeros((batch, -(-context // block_size)), dtype=torch.int32)
             seq_lens = torch.full((batch,), context, dtype=torch.int32)
-            splits = _num_splits(batch, Hkv, sms)
+            splits = ta.num_splits_for(batch, Hkv, sms)
             ta.paged_decode_attention(q, k_cache, v_cache, tables, seq_lens, scale, num_splits=splits)
         return call
 
@@ -159,16 +159,8 @@ def engine_calls(heads: Heads, dtype: str, block_size: int, sms: int) -> list[tu
         (f"{tag}: write_kv 1024 tokens", write_kv),
         (f"{tag}: prefill 1024 after 3072 cached", varlen(1, 1024, 3072)),
         (f"{tag}: varlen decode x64 at 1024", varlen(64, 1, 1023)),
-        *[(f"{tag}: decode x{b} at 4096 ({_num_splits(b, Hkv, sms)} splits)", decode(b, 4096)) for b in (1, 64, 256)],
+        *[(f"{tag}: decode x{b} at 4096 ({ta.num_splits_for(b, Hkv, sms)} splits)", decode(b, 4096)) for b in (1, 64, 256)],
     ]
-
-
-def _num_splits(batch: int, num_kv_heads: int, sms: int) -> int:
-    """`triton_attention.default_num_splits` for a GPU with `sms` SMs (this machine may have none)."""
-    from engine.kernels.triton_attention import DECODE_CONFIG
-
-    want = DECODE_CONFIG["programs_per_sm"] * sms
-    return max(1, min(32, math.ceil(want / max(1, batch * num_kv_heads))))
 
 
 def _bin(tool: str) -> Path:

@@ -303,6 +303,11 @@ def default_num_splits(batch: int, num_kv_heads: int, device: torch.device) -> i
         sms = torch.cuda.get_device_properties(device).multi_processor_count
     else:
         sms = 4  # interpreter: keep tiny
+    return num_splits_for(batch, num_kv_heads, sms)
+
+
+def num_splits_for(batch: int, num_kv_heads: int, sms: int) -> int:
+    """The split count on a GPU with `sms` SMs: about `programs_per_sm` programs per SM, 1 to 32."""
     want = DECODE_CONFIG["programs_per_sm"] * sms
     return max(1, min(32, math.ceil(want / max(1, batch * num_kv_heads))))
 
