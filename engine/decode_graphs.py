@@ -48,7 +48,8 @@ def graph_memory_bytes(model: ModelConfig, max_batch: int, max_blocks_per_seq: i
     largest bucket: its activations and logits), the static inputs, and the shared logits
     buffer when kept."""
     b = bucket_of(max_batch)
-    inputs = b * (3 * 8 + 3 * 4 + 4 * max_blocks_per_seq) + 4 * (b + 1)  # ids, positions, slots, rows; lens, table
+    # int64 ids, positions, slots and sampled rows; int32 lengths and block table; int32 query starts [b + 1]
+    inputs = b * (4 * 8 + 4 + 4 * max_blocks_per_seq) + 4 * (b + 1)
     return activation_bytes(model, b, b) + inputs + (b * model.vocab_size * 4 if keep_logits else 0)
 
 

@@ -60,7 +60,7 @@ def test_decode_graph_memory_estimate():
 
     model = compose_engine_config(["model=llama3_8b"]).model
     lean = graph_memory_bytes(model, 250, 512, keep_logits=False)  # bucket 256
-    inputs = 256 * (24 + 12 + 4 * 512) + 4 * 257
+    inputs = 256 * (4 * 8 + 4 + 4 * 512) + 4 * 257  # int64 ids, positions, slots, rows; int32 lens, table, starts
     assert lean == activation_bytes(model, 256, 256) + inputs
     assert graph_memory_bytes(model, 250, 512, keep_logits=True) - lean == 256 * model.vocab_size * 4
     assert lean < 0.2 * GiB  # a [b, V] fp32 logits tensor kept per bucket up to 256 would be 2 GiB

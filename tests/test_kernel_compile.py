@@ -81,7 +81,7 @@ def test_a_kernel_that_does_not_compile_fails_the_check(tmp_path):
             small_dot[(1,)](a, torch.empty_like(a), N=8)
 
         [launch] = cc.record_launches([("8x8 dot", call)])
-        r = cc.compile_launch(launch, cc.specialise(launch, 90), 90)
+        r = cc.compile_launch(launch, cc.specialise(launch, 90))
         print(r.ok, cc.problems(r))
         sys.exit(0 if not r.ok and cc.problems(r)[0].startswith("does not compile") else 1)
     '''))

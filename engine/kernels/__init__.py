@@ -80,6 +80,11 @@ def _version(package: str) -> tuple[int, int] | None:
         return None
 
 
+def interpreter_requested() -> bool:
+    """Whether TRITON_INTERPRET asks for Triton's interpreter (read as Triton reads a flag)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
 def triton_unusable_reason(device_type: str) -> str | None:
     """Why the Triton backend cannot run on a device of this type ("cuda" or "cpu"), or None.
     Checked before Triton is imported: on a CPU without the interpreter, Triton's own error is
@@ -89,7 +94,7 @@ def triton_unusable_reason(device_type: str) -> str | None:
         return "the triton backend needs Triton: pip install -e '.[engine]'"
     if device_type == "cuda":
         return None
-    if os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("1", "true", "on", "yes"):
+    if not interpreter_requested():
         return ("the triton backend on the CPU needs Triton's interpreter: set TRITON_INTERPRET=1 in the environment "
                 "(fp32/fp16 only), or use attention_backend=torch")
     numpy = _version("numpy")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -209,11 +208,11 @@ def specialise(launch: Launch, arch: int) -> Specialised:
     return Specialised(ASTSource(fn, signature, constexprs, attrs), target, options.__dict__, key)
 
 
-def compile_launch(launch: Launch, spec: Specialised, arch: int) -> Result:
+def compile_launch(launch: Launch, spec: Specialised) -> Result:
     """Compile a specialised launch to a cubin and read its resources."""
     import triton
 
-    name = launch.kernel.__name__
+    name, arch = launch.kernel.__name__, spec.target.arch
     t0 = time.perf_counter()
     try:
         kernel = triton.compile(spec.src, target=spec.target, options=spec.options)
@@ -243,7 +242,9 @@ def problems(r: Result) -> list[str]:
 def run_check(archs: list[int], dtypes: list[str], block_sizes: list[int],
               models: list[Heads]) -> tuple[list[Result], int]:
     """Every launch's result, and how many distinct binaries were compiled."""
-    if os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes"):
+    from engine.kernels import interpreter_requested
+
+    if interpreter_requested():
         raise SystemExit("compile_check: unset TRITON_INTERPRET (the interpreter replaces the JIT functions)")
     results, num_compiles = [], 0
     for arch in archs:
@@ -253,7 +254,7 @@ def run_check(archs: list[int], dtypes: list[str], block_sizes: list[int],
         for launch in record_launches(calls):
             spec = specialise(launch, arch)
             if spec.key not in compiled:  # launches that specialise alike compile alike: once
-                compiled[spec.key] = compile_launch(launch, spec, arch)
+                compiled[spec.key] = compile_launch(launch, spec)
             results.append(Result(**{**asdict(compiled[spec.key]), "case": launch.case}))
         num_compiles += len(compiled)
     return results, num_compiles
