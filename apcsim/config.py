@@ -13,6 +13,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from apcsim.core.cache_config import CacheConfig
 from apcsim.hardware import HardwareConfig, ModelConfig
 from apcsim.sweep_options import Progress, SweepConfig, TuneConfig
 from apcsim.workloads import WORKLOADS, WorkloadConfig
@@ -38,6 +39,10 @@ class SimConfig:
     # No default: without `+policy=...` prefix caching is off.
     policy: Optional[EvictionConfig] = None
     scheduler: SchedulerConfig = MISSING
+    # Release-dependent behaviours of the KV cache manager; the scheduler's are in `scheduler`.
+    # The `vllm=` preset group (conf/vllm/) sets both to one release's and names it here.
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    semantics: str = "vllm-0.32"
     workload: WorkloadConfig = MISSING
     hardware: HardwareConfig = MISSING
     model: ModelConfig = MISSING

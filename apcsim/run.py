@@ -139,10 +139,11 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
     specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
     num_blocks = num_blocks_for(cfg)
     bs = cfg.block_size
-    check_some_request_fits(specs, num_blocks, bs)
+    check_some_request_fits(specs, cfg.cache.usable_blocks(num_blocks), bs)
     scheduler = make_scheduler(
         cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=bs,
         recompute_cost=lambda depth: cost.recompute_time(bs, depth * bs), specs=specs, kv_options=kv_options(cfg),
+        cache=cfg.cache,
     )
     sink = open(requests_csv, "w", newline="") if requests_csv is not None else None
     interrupted = None
@@ -176,6 +177,7 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
             "model": cfg.model.name,
             "cost_model": cost.name,
             "seed": cfg.seed,
+            "semantics": cfg.semantics,
             **config_extra(cfg),
         },
         **run_extra(cfg, scheduler),

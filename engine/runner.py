@@ -252,7 +252,8 @@ def build_engine(cfg: EngineConfig, *, capture_logits: bool = False, on_step=Non
     num_blocks = kv_num_blocks(cfg, device, default_dtype(device), weights_bytes, graph_bytes=graph_bytes)
     executor = Executor(model, ops, num_blocks=num_blocks, block_size=cfg.block_size, capture_logits=capture_logits)
     scheduler = make_scheduler(cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=cfg.block_size,
-                               recompute_cost=_recompute_cost(cfg, cost), specs=specs, kv_options=kv_options(cfg))
+                               recompute_cost=_recompute_cost(cfg, cost), specs=specs, kv_options=kv_options(cfg),
+                               cache=cfg.cache)
     if graph_mode is not None and specs:
         executor.enable_decode_graphs(graph_mode, max_batch=graph_batch, max_blocks_per_seq=widest)
     loop = EngineLoop(specs, scheduler, executor, max_concurrency=cfg.max_concurrency, online=cfg.online,
@@ -286,6 +287,7 @@ def run_engine(cfg: EngineConfig, **kw) -> EngineOutcome:
             "weights": cfg.weights or f"random(seed={cfg.seed if cfg.weights_seed is None else cfg.weights_seed})",
             "online": cfg.online,
             "seed": cfg.seed,
+            "semantics": cfg.semantics,
             "num_params": sum(p.numel() for p in m.parameters()),
         }
     }

@@ -6,7 +6,9 @@ tenant's salt); a lookup walks the prompt's full blocks and stops at the first m
 capped so that at least the last prompt token is computed; never-used blocks are handed out
 first, lowest id first; freed blocks join the tail of one free queue in reverse order (a chain's
 tail first) and reuse takes its head; a hit takes its block out of the queue; a key held by
-several blocks is found in the block that got it first.
+several blocks is found in the block that got it first. With `keyless_first` (vLLM 0.32), freed
+blocks without a key go to the queue's front instead, the first freed first, ahead of the
+never-used ones.
 
 Requests are served one at a time, so the reference needs no scheduler: the real core is driven
 either through the KVCacheManager verbs directly (prompt only, in random chunks) or through the
@@ -24,6 +26,7 @@ from hypothesis import strategies as st
 
 from apcsim.core.block_pool import BlockPool
 from apcsim.core.build import make_scheduler
+from apcsim.core.cache_config import CacheConfig
 from apcsim.core.kv_cache_manager import KVCacheManager
 from apcsim.core.request import Request, RequestSpec, Status
 from apcsim.hardware import HardwareConfig, ModelConfig
@@ -36,10 +39,12 @@ from policies.types import PolicyContext
 class RefPrefixCache:
     """A tiny LRU prefix cache: a dict of keys and one recency-ordered free queue."""
 
-    def __init__(self, num_blocks: int, block_size: int, caching: bool = True) -> None:
+    def __init__(self, num_blocks: int, block_size: int, caching: bool = True, keyless_first: bool = False) -> None:
         self.num_blocks = num_blocks
         self.bs = block_size
         self.caching = caching
+        self.keyless_first = keyless_first
+        self.front: list[int] = []  # keyless_first: freed keyless blocks, reused first (index 0 next)
         self.next_never = 0  # blocks [next_never, num_blocks) were never used
         self.free_queue: OrderedDict[int, None] = OrderedDict()  # head = reused next
         self.key_of: dict[int, object] = {}
@@ -60,10 +65,12 @@ class RefPrefixCache:
         for b in hits:
             del self.free_queue[b]
         need = -(-total_tokens // bs) - len(hits)
-        assert need <= self.num_blocks - self.next_never + len(self.free_queue), "trace does not fit"
+        assert need <= self.num_blocks - self.next_never + len(self.free_queue) + len(self.front), "trace does not fit"
         new: list[int] = []
         for _ in range(need):
-            if self.next_never < self.num_blocks:
+            if self.front:
+                b = self.front.pop(0)
+            elif self.next_never < self.num_blocks:
                 b = self.next_never
                 self.next_never += 1
             else:
@@ -80,8 +87,13 @@ class RefPrefixCache:
                 key = prompt_keys[i] if i < len(prompt_keys) else (tag, i)
                 self.key_of[blocks[i]] = key
                 self.holders.setdefault(key, []).append(blocks[i])
+        keyless = []
         for b in reversed(blocks):
-            self.free_queue[b] = None
+            if self.keyless_first and b not in self.key_of:
+                keyless.append(b)
+            else:
+                self.free_queue[b] = None
+        self.front[:0] = keyless
         return len(hits) * bs, blocks
 
 
@@ -95,10 +107,11 @@ def test_reference_sanity():
     assert ref.serve(shared + [100], "t", 9, "d")[0] == 0, "another tenant's salt never hits"
 
 
-def make_kv(policy: str, num_blocks: int, block_size: int) -> KVCacheManager:
+def make_kv(policy: str, num_blocks: int, block_size: int, keyless_first: bool = False) -> KVCacheManager:
     entry = EVICTION_POLICIES[policy]
     ctx = PolicyContext(block_size=block_size, num_blocks=num_blocks, recompute_cost=lambda d: float(d + 1))
-    return KVCacheManager(BlockPool(num_blocks, entry.cls(entry.config_cls(), ctx)), block_size)
+    pool = BlockPool(num_blocks, entry.cls(entry.config_cls(), ctx), free_keyless_first=keyless_first)
+    return KVCacheManager(pool, block_size)
 
 
 def spec(i: int, tokens, salt=None, output_len: int = 1) -> RequestSpec:
@@ -122,13 +135,14 @@ def traces(draw):
     return bs, num_blocks, reqs
 
 
+@pytest.mark.parametrize("keyless_first", [False, True], ids=["keyless-tail", "keyless-first"])
 @pytest.mark.parametrize("policy", ["lru", "none"])
 @settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(trace=traces())
-def test_kv_cache_manager_matches_reference_one_request_at_a_time(policy, trace):
+def test_kv_cache_manager_matches_reference_one_request_at_a_time(policy, keyless_first, trace):
     bs, num_blocks, reqs = trace
-    kv = make_kv(policy, num_blocks, bs)
-    ref = RefPrefixCache(num_blocks, bs, caching=(policy != "none"))
+    kv = make_kv(policy, num_blocks, bs, keyless_first)
+    ref = RefPrefixCache(num_blocks, bs, caching=(policy != "none"), keyless_first=keyless_first)
     for i, (tokens, salt, chunks) in enumerate(reqs):
         req = Request(spec=spec(i, tokens, salt), index=i)
         computed = kv.get_computed_blocks(req)
@@ -165,8 +179,9 @@ def _random_trace(rng: np.random.Generator, bs: int, num_blocks: int, n: int):
     return out
 
 
+@pytest.mark.parametrize("keyless_first", [False, True], ids=["keyless-tail", "keyless-first"])
 @pytest.mark.parametrize("scheduler", sorted(SCHEDULING_POLICIES))
-def test_simulator_serving_one_at_a_time_matches_reference(scheduler):
+def test_simulator_serving_one_at_a_time_matches_reference(scheduler, keyless_first):
     """The whole serving core (scheduler, lazy decode, chunked prefill, simulator) with
     max_concurrency=1: every request's prefix hit equals the reference's, generated tokens'
     blocks included (they fill the cache and get evicted like any other)."""
@@ -179,12 +194,14 @@ def test_simulator_serving_one_at_a_time_matches_reference(scheduler):
         trace = _random_trace(rng, bs, num_blocks, 20)
         budget = int(rng.integers(8, 40))
         sc = SCHEDULING_POLICIES[scheduler].config_cls(max_num_batched_tokens=budget, max_num_seqs=4, chunked_prefill=True)
+        # The reference has no null block: give the core the same number of usable blocks.
+        cache = CacheConfig(null_block=False, free_keyless_first=keyless_first)
         sched = make_scheduler(EVICTION_POLICIES["lru"].config_cls(), sc, num_blocks=num_blocks, block_size=bs,
-                               recompute_cost=lambda d: cost.recompute_time(bs, d * bs))
+                               recompute_cost=lambda d: cost.recompute_time(bs, d * bs), cache=cache)
         specs = [spec(i, t, salt, out) for i, (t, salt, out) in enumerate(trace)]
         sim = Simulation(specs, sched, cost, max_concurrency=1, output_seed=seed, verify_every_step=True)
         sim.run()
-        ref = RefPrefixCache(num_blocks, bs)
+        ref = RefPrefixCache(num_blocks, bs, keyless_first=keyless_first)
         for i, ((tokens, salt, out), req) in enumerate(zip(trace, sim.requests)):
             assert req.status is Status.FINISHED, (seed, i, req.rejected_reason)
             assert req.num_preemptions == 0

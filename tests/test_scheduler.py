@@ -277,7 +277,7 @@ def _admitted_with_few_free_blocks(cache_aware_admission: bool) -> int:
     """A 512-token prefix is cached, then a long request pins most of the cache; of 10 requests
     sharing the prefix (16 new tokens each), how many does one step admit?"""
     bs = 16
-    sched = build("lru", bs=bs, num_blocks=60, max_num_batched_tokens=4096, max_num_seqs=64,
+    sched = build("lru", bs=bs, num_blocks=61, max_num_batched_tokens=4096, max_num_seqs=64,  # 60 + the null block
                   cache_aware_admission=cache_aware_admission)
     rng = np.random.default_rng(0)
     prefix = rng.integers(0, 1000, 512, dtype=np.int32)  # 32 blocks

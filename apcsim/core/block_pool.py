@@ -1,9 +1,16 @@
 """The KV block pool: blocks, ref counts, the key -> block map and the evictable set.
 
-Every block is in exactly one of three places: never used (handed out first, lowest id first),
-in use (ref_cnt > 0), or evictable (ref_cnt == 0, ordered by the eviction policy). A block with a
-key is findable under that key; two blocks may hold the same key when two requests computed the
-same prefix at once (vLLM keeps both; lookups return the earliest cached that is still resident).
+Every block is in exactly one of four places: free without a key (only with
+`free_keyless_first`: handed out first, the last freed first), never used (handed out next,
+lowest id first), in use (ref_cnt > 0), or evictable (ref_cnt == 0, ordered by the eviction
+policy). A block with a key is findable under that key; two blocks may hold the same key when two
+requests computed the same prefix at once (vLLM keeps both; lookups return the earliest cached
+that is still resident).
+
+`free_keyless_first` is vLLM's free queue since 0.32 (`BlockPool.free_blocks` prepends the freed
+blocks that have no hash, "LIFO reuse of non-cached blocks"): a request's partial tail block is
+reused before any never-used or cached block, so cached blocks live longer. Without it a keyless
+block joins the evictable set in release order, as vLLM did before.
 """
 
 from __future__ import annotations
@@ -13,13 +20,15 @@ from policies.types import Block
 
 
 class BlockPool:
-    def __init__(self, num_blocks: int, policy: EvictionPolicy) -> None:
+    def __init__(self, num_blocks: int, policy: EvictionPolicy, *, free_keyless_first: bool = False) -> None:
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
         self.num_blocks = num_blocks
         self.policy = policy
         self.blocks = [Block(i) for i in range(num_blocks)]
         self._never_used = list(range(num_blocks - 1, -1, -1))  # a stack: pop() gives the lowest id
+        self.free_keyless_first = free_keyless_first
+        self._keyless: list[int] = []  # free keyless blocks, a stack: pop() gives the next to reuse
         # key -> the block lookups return (the first cached with that key still resident);
         # later twins with the same key wait in `_twins` in insertion order.
         self.cached: dict[int, Block] = {}
@@ -33,8 +42,8 @@ class BlockPool:
 
     @property
     def num_free(self) -> int:
-        """Blocks that an allocation can take now: never used plus evictable."""
-        return len(self._never_used) + len(self.policy)
+        """Blocks that an allocation can take now: free keyless, never used and evictable."""
+        return len(self._keyless) + len(self._never_used) + len(self.policy)
 
     @property
     def num_used(self) -> int:
@@ -53,13 +62,19 @@ class BlockPool:
             policy.on_hit(b)
 
     def allocate(self, n: int) -> list[Block]:
-        """`n` blocks with ref_cnt 1 and no key: never-used ones first, then the policy's victims."""
+        """`n` blocks with ref_cnt 1 and no key: free keyless ones first, then never-used ones, then
+        the policy's victims."""
         if n > self.num_free:
             raise RuntimeError(f"allocate({n}) with only {self.num_free} free blocks")
-        never_used, blocks = self._never_used, self.blocks
-        k = min(n, len(never_used))
-        out = [blocks[i] for i in never_used[: -k - 1 : -1]] if k else []
-        del never_used[len(never_used) - k :]
+        blocks = self.blocks
+        out = []
+        k = 0
+        for stack in (self._keyless, self._never_used):
+            j = min(n - k, len(stack))
+            if j:
+                out.extend(blocks[i] for i in stack[: -j - 1 : -1])
+                del stack[len(stack) - j :]
+                k += j
         if k < n:
             evict, policy = self._evict, self.policy
             if self.track_children:
@@ -171,10 +186,18 @@ class BlockPool:
     def release(self, blocks) -> None:
         """Drop one reference to each block, in the given order (the order they become evictable)."""
         freed = []
+        keyless = []
+        split = self.free_keyless_first
         for b in blocks:
             b.ref_cnt -= 1
             if b.ref_cnt == 0:
-                freed.append(b)
+                if split and b.key is None:
+                    keyless.append(b.block_id)
+                else:
+                    freed.append(b)
+        if keyless:
+            # vLLM prepends them in order: the first released is the next reused.
+            self._keyless.extend(reversed(keyless))
         if freed:
             self.policy.on_release_many(freed)
 
@@ -182,12 +205,16 @@ class BlockPool:
         """Check every invariant of the pool; raises AssertionError naming the broken one."""
         never = set(self._never_used)
         assert len(never) == len(self._never_used), "a block is twice in the never-used stack"
+        keyless = set(self._keyless)
+        assert len(keyless) == len(self._keyless), "a block is twice in the keyless free stack"
+        assert self.free_keyless_first or not keyless, "keyless free stack used without free_keyless_first"
         children: dict[int, int] = {}
         by_key: dict[int, list[Block]] = {}
         for b in self.blocks:
-            where = [b.block_id in never, b.ref_cnt > 0, b in self.policy]
+            where = [b.block_id in keyless, b.block_id in never, b.ref_cnt > 0, b in self.policy]
             assert b.ref_cnt >= 0, f"{b!r}: negative ref count"
-            assert sum(where) == 1, f"{b!r}: in never-used/in-use/evictable = {where}"
+            assert sum(where) == 1, f"{b!r}: in keyless-free/never-used/in-use/evictable = {where}"
+            assert not where[0] or b.key is None, f"{b!r}: a keyed block in the keyless free stack"
             if b.key is None:
                 assert b.parent_key is None and b.num_children == 0 and b.depth == -1, f"keyless {b!r} has chain state"
                 continue

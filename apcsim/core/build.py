@@ -6,6 +6,7 @@ from typing import Callable, Sequence
 
 from apcsim.core.block_hash import HashAlgo, get_hash_algo
 from apcsim.core.block_pool import BlockPool
+from apcsim.core.cache_config import CacheConfig
 from apcsim.core.future import FutureOracle
 from apcsim.core.kv_cache_manager import KVCacheManager
 from apcsim.core.request import RequestSpec
@@ -27,11 +28,17 @@ def make_scheduler(
     recompute_cost: Callable[[int], float],
     specs: Sequence[RequestSpec] | None = None,
     kv_options: dict | None = None,
+    cache: CacheConfig | None = None,
 ) -> Scheduler:
     """`eviction=None` means prefix caching off, the same as the `none` policy. `specs` (the
     whole workload, in the order the serving loop numbers requests) is needed only by a policy
     that knows the future (`belady`). `kv_options`: keyword arguments of `KVCacheManager`
-    (hash_algo, verify_tokens)."""
+    (hash_algo, verify_tokens). `num_blocks` is vLLM's num_gpu_blocks: with `cache.null_block`
+    (default: vLLM 0.32's `CacheConfig()`) one of them is reserved and the pool gets the rest."""
+    cache = cache if cache is not None else CacheConfig()
+    num_blocks = cache.usable_blocks(num_blocks)
+    if num_blocks < 1:
+        raise ValueError("num_gpu_blocks must leave at least one block besides the null block")
     name = NO_CACHING if eviction is None else eviction.name
     entry = EVICTION_POLICIES.get(name)
     if entry is None:
@@ -51,6 +58,6 @@ def make_scheduler(
     ctx = PolicyContext(block_size=block_size, num_blocks=num_blocks, recompute_cost=recompute_cost,
                         clock=clock, future=future)
     policy = entry.cls(eviction if eviction is not None else entry.config_cls(), ctx)
-    pool = BlockPool(num_blocks, policy)
+    pool = BlockPool(num_blocks, policy, free_keyless_first=cache.free_keyless_first)
     kv = KVCacheManager(pool, block_size, **kv_options)
     return Scheduler(scheduling, sched_entry.cls(scheduling), kv, clock=clock, future=future)

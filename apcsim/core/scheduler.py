@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from apcsim.core.kv_cache_manager import KVCacheManager, _cdiv
 from apcsim.core.plan import ScheduledChunk, StepPlan
@@ -28,6 +29,8 @@ from apcsim.core.request import Request, Status
 from policies.scheduling.base import SchedulerConfig, SchedulingPolicy
 from policies.scheduling.preemption import PREEMPTION_CHOOSERS, PREEMPTION_MODES
 from policies.types import Clock
+
+_admit_seq = attrgetter("admit_seq")
 
 
 @dataclass
@@ -90,6 +93,7 @@ class Scheduler:
         self._finish_events: list[tuple[int, int, int, Request]] = []
         self._scheduled: dict[Request, int] = {}  # explicit requests -> new tokens this step
         self._num_cohort_scheduled = 0
+        self._prefill_cap = cfg.long_prefill_token_threshold  # this step's (see _long_prefill_cap)
 
     # -- arrivals ------------------------------------------------------------------------------
     def add_request(self, req: Request, now: float) -> bool:
@@ -218,6 +222,7 @@ class Scheduler:
         self._scheduled = {}
         preempted: list[str] = []
         remaining = cfg.max_num_batched_tokens
+        self._prefill_cap = prefill_cap = self._long_prefill_cap()
         last_seq = -1  # admit_seq of the last running request accounted for
         cut_index: int | None = None  # running[cut_index:] is skipped this step
         seqs = self._running_seqs
@@ -232,8 +237,8 @@ class Scheduler:
                 break
             remaining -= gap
             new = r.num_tokens - r.num_computed_tokens
-            if cfg.long_prefill_token_threshold > 0:
-                new = min(new, cfg.long_prefill_token_threshold)
+            if prefill_cap > 0:
+                new = min(new, prefill_cap)
             new = min(new, remaining)
             while not self.kv.allocate_slots(r, new):
                 victim = self._choose_victim(self.running)
@@ -282,6 +287,23 @@ class Scheduler:
             preempted=preempted, cohort_chunks=self._cohort_chunks,
         )
 
+    def _long_prefill_cap(self) -> int:
+        """The step's cap on one request's prefill chunk (0: none). vLLM 0.32 lifts the cap when
+        a single request is running or waiting (`long_prefill_solo_uncapped`): nobody to starve."""
+        cap = self.cfg.long_prefill_token_threshold
+        if cap > 0 and self.cfg.long_prefill_solo_uncapped and len(self.running) + len(self.policy) <= 1:
+            return 0
+        return cap
+
+    def _fits(self, r: Request, new: int, computed: list) -> bool:
+        """Whether the pool can give waiting request r its blocks for `new` tokens now, and with
+        `reserve_full_sequence` (vLLM's scheduler_reserve_full_isl) for its whole sequence too."""
+        if self.cfg.reserve_full_sequence:
+            whole = r.num_tokens - r.num_computed_tokens - len(computed) * self.block_size
+            if whole > new and self.kv.can_allocate(r, whole, computed) < 0:
+                return False
+        return self.kv.can_allocate(r, new, computed) >= 0
+
     def _admission(self, r: Request, remaining: int):
         """How a waiting request would be admitted with `remaining` budget: (new tokens, budget
         charged, hit blocks), or None if the budget rules say no."""
@@ -301,8 +323,8 @@ class Scheduler:
             if new + extra > remaining:
                 return None
         else:
-            if cfg.long_prefill_token_threshold > 0:
-                new = min(new, cfg.long_prefill_token_threshold)
+            if self._prefill_cap > 0:
+                new = min(new, self._prefill_cap)
             # Charged cached tokens may eat the whole budget; the request still computes at least
             # one token so that every admission makes progress.
             new = min(new, max(remaining - extra, 1))
@@ -319,7 +341,7 @@ class Scheduler:
             if plan is None:
                 break
             new, charged, computed = plan
-            if not self.kv.allocate_slots(r, new, computed):
+            if not self._fits(r, new, computed) or not self.kv.allocate_slots(r, new, computed):
                 break
             self.policy.pop()
             if self.kv.enable_caching:
@@ -364,6 +386,7 @@ class Scheduler:
         self.clock.now = now  # finished requests release their blocks at this time
         res = StepResult(num_regular_decodes=self._num_cohort_scheduled)
         stats = self.stats
+        finishing: list[Request] = []
         for r, new in self._scheduled.items():
             c = r.num_computed_tokens
             prompt = r.prompt_len
@@ -381,7 +404,7 @@ class Scheduler:
                 res.itl_samples.append(now - r.last_token_time)
             r.last_token_time = now
             if r.num_output_tokens >= r.max_output_tokens:
-                self._finish(r, now, res)
+                finishing.append(r)
             else:
                 self._anchor(r, s + 1)
         self.step = s + 1
@@ -389,6 +412,12 @@ class Scheduler:
         for r in self._pop_events(self._finish_events, s):
             self._unanchor(r, s + 1)
             r.last_token_time = now
+            finishing.append(r)
+        # vLLM frees the requests that end in a step in its running order (update_from_output
+        # walks the step's num_scheduled_tokens), and that order is the order their blocks enter
+        # the free queue: it decides which of them is evicted first.
+        finishing.sort(key=_admit_seq)
+        for r in finishing:
             self._finish(r, now, res)
         self._scheduled = {}
         return res
@@ -410,8 +439,9 @@ class Scheduler:
         if len(self.policy) and len(self.running) < self.cfg.max_num_seqs:
             self.policy.refresh()
             head = self.policy.peek()
+            self._prefill_cap = self._long_prefill_cap()
             plan = self._admission(head, self.cfg.max_num_batched_tokens - len(self._cohort))
-            if plan is not None and self.kv.can_allocate(head, plan[0], plan[2]) >= 0:
+            if plan is not None and self._fits(head, plan[0], plan[2]):
                 return 0  # the head of the queue would be admitted
         bounds = [e for e in (self._next_event(self._alloc_events), self._next_event(self._finish_events)) if e is not None]
         return max(0, min(bounds) - self.step) if bounds else 0

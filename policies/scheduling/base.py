@@ -37,6 +37,12 @@ class SchedulerConfig:
     # Tokens of one request's prefill chunk at most per step (0: no limit); vLLM's
     # long_prefill_token_threshold, which stops one long prompt from starving decodes.
     long_prefill_token_threshold: int = 0
+    # vLLM 0.32: no cap when a single request is running or waiting (nobody to starve); earlier
+    # releases capped it regardless.
+    long_prefill_solo_uncapped: bool = True
+    # vLLM 0.32's scheduler_reserve_full_isl: a waiting request is admitted only if the blocks for
+    # its whole current sequence (beyond its hits) are free, not just those of its first chunk.
+    reserve_full_sequence: bool = True
     max_model_len: Optional[int] = None  # prompt + output tokens at most; None: what the cache holds
     # Which running request to preempt when blocks run out: policy (the scheduling policy's own
     # choice), latest_arrival, lowest_priority or least_computed (policies/scheduling/preemption.py).
