@@ -45,9 +45,11 @@ class Frontend:
 
     def __init__(self, specs: list[RequestSpec], scheduler: Scheduler, *, max_concurrency: int | None = None,
                  use_timestamps: bool = True, make_request: Callable[[int, RequestSpec], Request] | None = None,
-                 on_done: Callable[[Request], None] | None = None) -> None:
+                 on_done: Callable[[Request], None] | None = None,
+                 on_send: Callable[[Request, bool], None] | None = None) -> None:
         """`make_request(index, spec)` builds a spec's `Request` when it is handed to the scheduler
-        (so only requests in flight exist); `on_done(r)` sees each request once as it leaves."""
+        (so only requests in flight exist); `on_done(r)` sees each request once as it leaves;
+        `on_send(r, accepted)` each request as the scheduler takes it (or rejects it), in order."""
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.scheduler = scheduler
@@ -55,6 +57,7 @@ class Frontend:
         self.use_timestamps = use_timestamps
         self._make = make_request or (lambda i, s: Request(spec=s, index=i))
         self._on_done = on_done
+        self._on_send = on_send
         ids = {s.request_id for s in specs}
         if len(ids) != len(specs):
             raise ValueError("request ids are not unique")
@@ -112,7 +115,10 @@ class Frontend:
             return 0
         self._in_flight += 1
         r = self._make(*entry)
-        if self.scheduler.add_request(r, t):
+        accepted = self.scheduler.add_request(r, t)
+        if self._on_send is not None:
+            self._on_send(r, accepted)
+        if accepted:
             return 1
         return self.finish(r, t)  # rejected: frees its slot and releases its follow-ups
 
@@ -138,10 +144,13 @@ class ServingLoop:
 
     def __init__(self, specs: list[RequestSpec], scheduler: Scheduler, *, max_concurrency: int | None = None,
                  output_seed: int = 0, use_timestamps: bool = True, verify_every_step: bool = False,
-                 on_step=None, keep_requests: bool = True, log: RequestLog | None = None) -> None:
+                 on_step=None, keep_requests: bool = True, log: RequestLog | None = None,
+                 on_arrival: Callable[[Request, bool], None] | None = None) -> None:
         """`keep_requests=False` is the bounded-memory mode of long runs: a `Request` exists only
         while it is in flight, its outcome goes to `metrics.log` and `requests` stays None.
-        `log` (default: rows kept in memory) may stream requests.csv to a file."""
+        `log` (default: rows kept in memory) may stream requests.csv to a file. `on_arrival(r,
+        accepted)` sees each request as it reaches the scheduler (the parity harness replays
+        these to vLLM in the same order and step)."""
         self.scheduler = scheduler
         self.metrics = MetricsCollector(scheduler, log)
         self.num_requests = len(specs)
@@ -153,7 +162,7 @@ class ServingLoop:
             self.requests = None
             make = partial(_new_request, output_seed)
         self.frontend = Frontend(specs, scheduler, max_concurrency=max_concurrency, use_timestamps=use_timestamps,
-                                 make_request=make, on_done=self.metrics.record_request)
+                                 make_request=make, on_done=self.metrics.record_request, on_send=on_arrival)
         self.verify_every_step = verify_every_step
         # callback(plan, result) after each executed step (tests, validation); a simulator's
         # skipped quiet stretch is not a plan and is not reported.

@@ -115,7 +115,8 @@ def test_priority_self_preemption_does_not_stall(eviction):
 def check_serving_run(eviction, scheduling, case):
     bs, num_blocks, sched_kw, specs, skip_quiet, max_concurrency = case
     sc = replace(SCHEDULING_POLICIES[scheduling].config_cls(), **sched_kw)
-    sched = make_scheduler(EVICTION_POLICIES[eviction].config_cls(), sc, num_blocks=num_blocks, block_size=bs,
+    # num_blocks usable blocks: one more for vLLM's null block.
+    sched = make_scheduler(EVICTION_POLICIES[eviction].config_cls(), sc, num_blocks=num_blocks + 1, block_size=bs,
                            recompute_cost=lambda d: COST.recompute_time(bs, d * bs), specs=specs)
     sim = Simulation(specs, sched, COST, skip_quiet=skip_quiet, max_concurrency=max_concurrency,
                      verify_every_step=True)  # verify() after every step and every skipped stretch

@@ -350,16 +350,19 @@ class Scheduler:
             if r.lookup_collided:
                 stats.hash_collisions += 1
                 r.lookup_collided = False
+            # vLLM counts a lookup only when prefix caching is on (record_prefix_cache_stats).
+            counts = self.kv.enable_caching
             if r.num_cached_tokens < 0:
                 r.num_cached_tokens = cached
                 r.first_scheduled_time = now
-                self.stats.prefix_cache_queries += r.prompt_len
-                self.stats.prefix_cache_hits += cached
+                if counts:
+                    stats.prefix_cache_queries += r.prompt_len
+                    stats.prefix_cache_hits += cached
                 if self.future is not None:
                     self.future.consume(r.index)
-            else:
-                self.stats.preempted_prefix_cache_queries += r.num_tokens
-                self.stats.preempted_prefix_cache_hits += cached
+            elif counts:
+                stats.preempted_prefix_cache_queries += r.num_tokens
+                stats.preempted_prefix_cache_hits += cached
             r.status = Status.RUNNING
             r.admit_seq = self._admit_counter
             self._admit_counter += 1

@@ -36,10 +36,11 @@ class Simulation(ServingLoop):
         progress=None,
         keep_requests: bool = True,
         log: RequestLog | None = None,
+        on_arrival=None,
     ) -> None:
         super().__init__(specs, scheduler, max_concurrency=max_concurrency, output_seed=output_seed,
                          use_timestamps=use_timestamps, verify_every_step=verify_every_step, on_step=on_step,
-                         keep_requests=keep_requests, log=log)
+                         keep_requests=keep_requests, log=log, on_arrival=on_arrival)
         self.env = simpy.Environment()
         self.cost = cost_model
         self.skip_quiet = skip_quiet

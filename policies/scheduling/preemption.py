@@ -24,7 +24,7 @@ def _latest_arrival(running, computed):
 
 
 def _lowest_priority(running, computed):
-    return max(running, key=lambda r: (r.priority, r.arrival_time, r.admit_seq))
+    return max(running, key=lambda r: (r.priority, r.arrival_time))  # vLLM's: first of equals
 
 
 def _least_computed(running, computed):

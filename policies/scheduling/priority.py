@@ -1,6 +1,7 @@
 """Priority scheduling, as vLLM V1's `priority` policy: lower `priority` value first, ties by
 arrival time (then by arrival order); the preemption victim is the running request with the
-highest value, latest arrival among equals."""
+highest value, latest arrival among equals (and of those, the first in running order, as vLLM's
+`max` picks)."""
 
 from __future__ import annotations
 
@@ -49,4 +50,6 @@ class PriorityPolicy(SchedulingPolicy):
         return (entry[3] for entry in sorted(self._heap))
 
     def victim(self, running):
-        return max(running, key=lambda r: (r.priority, r.arrival_time, r.admit_seq))
+        # vLLM's rule exactly: max() keeps the first of equals, so among requests of the same
+        # priority and arrival time the one admitted first is preempted.
+        return max(running, key=lambda r: (r.priority, r.arrival_time))
