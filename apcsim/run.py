@@ -89,13 +89,16 @@ def num_blocks_for(cfg: SimConfig) -> int:
     return n
 
 
-def check_some_request_fits(specs, num_blocks: int, block_size: int) -> None:
+def check_some_request_fits(specs, num_blocks: int, block_size: int, usable: int | None = None) -> None:
     """A cache that no request fits in is a config error; one that only some requests overflow is
-    not: the scheduler rejects those (with the reason in requests.csv) and serves the rest."""
+    not: the scheduler rejects those (with the reason in requests.csv) and serves the rest.
+    `usable`: the blocks requests can hold (num_blocks less the null block, see CacheConfig)."""
+    usable = num_blocks if usable is None else usable
     need = min(-(-(s.prompt_len + s.output_len) // block_size) for s in specs)
-    if need > num_blocks:
-        raise ConfigError(f"the KV cache ({num_blocks} blocks of {block_size} tokens) is too small for any request: "
-                          f"the smallest needs {need} blocks; raise num_gpu_blocks or lower the lengths")
+    if need > usable:
+        held = "" if usable == num_blocks else f", {usable} usable besides the null block"
+        raise ConfigError(f"the KV cache ({num_blocks} blocks of {block_size} tokens{held}) is too small for any "
+                          f"request: the smallest needs {need} blocks; raise num_gpu_blocks or lower the lengths")
 
 
 def build_cost_model(cfg: SimConfig) -> CostModel:
@@ -139,7 +142,7 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
     specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
     num_blocks = num_blocks_for(cfg)
     bs = cfg.block_size
-    check_some_request_fits(specs, cfg.cache.usable_blocks(num_blocks), bs)
+    check_some_request_fits(specs, num_blocks, bs, cfg.cache.usable_blocks(num_blocks))
     scheduler = make_scheduler(
         cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=bs,
         recompute_cost=lambda depth: cost.recompute_time(bs, depth * bs), specs=specs, kv_options=kv_options(cfg),

@@ -92,7 +92,7 @@ CASES = [
     ("block_size_float", None, None, ["block_size=1.5"], "block_size=1.5"),
     ("block_size_text", None, None, ["block_size=abc"], "could not be converted to integer"),
     ("cache_too_small", None, None, ["num_gpu_blocks=3"],
-     "kv cache (3 blocks of 16 tokens) is too small for any request: the smallest needs 128 blocks"),
+     "kv cache (3 blocks of 16 tokens, 2 usable besides the null block) is too small for any request: the smallest needs 128 blocks"),
     ("model_too_big", None, None, ["gpu_memory_utilization=0.1"], "leaves no room for a kv cache"),
     ("conflict_rate_burst", None, None, ["workload.arrival=burst", "workload.request_rate=5"],
      "workload.request_rate contradicts workload.arrival=burst"),
@@ -153,7 +153,7 @@ def test_a_request_that_can_never_fit_is_rejected_and_the_run_goes_on(tmp_path, 
     assert code == 0, err
     rows = {r["request_id"]: r for r in _read_requests(tmp_path / "out")}
     assert len(rows) == 6
-    assert rows["mc-1"]["rejected_reason"] == "needs 40 blocks for 640 tokens, the cache has 30"
+    assert rows["mc-1"]["rejected_reason"] == "needs 40 blocks for 640 tokens, the cache has 29"  # 30 less the null block
     assert rows["mc-2"]["rejected_reason"] == "310 tokens exceed max_model_len 256"
     assert rows["mc-1"]["finish_s"] == "" and rows["mc-1"]["ttft_s"] == ""
     for rid in ("mc-0", "mc-3", "mc-4", "mc-5"):

@@ -86,7 +86,7 @@ def record(cfg: SimConfig) -> Recording:
     specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
     num_blocks = num_blocks_for(cfg)
     bs = cfg.block_size
-    check_some_request_fits(specs, cfg.cache.usable_blocks(num_blocks), bs)
+    check_some_request_fits(specs, num_blocks, bs, cfg.cache.usable_blocks(num_blocks))
     sched = make_scheduler(cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=bs,
                            recompute_cost=lambda depth: cost.recompute_time(bs, depth * bs), specs=specs,
                            kv_options=kv_options(cfg), cache=cfg.cache)

@@ -26,9 +26,14 @@ SCENARIOS: dict[str, list[str]] = {
     "shared_prefix_caching_off": [*_SP, "workload.num_requests=32", "num_gpu_blocks=60", "scheduler.max_num_seqs=8"],
     "multiturn_small_cache": [*_MT, "+policy=lru", "num_gpu_blocks=48", "block_size=16"],
     "multiturn_tenants_bs32": [*_MT, "workload.num_tenants=3", "+policy=lru", "num_gpu_blocks=30", "block_size=32"],
-    "mooncake_bs16": [*_MOONCAKE, "+policy=lru", "num_gpu_blocks=250", "block_size=16"],
+    # The case: 200 Mooncake requests scaled to 32-token hash blocks, 250 blocks.
     "mooncake_bs32": [*_MOONCAKE, "+policy=lru", "num_gpu_blocks=250", "block_size=32"],
-    "mooncake_bs64_preemption": [*_MOONCAKE, "+policy=lru", "num_gpu_blocks=90", "block_size=64"],
+    # Arrivals 100x faster: a full cache, evictions on every admission, a preemption.
+    "mooncake_bs16_preemption": [*_MOONCAKE, "workload.time_scale=0.01", "+policy=lru", "num_gpu_blocks=330",
+                                 "block_size=16"],
+    "mooncake_bs32_preemption": [*_MOONCAKE, "workload.time_scale=0.02", "+policy=lru", "num_gpu_blocks=180",
+                                 "block_size=32"],
+    "mooncake_bs64": [*_MOONCAKE, "workload.time_scale=0.02", "+policy=lru", "num_gpu_blocks=90", "block_size=64"],
     "rag": ["workload=rag", "workload.num_requests=60", "workload.num_documents=40", "workload.chunk_tokens=64",
             "workload.chunks_per_request=3", "workload.output_tokens=16", "+policy=lru", "num_gpu_blocks=120"],
     "priority_scheduler": [*_SP, "workload.num_requests=40", "workload.request_rate=300", "scheduler=priority",
