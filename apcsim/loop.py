@@ -25,7 +25,7 @@ from apcsim.core.request import Request, RequestSpec
 from apcsim.core.scheduler import Scheduler, StepResult
 from apcsim.interrupt import safe_point
 from apcsim.metrics import MetricsCollector
-from apcsim.requestlog import RequestLog
+from apcsim.requestlog import RequestLog, uses_priorities
 
 
 def _new_request(output_seed: int, index: int, spec: RequestSpec) -> Request:
@@ -143,6 +143,8 @@ class ServingLoop:
         while it is in flight, its outcome goes to `metrics.log` and `requests` stays None.
         `log` (default: rows kept in memory) may stream requests.csv to a file."""
         self.scheduler = scheduler
+        if log is None:  # rows in memory; a priority class column when the workload has classes
+            log = RequestLog(by_class=uses_priorities(specs))
         self.metrics = MetricsCollector(scheduler, log)
         self.num_requests = len(specs)
         if keep_requests:
