@@ -89,7 +89,7 @@ def _read(cfg: AzureConfig, ctx: BuildContext, path, scale: float) -> list[Reque
             cells = {k: row[i].strip() for k, i in salt_cols.items() if i < len(row)}
             salts.append(salt_value(cells, lambda msg, _l=line: trace_error(path, _l, msg)))
             cells = {k: row[i] for k, i in prio_cols.items() if i < len(row)}
-            priorities.append(trace_priorities(cells, lambda msg, _l=line: trace_error(path, _l, msg)))
+            priorities.append(trace_priorities(cells, lambda msg, _l=line: trace_error(path, _l, msg), cells=True))
     if not times:
         raise trace_error(path, None, "no requests in trace")
     prompts = unique_tokens(ctx.seed, _TOKEN_STREAM, range(len(inputs)), inputs, ctx.vocab_size)

@@ -145,17 +145,18 @@ def check_shared_retention(cfg) -> None:
             raise ConfigError(f"workload.shared_retention_duration_s {err}")
 
 
-def trace_priorities(fields: dict, where) -> dict:
+def trace_priorities(fields: dict, where, *, cells: bool = False) -> dict:
     """The optional `priority`, `retention_priority`, `retention_duration_s` of one trace record
-    as RequestSpec keyword arguments. `fields` holds JSON values or CSV cells (strings; an empty
-    cell is an absent field); `where(msg)` builds the TraceError naming file and line."""
+    as RequestSpec keyword arguments. `fields` holds JSON values, or with `cells` CSV cells
+    (strings, parsed here; an empty cell is an absent field); `where(msg)` builds the TraceError
+    naming file and line. A JSON null is an absent field too."""
     out = {}
     raw = {k: fields.get(k) for k in PRIORITY_FIELDS}
     for key in ("priority", "retention_priority"):
         v = raw[key]
-        if v is None or v == "":
+        if v is None or (cells and v.strip() == ""):
             continue
-        if isinstance(v, str):
+        if cells:
             try:
                 v = int(v.strip())
             except ValueError:
@@ -166,8 +167,8 @@ def trace_priorities(fields: dict, where) -> dict:
             raise where(f"{key} {err}")
         out[key] = int(v)
     d = raw["retention_duration_s"]
-    if d is not None and d != "":
-        if isinstance(d, str):
+    if d is not None and not (cells and d.strip() == ""):
+        if cells:
             try:
                 d = float(d.strip())
             except ValueError:
