@@ -25,7 +25,7 @@ from apcsim.core.request import Request, RequestSpec
 from apcsim.core.scheduler import Scheduler, StepResult
 from apcsim.interrupt import safe_point
 from apcsim.metrics import MetricsCollector
-from apcsim.requestlog import RequestLog
+from apcsim.requestlog import RequestLog, uses_priorities
 
 
 def _new_request(output_seed: int, index: int, spec: RequestSpec) -> Request:
@@ -152,6 +152,8 @@ class ServingLoop:
         accepted)` sees each request as it reaches the scheduler (the parity harness replays
         these to vLLM in the same order and step)."""
         self.scheduler = scheduler
+        if log is None:  # rows in memory; a priority class column when the workload has classes
+            log = RequestLog(by_class=uses_priorities(specs))
         self.metrics = MetricsCollector(scheduler, log)
         self.num_requests = len(specs)
         if keep_requests:

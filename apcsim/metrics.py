@@ -177,11 +177,34 @@ class MetricsCollector:
             "itl_s": summarize(itl_v, itl_w),
             "e2e_s": summarize(e2e),
         }
+        if self.log.by_class:
+            m["by_priority_class"] = by_priority_class(self.log, c)
         if partial:
             m["num_unfinished"] = num_requests - len(self.log)
         if extra:
             m.update(extra)
         return m
+
+
+def by_priority_class(log: RequestLog, c: dict) -> dict:
+    """Per priority class (highest first: lowest priority value, then name): its requests,
+    TTFT and end-to-end latency, and the fraction of its finished requests' prompt tokens that
+    hit the cache at first admission."""
+    out = {}
+    order = sorted(range(len(log.class_names)), key=lambda k: (log.class_priority[k], log.class_names[k]))
+    for k in order:
+        mine = c["class_index"] == k
+        ok = mine & c["finished"]
+        prompt = int(c["prompt_tokens"][ok].sum())
+        out[log.class_names[k]] = {
+            "priority": log.class_priority[k],
+            "num_requests": int(mine.sum()),
+            "num_finished": int(ok.sum()),
+            "cached_token_fraction": int(c["cached_tokens"][ok].sum()) / prompt if prompt else 0.0,
+            "ttft_s": summarize(c["ttft"][ok]),
+            "e2e_s": summarize(c["e2e"][ok]),
+        }
+    return out
 
 
 def _clean(x):

@@ -1,6 +1,7 @@
 """`report.html`: plotly figures of one run (simulated or measured).
 
-TTFT and end-to-end latency CDFs, then over time: prefix-cache hit rate, KV-cache usage, the
+TTFT and end-to-end latency CDFs (one line per priority class too, when the workload has
+classes), then over time: prefix-cache hit rate, KV-cache usage, the
 running batch and preemptions. The timeline has one row per step or skipped stretch, so the page
 stays small for long runs.
 """
@@ -45,6 +46,8 @@ def build_figure(log: RequestLog, timeline: Timeline, title: str) -> go.Figure:
     fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="TTFT"), row=1, col=1)
     x, y = _cdf(c["e2e"][c["finished"]])
     fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="E2E"), row=1, col=2)
+    if log.by_class:
+        _class_cdfs(fig, log, c)
     t = timeline.as_arrays()
     if len(t["time"]):
         series = [("hit_rate", 2, 1), ("kv_usage", 2, 2), ("batch", 3, 1), ("preemptions", 3, 2)]
@@ -56,13 +59,28 @@ def build_figure(log: RequestLog, timeline: Timeline, title: str) -> go.Figure:
                              (3, 1, "time (s)", "requests per step"), (3, 2, "time (s)", "preemptions")]:
         fig.update_xaxes(title_text=xt, row=row, col=col)
         fig.update_yaxes(title_text=yt, row=row, col=col)
-    fig.update_layout(title=title, height=1100, showlegend=False, template="plotly_white")
+    fig.update_layout(title=title, height=1100, showlegend=log.by_class, template="plotly_white")
     return fig
+
+
+def _class_cdfs(fig: go.Figure, log: RequestLog, c: dict) -> None:
+    """TTFT and E2E CDFs of each priority class, one legend entry per class."""
+    fig.data[0].name = fig.data[1].name = "all requests"
+    fig.data[1].showlegend = False
+    for k in sorted(range(len(log.class_names)), key=lambda k: (log.class_priority[k], log.class_names[k])):
+        ok = c["finished"] & (c["class_index"] == k)
+        name = f"{log.class_names[k]} (priority {log.class_priority[k]})"
+        for col, key in ((1, "ttft"), (2, "e2e")):
+            x, y = _cdf(c[key][ok])
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, legendgroup=name, showlegend=col == 1),
+                          row=1, col=col)
 
 
 def _metrics_table(m: dict) -> str:
     rows = []
     for k, v in m.items():
+        if k == "by_priority_class":
+            continue  # its own table
         if isinstance(v, dict) and "p50" in v:
             v = "no samples" if not v["n"] else ", ".join(f"{s} {v[s]:.4g}" for s in ("mean", "p50", "p90", "p99"))
         elif isinstance(v, dict):
@@ -71,6 +89,22 @@ def _metrics_table(m: dict) -> str:
             v = f"{v:.6g}"
         rows.append(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
+
+
+def _class_table(m: dict) -> str:
+    """TTFT and end-to-end latency per priority class (metrics.json's by_priority_class)."""
+    classes = m.get("by_priority_class")
+    if not classes:
+        return ""
+    cell = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
+    head = ("class", "priority", "requests", "finished", "cached token fraction", "TTFT p50 (s)", "TTFT p99 (s)",
+            "E2E p50 (s)", "E2E p99 (s)")
+    rows = ["<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for name, v in classes.items():
+        cells = (name, v["priority"], v["num_requests"], v["num_finished"], f"{v['cached_token_fraction']:.3f}",
+                 cell(v["ttft_s"]["p50"]), cell(v["ttft_s"]["p99"]), cell(v["e2e_s"]["p50"]), cell(v["e2e_s"]["p99"]))
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in cells) + "</tr>")
+    return "<h2>By priority class</h2><table>" + "".join(rows) + "</table>"
 
 
 def write_report(path: Path, metrics: dict, log: RequestLog, timeline: Timeline,
@@ -83,6 +117,6 @@ def write_report(path: Path, metrics: dict, log: RequestLog, timeline: Timeline,
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title>"
         "<style>body{font-family:sans-serif;margin:2em}td{padding:2px 12px;border-bottom:1px solid #ddd}</style>"
-        f"</head><body><h1>{html.escape(title)}</h1>{plot}<h2>Metrics</h2>{_metrics_table(metrics)}</body></html>"
+        f"</head><body><h1>{html.escape(title)}</h1>{plot}{_class_table(metrics)}<h2>Metrics</h2>{_metrics_table(metrics)}</body></html>"
     )
     path.write_text(page)

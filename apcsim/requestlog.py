@@ -9,6 +9,10 @@ small runs and tests.
 
 Rows are in the order requests leave (finish or rejection), a deterministic order for a given
 config and seed; `index` (the request's position in the workload) restores workload order.
+
+A workload with priorities (`uses_priorities`) adds a `priority_class` column after `priority`:
+the request's class name, or its priority value when it has no class (a trace's field). Without
+priorities the file is exactly what it was before classes existed.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import TextIO
 
 import numpy as np
 
-from apcsim.core.request import Request, Status
+from apcsim.core.request import Request, RequestSpec, Status
 
 REQUEST_COLUMNS = [
     "request_id", "arrival_s", "first_scheduled_s", "first_token_s", "finish_s", "ttft_s", "e2e_s",
@@ -27,6 +31,22 @@ REQUEST_COLUMNS = [
 ]
 
 NAN = float("nan")
+
+
+def uses_priorities(specs) -> bool:
+    """Whether a run's requests come in priority classes (any class name or non-zero priority)."""
+    return any(s.priority_class is not None or s.priority != 0 for s in specs)
+
+
+def priority_class_of(spec: RequestSpec) -> str:
+    return spec.priority_class if spec.priority_class is not None else str(spec.priority)
+
+
+def columns_for(by_class: bool) -> list[str]:
+    if not by_class:
+        return REQUEST_COLUMNS
+    i = REQUEST_COLUMNS.index("priority") + 1
+    return [*REQUEST_COLUMNS[:i], "priority_class", *REQUEST_COLUMNS[i:]]
 
 
 def request_row(r: Request) -> dict:
@@ -55,7 +75,7 @@ class RequestLog:
     i finished (its latency columns are NaN otherwise).
     """
 
-    def __init__(self, sink: TextIO | None = None, *, flush_every: int = 1000) -> None:
+    def __init__(self, sink: TextIO | None = None, *, flush_every: int = 1000, by_class: bool = False) -> None:
         self.index = array("q")  # position in the workload
         self.finished = array("b")
         self.spec_arrival = array("d")  # the workload's arrival time (before the gate)
@@ -65,11 +85,19 @@ class RequestLog:
         self.tpot = array("d")  # NaN for a single-token output
         self.prompt_tokens = array("q")
         self.output_tokens = array("q")
+        self.cached_tokens = array("q")  # prefix hit at first admission
+        # by_class: each request's priority class, as an index into class_names (first seen first)
+        self.by_class = by_class
+        self.class_index = array("q")
+        self.class_names: list[str] = []
+        self.class_priority: list[int] = []
+        self._class_ids: dict[str, int] = {}
+        self.fieldnames = columns_for(by_class)
         self.rows: list[dict] | None = None if sink is not None else []
         self._sink = sink
         self._writer = None
         if sink is not None:
-            self._writer = csv.DictWriter(sink, fieldnames=REQUEST_COLUMNS)
+            self._writer = csv.DictWriter(sink, fieldnames=self.fieldnames)
             self._writer.writeheader()
             sink.flush()
         self._flush_every = flush_every
@@ -90,6 +118,7 @@ class RequestLog:
         self.spec_arrival.append(r.spec.arrival_time)
         self.prompt_tokens.append(r.prompt_len)
         self.output_tokens.append(r.num_output_tokens)
+        self.cached_tokens.append(max(r.num_cached_tokens, 0))
         if ok:
             self.finish_time.append(r.finish_time)
             self.ttft.append(r.first_token_time - r.arrival_time)
@@ -100,12 +129,24 @@ class RequestLog:
             for col in (self.finish_time, self.ttft, self.e2e, self.tpot):
                 col.append(NAN)
         row = request_row(r)
+        if self.by_class:
+            row["priority_class"] = self._add_class(r.spec)
         if self._writer is None:
             self.rows.append(row)  # type: ignore[union-attr]
         else:
             self._writer.writerow(row)
             if len(self.index) % self._flush_every == 0:
                 self._sink.flush()  # type: ignore[union-attr]
+
+    def _add_class(self, spec: RequestSpec) -> str:
+        name = priority_class_of(spec)
+        k = self._class_ids.get(name)
+        if k is None:
+            k = self._class_ids[name] = len(self.class_names)
+            self.class_names.append(name)
+            self.class_priority.append(spec.priority)
+        self.class_index.append(k)
+        return name
 
     def flush(self) -> None:
         if self._sink is not None:
@@ -117,7 +158,9 @@ class RequestLog:
         order = np.argsort(np.frombuffer(self.index, dtype=np.int64) if len(self.index) else np.zeros(0, np.int64),
                            kind="stable")
         out = {}
-        for name in ("finished", "spec_arrival", "finish_time", "ttft", "e2e", "tpot", "prompt_tokens", "output_tokens"):
+        names = ["finished", "spec_arrival", "finish_time", "ttft", "e2e", "tpot", "prompt_tokens", "output_tokens",
+                 "cached_tokens"]
+        for name in names + (["class_index"] if self.by_class else []):
             col = getattr(self, name)
             a = np.asarray(col) if len(col) else np.zeros(0, dtype=np.int8 if col.typecode == "b" else np.float64)
             out[name] = a[order]
@@ -125,8 +168,8 @@ class RequestLog:
         return out
 
 
-def write_rows_csv(path, rows: list[dict]) -> None:
+def write_rows_csv(path, rows: list[dict], fieldnames: list[str] = REQUEST_COLUMNS) -> None:
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=REQUEST_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=fieldnames)
         w.writeheader()
         w.writerows(rows)

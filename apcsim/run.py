@@ -18,7 +18,7 @@ from apcsim.errors import ConfigError
 from apcsim.hardware import kv_cache_blocks
 from apcsim.interrupt import RunInterrupted
 from apcsim.metrics import MetricsCollector, write_metrics
-from apcsim.requestlog import RequestLog, write_rows_csv
+from apcsim.requestlog import RequestLog, uses_priorities, write_rows_csv
 from apcsim.status import write_status
 from apcsim.progress import make_progress
 from apcsim.sim.cost_model import CostModel, make_cost_model
@@ -154,7 +154,7 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
         sim = Simulation(
             specs, scheduler, cost, max_concurrency=cfg.max_concurrency,
             output_seed=int(output_ss.generate_state(1)[0]), skip_quiet=cfg.skip_quiet, verify_every_step=cfg.verify,
-            keep_requests=keep_requests, log=RequestLog(sink) if sink is not None else None,
+            keep_requests=keep_requests, log=RequestLog(sink, by_class=uses_priorities(specs)) if sink is not None else None,
             use_timestamps=use_timestamps, on_step=on_step,
             progress=make_progress(cfg.progress, len(specs), multirun=multirun),
         )
@@ -199,7 +199,7 @@ def write_run_files(run_dir: Path, cfg: SimConfig, metrics: dict, collector: Met
     write_metrics(run_dir / "metrics.json", metrics)
     log = collector.log
     if not log.streams:
-        write_rows_csv(run_dir / "requests.csv", log.rows or [])
+        write_rows_csv(run_dir / "requests.csv", log.rows or [], log.fieldnames)
     run_info = {
         **run_info,
         "status": status,

@@ -3,12 +3,15 @@
     python docs/build_policies.py            # runs every trace's sweep (mooncake and gmi: long)
     python docs/build_policies.py --traces multiturn,rag,shared_prefix   # a subset
     python docs/build_policies.py --reuse    # rebuild the page from docs/data/policy_zoo_*.csv
+    python docs/build_policies.py --traces priority_classes   # only the priority-class sweep
 
 For each trace, the cache sizes are 10 %, 25 % and 50 % of its working set: the number of
 distinct prompt blocks (keys at block_size 16) over the whole (sub)trace, floored at four times
 the largest request so that a few requests always fit. Each trace is one Hydra multirun of
 `+experiment=policy_zoo` (13 policies x 3 sizes), collected into docs/data/policy_zoo_TRACE.csv;
-the scheduler table is `+experiment=scheduler_zoo` at the middle size.
+the scheduler table is `+experiment=scheduler_zoo` at the middle size. `priority_classes` is the
+`+experiment=priority_classes` sweep (scheduler=fcfs/priority x lru/priority_lru on two request
+classes), collected into docs/data/priority_classes.csv.
 
 The GMI/LMBench trace has no license: it is read from ../shared/traces (never copied here) and
 only aggregate metrics are kept.
@@ -54,6 +57,7 @@ TRACES = {
     "shared_prefix": (["workload=shared_prefix"], "shared_prefix workload, defaults"),
 }
 SCHED_TRACES = ("rag", "multiturn")
+PRIORITY = "priority_classes"  # not a trace: the preset pins its workload and cache
 POLICIES = ["lru", "fifo", "lfu", "arc", "s3fifo", "sieve", "slru", "gdsf", "cost_aware", "leaf_lru",
             "priority_lru", "pinned_ttl", "belady"]
 
@@ -87,8 +91,8 @@ def run(preset: str, overrides: list[str], out: Path) -> None:
 
 def sweep_all(names: list[str]) -> None:
     DATA.mkdir(exist_ok=True)
-    jobs = []
-    for name in names:
+    jobs = [(PRIORITY, PRIORITY, [])] if PRIORITY in names else []
+    for name in (n for n in names if n != PRIORITY):
         ov = TRACES[name][0]
         sizes = sizes_for(ov)
         jobs.append((f"policy_zoo_{name}", "policy_zoo", ov + [f"num_gpu_blocks={','.join(map(str, sizes))}"]))
@@ -163,6 +167,53 @@ def sched_section(name: str) -> str:
                              "preemptions"], body), ""])
 
 
+def priority_section() -> str:
+    """The priority-class sweep: each (scheduler, policy) with both classes' latencies and hits."""
+    rows = load(PRIORITY)
+    classes = ("interactive", "batch")
+    body = []
+    at = {}
+    for r in rows:
+        at[(r["scheduler"], r["policy"])] = r
+        cells = [r["scheduler"], r["policy"], f3(r["prefix_cache_hit_rate"]), int(r["num_preemptions"])]
+        for c in classes:
+            p = f"by_priority_class_{c}_"
+            cells += [f3(r[p + "ttft_s_p50"]), f3(r[p + "ttft_s_p99"]), f3(r[p + "e2e_s_p99"]),
+                      f3(r[p + "cached_token_fraction"])]
+        body.append(cells)
+    head = ["scheduler", "eviction", "hit rate", "preemptions"]
+    for c in classes:
+        head += [f"{c} TTFT p50 (s)", f"{c} TTFT p99 (s)", f"{c} E2E p99 (s)", f"{c} cached"]
+
+    def v(sched, pol, c, key):
+        return at[(sched, pol)][f"by_priority_class_{c}_{key}"]
+
+    said = [
+        f"- `scheduler=priority` against `fcfs` (both with LRU): interactive TTFT p99 "
+        f"{f3(v('fcfs', 'lru', 'interactive', 'ttft_s_p99'))} s -> {f3(v('priority', 'lru', 'interactive', 'ttft_s_p99'))} s, "
+        f"batch TTFT p99 {f3(v('fcfs', 'lru', 'batch', 'ttft_s_p99'))} s -> {f3(v('priority', 'lru', 'batch', 'ttft_s_p99'))} s. "
+        "Interactive requests jump the waiting queue and are preempted last (vLLM's priority policy); "
+        "batch requests pay for it.",
+        f"- `priority_lru` against `lru` (both FCFS): the interactive share of prompt tokens found in the cache "
+        f"{f3(v('fcfs', 'lru', 'interactive', 'cached_token_fraction'))} -> "
+        f"{f3(v('fcfs', 'priority_lru', 'interactive', 'cached_token_fraction'))}, batch "
+        f"{f3(v('fcfs', 'lru', 'batch', 'cached_token_fraction'))} -> "
+        f"{f3(v('fcfs', 'priority_lru', 'batch', 'cached_token_fraction'))}. Interactive conversations' blocks "
+        "(retention 80 for 30 s) outlast the batch ones (35) over the think time between turns, so more of an "
+        "interactive history is still cached when the next turn arrives; LRU treats both alike.",
+    ]
+    return "\n".join([
+        "## Priority classes: scheduler=priority and priority_lru", "",
+        "`python -m apcsim +experiment=priority_classes` (conf/experiment/priority_classes.yaml): the multiturn "
+        "workload, 128 conversations of 4 turns starting at 4 per second (Poisson), 2,000 blocks of 16 tokens. "
+        "A conversation is `interactive` (share 0.25: vLLM priority 0, KV retention priority 80 for 30 s) or "
+        "`batch` (share 0.75: priority 1, priority_lru's default retention 35), drawn per conversation; the "
+        "system prompt every conversation shares is retained at 90. Per-class columns come from metrics.json's "
+        "`by_priority_class`; `cached` is the fraction of the class's prompt tokens that hit at first admission.",
+        "", table(head, body), "", "What changes:", "", *said, "",
+    ])
+
+
 def build_page() -> str:
     parts = [
         "# Policy zoo: eviction and scheduling policies compared",
@@ -195,18 +246,21 @@ def build_page() -> str:
     for name in SCHED_TRACES:
         if (DATA / f"scheduler_zoo_{name}.csv").is_file():
             parts.append(sched_section(name))
+    if (DATA / f"{PRIORITY}.csv").is_file():
+        parts.append(priority_section())
     return "\n".join(parts) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reuse", action="store_true", help="rebuild the page from docs/data/ without running")
-    ap.add_argument("--traces", default=",".join(TRACES), help="comma-separated subset of: " + ", ".join(TRACES))
+    known = [*TRACES, PRIORITY]
+    ap.add_argument("--traces", default=",".join(known), help="comma-separated subset of: " + ", ".join(known))
     args = ap.parse_args()
     names = [t for t in args.traces.split(",") if t]
-    unknown = [t for t in names if t not in TRACES]
+    unknown = [t for t in names if t not in known]
     if unknown:
-        sys.exit(f"build_policies: unknown trace(s) {', '.join(unknown)}; known: {', '.join(TRACES)}")
+        sys.exit(f"build_policies: unknown trace(s) {', '.join(unknown)}; known: {', '.join(known)}")
     if not args.reuse:
         if "gmi" in names and not GMI.is_file():
             sys.exit(f"build_policies: the GMI trace is not at {GMI}")

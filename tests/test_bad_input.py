@@ -42,7 +42,8 @@ CASES = [
     ("json_missing_field", "t.jsonl", _jsonl(MC_OK, {k: v for k, v in MC_OK.items() if k != "hash_ids"}),
      ["workload=mooncake"], "line 2: missing field 'hash_ids'"),
     ("json_extra_field", "t.jsonl", _jsonl({**MC_OK, "prompt": "hi"}), ["workload=mooncake"],
-     "line 1: unknown field 'prompt' (known: timestamp, input_length, output_length, hash_ids, cache_salt, tenant)"),
+     "line 1: unknown field 'prompt' (known: timestamp, input_length, output_length, hash_ids, cache_salt, tenant, "
+     "priority, retention_priority, retention_duration_s)"),
     ("json_wrong_type", "t.jsonl", _jsonl({**MC_OK, "input_length": "long"}), ["workload=mooncake"],
      "line 1: input_length must be an integer >= 1, got 'long'"),
     ("json_float_length", "t.jsonl", _jsonl({**MC_OK, "output_length": 2.5}), ["workload=mooncake"],

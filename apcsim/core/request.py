@@ -13,6 +13,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+@dataclass(frozen=True)
+class TokenRetention:
+    """A retention priority for the prompt tokens [start, end) of one request, as TensorRT-LLM's
+    `TokenRangeRetentionConfig`. A KV block takes the range that holds its FIRST token (TensorRT-
+    LLM's rule), so a block straddling the range's end is retained with it. `duration_s` None:
+    the priority holds until the block is evicted."""
+
+    start: int
+    end: int
+    priority: int
+    duration_s: float | None = None
+
+
 @dataclass(frozen=True, eq=False)
 class RequestSpec:
     """One request of a workload.
@@ -20,7 +33,10 @@ class RequestSpec:
     Invariant: `prompt_token_ids` is a 1-D int32 array of length >= 1, `output_len >= 1`.
     `output_token_ids`, when given, are the tokens the simulator "generates" (so a later turn of a
     conversation that quotes them hits the cache); otherwise they are drawn from a per-request
-    stream. `retention_priority`/`retention_duration_s` are read by `priority_lru` only. `parent_id`
+    stream. `priority` orders the waiting queue under `scheduler=priority` (vLLM's convention:
+    lower is scheduled first); `priority_class` names the workload class it came from (metrics
+    break latencies down by it). `retention_priority`/`retention_duration_s`/`retention_ranges`
+    are read by `priority_lru` only. `parent_id`
     makes the request a follow-up: it arrives `think_time_s` after its parent
     finishes, and never before `arrival_time`.
     """
@@ -39,6 +55,11 @@ class RequestSpec:
     # config decides. Other policies ignore both.
     retention_priority: int | None = None
     retention_duration_s: float | None = None
+    # Per-token-range retention (e.g. the shared system prompt kept longer than the user turn);
+    # a block whose first token falls in a range takes that range's priority, before
+    # `retention_priority`.
+    retention_ranges: tuple[TokenRetention, ...] = ()
+    priority_class: str | None = None
 
     @property
     def prompt_len(self) -> int:

@@ -2,8 +2,10 @@
 
 It carries arrivals and lengths only, no prefix information, so every prompt is request-unique
 tokens: prefix caching can only help a request that is preempted and recomputed. An optional
-`cache_salt` or `tenant` column (after the three) gives each request its tenant. It is the
-workload for questions about scheduling and preemption under a real arrival pattern.
+`cache_salt` or `tenant` column (after the three) gives each request its tenant, optional
+`priority`, `retention_priority` and `retention_duration_s` columns its priorities (an empty cell:
+not set; see apcsim/workloads/priorities.py). It is the workload for questions about scheduling
+and preemption under a real arrival pattern.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from apcsim.core.request import RequestSpec
 from apcsim.workloads._common import check_float, unique_tokens
 from apcsim.workloads.base import BuildContext, WorkloadConfig, register_workload
+from apcsim.workloads.priorities import PRIORITY_FIELDS, trace_priorities
 from apcsim.workloads.tracefile import SALT_FIELDS, resolve_trace_path, salt_value, trace_error
 
 _TOKEN_STREAM = 3
@@ -57,7 +60,9 @@ def _read(cfg: AzureConfig, ctx: BuildContext, path, scale: float) -> list[Reque
         if header is None or [h.strip() for h in header[:3]] != list(_COLUMNS):
             raise trace_error(path, 1, f"expected a header {','.join(_COLUMNS)}, got {header!r}")
         salt_cols = {h.strip(): i for i, h in enumerate(header) if h.strip() in SALT_FIELDS}
+        prio_cols = {h.strip(): i for i, h in enumerate(header) if h.strip() in PRIORITY_FIELDS}
         salts: list = []
+        priorities: list = []
         for row in reader:
             if cfg.num_requests is not None and len(times) >= cfg.num_requests:
                 break
@@ -83,6 +88,8 @@ def _read(cfg: AzureConfig, ctx: BuildContext, path, scale: float) -> list[Reque
             outputs.append(n_out)
             cells = {k: row[i].strip() for k, i in salt_cols.items() if i < len(row)}
             salts.append(salt_value(cells, lambda msg, _l=line: trace_error(path, _l, msg)))
+            cells = {k: row[i] for k, i in prio_cols.items() if i < len(row)}
+            priorities.append(trace_priorities(cells, lambda msg, _l=line: trace_error(path, _l, msg), cells=True))
     if not times:
         raise trace_error(path, None, "no requests in trace")
     prompts = unique_tokens(ctx.seed, _TOKEN_STREAM, range(len(inputs)), inputs, ctx.vocab_size)
@@ -90,6 +97,6 @@ def _read(cfg: AzureConfig, ctx: BuildContext, path, scale: float) -> list[Reque
     return [
         # An output of 0 tokens cannot be served (the first token is the prefill's): 1 instead.
         RequestSpec(request_id=f"az-{i}", prompt_token_ids=p, output_len=max(1, o), arrival_time=(t - t0) * scale,
-                    cache_salt=salt)
-        for i, (t, p, o, salt) in enumerate(zip(times, prompts, outputs, salts))
+                    cache_salt=salt, **prio)
+        for i, (t, p, o, salt, prio) in enumerate(zip(times, prompts, outputs, salts, priorities))
     ]

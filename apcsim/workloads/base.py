@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
 
 import numpy as np
 
 from apcsim.core.request import RequestSpec
 from apcsim.errors import ConfigError
+from apcsim.workloads.priorities import PriorityClass, assign_priority_classes, check_shared_retention
 
 
 @dataclass
@@ -37,6 +38,13 @@ class WorkloadConfig:
     # drawn uniformly from its own seeded stream; tenants never share cached blocks. None: the
     # workload's own salts (a trace's `cache_salt`/`tenant` field), else one shared cache.
     num_tenants: Optional[int] = None
+    # Request priorities and KV retention priorities (apcsim/workloads/priorities.py): classes
+    # with shares, drawn per conversation from their own stream; empty: every request priority 0.
+    priority_classes: List[PriorityClass] = field(default_factory=list)
+    # Retention priority (0..100, priority_lru) of the prompt part every request shares (system
+    # prompt, common prefix, RAG chunks), and for how long after its last use; None: not set.
+    shared_retention_priority: Optional[int] = None
+    shared_retention_duration_s: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,9 @@ def build_workload(cfg: WorkloadConfig, *, vocab_size: int, seed_seq: np.random.
     entry = WORKLOADS.get(cfg.name)
     if entry is None:
         raise ConfigError(f"unknown workload {cfg.name!r}; known: {', '.join(sorted(WORKLOADS))}")
-    build_ss, arrival_ss, tenant_ss = seed_seq.spawn(3)  # spawn(3)'s first two == spawn(2)'s
+    # spawn(n)'s first children equal spawn(n-1)'s: a stream added later leaves the others as they were.
+    build_ss, arrival_ss, tenant_ss, class_ss = seed_seq.spawn(4)
+    check_shared_retention(cfg)
     ctx = BuildContext(vocab_size=vocab_size, rng=np.random.default_rng(build_ss), seed=int(build_ss.generate_state(1)[0]))
     specs = entry.build(cfg, ctx)
     if cfg.num_requests is not None:
@@ -89,6 +99,11 @@ def build_workload(cfg: WorkloadConfig, *, vocab_size: int, seed_seq: np.random.
         raise ConfigError(f"workload {cfg.name!r} produced no requests")
     if cfg.num_tenants is not None:
         specs = assign_tenants(specs, cfg, np.random.default_rng(tenant_ss))
+    if cfg.shared_retention_priority is not None and not any(s.retention_ranges for s in specs):
+        raise ConfigError(f"workload.shared_retention_priority: the {cfg.name} workload has no shared prompt part "
+                          "(it applies to system_prompt, shared_prefix, multiturn and rag with a shared part > 0)")
+    if cfg.priority_classes:
+        specs = assign_priority_classes(specs, cfg, np.random.default_rng(class_ss))
     specs = apply_arrivals(specs, cfg, np.random.default_rng(arrival_ss))
     return sorted(specs, key=lambda s: s.arrival_time)  # stable: ties keep workload order
 

@@ -1,5 +1,8 @@
 """Mooncake-format traces: JSONL of timestamp, input_length, output_length, hash_ids, and an
 optional `cache_salt` (or `tenant`) per request: requests with different salts never share blocks.
+Optional `priority` (an integer, lower is scheduled first under scheduler=priority),
+`retention_priority` (0..100) and `retention_duration_s` (seconds) set the request's priorities
+(see apcsim/workloads/priorities.py).
 
 Each hash id names one `hash_block_size`-token block of the prompt. We map an id to a block of
 pseudo-random tokens that depends only on (seed, id), so two requests that share an id share
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -31,10 +34,11 @@ from apcsim.core.request import RequestSpec
 from apcsim.errors import ConfigError
 from apcsim.workloads._common import check_float, check_int, hashed_blocks, readonly, unique_tokens
 from apcsim.workloads.base import BuildContext, WorkloadConfig, register_workload
+from apcsim.workloads.priorities import PRIORITY_FIELDS, trace_priorities
 from apcsim.workloads.tracefile import SALT_FIELDS, resolve_trace_path, salt_value, trace_error
 
 _REQUIRED = ("timestamp", "input_length", "output_length", "hash_ids")
-_KNOWN = _REQUIRED + SALT_FIELDS
+_KNOWN = _REQUIRED + SALT_FIELDS + PRIORITY_FIELDS
 _UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _HASH_STREAM = 1  # token streams of this module, so they differ from other workloads'
 _PAD_STREAM = 2
@@ -63,6 +67,7 @@ class _Row:
     output_length: int
     hash_ids: list
     salt: Optional[str] = None
+    priorities: dict = field(default_factory=dict)  # RequestSpec keywords: priority, retention_*
 
 
 def _int_field(rec: dict, key: str, lo: int, where) -> int:
@@ -113,7 +118,8 @@ def read_rows(path, unit: str, limit: Optional[int]) -> list[_Row]:
             if not all(-(2**63) <= h < 2**63 for h in ids):
                 raise where("hash_ids must fit in 64-bit signed integers")
             rows.append(_Row(lineno, ts * _UNITS[unit], _int_field(rec, "input_length", 1, where),
-                             _int_field(rec, "output_length", 0, where), ids, salt_value(rec, where)))
+                             _int_field(rec, "output_length", 0, where), ids, salt_value(rec, where),
+                             trace_priorities(rec, where)))
     return rows
 
 
@@ -166,5 +172,5 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> list[RequestSpec]:
             request_id=f"mc-{i}", prompt_token_ids=readonly(prompt),
             # An output of 0 tokens cannot be served (the first token is the prefill's): 1 instead.
             output_len=max(1, round(r.output_length * ls)),
-            arrival_time=(r.t - t0) * scale, cache_salt=r.salt))
+            arrival_time=(r.t - t0) * scale, cache_salt=r.salt, **r.priorities))
     return specs

@@ -17,6 +17,7 @@ import numpy as np
 from apcsim.core.request import RequestSpec
 from apcsim.workloads._common import check_float, check_int, distinct_tokens, readonly
 from apcsim.workloads.base import BuildContext, WorkloadConfig, register_workload
+from apcsim.workloads.priorities import shared_retention
 
 
 @dataclass
@@ -43,6 +44,7 @@ def build(cfg: MultiturnConfig, ctx: BuildContext) -> list[RequestSpec]:
     system = rng.integers(0, v, sys_len, dtype=np.int32)
     # Distinct first message tokens: conversations diverge right after the system prompt.
     first_tokens = distinct_tokens(rng, n_conv, v)
+    keep = shared_retention(cfg, sys_len)  # the system prompt; the history is per conversation
     specs: list[RequestSpec] = []
     # Conversations one after another, turns in order: a parent always precedes its follow-ups,
     # so keeping the first N specs keeps every follow-up's parent.
@@ -58,7 +60,7 @@ def build(cfg: MultiturnConfig, ctx: BuildContext) -> list[RequestSpec]:
             rid = f"mt-{c}-{k}"
             specs.append(RequestSpec(request_id=rid, prompt_token_ids=prompt, output_len=out,
                                      output_token_ids=answer, parent_id=parent,
-                                     think_time_s=think if parent else 0.0))
+                                     think_time_s=think if parent else 0.0, retention_ranges=keep))
             history = np.concatenate([prompt, answer])
             parent = rid
     return specs

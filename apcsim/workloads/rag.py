@@ -19,6 +19,7 @@ from apcsim.core.request import RequestSpec
 from apcsim.errors import ConfigError
 from apcsim.workloads._common import check_float, check_int, distinct_tokens, readonly
 from apcsim.workloads.base import BuildContext, WorkloadConfig, register_workload
+from apcsim.workloads.priorities import shared_retention
 
 
 @dataclass
@@ -63,5 +64,7 @@ def build(cfg: RagConfig, ctx: BuildContext) -> list[RequestSpec]:
         question = rng.integers(0, v, q, dtype=np.int32)
         question[0] = first_q[i]
         prompt = readonly(np.concatenate([system, docs[picked].reshape(-1), question]))
-        specs.append(RequestSpec(request_id=f"rag-{i}", prompt_token_ids=prompt, output_len=out))
+        # The shared part: the system prompt and the retrieved chunks, everything but the question.
+        specs.append(RequestSpec(request_id=f"rag-{i}", prompt_token_ids=prompt, output_len=out,
+                                 retention_ranges=shared_retention(cfg, prompt.shape[0] - q)))
     return specs

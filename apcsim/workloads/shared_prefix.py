@@ -16,6 +16,7 @@ from apcsim.core.request import RequestSpec
 from apcsim.errors import ConfigError
 from apcsim.workloads._common import check_float, check_int, distinct_tokens, readonly
 from apcsim.workloads.base import BuildContext, WorkloadConfig, register_workload
+from apcsim.workloads.priorities import shared_retention
 
 _CHUNK_TOKENS = 1 << 22  # draw the unique parts in chunks of ~16 MB: bounded temporary memory
 
@@ -50,4 +51,6 @@ def build(cfg: SharedPrefixConfig, ctx: BuildContext) -> list[RequestSpec]:
         # The first unique token differs between requests: no false hit on the straddling block.
         prompts[:, shared] = distinct_tokens(rng, n, v)
     readonly(prompts)
-    return [RequestSpec(request_id=f"shp-{i}", prompt_token_ids=prompts[i], output_len=out) for i in range(n)]
+    keep = shared_retention(cfg, shared)
+    return [RequestSpec(request_id=f"shp-{i}", prompt_token_ids=prompts[i], output_len=out, retention_ranges=keep)
+            for i in range(n)]

@@ -15,6 +15,7 @@ import numpy as np
 from apcsim.core.request import RequestSpec
 from apcsim.workloads._common import check_int, distinct_tokens, readonly
 from apcsim.workloads.base import BuildContext, WorkloadConfig, register_workload
+from apcsim.workloads.priorities import shared_retention
 
 
 @dataclass
@@ -41,4 +42,6 @@ def build(cfg: SystemPromptConfig, ctx: BuildContext) -> list[RequestSpec]:
     # matches another request's, so the hit count is exactly the system prompt's full blocks.
     prompts[:, s] = distinct_tokens(rng, n, v)
     readonly(prompts)
-    return [RequestSpec(request_id=f"sp-{i}", prompt_token_ids=prompts[i], output_len=out) for i in range(n)]
+    keep = shared_retention(cfg, s)  # the system prompt
+    return [RequestSpec(request_id=f"sp-{i}", prompt_token_ids=prompts[i], output_len=out, retention_ranges=keep)
+            for i in range(n)]

@@ -3,13 +3,18 @@
 the victim is the evictable block of lowest current priority, least recently released first.
 
 Where a block's priority comes from, first match wins, fixed when the block is released:
-1. the releasing request's `RequestSpec.retention_priority` (and `retention_duration_s`), a
-   per-request field a workload or trace can set (e.g. a tenant tier);
-2. the first entry of `depth_ranges` whose [first_block, last_block] holds the block's depth
+1. the first of the releasing request's `RequestSpec.retention_ranges` that holds the block's
+   first token (token `depth * block_size`): TensorRT-LLM's KvCacheRetentionConfig maps token
+   ranges to blocks by the block's first token the same way, so a block that straddles a range's
+   end (system prompt, then the question) is retained with the range;
+2. the releasing request's `RequestSpec.retention_priority` (and `retention_duration_s`), a
+   per-request field a workload or trace can set (e.g. a tenant tier or a priority class); it
+   also covers the request's output blocks (TensorRT-LLM's decode retention priority);
+3. the first entry of `depth_ranges` whose [first_block, last_block] holds the block's depth
    (TensorRT-LLM's KvCacheRetentionConfig gives priorities to token ranges the same way; here a
    range is in blocks and holds for every request, e.g. `{first_block: 0, last_block: 31,
    priority: 90}` keeps 32-block system prompts);
-3. `default_priority` (TensorRT-LLM's default is 35) with `default_duration_s`.
+4. `default_priority` (TensorRT-LLM's default is 35) with `default_duration_s`.
 The duration counts from the release (the block's last use); null means forever. A block used
 by several requests gets the priority of the one that releases it last.
 
@@ -76,6 +81,7 @@ class PriorityLRUPolicy(PriorityEvictionPolicy):
             self.ranges.append((r.first_block, last, _check_priority(r.priority, f"priority_lru.depth_ranges[{i}].priority"),
                                 _check_duration(r.duration_s, f"priority_lru.depth_ranges[{i}].duration_s")))
         self._releasing: tuple[int, float | None] | None = None  # the request being freed
+        self._releasing_ranges: list[tuple] = []  # its (start, end, priority, duration) token ranges
         self._prio: dict[int, int] = {}  # block_id -> priority it was filed under
         self._expiry: list[tuple[float, int, int]] = []  # (when, block_id, stamp) of finite durations
         self._expiry_stamp: dict[int, int] = {}
@@ -91,8 +97,17 @@ class PriorityLRUPolicy(PriorityEvictionPolicy):
             self._releasing = (_check_priority(p, f"request {spec.request_id}: retention_priority"),
                                _check_duration(getattr(spec, "retention_duration_s", None),
                                                f"request {spec.request_id}: retention_duration_s"))
+        self._releasing_ranges = [
+            (r.start, r.end, _check_priority(r.priority, f"request {spec.request_id}: retention_ranges priority"),
+             _check_duration(r.duration_s, f"request {spec.request_id}: retention_ranges duration_s"))
+            for r in getattr(spec, "retention_ranges", ())]
 
     def _assign(self, block: Block) -> tuple[int, float | None]:
+        if self._releasing_ranges:
+            first_token = block.depth * self.ctx.block_size
+            for start, end, p, d in self._releasing_ranges:
+                if start <= first_token < end:
+                    return p, d
         if self._releasing is not None:
             return self._releasing
         for first, last, p, d in self.ranges:
@@ -115,6 +130,7 @@ class PriorityLRUPolicy(PriorityEvictionPolicy):
         for b in blocks:
             self.on_release(b)
         self._releasing = None
+        self._releasing_ranges = []
 
     def priority(self, block: Block) -> tuple:
         return (self._prio[block.block_id],)
