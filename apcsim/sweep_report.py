@@ -7,7 +7,9 @@ the subplot title says so. When two numeric keys are swept, a heatmap of hit rat
 over both, one row per policy, with one colour scale (and colour bar) per metric shared by every
 policy, so equal colours are equal values. Read at a glance: hit-rate axes start at 0, a policy
 whose line coincides with another's is drawn dashed with open markers and named "(= other)"
-instead of vanishing under it, and the page header names what was simulated (hardware, model,
+instead of vanishing under it (in a subplot where only that metric coincides, the line alone
+is drawn so; earlier policies are drawn wider, so near-coinciding lines stay visible), and the
+page header names what was simulated (hardware, model,
 tp, cost model, cache size in blocks and tokens). Failed jobs are listed with their error under
 the figures.
 """
@@ -97,16 +99,22 @@ def line_figure(rows: list[dict], key: str, others: list[str]) -> go.Figure:
             x = [v for v in xs if v in groups]
             per_metric.append((x, [_mean(groups[v]) for v in x]))
         series[policy] = per_metric
-    same = coinciding(series)
+    same_everywhere = coinciding(series)
+    same_per_metric = [coinciding({p: [v[col]] for p, v in series.items()}) for col in range(len(LINE_METRICS))]
+    n = len(series)
     for i, (policy, per_metric) in enumerate(series.items()):
-        twin = same.get(policy)
+        twin = same_everywhere.get(policy)
         name = policy if twin is None else f"{policy} (= {twin})"
-        style = {"color": _color(i), "dash": "dash" if twin else "solid", "width": 2}
-        marker = {"symbol": "circle-open", "size": 11, "line": {"width": 2}} if twin else {"size": 7}
         for col, (x, y) in enumerate(per_metric, start=1):
+            here = same_per_metric[col - 1].get(policy)
+            # Earlier policies are drawn wider, so a line that runs on top of another leaves its
+            # edges visible; one equal to another's is also dashed with open markers.
+            style = {"color": _color(i), "dash": "dash" if here else "solid", "width": 1.5 + 1.5 * (n - 1 - i) / max(n - 1, 1)}
+            marker = {"symbol": "circle-open", "size": 11, "line": {"width": 2}} if here else {"size": 7}
             fig.add_trace(go.Scatter(
                 x=x, y=y, mode="lines+markers", name=name, legendgroup=policy, showlegend=col == 1,
                 line=style, marker=marker,
+                hovertemplate=f"{policy}{f' (= {here})' if here else ''}<br>{key}=%{{x}}<br>%{{y:.4g}}<extra></extra>",
             ), row=1, col=col)
             fig.update_xaxes(title_text=key, type="log" if numeric and _log_axis(x or [1]) else None,
                              row=1, col=col)
