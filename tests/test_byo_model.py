@@ -198,4 +198,4 @@ def test_own_presets_and_profile_from_outside_the_repo(tmp_path):
     assert json.loads((tmp_path / "out2" / "metrics.json").read_text())["config"]["profile"] == prof.name
     r = _run(tmp_path, f"profile={prof.name}", "hardware=h100", *common, "hydra.run.dir=out3")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert "measured for hardware=a100, this run has hardware=h100" in r.stderr
+    assert "is for hardware=a100 model=llama3_8b, not hardware=h100 model=llama3_8b" in r.stderr

@@ -57,7 +57,7 @@ def check_meta(p: Path, hw: HardwareConfig, model: ModelConfig, tp: int) -> dict
     have = {"hardware": meta.get("hardware"), "model": meta.get("model"), "tp": meta.get("tp", 1)}
     for key in want:
         if have[key] is not None and have[key] != want[key]:
-            device = f" ({meta['device_name']})" if meta.get("device_name") else ""
+            device = f" ({meta['device_name']})" if key == "hardware" and meta.get("device_name") else ""
             raise ConfigError(f"profile {p} was measured for {key}={have[key]}{device}, this run has {key}={want[key]} "
                               f"(from {m.name})")
     return meta
@@ -66,7 +66,6 @@ def check_meta(p: Path, hw: HardwareConfig, model: ModelConfig, tp: int) -> dict
 def load_matching_profile(hw: HardwareConfig, model: ModelConfig, tp: int = 1, path: str | None = None) -> Profile:
     """Find, read and check the run's profile (see the module docstring)."""
     p = find_profile(hw, model, tp, path)
-    check_meta(p, hw, model, tp)
     try:
         prof = read_profile(p)
     except ValueError as e:
@@ -76,4 +75,5 @@ def load_matching_profile(hw: HardwareConfig, model: ModelConfig, tp: int = 1, p
                           f"not hardware={hw.name} model={model.name}")
     if prof.tp != tp:
         raise ConfigError(f"profile {p} was measured at tp={prof.tp}, this run has tp={tp}")
+    check_meta(p, hw, model, tp)  # the CSV can be right and its metadata say otherwise (a renamed copy)
     return prof
