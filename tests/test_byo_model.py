@@ -199,3 +199,25 @@ def test_own_presets_and_profile_from_outside_the_repo(tmp_path):
     r = _run(tmp_path, f"profile={prof.name}", "hardware=h100", *common, "hydra.run.dir=out3")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "is for hardware=a100 model=llama3_8b, not hardware=h100 model=llama3_8b" in r.stderr
+
+
+def test_calibrated_at_tp2_adds_the_all_reduces_to_a_per_gpu_profile(tmp_path):
+    """A profile measured at tp 2 (here the bundled one relabelled) costs per-GPU kernels plus the
+    interconnect's all-reduces; it is refused at tp 1, and a tp 1 profile at tp 2."""
+    src = profile_path("a100", "llama3_8b").read_text().splitlines()
+    cols = src[0].split(",")
+    i_tp = cols.index("tp")
+    rows = [r.split(",") for r in src[1:]]
+    for r in rows:
+        r[i_tp] = "2"
+    p = tmp_path / "llama3_8b_tp2.csv"
+    p.write_text("\n".join([src[0], *(",".join(r) for r in rows)]) + "\n")
+    cost = make_cost_model("calibrated", A100, LLAMA3_8B, tp=2, profile=str(p))
+    assert cost.name == "calibrated(a100, llama3_8b, tp=2)"
+    plan = _prefill(2048)
+    allreduce = 2 * 32 * 2048 * 4096 * 2 / 300e9  # 2 per layer, ring factor 2 (tp-1)/tp = 1 at tp 2
+    assert cost.step_time(plan) - cost.inner.step_time(plan) == pytest.approx(allreduce, rel=1e-9)
+    stretch = cost.decode_stretch_times(8, 8 * 500, 4)
+    assert list(stretch) == pytest.approx([cost.step_time(_decode(8, 500 + i)) for i in range(4)], rel=1e-12)
+    with pytest.raises(ConfigError, match="measured at tp=2, this run has tp=1"):
+        make_cost_model("calibrated", A100, LLAMA3_8B, profile=str(p))
