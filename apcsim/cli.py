@@ -69,4 +69,9 @@ def main(dcfg: DictConfig) -> float | None:
 
 
 def entry() -> None:
+    from apcsim.listing import listing, wants_listing
+
+    if wants_listing(sys.argv[1:]):  # `--help` / `list`: keys and registered options, not Hydra's dump
+        print(listing(), end="")
+        return
     run_with_one_line_errors(main, "apcsim")

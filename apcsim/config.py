@@ -49,6 +49,10 @@ class SimConfig:
     # "calibrated": step times fitted on profiled kernel timings of (hardware, model), see
     # apcsim/profiles; "roofline": the spec-sheet bound, for presets without a profile.
     cost_model: str = "calibrated"
+    # A calibration profile CSV of your own (e.g. from `python -m engine.profile`) instead of the
+    # bundled one of (hardware, model, tp); its .meta.json, if any, must name the same three.
+    profile: Optional[str] = None
+    tp: int = 1  # tensor-parallel degree of one replica (GPUs sharing each layer)
     report: ReportConfig = field(default_factory=ReportConfig)
     verify: bool = False  # check every block-pool and scheduler invariant after every step (slow)
     skip_quiet: bool = True  # skip stretches of pure decode in one event (results are identical)

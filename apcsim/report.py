@@ -3,7 +3,10 @@
 TTFT and end-to-end latency CDFs (one line per priority class too, when the workload has
 classes), then over time: prefix-cache hit rate, KV-cache usage, the
 running batch and preemptions. The timeline has one row per step or skipped stretch, so the page
-stays small for long runs.
+stays small for long runs. The page states the title once (the heading, not again over the
+figure), the run's config under it, and the metrics table with a unit for each metric.
+plotly.js is embedded once (`report.plotlyjs=inline`, a page that opens offline) or linked from
+plotly's CDN (`report.plotlyjs=cdn`, a small page that needs the network).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def _cdf(values) -> tuple[np.ndarray, np.ndarray]:
     return _thin(v, np.arange(1, len(v) + 1) / max(len(v), 1))
 
 
-def build_figure(log: RequestLog, timeline: Timeline, title: str) -> go.Figure:
+def build_figure(log: RequestLog, timeline: Timeline) -> go.Figure:
     """From the run's per-request columns (not Request objects: a long run does not keep them)."""
     c = log.columns()
     fig = make_subplots(
@@ -59,7 +62,7 @@ def build_figure(log: RequestLog, timeline: Timeline, title: str) -> go.Figure:
                              (3, 1, "time (s)", "requests per step"), (3, 2, "time (s)", "preemptions")]:
         fig.update_xaxes(title_text=xt, row=row, col=col)
         fig.update_yaxes(title_text=yt, row=row, col=col)
-    fig.update_layout(title=title, height=1100, showlegend=log.by_class, template="plotly_white")
+    fig.update_layout(height=1100, showlegend=log.by_class, template="plotly_white", margin={"t": 40})
     return fig
 
 
@@ -76,18 +79,43 @@ def _class_cdfs(fig: go.Figure, log: RequestLog, c: dict) -> None:
                           row=1, col=col)
 
 
+# Unit of each metrics.json key (README, "What each metric means"); none for counts and ratios.
+UNITS = {
+    "prefix_cache_queries": "tokens", "prefix_cache_hits": "tokens", "preempted_prefix_cache_queries": "tokens",
+    "preempted_prefix_cache_hits": "tokens", "prompt_tokens": "tokens", "prompt_tokens_computed": "tokens",
+    "recomputed_tokens": "tokens", "output_tokens": "tokens", "duration_s": "s (simulated)",
+    "output_throughput_tok_s": "tokens/s", "total_token_throughput_tok_s": "tokens/s", "request_throughput_rps": "requests/s",
+    "ttft_s": "s", "tpot_s": "s", "itl_s": "s", "e2e_s": "s", "prefix_cache_hit_rate": "fraction",
+    "busy_fraction": "fraction", "peak_kv_usage": "fraction", "mean_batch_size": "requests",
+    "num_requests": "requests", "num_finished": "requests", "num_rejected": "requests", "num_preemptions": "count",
+    "num_evictions": "blocks", "num_steps": "steps",
+}
+
+
+def config_line(c: dict) -> str:
+    """The run's setup in one line: what was simulated, on what, with which cache."""
+    tokens = c.get("num_gpu_blocks", 0) * c.get("block_size", 0) if "num_gpu_blocks" in c else None
+    parts = [f"workload {c.get('workload', '?')}", f"policy {c.get('policy', '?')}", f"scheduler {c.get('scheduler', '?')}",
+             f"hardware {c.get('hardware', '?')}" + (f" x{c['tp']} (tp)" if c.get("tp", 1) != 1 else ""),
+             f"model {c.get('model', '?')}", f"cost model {c.get('cost_model', '?')}"]
+    if tokens is not None:
+        parts.append(f"KV cache {c['num_gpu_blocks']:,} blocks of {c.get('block_size')} = {tokens:,} tokens")
+    parts.append(f"seed {c.get('seed', '?')}")
+    return "; ".join(parts)
+
+
 def _metrics_table(m: dict) -> str:
-    rows = []
+    rows = ["<tr><th>metric</th><th>value</th><th>unit</th></tr>"]
     for k, v in m.items():
-        if k == "by_priority_class":
-            continue  # its own table
+        if k in ("by_priority_class", "config"):
+            continue  # their own table, the page header
         if isinstance(v, dict) and "p50" in v:
             v = "no samples" if not v["n"] else ", ".join(f"{s} {v[s]:.4g}" for s in ("mean", "p50", "p90", "p99"))
         elif isinstance(v, dict):
             v = ", ".join(f"{a}={b}" for a, b in v.items())
         elif isinstance(v, float):
             v = f"{v:.6g}"
-        rows.append(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>")
+        rows.append(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td><td>{UNITS.get(k, '')}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
 
 
@@ -111,12 +139,14 @@ def write_report(path: Path, metrics: dict, log: RequestLog, timeline: Timeline,
                  include_plotlyjs: str = "inline") -> None:
     c = metrics.get("config", {})
     title = f"apcsim: {c.get('workload', '?')}, policy={c.get('policy', '?')}, block_size={c.get('block_size', '?')}"
-    fig = build_figure(log, timeline, title)
+    fig = build_figure(log, timeline)
     plot = fig.to_html(full_html=False, include_plotlyjs=True if include_plotlyjs == "inline" else "cdn")
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td{padding:2px 12px;border-bottom:1px solid #ddd}</style>"
-        f"</head><body><h1>{html.escape(title)}</h1>{plot}{_class_table(metrics)}<h2>Metrics</h2>{_metrics_table(metrics)}</body></html>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 12px;border-bottom:1px solid #ddd;text-align:left}"
+        "</style>"
+        f"</head><body><h1>{html.escape(title)}</h1><p><b>{html.escape(config_line(c))}</b></p>{plot}"
+        f"{_class_table(metrics)}<h2>Metrics</h2>{_metrics_table(metrics)}</body></html>"
     )
     path.write_text(page)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import resource
@@ -15,7 +16,8 @@ from apcsim.config import SimConfig
 from apcsim.core.block_hash import get_hash_algo
 from apcsim.core.build import make_scheduler
 from apcsim.errors import ConfigError
-from apcsim.hardware import kv_cache_blocks
+from apcsim.hardware import check_tp, kv_cache_blocks
+from apcsim.hf_config import resolve_model
 from apcsim.interrupt import RunInterrupted
 from apcsim.metrics import MetricsCollector, write_metrics
 from apcsim.requestlog import RequestLog, uses_priorities, write_rows_csv
@@ -54,6 +56,9 @@ def validate(cfg: SimConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    check_tp(hw, model, cfg.tp)
+    if model.is_moe and not 1 <= model.experts_per_token <= model.num_experts:
+        raise ConfigError(f"model {model.name}: experts_per_token must be in 1..num_experts ({model.num_experts})")
     get_hash_algo(cfg.hash_algo)  # unknown names list the known ones
 
 
@@ -73,18 +78,31 @@ def run_extra(cfg: SimConfig, scheduler) -> dict:
 
 
 def config_extra(cfg: SimConfig) -> dict:
-    return {"hash_algo": cfg.hash_algo} if cfg.hash_algo != "xxh3_64" else {}
+    extra = {"hash_algo": cfg.hash_algo} if cfg.hash_algo != "xxh3_64" else {}
+    if cfg.tp != 1:
+        extra["tp"] = cfg.tp
+    if cfg.profile is not None:
+        extra["profile"] = cfg.profile
+    return extra
+
+
+def with_model_resolved(cfg: SimConfig) -> SimConfig:
+    """The config with `model.hf_config` (if set) read into the model's sizes."""
+    model = resolve_model(cfg.model)
+    return cfg if model is cfg.model else dataclasses.replace(cfg, model=model)
 
 
 def num_blocks_for(cfg: SimConfig) -> int:
     if cfg.num_gpu_blocks is not None:
         return cfg.num_gpu_blocks
     n = kv_cache_blocks(cfg.hardware, cfg.model, cfg.block_size, cfg.gpu_memory_utilization,
-                        cfg.scheduler.max_num_batched_tokens, cfg.scheduler.max_num_seqs)
+                        cfg.scheduler.max_num_batched_tokens, cfg.scheduler.max_num_seqs, cfg.tp)
     if n < 1:
+        per_gpu = "" if cfg.tp == 1 else f", {cfg.model.weight_bytes / cfg.tp / 2**30:.1f} GiB per GPU at tp={cfg.tp}"
         raise ConfigError(
-            f"model {cfg.model.name} ({cfg.model.weight_bytes / 2**30:.1f} GiB of weights) leaves no room for a KV "
+            f"model {cfg.model.name} ({cfg.model.weight_bytes / 2**30:.1f} GiB of weights{per_gpu}) leaves no room for a KV "
             f"cache in {cfg.gpu_memory_utilization:.0%} of {cfg.hardware.name}'s {cfg.hardware.memory_gib} GiB"
+            + ("" if cfg.tp > 1 else "; try tp=2 or more, or a GPU with more memory")
         )
     return n
 
@@ -103,7 +121,7 @@ def check_some_request_fits(specs, num_blocks: int, block_size: int, usable: int
 
 def build_cost_model(cfg: SimConfig) -> CostModel:
     """The step-time model the config selects (`cost_model`, `hardware`, `model`)."""
-    return make_cost_model(cfg.cost_model, cfg.hardware, cfg.model)
+    return make_cost_model(cfg.cost_model, cfg.hardware, resolve_model(cfg.model), tp=cfg.tp, profile=cfg.profile)
 
 
 @dataclass
@@ -134,6 +152,7 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
     `use_timestamps=False` sends every request at t=0, as the engine's offline mode does;
     `on_step(plan, result)` is called after every executed step; `multirun`: this is one job of
     a sweep (the progress bar stays off unless `progress=on`)."""
+    cfg = with_model_resolved(cfg)
     validate(cfg)
     t0 = time.perf_counter()
     if cost is None:

@@ -200,6 +200,7 @@ def run_profile(cfg: ProfileConfig, argv: list[str] | None = None) -> tuple[Path
     meta = {
         "hardware": hardware,
         "model": cfg.model.name,
+        "tp": 1,  # the engine runs on one device; the simulator checks a profile's tp against its run's
         "device": str(device),
         "device_name": dev_name,
         "cuda": torch.version.cuda if device.type == "cuda" else None,

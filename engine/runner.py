@@ -24,7 +24,7 @@ from apcsim.core.scheduler import Scheduler
 from apcsim.errors import ApcsimError, ConfigError
 from apcsim.loop import ServingLoop
 from apcsim.metrics import MetricsCollector
-from apcsim.run import kv_options, validate, write_run_files
+from apcsim.run import kv_options, validate, with_model_resolved, write_run_files
 from apcsim.workloads import build_workload
 
 
@@ -231,7 +231,11 @@ def build_engine(cfg: EngineConfig, *, capture_logits: bool = False, on_step=Non
     from engine.executor import Executor
     from engine.weights import build_model, default_dtype
 
+    cfg = with_model_resolved(cfg)  # model.hf_config: a dense Llama config.json runs here too
     validate(cfg)
+    if cfg.model.is_moe or cfg.tp != 1:
+        raise ConfigError(f"the engine runs dense Llama models on one GPU; model {cfg.model.name} "
+                          f"({cfg.model.num_experts} experts) at tp={cfg.tp} is for the simulator only")
     device = resolve_device(cfg.device)
     if device.type == "cpu" and cfg.cpu_threads is not None:
         if cfg.cpu_threads < 1:

@@ -2,7 +2,7 @@
 Hydra run directory (held-out fit errors per op, whole-step predictions, physics checks).
 
 Keys: `hardware`, `model` (apcsim's groups), `profile` (a CSV path; unset: the bundled profile of
-hardware/model), `holdout_fraction` (0.2), `seed` (0). Errors are one line on stderr, exit 2.
+hardware/model), `tp` (1), `holdout_fraction` (0.2), `seed` (0). Errors are one line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class CalibrationConfig:
     hardware: HardwareConfig = MISSING
     model: ModelConfig = MISSING
     profile: Optional[str] = None
+    tp: int = 1  # the tensor-parallel degree the profile was measured at
     holdout_fraction: float = 0.2
     seed: int = 0
 
@@ -54,7 +55,7 @@ def main(dcfg: DictConfig) -> None:
 
     try:
         cfg: CalibrationConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
-        result = calibrate(cfg.hardware, cfg.model, cfg.profile, cfg.holdout_fraction, cfg.seed)
+        result = calibrate(cfg.hardware, cfg.model, cfg.profile, cfg.holdout_fraction, cfg.seed, cfg.tp)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "calibration.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -85,6 +85,7 @@ class OpData:
     num_kv_heads: int
     head_dim: int
     sources: tuple[str, ...]
+    tp: int = 1  # tensor-parallel degree of these rows' measurement
 
 
 @dataclass
@@ -93,6 +94,12 @@ class Profile:
     hardware: str
     model: str
     ops: dict[str, OpData]
+
+    @property
+    def tp(self) -> int:
+        """The tensor-parallel degree the profile is for: that of its weight GEMMs (attention may
+        have been measured at another split and rescaled per GPU, as a100/llama3_8b's was)."""
+        return self.ops["attn_pre_proj"].tp if "attn_pre_proj" in self.ops else 1
 
 
 def write_profile(path: Path, rows: list[dict]) -> None:
@@ -115,6 +122,7 @@ def read_profile(path: Path | str) -> Profile:
     path = Path(path)
     cols: dict[str, dict[str, list]] = {}
     shapes: dict[str, set] = {}
+    tps: dict[str, set] = {}
     hw_model: set[tuple[str, str]] = set()
     with path.open(newline="") as f:
         reader = csv.reader(f)
@@ -148,16 +156,19 @@ def read_profile(path: Path | str) -> Profile:
             if not d["src"] or d["src"][-1] != r[i_src]:
                 d["src"].append(r[i_src])
             shapes.setdefault(op, set()).add((heads, kv, head_dim))
+            tps.setdefault(op, set()).add(tp)
     if len(hw_model) != 1:
         raise ValueError(f"{path}: one (hardware, model) per profile, found {sorted(hw_model)}")
     ops = {}
     for op, d in cols.items():
         if len(shapes[op]) != 1:
             raise ValueError(f"{path}: op {op} mixes attention shapes {sorted(shapes[op])}")
+        if len(tps[op]) != 1:
+            raise ValueError(f"{path}: op {op} mixes tp {sorted(tps[op])}")
         (h, kv, hd), = shapes[op]
         ops[op] = OpData(np.array(d["num_tokens"], dtype=np.int64), np.array(d["batch_size"], dtype=np.int64),
                          np.array(d["context_len"], dtype=np.int64), np.array(d["time_ms"], dtype=np.float64),
-                         h, kv, hd, tuple(dict.fromkeys(d["src"])))
+                         h, kv, hd, tuple(dict.fromkeys(d["src"])), tps[op].pop())
     (hw, model), = hw_model
     return Profile(str(path), hw, model, ops)
 
@@ -167,11 +178,16 @@ def profiles_root() -> Path:
 
 
 def available_profiles() -> list[str]:
-    """Bundled profiles as "hardware/model"."""
+    """Bundled profiles as "hardware/model" (tp 1) or "hardware/model_tpN"."""
     root = profiles_root()
     return sorted(f"{p.parent.name}/{p.stem}" for p in root.glob("*/*.csv"))
 
 
-def profile_path(hardware: str, model: str) -> Path | None:
-    p = profiles_root() / hardware / f"{model}.csv"
+def profile_stem(model: str, tp: int = 1) -> str:
+    """A calibrated profile is per (hardware, model, tp): `<model>.csv` at tp 1, else `<model>_tp<N>.csv`."""
+    return model if tp == 1 else f"{model}_tp{tp}"
+
+
+def profile_path(hardware: str, model: str, tp: int = 1) -> Path | None:
+    p = profiles_root() / hardware / f"{profile_stem(model, tp)}.csv"
     return p if p.is_file() else None

@@ -3,13 +3,11 @@ the physics checks of one profile, as one JSON-ready dict."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from apcsim.calibration.holdout import holdout_errors
-from apcsim.calibration.profile import available_profiles, profile_path, read_profile
 from apcsim.core.plan import ScheduledChunk, StepPlan
 from apcsim.errors import ConfigError
-from apcsim.hardware import HardwareConfig, ModelConfig
+from apcsim.hardware import HardwareConfig, ModelConfig, per_gpu_model
+from apcsim.hf_config import resolve_model
 from apcsim.sim.calibrated import CalibratedCostModel
 
 TARGETS = {"median_ape_pct": 3.0, "p90_ape_pct": 10.0}
@@ -29,24 +27,10 @@ def prediction_plans() -> dict[str, StepPlan]:
     return plans
 
 
-def load_profile_for(hw: HardwareConfig, model: ModelConfig, path: str | None = None):
-    if path is None:
-        p = profile_path(hw.name, model.name)
-        if p is None:
-            raise ConfigError(f"no calibration profile for hardware={hw.name} model={model.name} "
-                              f"(available: {', '.join(available_profiles()) or 'none'})")
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"profile not found: {path}")
-    try:
-        prof = read_profile(p)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if (prof.hardware, prof.model) != (hw.name, model.name):
-        raise ConfigError(f"profile {p} is for hardware={prof.hardware} model={prof.model}, "
-                          f"not hardware={hw.name} model={model.name}")
-    return prof
+def load_profile_for(hw: HardwareConfig, model: ModelConfig, path: str | None = None, tp: int = 1):
+    from apcsim.calibration.match import load_matching_profile
+
+    return load_matching_profile(hw, model, tp, path)
 
 
 def physics_checks(cost: CalibratedCostModel, hw: HardwareConfig, model: ModelConfig) -> dict:
@@ -81,17 +65,20 @@ def _decode_step_comparison(prof, model: ModelConfig, cost: CalibratedCostModel)
 
 
 def calibrate(hw: HardwareConfig, model: ModelConfig, path: str | None = None,
-              holdout_fraction: float = 0.2, seed: int = 0) -> dict:
+              holdout_fraction: float = 0.2, seed: int = 0, tp: int = 1) -> dict:
+    """`tp`: the tensor-parallel degree the profile was measured at (it must say so)."""
     if not 0 < holdout_fraction < 1:
         raise ConfigError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
-    prof = load_profile_for(hw, model, path)
+    model = resolve_model(model)
+    prof = load_profile_for(hw, model, path, tp)
     try:
-        cost = CalibratedCostModel(prof, model)
+        cost = CalibratedCostModel(prof, per_gpu_model(model, tp))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return {
         "hardware": hw.name,
         "model": model.name,
+        **({"tp": tp} if tp != 1 else {}),
         "profile": prof.path,
         "cost_model": cost.name,
         "holdout": {"fraction": holdout_fraction, "seed": seed, "targets": TARGETS},

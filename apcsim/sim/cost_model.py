@@ -19,7 +19,7 @@ import numpy as np
 
 from apcsim.core.plan import StepPlan
 from apcsim.errors import ConfigError
-from apcsim.hardware import HardwareConfig, ModelConfig
+from apcsim.hardware import HardwareConfig, ModelConfig, check_tp, per_gpu_model
 
 COST_MODELS = ("calibrated", "roofline")
 
@@ -41,25 +41,52 @@ class CostModel(Protocol):
 
 
 class RooflineCostModel:
-    def __init__(self, hw: HardwareConfig, model: ModelConfig) -> None:
-        self.name = f"roofline({hw.name}, {model.name})"
+    """Per GPU of a tensor-parallel group of `tp` (Megatron-style: heads, MLP width and vocabulary
+    split, so each GPU does 1/tp of the FLOPs and reads 1/tp of the weights and its share of the
+    KV heads), plus two all-reduces of the step's hidden states per layer (after attention and
+    after the MLP), each `interconnect_latency_us` + a ring's 2 (tp-1)/tp of the bytes at
+    `interconnect_bw_gbps`. For a mixture-of-experts model a step reads the weights of the experts
+    its tokens are routed to (`ModelConfig.experts_touched`), and each token is multiplied with
+    the experts it is routed to only."""
+
+    def __init__(self, hw: HardwareConfig, model: ModelConfig, tp: int = 1) -> None:
+        check_tp(hw, model, tp)
+        self.name = f"roofline({hw.name}, {model.name})" if tp == 1 else f"roofline({hw.name}, {model.name}, tp={tp})"
         self.flops = hw.peak_tflops * 1e12
         self.bw = hw.mem_bw_gbps * 1e9
         layers = model.num_layers
-        self.linear_flops_per_token = 2.0 * layers * model.params_per_layer
-        self.head_flops_per_sample = 2.0 * model.lm_head_params
-        self.weight_bytes = float(model.weight_bytes - model.embedding_params * model.dtype_bytes)
+        self.linear_flops_per_token = 2.0 * layers * model.active_params_per_layer / tp
+        self.head_flops_per_sample = 2.0 * model.lm_head_params / tp
+        self.weight_bytes = float(model.weight_bytes - model.embedding_params * model.dtype_bytes) / tp
+        self.model = model if model.is_moe else None
+        if model.is_moe:
+            # Read every step: all but the experts; the experts: as many as the tokens touch.
+            expert_bytes = float(model.expert_params * model.dtype_bytes)
+            self.expert_bytes_per_layer = layers * expert_bytes / tp
+            self.weight_bytes -= model.num_experts * self.expert_bytes_per_layer
         # Attention: QK^T and PV, 2 FLOPs per multiply-add each, per (query token, key token) pair.
-        self.attn_flops_per_pair = 4.0 * layers * model.num_heads * model.head_dim
-        self.kv_bytes_per_token = float(model.kv_bytes_per_token)
+        self.attn_flops_per_pair = 4.0 * layers * model.num_heads * model.head_dim / tp
+        self.kv_bytes_per_token = float(model.kv_bytes_per_token_per_gpu(tp))
+        self.tp = tp
+        if tp > 1:
+            ring = 2.0 * (tp - 1) / tp * model.hidden_size * model.dtype_bytes / (hw.interconnect_bw_gbps * 1e9)
+            self.allreduce_s_per_token = 2 * layers * ring
+            self.allreduce_s_per_step = 2 * layers * hw.interconnect_latency_us * 1e-6
+
+    def _weights_read(self, tokens):
+        if self.model is None:
+            return self.weight_bytes
+        return self.weight_bytes + self.model.experts_touched(tokens) * self.expert_bytes_per_layer
 
     def _time(self, tokens, samples, pairs, kv_tokens_read, kv_tokens_written):
         """Works on scalars or numpy arrays alike."""
         linear = np.maximum((tokens * self.linear_flops_per_token + samples * self.head_flops_per_sample) / self.flops,
-                            self.weight_bytes / self.bw)
+                            self._weights_read(tokens) / self.bw)
         attn = np.maximum(pairs * self.attn_flops_per_pair / self.flops,
                           (kv_tokens_read + kv_tokens_written) * self.kv_bytes_per_token / self.bw)
-        return linear + attn
+        if self.tp == 1:
+            return linear + attn
+        return linear + attn + (self.allreduce_s_per_step + tokens * self.allreduce_s_per_token)
 
     def step_time(self, plan: StepPlan) -> float:
         tokens = plan.num_cohort
@@ -83,28 +110,56 @@ class RooflineCostModel:
 
     def recompute_time(self, num_tokens: int, context: int) -> float:
         pairs = num_tokens * context + num_tokens * (num_tokens + 1) // 2
-        # In a busy batch the weights are read anyway: the marginal cost is the FLOPs.
-        return (num_tokens * self.linear_flops_per_token + pairs * self.attn_flops_per_pair) / self.flops
+        # In a busy batch the weights are read anyway: the marginal cost is the FLOPs (and at
+        # tp > 1 the tokens' share of the all-reduces).
+        t = (num_tokens * self.linear_flops_per_token + pairs * self.attn_flops_per_pair) / self.flops
+        return t if self.tp == 1 else t + num_tokens * self.allreduce_s_per_token
 
 
-def make_cost_model(name: str, hw: HardwareConfig, model: ModelConfig) -> CostModel:
-    """The cost model named by the `cost_model` config key; a bad name or a missing or malformed
-    profile is a ConfigError with a one-line message."""
+def make_cost_model(name: str, hw: HardwareConfig, model: ModelConfig, *, tp: int = 1,
+                    profile: str | None = None) -> CostModel:
+    """The cost model named by the `cost_model` config key, for one replica of `tp` GPUs;
+    `profile`: a calibration profile CSV instead of the bundled one of (hardware, model, tp).
+    A bad name, a missing, malformed or mismatched profile is a ConfigError with a one-line message."""
     if name == "roofline":
-        return RooflineCostModel(hw, model)
+        if profile is not None:
+            raise ConfigError("profile= is for cost_model=calibrated; cost_model=roofline needs no profile")
+        return RooflineCostModel(hw, model, tp)
     if name != "calibrated":
         raise ConfigError(f"cost_model must be one of {', '.join(COST_MODELS)}, got {name!r}")
-    from apcsim.calibration.profile import available_profiles, profile_path
-    from apcsim.sim.calibrated import load_calibrated
+    from apcsim.calibration.match import load_matching_profile
+    from apcsim.sim.calibrated import CalibratedCostModel, load_calibrated
 
-    path = profile_path(hw.name, model.name)
-    if path is None:
-        have = ", ".join(f"hardware={p.split('/')[0]} model={p.split('/')[1]}" for p in available_profiles()) or "none"
-        raise ConfigError(
-            f"no calibration profile for hardware={hw.name} model={model.name} (available: {have}); "
-            f"use cost_model=roofline for the spec-sheet model"
-        )
+    check_tp(hw, model, tp)
+    prof = load_matching_profile(hw, model, tp, profile)
     try:
-        return load_calibrated(path, model)
+        if tp == 1:
+            return load_calibrated(prof.path, model)
+        return TensorParallelComm(CalibratedCostModel(prof, per_gpu_model(model, tp)), hw, model, tp)
     except ValueError as e:
-        raise ConfigError(f"calibration profile {path}: {e}") from None
+        raise ConfigError(f"calibration profile {prof.path}: {e}") from None
+
+
+class TensorParallelComm:
+    """A per-GPU cost model (a profile measured at `tp`, which times no communication) plus the
+    two all-reduces per layer of tensor parallelism, costed from the hardware's interconnect as in
+    the roofline model."""
+
+    def __init__(self, per_gpu: CostModel, hw: HardwareConfig, model: ModelConfig, tp: int) -> None:
+        self.inner = per_gpu
+        self.name = f"{per_gpu.name[:-1]}, tp={tp})"
+        layers = model.num_layers
+        ring = 2.0 * (tp - 1) / tp * model.hidden_size * model.dtype_bytes / (hw.interconnect_bw_gbps * 1e9)
+        self.per_token = 2 * layers * ring
+        self.per_step = 2 * layers * hw.interconnect_latency_us * 1e-6
+
+    def step_time(self, plan: StepPlan) -> float:
+        tokens = plan.num_cohort + sum(c.num_new_tokens for c in plan.chunks)
+        t = self.inner.step_time(plan)
+        return t if tokens == 0 else t + self.per_step + tokens * self.per_token
+
+    def decode_stretch_times(self, num_seqs: int, context_sum: int, num_steps: int) -> np.ndarray:
+        return self.inner.decode_stretch_times(num_seqs, context_sum, num_steps) + (self.per_step + num_seqs * self.per_token)
+
+    def recompute_time(self, num_tokens: int, context: int) -> float:
+        return self.inner.recompute_time(num_tokens, context) + num_tokens * self.per_token
