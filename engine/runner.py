@@ -177,6 +177,10 @@ def kv_num_blocks(cfg: EngineConfig, device, dtype, weights_bytes: int = 0, grap
 
     per_block = kv_block_bytes(cfg.model, cfg.block_size, dtype)
     if device.type == "cuda":
+        # Blocks the caching allocator holds but no tensor uses (temporaries of the weights'
+        # initialisation, an earlier run's cache) count as used in mem_get_info: hand them back
+        # first, or the KV cache comes out smaller by all of them.
+        torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(device)
         act = activation_bytes(cfg.model, cfg.scheduler.max_num_batched_tokens, cfg.scheduler.max_num_seqs) + graph_bytes
         msg = kv_memory_error(model=cfg.model.name, weights_bytes=weights_bytes, activation_bytes=act, graph_bytes=graph_bytes,
