@@ -88,6 +88,13 @@ class EngineLoop(ServingLoop):
         for r in self.requests:
             executor.register(r)
         self._t0 = 0.0
+        # (end on the engine clock, measured seconds) of every step, in order: recorded runs
+        # (engine.recorded) keep them beside each step's plan.
+        self.step_times: list[tuple[float, float]] = []
+
+    def complete(self, plan, now: float, duration: float):
+        self.step_times.append((now, duration))
+        return super().complete(plan, now, duration)
 
     def now(self) -> float:
         return time.perf_counter() - self._t0
