@@ -12,11 +12,14 @@ cd "$(dirname "$0")/.."
 ex=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$ex")"
 grep -qx '/.whl/' "$ex" 2>/dev/null || echo '/.whl/' >> "$ex"
 rm -rf .whl && mkdir -p .whl
+quiet() {  # pip's "Location ... is ignored" lines about local indexes are noise; its status is kept
+  "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }
+}
 # Pure Python: antlr4-python3-runtime 4.9.3, which hydra-core 1.3 pins, ships no wheel: build one.
-python3 -m pip wheel -q --no-deps -w .whl "hydra-core==1.3.*" "omegaconf==2.3.*" "antlr4-python3-runtime==4.9.3" \
+quiet python3 -m pip wheel -q --no-deps -w .whl "hydra-core==1.3.*" "omegaconf==2.3.*" "antlr4-python3-runtime==4.9.3" \
   simpy plotly narwhals "$@"
 # Compiled: the device runs CPython 3.12 on x86-64.
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+quiet python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d .whl xxhash
 ls -1 .whl
