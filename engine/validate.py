@@ -15,6 +15,11 @@ arrival mode (`online=false`: every request at t=0 in both). Writes to the run d
   decisions (per request: prefix hit, preemptions; per step: plans, when the simulator steps
   every step, `skip_quiet=false`);
 - `validation.html`: the table and figures; `engine/` and `sim/`: each run's own outputs.
+
+`validation_info.json` also has `step_costs`: per kind of step, the cost model's time for each of
+the engine's plans against the engine's measured time. `record=DIR` saves the run as a bundle;
+`recorded=DIR [profile=CSV]` re-runs only the simulator side against a bundle, on any machine,
+and writes the same files but `engine/` (engine/recorded.py).
 """
 
 from __future__ import annotations

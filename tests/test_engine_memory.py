@@ -34,7 +34,7 @@ def test_random_weights_are_allocated_in_their_dtype(monkeypatch):
     assert seen and set(seen) == {torch.bfloat16}  # nothing materialised in fp32 first
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.inv_freq.dtype == torch.float32  # the rotary buffer stays fp32
-    # Same draws as an fp32 model rounded to bf16 would not give; but the same seed, same model:
+    # The same seed gives the same weights:
     again = random_model(cfg, seed=0, device="cpu", dtype=torch.bfloat16)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
 
