@@ -40,8 +40,9 @@ Part ``caching``: prefix caching's overhead and gain, end to end.
     Goal: measured gain >= 90 % of ideal.
   --repeats N runs each off/on pair N times (alternating which goes first); medians reported.
 
-Prints one JSON object (and writes it to --out if given). The script only measures: it records
-no figures anywhere else.
+Prints one JSON object at the end. With --out, the file is rewritten after every decode case and
+every engine run (`"complete": false` until the end), so a run cut off by a time limit keeps what
+it measured. The script only measures: it records no figures anywhere else.
 
 Usage (GPU):  python bench/engine_step.py [--parts decode caching] [--batches 64 1] [--contexts 1024]
                   [--nominal-tbps 3.35] [--repeats 3] [--engine-overrides workload.num_requests=128]
@@ -261,7 +262,8 @@ def decode_case(model, ops, settings: Settings, device, batch: int, context: int
     }
 
 
-def bench_decode(settings: Settings) -> dict:
+def bench_decode(settings: Settings, emit=lambda part: None) -> dict:
+    """The decode part; `emit` gets the part as it stands after the bandwidth probe and each case."""
     cfg = compose_engine_config([f"model={settings.model}", f"device={settings.device}",
                                  f"attention_backend={settings.attention_backend}"])
     device = torch.device(settings.device)
@@ -272,15 +274,20 @@ def bench_decode(settings: Settings) -> dict:
     copy = copy_bandwidth(device, settings.copy_bytes, settings.warmup, settings.iters)
     release_memory(device)  # the probe's 2 GiB
     model = build_model(cfg.model, seed=settings.seed, device=device, dtype=dtype)
-    cases = [decode_case(model, ops, settings, device, b, c, copy["tb_per_s"], mode)
-             for b in settings.batches for c in settings.contexts for mode in settings.decode_modes]
-    del model
-    release_memory(device)
-    return {
+    part = {
         "model": settings.model, "dtype": str(dtype).removeprefix("torch."), "attention_backend": ops.name,
         "block_size": settings.block_size, "warmup": settings.warmup, "iters": settings.iters,
-        "copy": copy, "nominal_tbps": settings.nominal_tbps, "cases": cases,
+        "copy": copy, "nominal_tbps": settings.nominal_tbps, "cases": [],
     }
+    emit(part)
+    for b in settings.batches:
+        for c in settings.contexts:
+            for mode in settings.decode_modes:
+                part["cases"].append(decode_case(model, ops, settings, device, b, c, copy["tb_per_s"], mode))
+                emit(part)
+    del model
+    release_memory(device)
+    return part
 
 
 # -- part 2: prefix caching end to end -------------------------------------------------------------
@@ -340,15 +347,16 @@ def serving_overrides(settings: Settings, shared_fraction: float, caching: bool,
     return [*base, *(["+policy=lru"] if caching else []), *settings.engine_overrides, *extra]
 
 
-def off_on_pairs(settings: Settings, shared_fraction: float, pinned: list[str]) -> dict:
+def off_on_pairs(settings: Settings, shared_fraction: float, pinned: list[str], emit=lambda runs: None) -> dict:
     """`repeats` runs each with caching off and on; the order alternates so that drift (clocks,
-    allocator state) does not always favour the same side."""
+    allocator state) does not always favour the same side. `emit` gets the runs after each."""
     runs = {"off": [], "on": []}
     device = torch.device(settings.device)
     for i in range(settings.repeats):
         for side in (("off", "on") if i % 2 == 0 else ("on", "off")):
             runs[side].append(serving_run(settings, serving_overrides(settings, shared_fraction, side == "on", pinned)))
             release_memory(device)
+            emit(runs)
     return runs
 
 
@@ -368,16 +376,16 @@ def ideal_duration(off_run: dict, skipped_tokens: int) -> float:
     return off_run["duration_s"] - per_token * skipped_tokens
 
 
-def caching_overhead(settings: Settings, pinned: list[str]) -> dict:
-    runs = off_on_pairs(settings, 0.0, pinned)
+def caching_overhead(settings: Settings, pinned: list[str], emit=lambda runs: None) -> dict:
+    runs = off_on_pairs(settings, 0.0, pinned, emit)
     ratio = throughput_ratio(runs)
     loss = 1.0 - ratio
     return {"shared_fraction": 0.0, "runs": runs, "throughput_ratio_on_off": ratio, "loss": loss,
             "goal_max_loss": MAX_CACHING_LOSS, "goal_met": loss <= MAX_CACHING_LOSS}
 
 
-def caching_gain(settings: Settings, pinned: list[str]) -> dict:
-    runs = off_on_pairs(settings, settings.shared_fraction, pinned)
+def caching_gain(settings: Settings, pinned: list[str], emit=lambda runs: None) -> dict:
+    runs = off_on_pairs(settings, settings.shared_fraction, pinned, emit)
     measured = throughput_ratio(runs) - 1.0
     skipped = median_of(runs["off"], "prompt_tokens_computed") - median_of(runs["on"], "prompt_tokens_computed")
     ideal_s = statistics.median(ideal_duration(r, skipped) for r in runs["off"])
@@ -392,19 +400,27 @@ def caching_gain(settings: Settings, pinned: list[str]) -> dict:
     }
 
 
-def bench_caching(settings: Settings) -> dict:
+def bench_caching(settings: Settings, emit=lambda part: None) -> dict:
+    """The caching part; `emit` gets the part as it stands after each engine run (a case still
+    running is under its key with its runs so far and `"complete": false`)."""
     # Warmup: compiles the kernels (prefill over a cached prefix included) before anything is
     # timed, and derives the KV-cache size every measured run then uses.
     warm = serving_run(settings, serving_overrides(settings, settings.shared_fraction, True, settings.warmup_overrides))
     release_memory(torch.device(settings.device))
     given = any(o.startswith("num_gpu_blocks=") for o in settings.engine_overrides)
     pinned = [] if given else [f"num_gpu_blocks={warm['num_gpu_blocks']}"]
-    return {
+    part = {
         "engine_overrides": settings.engine_overrides, "repeats": settings.repeats,
         "num_gpu_blocks": warm["num_gpu_blocks"] if not given else None,
-        "no_sharing": caching_overhead(settings, pinned),
-        "sharing": caching_gain(settings, pinned),
     }
+    for key, case in (("no_sharing", caching_overhead), ("sharing", caching_gain)):
+        def partial(runs, key=key):
+            part[key] = {"runs": runs, "complete": False}
+            emit(part)
+
+        part[key] = case(settings, pinned, partial)
+        emit(part)
+    return part
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -451,19 +467,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
+def write_json(path: str, result: dict) -> None:
+    """Replace `path` with `result` in one rename: a reader (or a time limit) never sees half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> None:
     a = parse_args(argv)
     settings = settings_from_args(a)
     result = run_header(settings)
-    if "decode" in a.parts:
-        result["decode"] = bench_decode(settings)
-    if "caching" in a.parts:
-        result["caching"] = bench_caching(settings)
-    text = json.dumps(result, indent=2)
-    print(text)
+    result["complete"] = False  # until every part has finished: --out is rewritten as results come
+
+    def emit(key):
+        def write(part):
+            result[key] = part
+            if a.out:
+                write_json(a.out, result)
+        return write
+
     if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+        write_json(a.out, result)
+    if "decode" in a.parts:
+        emit("decode")(bench_decode(settings, emit("decode")))
+    if "caching" in a.parts:
+        emit("caching")(bench_caching(settings, emit("caching")))
+    result["complete"] = True
+    print(json.dumps(result, indent=2))
+    if a.out:
+        write_json(a.out, result)
 
 
 if __name__ == "__main__":

@@ -115,6 +115,31 @@ def _estimate(grid, cfg: ProfileConfig, hardware: str, decode_graphs: bool) -> f
                             warmup=cfg.warmup, repeats=cfg.repeats, decode_graphs=decode_graphs)
 
 
+class ProgressLog:
+    """One stderr line per measured point and per phase, flushed as it is written: a profile cut
+    off by a time limit still says how far it got and how long each part took."""
+
+    def __init__(self, t0: float, stream=None) -> None:
+        self.t0 = t0
+        self.stream = stream if stream is not None else sys.stderr
+        self.phase = "setup"
+        self.points = 0
+
+    def _say(self, text: str) -> None:
+        print(f"{PROG}: [{time.perf_counter() - self.t0:7.1f}s] {text}", file=self.stream, flush=True)
+
+    def start(self, phase: str) -> None:
+        self.phase, self.points = phase, 0
+        self._say(f"{phase}: started")
+
+    def point(self, ms: float) -> None:
+        self.points += 1
+        self._say(f"{self.phase}: point {self.points}: {ms:.4g} ms")
+
+    def end(self, rows: int) -> None:
+        self._say(f"{self.phase}: done, {rows} rows")
+
+
 def run_profile(cfg: ProfileConfig, argv: list[str] | None = None) -> tuple[Path, dict]:
     """Measure and write the profile; returns (profile path, metadata)."""
     import torch
@@ -156,15 +181,18 @@ def run_profile(cfg: ProfileConfig, argv: list[str] | None = None) -> tuple[Path
         print(f"{PROG}: estimated device time of grid={cfg.grid} on {hardware}: {estimate:.0f} s", file=sys.stderr)
 
     t0 = time.perf_counter()
+    progress = ProgressLog(t0)
     model = random_model(cfg.model, seed=cfg.seed, device=device, dtype=dtype)
-    timer = OpTimer(device, warmup=cfg.warmup, repeats=cfg.repeats)
+    timer = OpTimer(device, warmup=cfg.warmup, repeats=cfg.repeats, on_point=progress.point)
     cache = PagedCache(model, cache_blocks_needed(grid, cfg.block_size), cfg.block_size, cfg.seed)
     phases: dict[str, float] = {}
 
     def phase(name, fn, *args, **kw):
+        progress.start(name)
         t = time.perf_counter()
         r = fn(*args, **kw)
         phases[name] = round(time.perf_counter() - t, 3)
+        progress.end(len(r))
         return r
 
     rows = phase("token_ops", token_op_rows, model, ops, cache, grid, timer, cfg.seed)

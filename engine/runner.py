@@ -88,6 +88,13 @@ class EngineLoop(ServingLoop):
         for r in self.requests:
             executor.register(r)
         self._t0 = 0.0
+        # (end on the engine clock, measured seconds) of every step, in order: recorded runs
+        # (engine.recorded) keep them beside each step's plan.
+        self.step_times: list[tuple[float, float]] = []
+
+    def complete(self, plan, now: float, duration: float):
+        self.step_times.append((now, duration))
+        return super().complete(plan, now, duration)
 
     def now(self) -> float:
         return time.perf_counter() - self._t0
@@ -177,6 +184,10 @@ def kv_num_blocks(cfg: EngineConfig, device, dtype, weights_bytes: int = 0, grap
 
     per_block = kv_block_bytes(cfg.model, cfg.block_size, dtype)
     if device.type == "cuda":
+        # Blocks the caching allocator holds but no tensor uses (temporaries of the weights'
+        # initialisation, an earlier run's cache) count as used in mem_get_info: hand them back
+        # first, or the KV cache comes out smaller by all of them.
+        torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(device)
         act = activation_bytes(cfg.model, cfg.scheduler.max_num_batched_tokens, cfg.scheduler.max_num_seqs) + graph_bytes
         msg = kv_memory_error(model=cfg.model.name, weights_bytes=weights_bytes, activation_bytes=act, graph_bytes=graph_bytes,

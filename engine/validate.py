@@ -15,6 +15,11 @@ arrival mode (`online=false`: every request at t=0 in both). Writes to the run d
   decisions (per request: prefix hit, preemptions; per step: plans, when the simulator steps
   every step, `skip_quiet=false`);
 - `validation.html`: the table and figures; `engine/` and `sim/`: each run's own outputs.
+
+`validation_info.json` also has `step_costs`: per kind of step, the cost model's time for each of
+the engine's plans against the engine's measured time. `record=DIR` saves the run as a bundle;
+`recorded=DIR [profile=CSV]` re-runs only the simulator side against a bundle, on any machine,
+and writes the same files but `engine/` (engine/recorded.py).
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ METRICS: tuple[tuple[str, str, float | tuple[float, float]], ...] = (
 @dataclass
 class ValidateConfig(EngineConfig):
     profile: Optional[str] = None  # a profile CSV; None: apcsim/profiles/<hardware>/<model>.csv
+    record: Optional[str] = None  # also save the run as a bundle in this directory (engine.recorded)
+    recorded: Optional[str] = None  # replay this bundle's simulator side instead of running the engine
 
 
 def register_validate_config() -> None:
@@ -105,22 +112,23 @@ def compare_metrics(sim: dict, engine: dict) -> dict:
     return out
 
 
-def _plan_key(plan) -> tuple:
-    return (plan.step, tuple((c.request_id, c.num_new_tokens, c.num_context_tokens, c.samples) for c in plan.chunks),
-            plan.num_cohort, plan.cohort_context_sum, tuple(plan.preempted))
-
-
 def compare_decisions(engine_requests, sim_requests, engine_plans: list, sim_plans: list | None) -> dict:
     """Whether both served each request alike (prefix hit at admission, preemptions, outputs)
     and, when the simulator stepped every step, whether every step's plan was the same."""
-    sim_by_id = {r.request_id: r for r in sim_requests}
+    from engine.recorded import request_outcome
+
+    return compare_decisions_outcomes({r.request_id: request_outcome(r) for r in engine_requests},
+                                      {r.request_id: request_outcome(r) for r in sim_requests}, engine_plans, sim_plans)
+
+
+def compare_decisions_outcomes(engine: dict, sim: dict, engine_plans: list, sim_plans: list | None) -> dict:
+    """compare_decisions on {request id: (cached tokens, preemptions, outputs, status)} in the
+    engine's request order (a recorded run keeps only those)."""
     differ = []
-    for r in engine_requests:
-        s = sim_by_id[r.request_id]
-        a = (r.num_cached_tokens, r.num_preemptions, r.num_output_tokens, r.status.value)
-        b = (s.num_cached_tokens, s.num_preemptions, s.num_output_tokens, s.status.value)
+    for rid, a in engine.items():
+        b = sim[rid]
         if a != b:
-            differ.append({"request_id": r.request_id, "engine": a, "sim": b})
+            differ.append({"request_id": rid, "engine": a, "sim": b})
     first_diff = None
     if sim_plans is not None:
         for i, (a, b) in enumerate(zip(engine_plans, sim_plans)):
@@ -130,7 +138,7 @@ def compare_decisions(engine_requests, sim_requests, engine_plans: list, sim_pla
         if first_diff is None and len(engine_plans) != len(sim_plans):
             first_diff = min(len(engine_plans), len(sim_plans))
     return {
-        "requests_compared": len(engine_requests),
+        "requests_compared": len(engine),
         "requests_differing": len(differ),
         "differing": differ[:20],  # (cached tokens, preemptions, output tokens, status)
         "plans_compared": None if sim_plans is None else min(len(engine_plans), len(sim_plans)),
@@ -143,8 +151,9 @@ def compare_decisions(engine_requests, sim_requests, engine_plans: list, sim_pla
 class ValidationOutcome:
     comparison: dict
     info: dict
-    engine: object  # engine.runner.EngineOutcome
+    engine: object  # engine.runner.EngineOutcome (a recorded run: its metrics and requests)
     sim: object  # apcsim.run.SimOutcome
+    plans: list  # the engine's plan of every step (engine.recorded.plan_key); a replay: the simulator's
 
 
 def load_cost(cfg: ValidateConfig):
@@ -183,44 +192,86 @@ def run_validation(cfg: ValidateConfig) -> ValidationOutcome:
     from apcsim.run import simulate
     from engine.runner import run_engine
 
+    from engine.recorded import StepRecorder, step_cost_summary
+
     cost, profile = load_cost(cfg)  # before the engine runs: a bad profile fails fast
     check_decode_graphs_match(cfg, cost, profile)
-    engine_plans: list = []
-    eng = run_engine(cfg, cost=cost, on_step=lambda plan, _res: engine_plans.append(_plan_key(plan)))
+    engine_plans = StepRecorder()
+    eng = run_engine(cfg, cost=cost, on_step=engine_plans)
     sim_cfg = copy.deepcopy(cfg)
     sim_cfg.num_gpu_blocks = eng.loop.executor.num_blocks
-    sim_plans: list = []
-    sim = simulate(sim_cfg, cost=cost, use_timestamps=cfg.online, keep_requests=True,
-                   on_step=lambda plan, _res: sim_plans.append(_plan_key(plan)))
+    sim_plans = StepRecorder()
+    sim = simulate(sim_cfg, cost=cost, use_timestamps=cfg.online, keep_requests=True, on_step=sim_plans)
     comparison = compare_metrics(sim.metrics, eng.metrics)
-    decisions = compare_decisions(eng.loop.requests, sim.simulation.requests, engine_plans,
-                                  None if cfg.skip_quiet else sim_plans)
-    c = eng.metrics["config"]
-    info = {
+    decisions = compare_decisions(eng.loop.requests, sim.simulation.requests, engine_plans.plans,
+                                  None if cfg.skip_quiet else sim_plans.plans)
+    info = validation_info(cfg, eng.metrics["config"], cost, profile, comparison, decisions,
+                           engine_wall_s=eng.wall_s, sim_wall_s=sim.wall_s)
+    info["step_costs"] = step_cost_summary(cost, engine_plans.plans, [d for _, d in eng.loop.step_times])
+    return ValidationOutcome(comparison, info, eng, sim, engine_plans.plans)
+
+
+def validation_info(cfg: ValidateConfig, c: dict, cost, profile: str, comparison: dict, decisions: dict, *,
+                    engine_wall_s, sim_wall_s) -> dict:
+    """validation_info.json: the run's config (`c`: the engine's metrics config), profile, wall
+    times, decisions and how many metrics are within their goals."""
+    return {
         "workload": c["workload"], "policy": c["policy"], "scheduler": c["scheduler"], "block_size": c["block_size"],
         "num_gpu_blocks": c["num_gpu_blocks"], "hardware": cfg.hardware.name, "model": cfg.model.name,
         "device": c["device"], "dtype": c["dtype"], "attention_backend": c["attention_backend"],
         "cuda_graphs": c["cuda_graphs"], "online": cfg.online, "seed": cfg.seed, "profile": profile, "cost_model": cost.name,
-        "engine_wall_s": eng.wall_s, "sim_wall_s": sim.wall_s,
+        "engine_wall_s": engine_wall_s, "sim_wall_s": sim_wall_s,
         "decisions": decisions,
         "within_goal": sum(1 for v in comparison.values() if v["within_goal"]),
         "metrics_with_goal": sum(1 for v in comparison.values() if v["within_goal"] is not None),
     }
-    return ValidationOutcome(comparison, info, eng, sim)
 
 
-def write_validation(out: ValidationOutcome, run_dir: Path, cfg: ValidateConfig) -> None:
+def write_validation(out: ValidationOutcome, run_dir: Path, cfg: ValidateConfig, overrides: list[str] | None = None,
+                     *, recorded: bool = False) -> None:
+    """The run directory's files (module doc); with `cfg.record`, the bundle too (its overrides:
+    `overrides`, those the run was composed from). `recorded`: `out` is a replay, whose engine
+    side is in its bundle: no engine/ folder."""
     from apcsim.metrics import _clean
     from apcsim.run import write_outputs
     from engine.runner import write_engine_outputs
     from engine.validation_report import write_validation_html
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_engine_outputs(out.engine, run_dir / "engine", cfg)
+    if not recorded:
+        write_engine_outputs(out.engine, run_dir / "engine", cfg)
+        if cfg.record:
+            from engine.recorded import write_bundle
+
+            write_bundle(Path(cfg.record), out, cfg, overrides or [])
     write_outputs(out.sim, run_dir / "sim", cfg)
     (run_dir / "validation.json").write_text(json.dumps(_clean(out.comparison), indent=2) + "\n")
     (run_dir / "validation_info.json").write_text(json.dumps(_clean(out.info), indent=2) + "\n")
     write_validation_html(run_dir / "validation.html", out, include_plotlyjs=cfg.report.plotlyjs)
+
+
+def format_step_costs(costs: dict) -> str:
+    """One line per kind of step: the cost model's seconds for the engine's plans against the
+    engine's measured seconds."""
+    lines = []
+    for kind, v in costs.items():
+        if not v["steps"]:
+            continue
+        e = v["step_error_pct"]
+        lines.append(f"{kind + ' steps':<14} {v['steps']:>7}: predicted {v['predicted_s']:.4g} s vs measured "
+                     f"{v['measured_s']:.4g} s ({v['error_pct']:+.1f} %); per step p10/p50/p90 "
+                     f"{e['p10']:+.1f}/{e['p50']:+.1f}/{e['p90']:+.1f} %")
+    return "\n".join(lines)
+
+
+def check_replay_overrides(overrides: list[str]) -> None:
+    """A replay runs the recorded config: only `recorded=`, `profile=` (a cost model to check
+    against the recording) and Hydra's own keys may be given."""
+    for o in overrides:
+        key = o.lstrip("+~").split("=", 1)[0]
+        if key not in ("recorded", "profile") and not key.startswith("hydra."):
+            raise ConfigError(f"recorded= replays the recorded run's config; {o!r} cannot be combined with it "
+                              "(only profile= and hydra.* can)")
 
 
 def format_table(comparison: dict) -> str:
@@ -244,9 +295,17 @@ register_validate_config()
 def main(dcfg: DictConfig) -> None:
     try:
         cfg: ValidateConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
-        out = run_validation(cfg)
+        overrides = list(HydraConfig.get().overrides.task)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        write_validation(out, run_dir, cfg)
+        if cfg.recorded:
+            from engine.recorded import replay
+
+            check_replay_overrides(overrides)
+            out, cfg = replay(cfg.recorded, profile=cfg.profile)
+            write_validation(out, run_dir, cfg, recorded=True)
+        else:
+            out = run_validation(cfg)
+            write_validation(out, run_dir, cfg, overrides)
     except ApcsimError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -255,6 +314,7 @@ def main(dcfg: DictConfig) -> None:
     print(f"{out.info['within_goal']}/{out.info['metrics_with_goal']} metrics within the H100 goals; "
           f"{d['requests_differing']}/{d['requests_compared']} requests scheduled differently"
           + ("" if d["plans_identical"] is None else f"; plans identical: {d['plans_identical']}"))
+    print(format_step_costs(out.info["step_costs"]))
     print(f"outputs in {run_dir}")
 
 

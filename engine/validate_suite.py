@@ -1,7 +1,9 @@
-"""`python -m engine.validate_suite suite=h100 [only=GLOB,..] [shard=I/N] [out=DIR] [max_wall_s=S] [profile=PATH] [set=KEY=VALUE ...]`:
+"""`python -m engine.validate_suite suite=h100 [only=GLOB,..] [shard=I/N] [out=DIR] [max_wall_s=S] [profile=PATH] [record=DIR] [set=KEY=VALUE ...]`:
 run a validation matrix (`apcsim/conf/validation/<suite>.yaml`: workloads x policies x block
 sizes, plus extra runs) through `engine.validate`, one run directory each under `out`, and
 collect `suite.csv` (one row per run and metric) and `table.md`.
+
+`record=DIR` also saves each run as a recorded bundle, `DIR/<run name>/` (engine.recorded).
 
 Every `set=KEY=VALUE` (repeatable) is appended to every run's overrides, after the suite's own:
 e.g. `set=cuda_graphs=padded` to run a CPU suite through the decode-graph path.
@@ -67,15 +69,34 @@ def select(runs: dict[str, list[str]], only: str | None, shard: str | None) -> d
 
 
 def run_one(name: str, overrides: list[str], run_dir: Path) -> dict:
+    """One validation run in `run_dir` (a bundle too when the overrides have record=DIR)."""
     from apcsim.compose import compose_config
     from engine.validate import register_validate_config, run_validation, write_validation
 
     register_validate_config()
     cfg = compose_config(overrides, config_name="engine_validate")
     out = run_validation(cfg)
-    write_validation(out, run_dir, cfg)
+    write_validation(out, run_dir, cfg, overrides)
     (run_dir / "overrides.json").write_text(json.dumps(overrides) + "\n")
-    return out.comparison
+    comparison = out.comparison
+    del out, cfg
+    release_engine_memory()
+    return comparison
+
+
+def release_engine_memory() -> None:
+    """Free the finished run's engine before the next one is built. Its model, KV cache and decode
+    graphs sit in reference cycles that only the cyclic collector frees, and the caching
+    allocator keeps freed blocks: without both, a second Llama-3-8B run would not fit."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - the engine extra installs torch
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def collect(out_dir: Path, names: list[str]) -> tuple[list[dict], str]:
@@ -110,7 +131,8 @@ def collect(out_dir: Path, names: list[str]) -> tuple[list[dict], str]:
 
 
 def main(argv: list[str]) -> int:
-    opts = {"suite": None, "only": None, "shard": None, "out": None, "max_wall_s": None, "profile": None}
+    opts = {"suite": None, "only": None, "shard": None, "out": None, "max_wall_s": None, "profile": None,
+            "record": None}
     sets: list[str] = []
     for a in argv:
         k, sep, v = a.partition("=")
@@ -140,7 +162,8 @@ def main(argv: list[str]) -> int:
             print(f"{name}: not started (max_wall_s={limit:g} reached)")
             continue
         t = time.perf_counter()
-        comparison = run_one(name, [*ov, *extra], run_dir)
+        rec = [f"record={Path(opts['record']) / name}"] if opts["record"] else []
+        comparison = run_one(name, [*ov, *extra, *rec], run_dir)
         ok = sum(1 for v in comparison.values() if v["within_goal"])
         print(f"{name}: {ok}/{len(comparison)} metrics within goal ({time.perf_counter() - t:.0f}s)", flush=True)
     rows, table = collect(out_dir, list(load_suite(opts["suite"])))

@@ -27,7 +27,7 @@ def test_engine_step_smoke(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert json.loads(proc.stdout) == res
+    assert json.loads(proc.stdout) == res and res["complete"] is True
     assert {"bench", "date_utc", "command", "device", "torch", "triton", "smoke"} <= res.keys()
     assert res["smoke"] is True and res["device"] != "" and "--smoke" in res["command"]
 
@@ -58,3 +58,28 @@ def test_engine_step_smoke(tmp_path):
     assert {"measured_gain", "skipped_prompt_tokens", "ideal_duration_s", "ideal_gain", "gain_fraction_of_ideal",
             "goal_min_fraction", "goal_met"} <= shared.keys()
     assert shared["skipped_prompt_tokens"] > 0 and shared["ideal_gain"] > 0
+
+
+def test_out_is_written_as_results_come(tmp_path):
+    """A run stopped after its first decode case (a time limit, say) leaves that case in --out."""
+    out = tmp_path / "partial.json"
+    code = (
+        "import runpy, sys\n"
+        "mod = runpy.run_path('bench/engine_step.py', run_name='engine_step')\n"
+        "calls = []\n"
+        "real = mod['decode_case']\n"
+        "def once(*a, **k):\n"
+        "    if calls: raise KeyboardInterrupt('stopped')\n"
+        "    calls.append(1); return real(*a, **k)\n"
+        "mod['main'].__globals__['decode_case'] = once\n"
+        "try:\n"
+        f"    mod['main'](['--smoke', '--parts', 'decode', '--out', {str(out)!r}])\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["complete"] is False and res["smoke"] is True
+    assert len(res["decode"]["cases"]) == 1 and res["decode"]["cases"][0].keys() == DECODE_CASE_KEYS
+    assert not (tmp_path / "partial.json.tmp").exists()

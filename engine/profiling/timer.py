@@ -13,7 +13,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -25,6 +25,7 @@ class OpTimer:
     repeats: int = 10
     target_ms: float = 1.0
     max_iters: int = 20
+    on_point: Optional[Callable[[float], None]] = None  # called with each median, as it is measured
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.repeats < 1:
@@ -35,9 +36,15 @@ class OpTimer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    @torch.inference_mode()
     def median_ms(self, fn: Callable[[], object]) -> float:
         """Median over `repeats` of the mean time of one call, in milliseconds."""
+        ms = self._median_ms(fn)
+        if self.on_point is not None:
+            self.on_point(ms)
+        return ms
+
+    @torch.inference_mode()
+    def _median_ms(self, fn: Callable[[], object]) -> float:
         for _ in range(self.warmup):
             fn()
         self._sync()
