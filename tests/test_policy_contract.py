@@ -441,10 +441,11 @@ def test_priority_preempted_request_keeps_its_arrival_order_among_equal_timestam
 @settings(max_examples=60, deadline=None, database=None)
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4)), min_size=1, max_size=12))
 def test_priority_victim_is_lowest_priority_latest(entries):
+    """vLLM's rule: max(running, key=(priority, arrival_time)); of equals, the first in running order."""
     running = [_Req(f"r{i}", p, float(t), admit_seq=i) for i, (p, t) in enumerate(entries)]
     v = make_sched_policy("priority").victim(running)
     top = max(r.priority for r in running)
     worst = [r for r in running if r.priority == top]
     latest = max(r.arrival_time for r in worst)
     assert v.priority == top and v.arrival_time == latest
-    assert v is [r for r in worst if r.arrival_time == latest][-1]
+    assert v is [r for r in worst if r.arrival_time == latest][0]

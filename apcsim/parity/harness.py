@@ -41,9 +41,14 @@ def run_vllm(inputs: list[dict], python: Path | None = None, timeout_s: float = 
         return json.loads(dst.read_text())["results"]
 
 
+def record_case(overrides: list[str]) -> Recording:
+    """apcsim's side of one replay, from `python -m apcsim` overrides."""
+    return record(compose_config(list(overrides) + ["report.enabled=false"]))
+
+
 def replay_all(cases: list[tuple[str, list[str]]], python: Path | None = None) -> list[Replay]:
     """Record every case in apcsim, replay them all in one vLLM process, compare each."""
-    recordings = [record(compose_config(list(ov) + ["report.enabled=false"])) for _, ov in cases]
+    recordings = [record_case(ov) for _, ov in cases]
     results = run_vllm([rec.replay_input() for rec in recordings], python)
     out = []
     for (name, ov), rec, res in zip(cases, recordings, results):

@@ -16,6 +16,9 @@ SCENARIOS: dict[str, list[str]] = {
     # The seed article's example: one system prompt, three questions, one at a time.
     "seed_example_bs8": ["workload=system_prompt", "max_concurrency=1", "+policy=lru", "block_size=8"],
     "seed_example_bs16": ["workload=system_prompt", "max_concurrency=1", "+policy=lru", "block_size=16"],
+    # One request at a time with a chunk cap: vLLM 0.32 lifts the cap for a lone request.
+    "seed_example_long_prefill_solo": ["workload=system_prompt", "max_concurrency=1", "+policy=lru", "block_size=16",
+                                       "scheduler.long_prefill_token_threshold=128"],
     "shared_prefix_no_eviction": [*_SP, "workload.num_requests=32", "+policy=lru", "num_gpu_blocks=2000"],
     "shared_prefix_eviction": [*_SP, "workload.num_requests=40", "+policy=lru", "num_gpu_blocks=60",
                                "scheduler.max_num_seqs=8"],
