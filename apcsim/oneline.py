@@ -58,8 +58,16 @@ def run_with_one_line_errors(main: Callable[[], None], prog: str) -> None:
         if code:
             sys.exit(code)
         return
-    if text.startswith(f"{prog}: error:"):
-        real_err.write(text.splitlines()[0] + "\n")
+    # Warnings printed before the error (e.g. a KV cache larger than the GPU) stay; then one line.
+    lines = text.splitlines()
+    warnings = [line for line in lines if line.startswith(f"{prog}: warning:")]
+    errors = [line for line in lines if line.startswith(f"{prog}: error:")]
+    for line in warnings:
+        real_err.write(line + "\n")
+    if errors:
+        real_err.write(errors[0] + "\n")
     else:
-        real_err.write(f"{prog}: error: {_one_line(text)}\n")
+        from apcsim.config_keys import reword_hydra_error
+
+        real_err.write(f"{prog}: error: {reword_hydra_error(text) or _one_line(text)}\n")
     sys.exit(2)

@@ -85,4 +85,6 @@ def write_report(path: Path, metrics: dict, log: RequestLog, timeline: Timeline,
         "<style>body{font-family:sans-serif;margin:2em}td{padding:2px 12px;border-bottom:1px solid #ddd}</style>"
         f"</head><body><h1>{html.escape(title)}</h1>{plot}<h2>Metrics</h2>{_metrics_table(metrics)}</body></html>"
     )
-    path.write_text(page)
+    from apcsim.rundir import write_text_atomic
+
+    write_text_atomic(path, page)

@@ -126,7 +126,12 @@ class RequestLog:
 
 
 def write_rows_csv(path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=REQUEST_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    import io
+
+    from apcsim.rundir import write_text_atomic
+
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=REQUEST_COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())

@@ -65,16 +65,39 @@ class _Row:
     salt: Optional[str] = None
 
 
-def _int_field(rec: dict, key: str, lo: int, where) -> int:
+# Every served request emits at least the prefill's token; a 0 used to become 1 without a word.
+_NO_EMPTY_OUTPUT = " (a request emits at least one token: fix the trace)"
+
+
+def _int_field(rec: dict, key: str, lo: int, where, why: str = "") -> int:
     v = rec.get(key)
     if isinstance(v, str):  # GMI writes its ns timestamps as strings
         try:
             v = int(v)
         except ValueError:
             pass
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or int(v) != v or v < lo:
-        raise where(f"{key} must be an integer >= {lo}, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or int(v) != v or v < lo:
+        raise where(f"{key} must be an integer >= {lo}, got {v!r}{why if v == 0 else ''}")
     return int(v)
+
+
+class _StrictJSONError(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    """json.loads keeps the last of two equal keys without a word; a trace that says a thing twice is refused."""
+    seen = set()
+    for k, _ in pairs:
+        if k in seen:
+            raise _StrictJSONError(f"duplicate field {k!r}")
+        seen.add(k)
+    return dict(pairs)
+
+
+def _no_constant(name: str):
+    """NaN and Infinity are Python's JSON extension, not JSON; as a timestamp they used to pass."""
+    raise _StrictJSONError(f"not valid JSON ({name} is not a JSON number)")
 
 
 def read_rows(path, unit: str, limit: Optional[int]) -> list[_Row]:
@@ -90,9 +113,11 @@ def read_rows(path, unit: str, limit: Optional[int]) -> list[_Row]:
                 return trace_error(path, _l, msg)
 
             try:
-                rec = json.loads(raw)
+                rec = json.loads(raw, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise where(f"not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+            except _StrictJSONError as e:
+                raise where(str(e)) from None
             if not isinstance(rec, dict):
                 raise where("expected a JSON object")
             for key in _REQUIRED:
@@ -102,9 +127,9 @@ def read_rows(path, unit: str, limit: Optional[int]) -> list[_Row]:
             if unknown:
                 raise where(f"unknown field {unknown[0]!r} (known: {', '.join(_KNOWN)})")
             ts = rec["timestamp"]
-            if isinstance(ts, float):  # fractional timestamps are fine, negative or NaN are not
-                if not ts >= 0:
-                    raise where(f"timestamp must be >= 0, got {ts!r}")
+            if isinstance(ts, float):  # fractional timestamps are fine, negative or not finite (1e400) are not
+                if not (ts >= 0 and math.isfinite(ts)):
+                    raise where(f"timestamp must be a finite number >= 0, got {ts!r}")
             else:
                 ts = _int_field(rec, "timestamp", 0, where)
             ids = rec["hash_ids"]
@@ -113,7 +138,7 @@ def read_rows(path, unit: str, limit: Optional[int]) -> list[_Row]:
             if not all(-(2**63) <= h < 2**63 for h in ids):
                 raise where("hash_ids must fit in 64-bit signed integers")
             rows.append(_Row(lineno, ts * _UNITS[unit], _int_field(rec, "input_length", 1, where),
-                             _int_field(rec, "output_length", 0, where), ids, salt_value(rec, where)))
+                             _int_field(rec, "output_length", 1, where, _NO_EMPTY_OUTPUT), ids, salt_value(rec, where)))
     return rows
 
 
@@ -164,7 +189,7 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> list[RequestSpec]:
             prompt = np.concatenate([prompt, pads[i]])
         specs.append(RequestSpec(
             request_id=f"mc-{i}", prompt_token_ids=readonly(prompt),
-            # An output of 0 tokens cannot be served (the first token is the prefill's): 1 instead.
+            # length_scale may round a short output to 0; the prefill's token is always there.
             output_len=max(1, round(r.output_length * ls)),
             arrival_time=(r.t - t0) * scale, cache_salt=r.salt))
     return specs
