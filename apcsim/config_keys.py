@@ -124,6 +124,10 @@ def _schema_by_name(name: str) -> type | None:
         if dataclasses.is_dataclass(t) and t.__name__ == name:
             return t
         stack += [node._get_node(k) for k in node.keys()]
+    m = re.search(r"unrecognized arguments: (.*)", text)
+    if m:
+        return (f"unrecognized arguments: {m.group(1).strip()}; Hydra's options (-m/--multirun, --cfg, ...) go "
+                "before the overrides: python -m apcsim -m key=a,b")
     return None
 
 
@@ -149,9 +153,13 @@ def reword_hydra_error(text: str) -> str | None:
                 f"or sweep several with -m {sel}=a,b")
     m = _PARSE.search(text)
     if m:
-        head = " ".join(line.strip() for line in text.splitlines()[:2] if line.strip() and "hydra.cc" not in line)
+        head = "; ".join(line.strip() for line in text.splitlines()[:2] if line.strip() and "hydra.cc" not in line)
         override = m.group(1)
         if "=" not in override or " " in override:
             return (f"{head}; an override is KEY=VALUE in one shell word: a value with spaces or special characters "
                     f"needs quotes for the shell and for Hydra, e.g. 'workload.path=\"my trace.jsonl\"'")
+    m = re.search(r"unrecognized arguments: (.*)", text)
+    if m:
+        return (f"unrecognized arguments: {m.group(1).strip()}; Hydra's options (-m/--multirun, --cfg, ...) go "
+                "before the overrides: python -m apcsim -m key=a,b")
     return None

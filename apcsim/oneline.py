@@ -64,10 +64,11 @@ def run_with_one_line_errors(main: Callable[[], None], prog: str) -> None:
     errors = [line for line in lines if line.startswith(f"{prog}: error:")]
     for line in warnings:
         real_err.write(line + "\n")
-    if errors:
-        real_err.write(errors[0] + "\n")
-    else:
-        from apcsim.config_keys import reword_hydra_error
+    from apcsim.config_keys import reword_hydra_error
 
+    if errors:
+        argparse_hint = reword_hydra_error(errors[0]) if "unrecognized arguments:" in errors[0] else None
+        real_err.write((f"{prog}: error: {argparse_hint}" if argparse_hint else errors[0]) + "\n")
+    else:
         real_err.write(f"{prog}: error: {reword_hydra_error(text) or _one_line(text)}\n")
     sys.exit(2)
