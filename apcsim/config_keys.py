@@ -62,7 +62,7 @@ def unknown_key_message(full_key: str, owner: type, value: object = None, *, lea
     if close:
         msg += "; did you mean " + " or ".join(prefix + c for c in close)
         best = close[0]
-        if not parent and best in GROUP_SELECTORS and isinstance(value, str):
+        if not parent and best in GROUP_SELECTORS and isinstance(value, str) and leaf_override in (None, full_key):
             msg += f" (a config group: {GROUP_SELECTORS[best]}={value})"
         elif value is not None and not isinstance(value, dict):
             rest = leaf_override[len(full_key):] if leaf_override else ""
@@ -131,7 +131,7 @@ def _schema_by_name(name: str) -> type | None:
     return None
 
 
-_NOT_IN = re.compile(r"Could not override '([^']+)'\..*?Key '[^']+' not in '(\w+)'", re.S)
+_NOT_IN = re.compile(r"Could not override '([^']+)'\..*?Key '([^']+)' not in '(\w+)'", re.S)
 _TWICE = re.compile(r"Multiple values for (\S+?)\. To override a value use 'override \S+: ([^']+)'")
 _PARSE = re.compile(r"Error parsing override '([^']*)'")
 
@@ -140,11 +140,15 @@ def reword_hydra_error(text: str) -> str | None:
     """One line for the Hydra errors whose own wording misleads (None: leave the text as is)."""
     m = _NOT_IN.search(text)
     if m:
-        full_key, owner_name = m.groups()
+        override_key, missing, owner_name = m.groups()
         owner = _schema_by_name(owner_name)
-        if owner is not None:
+        parts = override_key.split(".")
+        if owner is not None and missing in parts:
+            # `orkload.input_tokens`: the unknown key is `orkload`, the rest is under it
+            full_key = ".".join(parts[: parts.index(missing) + 1])
             value = re.search(r"use \+\S+?=(.*)", text)
-            return unknown_key_message(full_key, owner, value.group(1).strip() if value else None)
+            return unknown_key_message(full_key, owner, value.group(1).strip() if value else None,
+                                       leaf_override=override_key)
     m = _TWICE.search(text)
     if m:
         group, last = m.groups()
