@@ -117,7 +117,7 @@ def _schema_by_name(name: str) -> type | None:
             stack += item.values()
             continue
         node = getattr(item, "node", item)
-        if not isinstance(node, DictConfig) or id(node) in seen:
+        if not isinstance(node, DictConfig) or id(node) in seen or node._is_none() or node._is_missing():
             continue
         seen.add(id(node))
         t = OmegaConf.get_type(node)

@@ -64,7 +64,13 @@ def run_with_one_line_errors(main: Callable[[], None], prog: str) -> None:
     errors = [line for line in lines if line.startswith(f"{prog}: error:")]
     for line in warnings:
         real_err.write(line + "\n")
-    from apcsim.config_keys import reword_hydra_error
+    def reword_hydra_error(msg: str) -> str | None:
+        from apcsim.config_keys import reword_hydra_error as reword
+
+        try:
+            return reword(msg)
+        except Exception:  # noqa: BLE001 - a better wording must never cost the one line
+            return None
 
     if errors:
         argparse_hint = reword_hydra_error(errors[0]) if "unrecognized arguments:" in errors[0] else None

@@ -53,7 +53,8 @@ CASES = [
     ("json_negative_output", "t.jsonl", _jsonl({**MC_OK, "output_length": -3}), ["workload=mooncake"],
      "line 1: output_length must be an integer >= 1, got -3"),
     ("json_zero_output", "t.jsonl", _jsonl({**MC_OK, "output_length": 0}), ["workload=mooncake"],
-     "line 1: output_length must be an integer >= 1, got 0 (a request emits at least one token: fix the trace)"),
+     "line 1: output_length must be an integer >= 1, got 0 (a request emits at least one token; strict_lengths=false "
+     "serves it as 1)"),
     ("json_duplicate_key", "t.jsonl", _jsonl(MC_OK, '{"timestamp": 1, "input_length": 1024, "input_length": 9, '
                                              '"output_length": 4, "hash_ids": [1, 2]}'),
      ["workload=mooncake"], "t.jsonl, line 2: duplicate field 'input_length'"),

@@ -65,8 +65,9 @@ class _Row:
     salt: Optional[str] = None
 
 
-# Every served request emits at least the prefill's token; a 0 used to become 1 without a word.
-_NO_EMPTY_OUTPUT = " (a request emits at least one token: fix the trace)"
+# Every served request emits at least the prefill's token. A 0 is refused unless the user opted
+# into approximate lengths (strict_lengths=false), where it is served as 1 (it used to be, silently).
+_NO_EMPTY_OUTPUT = " (a request emits at least one token; strict_lengths=false serves it as 1)"
 
 
 def _int_field(rec: dict, key: str, lo: int, where, why: str = "") -> int:
@@ -100,7 +101,7 @@ def _no_constant(name: str):
     raise _StrictJSONError(f"not valid JSON ({name} is not a JSON number)")
 
 
-def read_rows(path, unit: str, limit: Optional[int]) -> list[_Row]:
+def read_rows(path, unit: str, limit: Optional[int], strict: bool = True) -> list[_Row]:
     rows: list[_Row] = []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -138,7 +139,7 @@ def read_rows(path, unit: str, limit: Optional[int]) -> list[_Row]:
             if not all(-(2**63) <= h < 2**63 for h in ids):
                 raise where("hash_ids must fit in 64-bit signed integers")
             rows.append(_Row(lineno, ts * _UNITS[unit], _int_field(rec, "input_length", 1, where),
-                             _int_field(rec, "output_length", 1, where, _NO_EMPTY_OUTPUT), ids, salt_value(rec, where)))
+                             _int_field(rec, "output_length", 1 if strict else 0, where, _NO_EMPTY_OUTPUT), ids, salt_value(rec, where)))
     return rows
 
 
@@ -155,7 +156,7 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> list[RequestSpec]:
     if cfg.timestamp_unit not in _UNITS:
         raise ConfigError(f"workload.timestamp_unit must be one of {', '.join(_UNITS)}; got {cfg.timestamp_unit!r}")
     path = resolve_trace_path(cfg.path)
-    rows = read_rows(path, cfg.timestamp_unit, cfg.num_requests)
+    rows = read_rows(path, cfg.timestamp_unit, cfg.num_requests, cfg.strict_lengths)
     if not rows:
         raise trace_error(path, None, "no requests in trace")
     t0 = rows[0].t
@@ -189,7 +190,7 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> list[RequestSpec]:
             prompt = np.concatenate([prompt, pads[i]])
         specs.append(RequestSpec(
             request_id=f"mc-{i}", prompt_token_ids=readonly(prompt),
-            # length_scale may round a short output to 0; the prefill's token is always there.
+            # 0 (strict_lengths=false) or a short output scaled to 0 by length_scale: the prefill's token.
             output_len=max(1, round(r.output_length * ls)),
             arrival_time=(r.t - t0) * scale, cache_salt=r.salt))
     return specs
