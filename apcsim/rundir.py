@@ -96,6 +96,14 @@ def _hold_or_exit(path: Path, key: str, prog: str) -> None:
         sys.exit(2)
 
 
+def _hydra_override(config: DictConfig, key: str) -> str | None:
+    """The command-line override of `key` (e.g. "hydra.run.dir=X"), if the user gave one."""
+    for o in config.hydra.overrides.hydra:
+        if str(o).split("=", 1)[0].lstrip("+~") == key:
+            return str(o)
+    return None
+
+
 class RunDirLock(Callback):
     """Hold the run (or sweep) directory before Hydra writes into it; see the module doc."""
 
@@ -107,6 +115,11 @@ class RunDirLock(Callback):
 
         from apcsim.status import write_running
 
+        given = _hydra_override(config, "hydra.sweep.dir")
+        if given:  # Hydra would ignore it: a single run writes to hydra.run.dir
+            print(f"{self.prog}: error: {given} applies to a multirun (-m); a single run writes to hydra.run.dir: "
+                  "use hydra.run.dir=..., or add -m", file=sys.stderr)
+            sys.exit(2)
         HydraConfig.instance().set_config(config)  # run.dir may use ${hydra:...}, as run_job allows
         run_dir = Path(str(config.hydra.run.dir))
         _hold_or_exit(run_dir, "hydra.run.dir", self.prog)
@@ -116,9 +129,9 @@ class RunDirLock(Callback):
         release(Path(str(config.hydra.run.dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        given = [o for o in config.hydra.overrides.hydra if str(o).split("=", 1)[0].lstrip("+~") == "hydra.run.dir"]
+        given = _hydra_override(config, "hydra.run.dir")
         if given:  # Hydra would ignore it: a multirun writes under hydra.sweep.dir
-            print(f"{self.prog}: error: {given[0]} applies to a single run; a multirun (-m or an experiment's "
+            print(f"{self.prog}: error: {given} applies to a single run; a multirun (-m or an experiment's "
                   "hydra.mode=MULTIRUN) writes its jobs under hydra.sweep.dir: use hydra.sweep.dir=...", file=sys.stderr)
             sys.exit(2)
         _hold_or_exit(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir", self.prog)

@@ -125,6 +125,8 @@ CASES = [
      "a value with spaces or special characters needs quotes"),
     ("options_after_overrides", None, None, ["workload.num_requests=2", "-m", "seed=0,1"],
      "hydra's options (-m/--multirun, --cfg, ...) go before the overrides"),
+    ("single_run_with_sweep_dir", None, None, ["hydra.sweep.dir=sw"],
+     "hydra.sweep.dir=sw applies to a multirun (-m); a single run writes to hydra.run.dir"),
     ("multirun_with_run_dir", None, None, ["-m", "seed=0,1"],
      "applies to a single run; a multirun (-m or an experiment's hydra.mode=multirun) writes its jobs under "
      "hydra.sweep.dir"),

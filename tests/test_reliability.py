@@ -243,3 +243,20 @@ def test_two_runs_with_default_dirs_started_together_do_not_share_one(tmp_path):
         assert f"seed={seed}" in yaml_overrides(d), "each directory's config and results are one run's"
         assert len((d / "requests.csv").read_text().splitlines()) == 31
         assert json.loads((d / "status.json").read_text())["status"] == "ok"
+
+
+def test_sweep_lists_a_job_whose_process_died_as_crashed(tmp_path):
+    """A job dir left with status "running" by a process that no longer exists is a crash, not a
+    run in progress (the pid of a finished child is free, and not reused this soon)."""
+    from apcsim.status import write_running
+    from apcsim.sweep import collect
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    job = tmp_path / "0"
+    write_running(job)
+    st = json.loads((job / "status.json").read_text())
+    (job / "status.json").write_text(json.dumps({**st, "pid": dead.pid}))
+    (job / "requests.csv.partial").write_text("request_id\n")
+    (row,) = collect(tmp_path)
+    assert row["status"] == "crashed" and f"pid {dead.pid}" in row["error"]
