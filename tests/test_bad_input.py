@@ -338,10 +338,10 @@ def test_bad_environment_is_one_line_exit_2(tmp_path, monkeypatch, capsys, name,
 def test_a_kv_cache_larger_than_the_gpu_is_a_warning_kept_in_run_info(tmp_path, monkeypatch, capsys):
     """The run models a GPU that does not exist (a what-if some sweeps mean), so it goes on, but says so."""
     monkeypatch.chdir(tmp_path)
-    code, err = run_cli(["report.enabled=false", "workload.num_requests=4", "num_gpu_blocks=2000000"],
+    code, err = run_cli(["report.enabled=false", "workload.num_requests=4", "num_gpu_blocks=40000"],
                         tmp_path / "out", capsys)
     assert code == 0, err
-    expect = ("apcsim: warning: num_gpu_blocks=2000000 is 3.8 TiB of KV cache (2097152 bytes a block), but a100 has "
+    expect = ("apcsim: warning: num_gpu_blocks=40000 is 78.1 GiB of KV cache (2097152 bytes a block), but a100 has "
               "80.0 GiB and gpu_memory_utilization=0.9 leaves 56.2 GiB after the weights of llama3_8b and "
               "activations: at most 28791 blocks fit")
     assert [line for line in err.splitlines() if line.startswith(expect)], err
@@ -424,3 +424,20 @@ def test_engine_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, name
     assert lines[0].startswith("engine: error: ") and "Traceback" not in err
     assert expect in lines[0].lower(), lines[0]
     assert json.loads((tmp_path / "out" / "status.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("extra", [["+policy=lru"], ["+policy=lfu", "+experiment=seed_budget"],
+                                   *[[f"+experiment={p.stem}"] for p in sorted((_CONF / "experiment").glob("*.yaml"))]])
+def test_the_unknown_key_check_keeps_legit_plus_overrides(extra):
+    """Group appends (`+policy=`, `+experiment=`) and every experiment preset pass the check."""
+    from apcsim.compose import compose_config
+
+    compose_config(extra)
+
+
+def test_legit_hydra_keys_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(["report.enabled=false", "workload.num_requests=2", "+policy=lru", "hydra.job.chdir=false",
+                         "hydra.verbose=false"], tmp_path / "out", capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "out" / "status.json").read_text())["status"] == "ok"
