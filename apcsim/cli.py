@@ -2,7 +2,9 @@
 
 Bad input of any kind ends in one line on stderr and exit status 2: apcsim's own checks raise
 `ApcsimError`, and Hydra's composition errors (unknown option, wrong type) are folded to one line.
-Every run (each job of a multirun) ends with `status.json` in its output directory: "ok",
+A run holds its directory (apcsim.rundir: a second run into it stops with exit 2) and marks
+status.json "running" before Hydra writes there; every run (each job of a multirun) ends with
+`status.json` in its output directory: "ok",
 "failed" (with the error) or "interrupted" (SIGINT/SIGTERM: the requests done so far are in
 requests.csv and metrics.json; the process exits 128 + the signal, which also ends a multirun).
 """
@@ -19,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from apcsim.config import SimConfig, register_configs
+from apcsim.config_keys import check_known_keys
 from apcsim.errors import ApcsimError
 from apcsim.interrupt import RunInterrupted, interruptible
 from apcsim.metrics import summary_line
@@ -36,6 +39,12 @@ def main(dcfg: DictConfig) -> float | None:
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    try:
+        check_known_keys(dcfg)  # before a sweep's first job too: every job would have it
+    except ApcsimError as e:
+        write_status(run_dir, "failed", str(e))
+        print(f"apcsim: error: {e}", file=sys.stderr)
+        sys.exit(2)
     with interruptible():
         if hc.mode == RunMode.MULTIRUN:
             # One job of a sweep: a failure is recorded in its directory and the sweep goes on;
@@ -50,6 +59,12 @@ def main(dcfg: DictConfig) -> float | None:
         except ApcsimError as e:
             write_status(run_dir, "failed", str(e))
             print(f"apcsim: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except MemoryError:
+            msg = (f"out of memory (MemoryError) in {run_dir}: the workload or the cache does not fit this "
+                   "machine; lower workload.num_requests, num_gpu_blocks or the lengths")
+            write_status(run_dir, "failed", msg)
+            print(f"apcsim: error: {msg}", file=sys.stderr)
             sys.exit(2)
         except RunInterrupted as e:  # before the run started or while writing its outputs
             write_status(run_dir, "interrupted", str(e))

@@ -8,6 +8,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from apcsim.config import SimConfig, register_configs
+from apcsim.config_keys import check_known_keys
 
 
 def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> SimConfig:
@@ -17,4 +18,5 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="apcsim.conf", version_base=None):
         dcfg = compose(config_name=config_name, overrides=list(overrides or []))
+    check_known_keys(dcfg)  # `+typo=1` composes; it must not be dropped without a word here either
     return OmegaConf.to_object(dcfg)  # type: ignore[return-value]

@@ -7,11 +7,12 @@ are YAML files in `conf/` checked against `HardwareConfig` and `ModelConfig`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from apcsim.core.cache_config import CacheConfig
 from apcsim.hardware import HardwareConfig, ModelConfig
@@ -68,6 +69,9 @@ class SimConfig:
 
 
 def register_configs() -> None:
+    # ${pid:} in the default run directories; cached, so a launcher's workers see the parent's.
+    if not OmegaConf.has_resolver("pid"):
+        OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True)
     cs = ConfigStore.instance()
     cs.store(name="apcsim_schema", node=SimConfig)
     for name, entry in EVICTION_POLICIES.items():

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from apcsim.config import SimConfig
 from apcsim.errors import ApcsimError
-from apcsim.status import STATUS_FILE, read_status, write_status
+from apcsim.status import read_status, write_running, write_status
 
 log = logging.getLogger("apcsim")
 
@@ -81,8 +81,9 @@ def run_multirun_job(dcfg: DictConfig, job_dir: Path) -> float | None:
             st = read_status(job_dir) or {}
             write_status(job_dir, **{**st, "reused": True})  # st has "status": "ok"
             return objective(old, cfg)
-    # Drop an old status first: a job killed mid-run must not leave "ok" beside stale metrics.
-    (job_dir / STATUS_FILE).unlink(missing_ok=True)
+    # Replace an old status first: a job killed mid-run must not leave "ok" beside stale metrics;
+    # "running" with this pid says whose partial files these are (a dead pid: a crash).
+    write_running(job_dir)
     t0 = time.perf_counter()
     try:
         out = simulate(cfg, multirun=True, requests_csv=job_dir / "requests.csv")

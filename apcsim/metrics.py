@@ -216,7 +216,9 @@ def _clean(x):
 
 
 def write_metrics(path: Path, metrics: dict) -> None:
-    path.write_text(json.dumps(_clean(metrics), indent=2, sort_keys=False) + "\n")
+    from apcsim.rundir import write_text_atomic
+
+    write_text_atomic(path, json.dumps(_clean(metrics), indent=2, sort_keys=False) + "\n")
 
 
 def request_rows(requests: list[Request]) -> list[dict]:

@@ -37,9 +37,32 @@ def _one_line(text: str) -> str:
     return re.sub(r"[.:]\s*;", ";", msg)
 
 
+class _Capture(io.StringIO):
+    """stderr held back for folding, except `PROG: warning:` lines, which go out as they come (a
+    warning about a long run is no use once it has finished)."""
+
+    def __init__(self, real, prefix: str) -> None:
+        super().__init__()
+        self._real, self._prefix, self._pending = real, prefix, ""
+
+    def write(self, s: str) -> int:
+        self._pending += s
+        while "\n" in self._pending:
+            line, self._pending = self._pending.split("\n", 1)
+            if line.startswith(self._prefix):
+                self._real.write(line + "\n")
+                self._real.flush()
+            else:
+                super().write(line + "\n")
+        return len(s)
+
+    def getvalue(self) -> str:
+        return super().getvalue() + self._pending
+
+
 def run_with_one_line_errors(main: Callable[[], None], prog: str) -> None:
     real_err = sys.stderr
-    buf = io.StringIO()
+    buf = _Capture(real_err, f"{prog}: warning:")
     sys.stderr = buf  # Hydra prints its errors to stderr, then exits
     code = 0
     passthrough = False
@@ -58,8 +81,18 @@ def run_with_one_line_errors(main: Callable[[], None], prog: str) -> None:
         if code:
             sys.exit(code)
         return
-    if text.startswith(f"{prog}: error:"):
-        real_err.write(text.splitlines()[0] + "\n")
+    errors = [line for line in text.splitlines() if line.startswith(f"{prog}: error:")]
+    def reword_hydra_error(msg: str) -> str | None:
+        from apcsim.config_keys import reword_hydra_error as reword
+
+        try:
+            return reword(msg)
+        except Exception:  # noqa: BLE001 - a better wording must never cost the one line
+            return None
+
+    if errors:
+        argparse_hint = reword_hydra_error(errors[0]) if "unrecognized arguments:" in errors[0] else None
+        real_err.write((f"{prog}: error: {argparse_hint}" if argparse_hint else errors[0]) + "\n")
     else:
-        real_err.write(f"{prog}: error: {_one_line(text)}\n")
+        real_err.write(f"{prog}: error: {reword_hydra_error(text) or _one_line(text)}\n")
     sys.exit(2)

@@ -149,4 +149,6 @@ def write_report(path: Path, metrics: dict, log: RequestLog, timeline: Timeline,
         f"</head><body><h1>{html.escape(title)}</h1><p><b>{html.escape(config_line(c))}</b></p>{plot}"
         f"{_class_table(metrics)}<h2>Metrics</h2>{_metrics_table(metrics)}</body></html>"
     )
-    path.write_text(page)
+    from apcsim.rundir import write_text_atomic
+
+    write_text_atomic(path, page)

@@ -169,7 +169,12 @@ class RequestLog:
 
 
 def write_rows_csv(path, rows: list[dict], fieldnames: list[str] = REQUEST_COLUMNS) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fieldnames)
-        w.writeheader()
-        w.writerows(rows)
+    import io
+
+    from apcsim.rundir import write_text_atomic
+
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fieldnames)
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import resource
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +18,13 @@ from apcsim.config import SimConfig
 from apcsim.core.block_hash import get_hash_algo
 from apcsim.core.build import make_scheduler
 from apcsim.errors import ConfigError
-from apcsim.hardware import check_tp, kv_cache_blocks
+from apcsim.hardware import activation_bytes, check_tp, kv_cache_blocks
 from apcsim.hf_config import resolve_model
+from apcsim.hostmem import POOL_BYTES_PER_BLOCK, check_fits, fmt_bytes
 from apcsim.interrupt import RunInterrupted
 from apcsim.metrics import MetricsCollector, write_metrics
 from apcsim.requestlog import RequestLog, uses_priorities, write_rows_csv
+from apcsim.rundir import write_text_atomic
 from apcsim.status import write_status
 from apcsim.progress import make_progress
 from apcsim.sim.cost_model import CostModel, make_cost_model
@@ -94,17 +98,48 @@ def with_model_resolved(cfg: SimConfig) -> SimConfig:
 
 def num_blocks_for(cfg: SimConfig) -> int:
     if cfg.num_gpu_blocks is not None:
+        check_fits("the block pool of num_gpu_blocks=" f"{cfg.num_gpu_blocks} ({POOL_BYTES_PER_BLOCK} bytes a block)",
+                   cfg.num_gpu_blocks * POOL_BYTES_PER_BLOCK, "lower num_gpu_blocks")
         return cfg.num_gpu_blocks
     n = kv_cache_blocks(cfg.hardware, cfg.model, cfg.block_size, cfg.gpu_memory_utilization,
                         cfg.scheduler.max_num_batched_tokens, cfg.scheduler.max_num_seqs, cfg.tp)
     if n < 1:
-        per_gpu = "" if cfg.tp == 1 else f", {cfg.model.weight_bytes / cfg.tp / 2**30:.1f} GiB per GPU at tp={cfg.tp}"
+        model, hw = cfg.model, cfg.hardware
+        room = kv_room_bytes(cfg)
+        block = cfg.block_size * model.kv_bytes_per_token_per_gpu(cfg.tp)
+        if room > 0:  # the weights fit, one block does not: the block size is to blame
+            raise ConfigError(
+                f"block_size={cfg.block_size}: one KV block of model {model.name} is {fmt_bytes(block)} per GPU, more "
+                f"than the {fmt_bytes(room)} left for the KV cache in {cfg.gpu_memory_utilization:.0%} of {hw.name}'s "
+                f"{hw.memory_gib} GiB after weights and activations; lower block_size")
+        per_gpu = "" if cfg.tp == 1 else f", {model.weight_bytes / cfg.tp / 2**30:.1f} GiB per GPU at tp={cfg.tp}"
         raise ConfigError(
-            f"model {cfg.model.name} ({cfg.model.weight_bytes / 2**30:.1f} GiB of weights{per_gpu}) leaves no room for a KV "
-            f"cache in {cfg.gpu_memory_utilization:.0%} of {cfg.hardware.name}'s {cfg.hardware.memory_gib} GiB"
+            f"model {model.name} ({model.weight_bytes / 2**30:.1f} GiB of weights{per_gpu}) leaves no room for a KV "
+            f"cache in {cfg.gpu_memory_utilization:.0%} of {hw.name}'s {hw.memory_gib} GiB"
             + ("" if cfg.tp > 1 else "; try tp=2 or more, or a GPU with more memory")
         )
     return n
+
+
+def kv_room_bytes(cfg: SimConfig) -> float:
+    """What gpu_memory_utilization of each GPU leaves for the KV cache after its share of the
+    weights and its activations."""
+    return (cfg.hardware.memory_gib * 2**30 * cfg.gpu_memory_utilization - cfg.model.weight_bytes / cfg.tp
+            - activation_bytes(cfg.model, cfg.scheduler.max_num_batched_tokens, cfg.scheduler.max_num_seqs, cfg.tp))
+
+
+def kv_cache_warning(cfg: SimConfig, num_blocks: int) -> str | None:
+    """A num_gpu_blocks whose KV cache does not fit the configured GPU: the run models hardware
+    that does not exist (a what-if some sweeps want, so a warning, not an error)."""
+    block = cfg.block_size * cfg.model.kv_bytes_per_token_per_gpu(cfg.tp)
+    room = kv_room_bytes(cfg)
+    if cfg.num_gpu_blocks is None or num_blocks * block <= room:
+        return None
+    hw = cfg.hardware
+    return (f"num_gpu_blocks={num_blocks} is {fmt_bytes(num_blocks * block)} of KV cache ({block} bytes a block), "
+            f"but {hw.name} has {hw.memory_gib} GiB and gpu_memory_utilization={cfg.gpu_memory_utilization} leaves "
+            f"{fmt_bytes(max(room, 0))} after the weights of {cfg.model.name} and activations: at most "
+            f"{max(int(room // block), 0)} blocks fit; the run models a larger GPU (hardware.memory_gib=... says so)")
 
 
 def check_some_request_fits(specs, num_blocks: int, block_size: int, usable: int | None = None) -> None:
@@ -131,6 +166,7 @@ class SimOutcome:
     collector: MetricsCollector
     wall_s: float
     interrupted: RunInterrupted | None = None  # the signal that cut the run short, if any
+    warnings: tuple[str, ...] = ()  # printed as `apcsim: warning:` lines and kept in run_info.json
 
     @property
     def status(self) -> str:
@@ -162,12 +198,19 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
     num_blocks = num_blocks_for(cfg)
     bs = cfg.block_size
     check_some_request_fits(specs, num_blocks, bs, cfg.cache.usable_blocks(num_blocks))
+    warnings = tuple(w for w in (kv_cache_warning(cfg, num_blocks),) if w)
+    for w in warnings:
+        print(f"apcsim: warning: {w}", file=sys.stderr)
     scheduler = make_scheduler(
         cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=bs,
         recompute_cost=lambda depth: cost.recompute_time(bs, depth * bs), specs=specs, kv_options=kv_options(cfg),
         cache=cfg.cache,
     )
-    sink = open(requests_csv, "w", newline="") if requests_csv is not None else None
+    # Rows stream into requests.csv.partial, renamed when the run ends (finished or interrupted):
+    # a crashed run leaves the .partial file (and status.json "running"), never a requests.csv
+    # that looks complete.
+    partial = None if requests_csv is None else Path(requests_csv).with_name(Path(requests_csv).name + ".partial")
+    sink = open(partial, "w", newline="") if partial is not None else None
     interrupted = None
     try:
         sim = Simulation(
@@ -186,6 +229,8 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
     finally:
         if sink is not None:
             sink.close()
+    if partial is not None:
+        os.replace(partial, requests_csv)
     if cfg.verify and interrupted is None:
         scheduler.verify()
     extra = {
@@ -205,7 +250,7 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
         **run_extra(cfg, scheduler),
     }
     metrics = collector.summary(sim.num_requests, extra, partial=interrupted is not None)
-    return SimOutcome(metrics, sim, collector, time.perf_counter() - t0, interrupted)
+    return SimOutcome(metrics, sim, collector, time.perf_counter() - t0, interrupted, warnings)
 
 
 def write_run_files(run_dir: Path, cfg: SimConfig, metrics: dict, collector: MetricsCollector, run_info: dict,
@@ -226,7 +271,7 @@ def write_run_files(run_dir: Path, cfg: SimConfig, metrics: dict, collector: Met
         "python": platform.python_version(),
         "machine": platform.machine(),
     }
-    (run_dir / "run_info.json").write_text(json.dumps(run_info, indent=2) + "\n")
+    write_text_atomic(run_dir / "run_info.json", json.dumps(run_info, indent=2) + "\n")
     if cfg.report.enabled:
         from apcsim.report import write_report
 
@@ -240,4 +285,5 @@ def write_outputs(out: SimOutcome, run_dir: Path, cfg: SimConfig) -> None:
     write_run_files(run_dir, cfg, out.metrics, out.collector, {
         "wall_s": out.wall_s,
         "simulated_requests_per_wall_s": done / out.wall_s if out.wall_s > 0 else None,
+        **({"warnings": list(out.warnings)} if out.warnings else {}),
     }, status=out.status, error=error)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from apcsim.status import STATUS_FILE, read_status
+from apcsim.status import STATUS_FILE, effective_status, read_status
 
 # Overrides that name the preset or switch outputs; they do not distinguish grid points.
 _IGNORED = {"experiment", "report.enabled", "hydra.sweep.dir", "hydra.run.dir"}
@@ -71,6 +71,9 @@ def collect(sweep_dir: Path, *, finished_only: bool = False) -> list[dict]:
         elif st is not None and st.get("status") == "interrupted":
             # Partial metrics of a cut-short run are not comparable with finished jobs' metrics.
             row.update(status="interrupted", error=st.get("error") or "interrupted")
+        elif effective_status(st) == "crashed":
+            row.update(status="crashed", error=f"the job's process (pid {st.get('pid')}) died without finishing; "
+                       "its outputs are partial")
         elif has_metrics and (st is None or st.get("status") == "ok"):
             # No status.json: written before jobs recorded one; metrics.json alone means done.
             row.update(status="ok", error="")
@@ -122,6 +125,10 @@ def main(argv: list[str] | None = None) -> None:
         rows = collect(args.sweep_dir)
     except (FileNotFoundError, ValueError, yaml.YAMLError) as e:
         _fail(str(e))
+    if not rows and _is_job_dir(args.sweep_dir):
+        _fail(f"{args.sweep_dir} is one run's directory, not a sweep's: its outputs are there already; "
+              "python -m apcsim.sweep takes a multirun directory (multirun/<date>/<time>), whose numbered "
+              "subdirectories are the jobs")
     if not rows:
         _fail(f"no finished jobs (metrics.json) or failed jobs (status.json) under {args.sweep_dir}")
     out = args.out or args.sweep_dir / "sweep.csv"

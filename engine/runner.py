@@ -125,7 +125,12 @@ def resolve_device(name: str):
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:  # torch's message lists ~20 device types and is not about this option
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r} (the engine runs on those)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but CUDA is not available")
     return dev
@@ -169,6 +174,25 @@ def kv_memory_error(*, model: str, weights_bytes: int, activation_bytes: int, bl
     fit = max(int((free_bytes - activation_bytes) // block_bytes), 0)
     return (f"{head}; num_gpu_blocks={num_blocks} needs {_gib(kv)} of KV cache ({block_bytes} bytes a block), "
             f"at most {fit} blocks fit")
+
+
+def check_cpu_memory(cfg: EngineConfig, dtype, available: int | None = None) -> None:
+    """On the CPU the weights, the KV cache and the block pool live in host memory: refuse a model
+    that cannot fit before building it (the default llama3_8b is 30 GiB in fp32), with the numbers."""
+    import torch
+
+    from apcsim.hostmem import POOL_BYTES_PER_BLOCK, check_fits
+    from engine.executor import kv_block_bytes
+
+    elem = torch.empty((), dtype=dtype).element_size()
+    weights = cfg.model.num_params * elem
+    per_block = kv_block_bytes(cfg.model, cfg.block_size, dtype)
+    kv = (cfg.num_gpu_blocks * (per_block + POOL_BYTES_PER_BLOCK) if cfg.num_gpu_blocks is not None
+          else cfg.cpu_kv_cache_mib * 2**20)
+    what = (f"model {cfg.model.name} on the CPU ({weights / 2**30:.1f} GiB of {str(dtype).removeprefix('torch.')} "
+            f"weights + {kv / 2**30:.1f} GiB of KV cache)")
+    check_fits(what, weights + kv, "use model=tiny, a smaller num_gpu_blocks/cpu_kv_cache_mib, or a GPU",
+               available=available)
 
 
 def kv_num_blocks(cfg: EngineConfig, device, dtype, weights_bytes: int = 0, graph_bytes: int = 0) -> int:
@@ -253,6 +277,13 @@ def build_engine(cfg: EngineConfig, *, capture_logits: bool = False, on_step=Non
             raise ConfigError(f"cpu_threads must be >= 1, got {cfg.cpu_threads}")
         torch.set_num_threads(cfg.cpu_threads)
     ops = resolve_ops(cfg.attention_backend, device)
+    if device.type == "cpu":
+        check_cpu_memory(cfg, default_dtype(device))
+    elif cfg.num_gpu_blocks is not None:
+        from apcsim.hostmem import POOL_BYTES_PER_BLOCK, check_fits
+
+        check_fits(f"the block pool of num_gpu_blocks={cfg.num_gpu_blocks}", cfg.num_gpu_blocks * POOL_BYTES_PER_BLOCK,
+                   "lower num_gpu_blocks")
     graph_mode = decode_graph_mode(cfg.cuda_graphs, device, ops.name, cfg.cuda_graph_max_batch)
     seed = cfg.seed if cfg.weights_seed is None else cfg.weights_seed
     model = build_model(cfg.model, weights=cfg.weights, seed=seed, device=device, dtype=default_dtype(device))
@@ -313,12 +344,15 @@ def run_engine(cfg: EngineConfig, **kw) -> EngineOutcome:
 def write_engine_outputs(out: EngineOutcome, run_dir: Path, cfg: EngineConfig) -> None:
     """The simulator's run files (metrics.json, requests.csv, run_info.json, report.html) plus
     outputs.jsonl: each request's greedy output token ids."""
+    from apcsim.rundir import write_text_atomic
+
     run_dir.mkdir(parents=True, exist_ok=True)
     ex = out.loop.executor
-    with (run_dir / "outputs.jsonl").open("w") as f:
-        for r in out.loop.requests:
-            toks = ex.generated(r.request_id)[: r.num_output_tokens] if r.status is Status.FINISHED else []
-            f.write(json.dumps({"request_id": r.request_id, "output_token_ids": [int(t) for t in toks]}) + "\n")
+    lines = []
+    for r in out.loop.requests:
+        toks = ex.generated(r.request_id)[: r.num_output_tokens] if r.status is Status.FINISHED else []
+        lines.append(json.dumps({"request_id": r.request_id, "output_token_ids": [int(t) for t in toks]}) + "\n")
+    write_text_atomic(run_dir / "outputs.jsonl", "".join(lines))
     n = len(out.loop.requests)
     write_run_files(run_dir, cfg, out.metrics, out.collector, {
         "wall_s": out.wall_s,

@@ -170,6 +170,8 @@ def test_cli_writes_outputs(tmp_path):
     assert [o["request_id"] for o in outs] == ["sp-0", "sp-1", "sp-2"]
     assert all(len(o["output_token_ids"]) == 4 for o in outs)
     assert (run_dir / "report.html").exists()
+    assert json.loads((run_dir / "status.json").read_text()) == {"status": "ok", "error": None}
+    assert not list(run_dir.glob("*.partial")) and not list(run_dir.glob(".*.tmp-*"))
 
 
 def test_cli_bad_option_is_one_line(tmp_path):

@@ -231,3 +231,107 @@ def test_azure_reader_parses_or_raises_trace_error(tmp_path_factory, data):
         assert str(tmp) in str(e)
         return
     assert specs and all(s.prompt_len >= 1 for s in specs)
+
+
+# -- config overrides: random keys (valid, misspelt, made up; with or without `+`), types and
+# values through the real CLI. Every outcome is a run that was accepted, or one line and exit 2;
+# never a traceback, and never an accepted unknown key.
+def _valid_keys() -> list[str]:
+    from omegaconf import DictConfig
+
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from apcsim.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="apcsim.conf", version_base=None):
+        dcfg = compose(config_name="config")
+
+    def leaves(node, prefix=""):
+        for k in node.keys():
+            child = node._get_node(k)
+            if isinstance(child, DictConfig) and not child._is_none():
+                yield from leaves(child, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}"
+
+    return sorted(k for k in leaves(dcfg) if not k.startswith(("hardware.", "model.", "experiment")))
+
+
+VALID_KEYS = _valid_keys()
+# Sizes stay small: a valid override must run its checks in well under a second; the two keys
+# with a memory refusal also get sizes no machine has.
+_VALUES = st.one_of(
+    st.sampled_from(["-1", "0", "1", "2", "7", "64", "0.5", "1e-3", "nan", "inf", "-inf", "true", "false", "null",
+                     "abc", "''", "[1,2]", "{a: 1}", "a b", "${oops}", "1,2", "x=y", "\"q\"", "é"]),
+    st.integers(-3, 70).map(str),
+)
+_HUGE = {"num_gpu_blocks": "1000000000000", "workload.num_requests": "1000000000"}
+
+
+@st.composite
+def overrides(draw):
+    out, unknown = [], False
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["valid", "valid", "typo", "made_up"]))
+        key = draw(st.sampled_from(VALID_KEYS))
+        if kind == "typo":
+            i = draw(st.integers(0, len(key) - 1))
+            key = draw(st.sampled_from([key[:i] + key[i + 1:], key[:i] + key[i] + key[i:], key + "s"]))
+        elif kind == "made_up":
+            key = draw(st.from_regex(r"[a-z][a-z_]{0,8}(\.[a-z][a-z_]{0,8})?", fullmatch=True))
+        if key not in VALID_KEYS and key.strip("."):
+            unknown = unknown or key.split(".")[0] not in ("policy", "hydra") and "" not in key.split(".")
+        value = _HUGE[key] if key in _HUGE and draw(st.booleans()) else draw(_VALUES)
+        out.append(f"{draw(st.sampled_from(['', '+']))}{key}={value}")
+    return out, unknown
+
+
+class _Accepted(BaseException):
+    """The run passed every check; the fuzz stops it there (a BaseException: nothing catches it)."""
+
+
+def _checks_only(cfg, **_kw):
+    from apcsim.run import build_cost_model, check_some_request_fits, num_blocks_for, validate
+
+    validate(cfg)
+    build_cost_model(cfg)
+    specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=np.random.SeedSequence(cfg.seed))
+    check_some_request_fits(specs, num_blocks_for(cfg), cfg.block_size)
+    raise _Accepted
+
+
+@FUZZ
+@given(case=overrides())
+def test_config_overrides_run_or_fail_in_one_line(tmp_path_factory, case):
+    import sys
+
+    import apcsim.run
+    from apcsim.cli import entry
+
+    args, unknown = case
+    run_dir = tmp_path_factory.mktemp("fuzz-cli")
+    accepted, code, err = False, 0, ""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(apcsim.run, "simulate", _checks_only)
+        mp.delenv("HYDRA_FULL_ERROR", raising=False)
+        mp.setattr(sys, "argv", ["apcsim", *args, f"hydra.run.dir={run_dir}"])
+        import io
+
+        buf = io.StringIO()
+        mp.setattr(sys, "stderr", buf)
+        try:
+            entry()
+        except _Accepted:
+            accepted = True
+        except SystemExit as e:
+            code = e.code
+        err = buf.getvalue()
+    assert "Traceback" not in err, (args, err)
+    if accepted:
+        assert not unknown, f"an unknown key was accepted: {args}"
+        return
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("apcsim: error: "), (args, err)

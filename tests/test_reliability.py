@@ -117,7 +117,7 @@ def test_signal_mid_run_keeps_partial_results(tmp_path, sig):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "apcsim", *LONG, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_rows(run_dir / "requests.csv", proc)
+    _wait_for_rows(run_dir / "requests.csv.partial", proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig, err
@@ -131,7 +131,7 @@ def test_interrupted_sweep_keeps_finished_jobs_and_marks_the_interrupted_one(tmp
     proc = subprocess.Popen([sys.executable, "-m", "apcsim", "-m", *LONG_BASE, "workload.num_requests=40,300000,41",
                              f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_rows(sweep / "1" / "requests.csv", proc)
+    _wait_for_rows(sweep / "1" / "requests.csv.partial", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -186,3 +186,77 @@ def test_finished_requests_are_released(monkeypatch):
     # In flight (<= 8) plus finished ones still named by a stale entry of the scheduler's event
     # heaps, which pops within a block's worth of steps: bounded by the concurrency, not by N.
     assert 0 < peak <= 3 * 8, f"{peak} requests alive at once of 600 (max_concurrency=8)"
+
+
+# -- one run per directory -----------------------------------------------------------------------
+def test_a_second_run_into_a_held_dir_stops_and_a_killed_run_is_identifiable(tmp_path):
+    """Run A holds its directory; run B into it stops at once (exit 2, A's pid) and leaves A's
+    files alone; after kill -9 of A, status.json still says "running" with A's pid (so a dead pid
+    reads as "crashed"), the rows are in requests.csv.partial, not in a requests.csv that looks
+    complete, and the next run may use the directory (the kernel dropped the lock)."""
+    from apcsim.status import effective_status, read_status
+
+    run_dir = tmp_path / "run"
+    a = subprocess.Popen([sys.executable, "-m", "apcsim", *LONG, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+                         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_rows(run_dir / "requests.csv.partial", a)
+        b = _apcsim(*BASE, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        assert b.returncode == 2, b.stderr
+        assert b.stderr.strip() == (f"apcsim: error: hydra.run.dir={run_dir} is in use by another run (pid {a.pid}); "
+                                    "wait for it to finish or pick another hydra.run.dir")
+        assert yaml_overrides(run_dir) == LONG, "B wrote nothing there"
+        st = read_status(run_dir)
+        assert (st["status"], st["pid"], effective_status(st)) == ("running", a.pid, "running")
+    finally:
+        a.kill()  # SIGKILL: no handler runs
+        a.communicate(timeout=60)
+    st = read_status(run_dir)
+    assert (st["status"], st["pid"], effective_status(st)) == ("running", a.pid, "crashed")
+    assert (run_dir / "requests.csv.partial").is_file() and not (run_dir / "requests.csv").exists()
+    assert not (run_dir / "metrics.json").exists()
+    c = _apcsim(*SMALL, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert c.returncode == 0, c.stderr
+    assert read_status(run_dir)["status"] == "ok" and (run_dir / "requests.csv").is_file()
+    assert len((run_dir / "requests.csv").read_text().splitlines()) == 31
+
+
+def yaml_overrides(run_dir: Path) -> list[str]:
+    import yaml
+
+    return yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+
+
+def test_two_runs_with_default_dirs_started_together_do_not_share_one(tmp_path):
+    """Default run directories are <date>/<time>-<pid>: two runs started in the same second (as
+    these two nearly always are) get one each, each with its own complete outputs."""
+    procs = [subprocess.Popen([sys.executable, "-m", "apcsim", *BASE, f"seed={seed}"], cwd=tmp_path, env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    dirs = sorted((tmp_path / "outputs").glob("*/*"))
+    assert len(dirs) == 2, dirs
+    assert {d.name.rsplit("-", 1)[1] for d in dirs} == {str(p.pid) for p in procs}
+    for d in dirs:
+        seed = json.loads((d / "metrics.json").read_text())["config"]["seed"]
+        assert f"seed={seed}" in yaml_overrides(d), "each directory's config and results are one run's"
+        assert len((d / "requests.csv").read_text().splitlines()) == 31
+        assert json.loads((d / "status.json").read_text())["status"] == "ok"
+
+
+def test_sweep_lists_a_job_whose_process_died_as_crashed(tmp_path):
+    """A job dir left with status "running" by a process that no longer exists is a crash, not a
+    run in progress (the pid of a finished child is free, and not reused this soon)."""
+    from apcsim.status import write_running
+    from apcsim.sweep import collect
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    job = tmp_path / "0"
+    write_running(job)
+    st = json.loads((job / "status.json").read_text())
+    (job / "status.json").write_text(json.dumps({**st, "pid": dead.pid}))
+    (job / "requests.csv.partial").write_text("request_id\n")
+    (row,) = collect(tmp_path)
+    assert row["status"] == "crashed" and f"pid {dead.pid}" in row["error"]

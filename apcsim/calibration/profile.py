@@ -157,6 +157,9 @@ def read_profile(path: Path | str) -> Profile:
                 d["src"].append(r[i_src])
             shapes.setdefault(op, set()).add((heads, kv, head_dim))
             tps.setdefault(op, set()).add(tp)
+    if not hw_model:
+        raise ValueError(f"{path}: no measurements after the header line (an empty profile); "
+                         "profile the engine first (python -m engine.profile)")
     if len(hw_model) != 1:
         raise ValueError(f"{path}: one (hardware, model) per profile, found {sorted(hw_model)}")
     ops = {}

@@ -79,8 +79,9 @@ def _read(cfg: AzureConfig, ctx: BuildContext, path, scale: float) -> list[Reque
                 n_in, n_out = int(row[1]), int(row[2])
             except ValueError:
                 raise trace_error(path, line, f"token counts must be integers, got {row[1]!r}, {row[2]!r}") from None
-            if n_in < 1 or n_out < 0:
-                raise trace_error(path, line, f"need ContextTokens >= 1 and GeneratedTokens >= 0, got {n_in}, {n_out}")
+            if n_in < 1 or n_out < 1:
+                # GeneratedTokens 0 used to become 1 without a word: every served request emits a token.
+                raise trace_error(path, line, f"need ContextTokens >= 1 and GeneratedTokens >= 1, got {n_in}, {n_out}")
             if times and t < times[-1]:
                 raise trace_error(path, line, "timestamps must not decrease")
             times.append(t)
@@ -95,8 +96,7 @@ def _read(cfg: AzureConfig, ctx: BuildContext, path, scale: float) -> list[Reque
     prompts = unique_tokens(ctx.seed, _TOKEN_STREAM, range(len(inputs)), inputs, ctx.vocab_size)
     t0 = times[0]
     return [
-        # An output of 0 tokens cannot be served (the first token is the prefill's): 1 instead.
-        RequestSpec(request_id=f"az-{i}", prompt_token_ids=p, output_len=max(1, o), arrival_time=(t - t0) * scale,
+        RequestSpec(request_id=f"az-{i}", prompt_token_ids=p, output_len=o, arrival_time=(t - t0) * scale,
                     cache_salt=salt, **prio)
         for i, (t, p, o, salt, prio) in enumerate(zip(times, prompts, outputs, salts, priorities))
     ]

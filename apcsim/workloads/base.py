@@ -90,10 +90,17 @@ def build_workload(cfg: WorkloadConfig, *, vocab_size: int, seed_seq: np.random.
     build_ss, arrival_ss, tenant_ss, class_ss = seed_seq.spawn(4)
     check_shared_retention(cfg)
     ctx = BuildContext(vocab_size=vocab_size, rng=np.random.default_rng(build_ss), seed=int(build_ss.generate_state(1)[0]))
+    check_memory(entry, cfg, BuildContext(vocab_size, np.random.default_rng(build_ss), ctx.seed))  # own rng: ctx's untouched
     specs = entry.build(cfg, ctx)
     if cfg.num_requests is not None:
         if cfg.num_requests < 1:
             raise ConfigError(f"workload.num_requests must be >= 1, got {cfg.num_requests}")
+        if len(specs) < cfg.num_requests:
+            # A user who asks for N requests and silently gets fewer compares the wrong runs.
+            where = f" in {cfg.path}" if isinstance(getattr(cfg, "path", None), str) else ""
+            raise ConfigError(f"workload.num_requests={cfg.num_requests} but the {cfg.name} workload has only "
+                              f"{len(specs)} requests{where}; ask for at most {len(specs)}, or drop "
+                              "workload.num_requests to take them all")
         specs = specs[: cfg.num_requests]
     if not specs:
         raise ConfigError(f"workload {cfg.name!r} produced no requests")
@@ -106,6 +113,27 @@ def build_workload(cfg: WorkloadConfig, *, vocab_size: int, seed_seq: np.random.
         specs = assign_priority_classes(specs, cfg, np.random.default_rng(class_ss))
     specs = apply_arrivals(specs, cfg, np.random.default_rng(arrival_ss))
     return sorted(specs, key=lambda s: s.arrival_time)  # stable: ties keep workload order
+
+
+# Above this many requests the workload's memory is estimated before it is built.
+_PROBE_ABOVE = 100_000
+_PROBE_SIZE = 1_000
+
+
+def check_memory(entry: WorkloadEntry, cfg: WorkloadConfig, ctx: BuildContext) -> None:
+    """Refuse a num_requests whose prompts cannot fit this machine's memory, before building them:
+    the first `_PROBE_SIZE` requests are built and their size extrapolated."""
+    from apcsim.hostmem import SPEC_BYTES_OVERHEAD, check_fits
+
+    n = cfg.num_requests
+    if isinstance(n, bool) or not isinstance(n, int) or n <= _PROBE_ABOVE or hasattr(cfg, "path"):
+        return  # a trace's requests are bounded by its file, and a longer ask is refused after reading
+    probe = entry.build(dataclasses.replace(cfg, num_requests=_PROBE_SIZE), ctx)[:_PROBE_SIZE]
+    if not probe:
+        return
+    per_request = sum(s.prompt_token_ids.nbytes for s in probe) / len(probe) + SPEC_BYTES_OVERHEAD
+    check_fits(f"workload.num_requests={n} ({per_request / 1024:.1f} KiB a request)", n * per_request,
+               "lower workload.num_requests")
 
 
 def assign_tenants(specs: list[RequestSpec], cfg: WorkloadConfig, rng: np.random.Generator) -> list[RequestSpec]:

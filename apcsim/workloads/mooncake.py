@@ -70,19 +70,43 @@ class _Row:
     priorities: dict = field(default_factory=dict)  # RequestSpec keywords: priority, retention_*
 
 
-def _int_field(rec: dict, key: str, lo: int, where) -> int:
+# Every served request emits at least the prefill's token. A 0 is refused unless the user opted
+# into approximate lengths (strict_lengths=false), where it is served as 1 (it used to be, silently).
+_NO_EMPTY_OUTPUT = " (a request emits at least one token; strict_lengths=false serves it as 1)"
+
+
+def _int_field(rec: dict, key: str, lo: int, where, why: str = "") -> int:
     v = rec.get(key)
     if isinstance(v, str):  # GMI writes its ns timestamps as strings
         try:
             v = int(v)
         except ValueError:
             pass
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or int(v) != v or v < lo:
-        raise where(f"{key} must be an integer >= {lo}, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or int(v) != v or v < lo:
+        raise where(f"{key} must be an integer >= {lo}, got {v!r}{why if v == 0 else ''}")
     return int(v)
 
 
-def read_rows(path, unit: str, limit: Optional[int]) -> list[_Row]:
+class _StrictJSONError(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    """json.loads keeps the last of two equal keys without a word; a trace that says a thing twice is refused."""
+    seen = set()
+    for k, _ in pairs:
+        if k in seen:
+            raise _StrictJSONError(f"duplicate field {k!r}")
+        seen.add(k)
+    return dict(pairs)
+
+
+def _no_constant(name: str):
+    """NaN and Infinity are Python's JSON extension, not JSON; as a timestamp they used to pass."""
+    raise _StrictJSONError(f"not valid JSON ({name} is not a JSON number)")
+
+
+def read_rows(path, unit: str, limit: Optional[int], strict: bool = True) -> list[_Row]:
     rows: list[_Row] = []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -95,9 +119,11 @@ def read_rows(path, unit: str, limit: Optional[int]) -> list[_Row]:
                 return trace_error(path, _l, msg)
 
             try:
-                rec = json.loads(raw)
+                rec = json.loads(raw, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise where(f"not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+            except _StrictJSONError as e:
+                raise where(str(e)) from None
             if not isinstance(rec, dict):
                 raise where("expected a JSON object")
             for key in _REQUIRED:
@@ -107,9 +133,9 @@ def read_rows(path, unit: str, limit: Optional[int]) -> list[_Row]:
             if unknown:
                 raise where(f"unknown field {unknown[0]!r} (known: {', '.join(_KNOWN)})")
             ts = rec["timestamp"]
-            if isinstance(ts, float):  # fractional timestamps are fine, negative or NaN are not
-                if not ts >= 0:
-                    raise where(f"timestamp must be >= 0, got {ts!r}")
+            if isinstance(ts, float):  # fractional timestamps are fine, negative or not finite (1e400) are not
+                if not (ts >= 0 and math.isfinite(ts)):
+                    raise where(f"timestamp must be a finite number >= 0, got {ts!r}")
             else:
                 ts = _int_field(rec, "timestamp", 0, where)
             ids = rec["hash_ids"]
@@ -118,8 +144,8 @@ def read_rows(path, unit: str, limit: Optional[int]) -> list[_Row]:
             if not all(-(2**63) <= h < 2**63 for h in ids):
                 raise where("hash_ids must fit in 64-bit signed integers")
             rows.append(_Row(lineno, ts * _UNITS[unit], _int_field(rec, "input_length", 1, where),
-                             _int_field(rec, "output_length", 0, where), ids, salt_value(rec, where),
-                             trace_priorities(rec, where)))
+                             _int_field(rec, "output_length", 1 if strict else 0, where, _NO_EMPTY_OUTPUT), ids,
+                             salt_value(rec, where), trace_priorities(rec, where)))
     return rows
 
 
@@ -136,7 +162,7 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> list[RequestSpec]:
     if cfg.timestamp_unit not in _UNITS:
         raise ConfigError(f"workload.timestamp_unit must be one of {', '.join(_UNITS)}; got {cfg.timestamp_unit!r}")
     path = resolve_trace_path(cfg.path)
-    rows = read_rows(path, cfg.timestamp_unit, cfg.num_requests)
+    rows = read_rows(path, cfg.timestamp_unit, cfg.num_requests, cfg.strict_lengths)
     if not rows:
         raise trace_error(path, None, "no requests in trace")
     t0 = rows[0].t
@@ -170,7 +196,7 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> list[RequestSpec]:
             prompt = np.concatenate([prompt, pads[i]])
         specs.append(RequestSpec(
             request_id=f"mc-{i}", prompt_token_ids=readonly(prompt),
-            # An output of 0 tokens cannot be served (the first token is the prefill's): 1 instead.
+            # 0 (strict_lengths=false) or a short output scaled to 0 by length_scale: the prefill's token.
             output_len=max(1, round(r.output_length * ls)),
             arrival_time=(r.t - t0) * scale, cache_salt=r.salt, **r.priorities))
     return specs

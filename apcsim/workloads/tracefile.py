@@ -38,7 +38,14 @@ def resolve_trace_path(path: str) -> pathlib.Path:
         candidates = [b / p for b in bases]
     for c in candidates:
         if c.is_file():
+            try:
+                open(c, "rb").close()
+            except OSError as e:
+                raise TraceError(f"cannot read trace file {c}: {e.strerror or e}; check its permissions") from None
             return c
+    dirs = [c for c in candidates if c.is_dir()]
+    if dirs:
+        raise TraceError(f"workload.path={path} is a directory ({dirs[0]}), not a trace file; name the file in it")
     looked = ", ".join(str(c.parent) for c in candidates)
     raise TraceError(f"trace file not found: {path} (looked in {looked})")
 

@@ -1,0 +1,140 @@
+"""A run's output directory: held by one process at a time, its files replaced whole.
+
+Two runs writing into one directory mix their outputs (metrics from one, requests.csv rows from
+both). So a run holds its directory with an advisory lock (`flock` on `.apcsim.lock`, which holds
+the holder's pid) from before Hydra writes anything there until the process ends; a second run
+into it stops at once with exit status 2 and the holder's pid. The kernel drops the lock when the
+holder dies, even by kill -9, so a crashed run never blocks the next one. Output files are
+written to a temporary name and renamed (`write_text_atomic`): a crash leaves the previous
+complete file or none, never half of one.
+
+`RunDirLock` is the Hydra callback (apcsim/conf/config.yaml and engine.yaml) that takes the lock
+of `hydra.run.dir` (a single run) or `hydra.sweep.dir` (a multirun: its jobs run under it) and
+marks a single run's status.json "running" with its pid.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from apcsim.errors import ConfigError
+
+LOCK_FILE = ".apcsim.lock"
+
+# Directories this process holds: path -> the open lock file's descriptor (the lock lives as long
+# as the descriptor). Process-wide like the lock itself; a second hold by the same process is a no-op.
+_HELD: dict[str, int] = {}
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader (or a crash) sees the old file or the new, whole."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _dir_problem(path: Path, key: str, e: OSError) -> ConfigError:
+    """One line for a run directory that cannot be created or written."""
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            what = "is a file" if parent == path else f"is under {parent}, which is a file"
+            return ConfigError(f"{key}={path} {what}, not a directory; pick another {key}")
+    reason = os.strerror(e.errno) if e.errno else str(e)
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ConfigError(f"{key}={path} is not writable ({reason}); pick a directory you can write to")
+    return ConfigError(f"{key}={path}: cannot create it ({reason})")
+
+
+def _open_lock_file(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+def hold(path: Path, key: str = "hydra.run.dir") -> None:
+    """Create `path` and hold it for this process; ConfigError (one line) if that cannot be done
+    or another live process holds it. `key` names the option that chose the directory."""
+    path = Path(path)
+    name = os.path.abspath(path)
+    if name in _HELD:
+        return
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = _open_lock_file(path / LOCK_FILE)
+    except OSError as e:
+        raise _dir_problem(path, key, e) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(f"{key}={path} is in use by another run (pid {holder}); wait for it to finish "
+                          f"or pick another {key}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[name] = fd
+
+
+def release(path: Path) -> None:
+    fd = _HELD.pop(os.path.abspath(path), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _hold_or_exit(path: Path, key: str, prog: str) -> None:
+    try:
+        hold(path, key)
+    except ConfigError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _hydra_override(config: DictConfig, key: str) -> str | None:
+    """The command-line override of `key` (e.g. "hydra.run.dir=X"), if the user gave one."""
+    for o in config.hydra.overrides.hydra:
+        if str(o).split("=", 1)[0].lstrip("+~") == key:
+            return str(o)
+    return None
+
+
+class RunDirLock(Callback):
+    """Hold the run (or sweep) directory before Hydra writes into it; see the module doc."""
+
+    def __init__(self, prog: str = "apcsim") -> None:
+        self.prog = prog
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from apcsim.status import write_running
+
+        given = _hydra_override(config, "hydra.sweep.dir")
+        if given:  # Hydra would ignore it: a single run writes to hydra.run.dir
+            print(f"{self.prog}: error: {given} applies to a multirun (-m); a single run writes to hydra.run.dir: "
+                  "use hydra.run.dir=..., or add -m", file=sys.stderr)
+            sys.exit(2)
+        HydraConfig.instance().set_config(config)  # run.dir may use ${hydra:...}, as run_job allows
+        run_dir = Path(str(config.hydra.run.dir))
+        _hold_or_exit(run_dir, "hydra.run.dir", self.prog)
+        write_running(run_dir)
+
+    def on_run_end(self, config: DictConfig, **kwargs) -> None:
+        release(Path(str(config.hydra.run.dir)))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        given = _hydra_override(config, "hydra.run.dir")
+        if given:  # Hydra would ignore it: a multirun writes under hydra.sweep.dir
+            print(f"{self.prog}: error: {given} applies to a single run; a multirun (-m or an experiment's "
+                  "hydra.mode=MULTIRUN) writes its jobs under hydra.sweep.dir: use hydra.sweep.dir=...", file=sys.stderr)
+            sys.exit(2)
+        _hold_or_exit(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir", self.prog)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        release(Path(str(config.hydra.sweep.dir)))
