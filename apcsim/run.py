@@ -109,8 +109,8 @@ def num_blocks_for(cfg: SimConfig) -> int:
         block = cfg.block_size * model.kv_bytes_per_token_per_gpu(cfg.tp)
         if room > 0:  # the weights fit, one block does not: the block size is to blame
             raise ConfigError(
-                f"block_size={cfg.block_size}: one KV block of model {model.name} is {fmt_bytes(block)} per GPU, more "
-                f"than the {fmt_bytes(room)} left for the KV cache in {cfg.gpu_memory_utilization:.0%} of {hw.name}'s "
+                f"block_size={cfg.block_size}: one KV block of model {model.name} is {fmt_bytes(block)}"
+                f"{' per GPU' if cfg.tp > 1 else ''}, more than the {fmt_bytes(room)} left for the KV cache in {cfg.gpu_memory_utilization:.0%} of {hw.name}'s "
                 f"{hw.memory_gib} GiB after weights and activations; lower block_size")
         per_gpu = "" if cfg.tp == 1 else f", {model.weight_bytes / cfg.tp / 2**30:.1f} GiB per GPU at tp={cfg.tp}"
         raise ConfigError(

@@ -24,6 +24,7 @@ KNOWN_POLICIES = ", ".join(sorted(EVICTION_POLICIES))
 KNOWN_SCHEDULERS = ", ".join(sorted(SCHEDULING_POLICIES))
 _CONF = Path(__file__).resolve().parents[1] / "apcsim" / "conf"
 KNOWN_HARDWARE = ", ".join(sorted(p.stem for p in (_CONF / "hardware").glob("*.yaml")))
+KNOWN_MODELS = ", ".join(sorted(p.stem for p in (_CONF / "model").glob("*.yaml")))
 
 MC_OK = {"timestamp": 0, "input_length": 1024, "output_length": 4, "hash_ids": [1, 2]}
 
@@ -135,7 +136,7 @@ CASES = [
     ("unknown_scheduler", None, None, ["scheduler=sjf"], f"available options in 'scheduler': {KNOWN_SCHEDULERS}"),
     ("unknown_workload", None, None, ["workload=nope"], "available options in 'workload': azure, mooncake, multiturn"),
     ("unknown_hardware", None, None, ["hardware=tpu"], f"available options in 'hardware': {KNOWN_HARDWARE}"),
-    ("unknown_model", None, None, ["model=gpt5"], "available options in 'model': llama3_8b, tiny"),
+    ("unknown_model", None, None, ["model=gpt5"], f"available options in 'model': {KNOWN_MODELS}"),
     ("unknown_hash", None, None, ["hash_algo=md5"], "unknown hash_algo 'md5'; known: xxh3_64, xxh3_128, sha256"),
     ("block_size_zero", None, None, ["block_size=0"], "block_size must be >= 1, got 0"),
     ("block_size_negative", None, None, ["block_size=-16"], "block_size must be >= 1, got -16"),

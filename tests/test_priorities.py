@@ -85,7 +85,8 @@ def test_infinite_duration_in_json_and_bad_csv_cells(tmp_path, monkeypatch, caps
     monkeypatch.chdir(tmp_path)
     (tmp_path / "t.jsonl").write_text(_jsonl({**MC_OK, "retention_priority": 9}).replace("}", ', "retention_duration_s": Infinity}'))
     code, err = run_cli(["workload=mooncake", "workload.path=t.jsonl"], tmp_path / "a", capsys)
-    assert code == 2 and "t.jsonl, line 1: retention_duration_s must be a finite number of seconds > 0" in err
+    # The JSON reader refuses Infinity before the field is read.
+    assert code == 2 and "t.jsonl, line 1: not valid JSON (Infinity is not a JSON number)" in err
     for cells, expect in [("x,,", "line 2: priority must be an integer, got 'x'"),
                           (",200,", "line 2: retention_priority must be an integer in 0..100, got 200"),
                           (",5,nan", "line 2: retention_duration_s must be a finite number")]:
