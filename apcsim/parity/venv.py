@@ -49,9 +49,15 @@ def check(python: Path, version: str = VLLM_VERSION) -> str:
 
 
 def setup(version: str = VLLM_VERSION, venv: Path | None = None) -> Path:
-    """Build (or repair) the venv; returns its Python. Raises VllmUnavailable if pip fails."""
+    """Build (or repair) the venv, unless it already works; returns its Python. Raises
+    VllmUnavailable if pip fails."""
     venv = venv or default_venv(version)
     python = venv / "bin" / "python"
+    try:
+        check(python, version)
+        return python
+    except VllmUnavailable:
+        pass
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     steps = [
