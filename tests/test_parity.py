@@ -83,6 +83,8 @@ def test_matrix_covers_what_it_claims(replays):
     sizes = {replays[n][0].config["block_size"] for n in SCENARIOS}
     assert {8, 16, 32, 64} <= sizes
     assert {replays[n][0].config["policy"] for n in SCENARIOS} == {"fcfs", "priority"}
+    mixed = [n for n in SCENARIOS if len({r["priority"] for r in replays[n][0].requests.values()}) > 1]
+    assert mixed and any(replays[n][2].vllm.preemptions > 0 for n in mixed), "mixed priorities with preemption"
 
 
 @pytest.mark.vllm

@@ -10,6 +10,8 @@ from __future__ import annotations
 _SP = ["workload=shared_prefix", "workload.input_tokens=256", "workload.output_tokens=32"]
 _MT = ["workload=multiturn", "workload.num_conversations=12", "workload.turns=3", "workload.system_prompt_tokens=96",
        "workload.message_tokens=40", "workload.output_tokens=24", "workload.think_time_s=0.5"]
+_CLASSES = ("workload.priority_classes=[{name:interactive,share:0.3,priority:0},{name:standard,share:0.4,priority:1},"
+            "{name:batch,share:0.3,priority:5}]")
 _MOONCAKE = ["workload=mooncake", "workload.num_requests=200", "workload.length_scale=0.0625"]
 
 SCENARIOS: dict[str, list[str]] = {
@@ -41,6 +43,12 @@ SCENARIOS: dict[str, list[str]] = {
             "workload.chunks_per_request=3", "workload.output_tokens=16", "+policy=lru", "num_gpu_blocks=120"],
     "priority_scheduler": [*_SP, "workload.num_requests=40", "workload.request_rate=300", "scheduler=priority",
                            "+policy=lru", "num_gpu_blocks=50", "scheduler.max_num_seqs=12"],
+    # Mixed priorities: vLLM's priority queue, and its preemption of the lowest priority.
+    "priority_classes_preemption": [*_SP, "workload.num_requests=60", "workload.output_tokens=64",
+                                    "workload.request_rate=400", _CLASSES, "scheduler=priority", "+policy=lru",
+                                    "num_gpu_blocks=45", "scheduler.max_num_seqs=16"],
+    "priority_classes_multiturn": [*_MT, _CLASSES, "workload.request_rate=40", "scheduler=priority", "+policy=lru",
+                                   "num_gpu_blocks=40", "block_size=16"],
     "small_max_num_seqs": [*_SP, "workload.num_requests=24", "+policy=lru", "num_gpu_blocks=300",
                            "scheduler.max_num_seqs=2"],
     "small_token_budget": [*_SP, "workload.num_requests=24", "+policy=lru", "num_gpu_blocks=100",
