@@ -116,7 +116,9 @@ def _schema_by_name(name: str) -> type | None:
         if isinstance(item, dict):
             stack += item.values()
             continue
-        node = getattr(item, "node", item)
+        # A ConfigStore entry holds its config in `.node`; a DictConfig would treat `.node` as a
+        # key lookup (and raise on a None node), so it is taken as it is.
+        node = item if isinstance(item, DictConfig) else getattr(item, "node", None)
         if not isinstance(node, DictConfig) or id(node) in seen or node._is_none() or node._is_missing():
             continue
         seen.add(id(node))
