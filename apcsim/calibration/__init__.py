@@ -8,5 +8,5 @@
 - `python -m apcsim.calibration hardware=a100 model=llama3_8b`: held-out fit errors and whole-step
   predictions, written to `calibration.json` in the Hydra run directory.
 
-The cost model itself is `apcsim.sim.calibrated.CalibratedCostModel`.
+The cost model itself is `apcsim.calibration.cost_model.CalibratedCostModel`.
 """

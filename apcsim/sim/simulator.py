@@ -15,8 +15,8 @@ from apcsim.core.request import RequestSpec
 from apcsim.core.scheduler import Scheduler
 from apcsim.interrupt import deferred
 from apcsim.loop import ServingLoop
-from apcsim.metrics import MetricsCollector
-from apcsim.requestlog import RequestLog
+from apcsim.outputs.metrics import MetricsCollector
+from apcsim.outputs.requestlog import RequestLog
 from apcsim.sim.cost_model import CostModel
 
 
@@ -44,7 +44,7 @@ class Simulation(ServingLoop):
         self.env = simpy.Environment()
         self.cost = cost_model
         self.skip_quiet = skip_quiet
-        self.progress = progress  # apcsim.progress.RequestProgress or None: told of finished requests
+        self.progress = progress  # apcsim.outputs.progress.RequestProgress or None: told of finished requests
         self._arrivals_changed = self.env.event()  # a request finished: follow-ups or the gate moved
         self._work = self.env.event()  # the scheduler got work while the engine was idle
 

@@ -18,8 +18,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from apcsim.metrics import Timeline
-from apcsim.requestlog import RequestLog
+from apcsim.outputs.metrics import Timeline
+from apcsim.outputs.requestlog import RequestLog
 
 _MAX_POINTS = 4000  # per trace; more adds bytes, not information
 
@@ -149,6 +149,6 @@ def write_report(path: Path, metrics: dict, log: RequestLog, timeline: Timeline,
         f"</head><body><h1>{html.escape(title)}</h1><p><b>{html.escape(config_line(c))}</b></p>{plot}"
         f"{_class_table(metrics)}<h2>Metrics</h2>{_metrics_table(metrics)}</body></html>"
     )
-    from apcsim.rundir import write_text_atomic
+    from apcsim.outputs.rundir import write_text_atomic
 
     write_text_atomic(path, page)

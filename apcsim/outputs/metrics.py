@@ -16,7 +16,7 @@ import numpy as np
 
 from apcsim.core.request import Request
 from apcsim.core.scheduler import Scheduler, StepResult
-from apcsim.requestlog import REQUEST_COLUMNS, RequestLog, request_row, write_rows_csv  # noqa: F401  (re-exported)
+from apcsim.outputs.requestlog import RequestLog
 
 PERCENTILES = (50, 90, 99)
 
@@ -216,17 +216,9 @@ def _clean(x):
 
 
 def write_metrics(path: Path, metrics: dict) -> None:
-    from apcsim.rundir import write_text_atomic
+    from apcsim.outputs.rundir import write_text_atomic
 
     write_text_atomic(path, json.dumps(_clean(metrics), indent=2, sort_keys=False) + "\n")
-
-
-def request_rows(requests: list[Request]) -> list[dict]:
-    return [request_row(r) for r in requests]
-
-
-def write_requests_csv(path: Path, rows: list[dict]) -> None:
-    write_rows_csv(path, rows)
 
 
 def summary_line(m: dict, *, clock: str, where: str = "") -> str:
