@@ -21,6 +21,7 @@ from apcsim.core.block_pool import BlockPool
 from apcsim.core.request import Request
 from policies.eviction.base import EvictionPolicy
 
+
 _is_block = partial(is_not, None)
 _ref_cnt = attrgetter("ref_cnt")
 

@@ -44,7 +44,7 @@ class Simulation(ServingLoop):
         self.env = simpy.Environment()
         self.cost = cost_model
         self.skip_quiet = skip_quiet
-        self.progress = progress  # apcsim.outputs.progress.RequestProgress or None: told of finished requests
+        self.progress = progress  # apcsim.progress.RequestProgress or None: told of finished requests
         self._arrivals_changed = self.env.event()  # a request finished: follow-ups or the gate moved
         self._work = self.env.event()  # the scheduler got work while the engine was idle
 
