@@ -1,4 +1,4 @@
-"""`python -m apcsim.sweep SWEEP_DIR [--out table.csv] [--html]`: (re)build a multirun's table.
+"""Rebuild a multirun's table (sweep.csv) and, with --html, its figures (sweep.html):
 
     python -m apcsim.sweep multirun/seed_overhead/2026-11-23_12-00-00 [--out table.csv] [--html]
 
@@ -20,7 +20,8 @@ PROG = "apcsim.sweep"
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep_dir", type=Path)
     ap.add_argument("--out", type=Path, default=None, help="CSV path (default: SWEEP_DIR/sweep.csv)")
     ap.add_argument("--html", action="store_true", help="also write SWEEP_DIR/sweep.html (plotly)")
