@@ -145,7 +145,7 @@ class MetricsCollector:
         tpot = tpot[~np.isnan(tpot)]
         itl_v = np.frombuffer(self._itl_values, dtype=np.float64) if len(self._itl_values) else np.zeros(0)
         itl_w = np.frombuffer(self._itl_weights, dtype=np.float64) if len(self._itl_weights) else np.zeros(0)
-        rate = lambda x: x / duration if duration > 0 else 0.0  # noqa: E731
+        rate = lambda x: x / duration if duration > 0 else 0.0
         q = st.prefix_cache_queries
         tl = self.timeline
         weights = np.asarray(tl.steps, dtype=np.float64)

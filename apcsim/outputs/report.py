@@ -124,7 +124,7 @@ def _class_table(m: dict) -> str:
     classes = m.get("by_priority_class")
     if not classes:
         return ""
-    cell = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
+    cell = lambda v: "n/a" if v is None else f"{v:.4g}"
     head = ("class", "priority", "requests", "finished", "cached token fraction", "TTFT p50 (s)", "TTFT p99 (s)",
             "E2E p50 (s)", "E2E p99 (s)")
     rows = ["<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]

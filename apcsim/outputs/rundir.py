@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
