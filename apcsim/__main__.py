@@ -1,3 +1,3 @@
-from apcsim.cli import entry
+from apcsim.cli.main import entry
 
 entry()

@@ -16,7 +16,7 @@ from omegaconf import MISSING, OmegaConf
 
 from apcsim.core.cache_config import CacheConfig
 from apcsim.hardware import HardwareConfig, ModelConfig
-from apcsim.sweep_options import Progress, SweepConfig, TuneConfig
+from apcsim.outputs.progress import Progress
 from apcsim.workloads import WORKLOADS, WorkloadConfig
 from policies.eviction.base import EvictionConfig
 from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
@@ -28,6 +28,33 @@ class ReportConfig:
     enabled: bool = True
     # "inline" embeds plotly.js (a report that opens offline, ~4 MB); "cdn" links it (small file).
     plotlyjs: str = "inline"
+
+
+# Sweep nodes: in SimConfig (keys `sweep` and `tune`) so that a typo is a composition
+# error; left out of a job's config fingerprint (`apcsim.sweep.job.config_fingerprint`): none of
+# them changes a simulation's results. They live here, not in apcsim/sweep/, because the config
+# is below everything that reads it (the sweep package imports the config, never the reverse).
+@dataclass
+class SweepConfig:
+    # A multirun job whose directory already holds metrics.json from the same config is not
+    # simulated again (re-running a sweep only fills in what is missing or failed); true forces it.
+    rerun: bool = False
+    # A multirun in which any job failed exits with status 1 once every job ran and sweep.csv /
+    # sweep.html are written (so scripts and CI notice); false: exit 0 and leave it to `status`.
+    fail_on_error: bool = True
+
+
+@dataclass
+class TuneConfig:
+    """The value a job returns to an optimising sweeper (hydra-optuna-sweeper), to minimise.
+
+    Feasible (TTFT p99 <= target and no request rejected): the KV cache's capacity in tokens,
+    num_gpu_blocks * block_size, i.e. its memory. Infeasible: max_capacity_tokens * (1 + ttft_p99 /
+    target), worse than any feasible point and still graded, so the sampler moves toward the
+    target. A failed job returns +inf."""
+
+    ttft_p99_target_s: float = 1.0
+    max_capacity_tokens: int = 1 << 20  # an upper bound of num_gpu_blocks * block_size over the search space
 
 
 @dataclass
@@ -63,7 +90,7 @@ class SimConfig:
     hash_algo: str = "xxh3_64"
     verify_tokens: bool = False
     experiment: Optional[Any] = None  # set by +experiment=... presets
-    progress: Progress = Progress.auto  # a bar over simulated requests (see apcsim.sweep_options)
+    progress: Progress = Progress.auto  # a bar over simulated requests (see apcsim.outputs.progress)
     sweep: SweepConfig = field(default_factory=SweepConfig)  # multirun: skip jobs already done
     tune: Optional[TuneConfig] = None  # set by tuning presets: the job returns an objective
 

@@ -1,5 +1,8 @@
 """User-facing errors: the CLI prints their message on one line and exits non-zero."""
 
+import sys
+from typing import NoReturn
+
 
 class ApcsimError(Exception):
     """A problem with the user's input (config, trace, values), not a bug in apcsim."""
@@ -19,3 +22,10 @@ class JobsFailed(SystemExit):
 
     def __init__(self) -> None:
         super().__init__(1)
+
+
+def exit_bad_input(prog: str, message: str) -> NoReturn:
+    """Report bad input the way every apcsim command does (argparse too): one line
+    `PROG: error: MESSAGE` on stderr, then exit status 2."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Optional
+
+from apcsim.mathutil import cdiv
 
 
 @dataclass
@@ -108,7 +109,7 @@ class ModelConfig:
     def kv_heads_per_gpu(self, tp: int) -> int:
         """KV heads each GPU holds at tensor parallelism `tp`: split, or replicated where there
         are fewer KV heads than GPUs (as vLLM does)."""
-        return math.ceil(self.num_kv_heads / tp)
+        return cdiv(self.num_kv_heads, tp)
 
     def kv_bytes_per_token_per_gpu(self, tp: int) -> int:
         if tp == 1:
@@ -146,8 +147,8 @@ def activation_bytes(model: ModelConfig, max_num_batched_tokens: int, max_num_se
     if tp == 1:
         per_token = (2 * model.intermediate_size + 4 * model.hidden_size) * model.dtype_bytes
         return max_num_batched_tokens * per_token + max_num_seqs * model.vocab_size * 4
-    per_token = (2 * math.ceil(model.intermediate_size / tp) + 4 * model.hidden_size) * model.dtype_bytes
-    return max_num_batched_tokens * per_token + max_num_seqs * math.ceil(model.vocab_size / tp) * 4
+    per_token = (2 * cdiv(model.intermediate_size, tp) + 4 * model.hidden_size) * model.dtype_bytes
+    return max_num_batched_tokens * per_token + max_num_seqs * cdiv(model.vocab_size, tp) * 4
 
 
 def kv_cache_blocks(hw: HardwareConfig, model: ModelConfig, block_size: int, gpu_memory_utilization: float,

@@ -24,8 +24,8 @@ from apcsim.core.plan import StepPlan
 from apcsim.core.request import Request, RequestSpec
 from apcsim.core.scheduler import Scheduler, StepResult
 from apcsim.interrupt import safe_point
-from apcsim.metrics import MetricsCollector
-from apcsim.requestlog import RequestLog, uses_priorities
+from apcsim.outputs.metrics import MetricsCollector
+from apcsim.outputs.requestlog import RequestLog, uses_priorities
 
 
 def _new_request(output_seed: int, index: int, spec: RequestSpec) -> Request:

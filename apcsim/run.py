@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import platform
-import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -14,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from apcsim.calibration.cost_model import make_cost_model
 from apcsim.config import SimConfig
 from apcsim.core.block_hash import get_hash_algo
 from apcsim.core.build import make_scheduler
@@ -22,12 +20,11 @@ from apcsim.hardware import activation_bytes, check_tp, kv_cache_blocks
 from apcsim.hf_config import resolve_model
 from apcsim.hostmem import POOL_BYTES_PER_BLOCK, check_fits, fmt_bytes
 from apcsim.interrupt import RunInterrupted
-from apcsim.metrics import MetricsCollector, write_metrics
-from apcsim.requestlog import RequestLog, uses_priorities, write_rows_csv
-from apcsim.rundir import write_text_atomic
-from apcsim.status import write_status
-from apcsim.progress import make_progress
-from apcsim.sim.cost_model import CostModel, make_cost_model
+from apcsim.mathutil import cdiv
+from apcsim.outputs.metrics import MetricsCollector
+from apcsim.outputs.progress import make_progress
+from apcsim.outputs.requestlog import RequestLog, uses_priorities
+from apcsim.sim.cost_model import CostModel
 from apcsim.sim.simulator import Simulation
 from apcsim.workloads import build_workload
 from policies.scheduling.preemption import PREEMPTION_MODES
@@ -147,7 +144,7 @@ def check_some_request_fits(specs, num_blocks: int, block_size: int, usable: int
     not: the scheduler rejects those (with the reason in requests.csv) and serves the rest.
     `usable`: the blocks requests can hold (num_blocks less the null block, see CacheConfig)."""
     usable = num_blocks if usable is None else usable
-    need = min(-(-(s.prompt_len + s.output_len) // block_size) for s in specs)
+    need = min(cdiv(s.prompt_len + s.output_len, block_size) for s in specs)
     if need > usable:
         held = "" if usable == num_blocks else f", {usable} usable besides the null block"
         raise ConfigError(f"the KV cache ({num_blocks} blocks of {block_size} tokens{held}) is too small for any "
@@ -251,39 +248,3 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
     }
     metrics = collector.summary(sim.num_requests, extra, partial=interrupted is not None)
     return SimOutcome(metrics, sim, collector, time.perf_counter() - t0, interrupted, warnings)
-
-
-def write_run_files(run_dir: Path, cfg: SimConfig, metrics: dict, collector: MetricsCollector, run_info: dict,
-                    *, status: str = "ok", error: str | None = None) -> None:
-    """metrics.json, requests.csv (unless the run streamed it there already), run_info.json (the
-    caller's fields plus status, peak RSS, Python and machine), report.html if enabled, and last
-    status.json: the files every run writes, simulated or measured. Wall-clock figures go to
-    run_info.json only, so metrics.json and requests.csv are byte-identical across runs."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_metrics(run_dir / "metrics.json", metrics)
-    log = collector.log
-    if not log.streams:
-        write_rows_csv(run_dir / "requests.csv", log.rows or [], log.fieldnames)
-    run_info = {
-        **run_info,
-        "status": status,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-    }
-    write_text_atomic(run_dir / "run_info.json", json.dumps(run_info, indent=2) + "\n")
-    if cfg.report.enabled:
-        from apcsim.report import write_report
-
-        write_report(run_dir / "report.html", metrics, log, collector.timeline, include_plotlyjs=cfg.report.plotlyjs)
-    write_status(run_dir, status, error)
-
-
-def write_outputs(out: SimOutcome, run_dir: Path, cfg: SimConfig) -> None:
-    n, done = out.simulation.num_requests, len(out.collector.log)
-    error = None if out.interrupted is None else f"{out.interrupted}: {done} of {n} requests done"
-    write_run_files(run_dir, cfg, out.metrics, out.collector, {
-        "wall_s": out.wall_s,
-        "simulated_requests_per_wall_s": done / out.wall_s if out.wall_s > 0 else None,
-        **({"warnings": list(out.warnings)} if out.warnings else {}),
-    }, status=out.status, error=error)

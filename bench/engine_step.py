@@ -56,7 +56,6 @@ import argparse
 import datetime
 import gc
 import json
-import math
 import os
 import platform
 import statistics
@@ -67,14 +66,15 @@ from dataclasses import dataclass, field
 # Runnable as a plain script from anywhere: the repository root holds `engine` and `apcsim`.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from apcsim.core.plan import ScheduledChunk, StepPlan  # noqa: E402
-from apcsim.core.request import Request, RequestSpec  # noqa: E402
-from engine.executor import Executor  # noqa: E402
-from engine.runner import compose_engine_config, resolve_ops, run_engine  # noqa: E402
-from engine.weights import build_model, default_dtype  # noqa: E402
+from apcsim.core.plan import ScheduledChunk, StepPlan
+from apcsim.core.request import Request, RequestSpec
+from apcsim.mathutil import cdiv
+from engine.executor import Executor
+from engine.runner import compose_engine_config, resolve_ops, run_engine
+from engine.weights import build_model, default_dtype
 
 # Max step time / roofline time at the measured copy bandwidth, per (batch, context).
 DECODE_GOALS = {(64, 1024): 1.25, (1, 1024): 1.3}
@@ -208,7 +208,7 @@ def decode_plan(executor: Executor, batch: int, context: int, rng: np.random.Gen
     Re-executing the plan rewrites the same KV slot and output slot, so every call is the same step.
     Block ids are a random permutation of the cache: scattered, as in a pool after some churn.
     """
-    blocks_per_seq = math.ceil(context / executor.block_size)
+    blocks_per_seq = cdiv(context, executor.block_size)
     tables = rng.permutation(executor.num_blocks)[: batch * blocks_per_seq].reshape(batch, blocks_per_seq)
     chunks = []
     for i in range(batch):
@@ -227,7 +227,7 @@ def time_decode_step(model, ops, settings: Settings, device, batch: int, context
     """(median seconds of Executor.execute, of its input building alone) for one decode step,
     through the decode graphs (`mode` graph/padded) or eagerly. The executor, its KV cache and
     its graphs live only in here, so they are freed on return."""
-    blocks_per_seq = math.ceil(context / settings.block_size)
+    blocks_per_seq = cdiv(context, settings.block_size)
     executor = Executor(model, ops, num_blocks=batch * blocks_per_seq, block_size=settings.block_size)
     if mode != "eager":
         executor.enable_decode_graphs(mode, max_batch=batch, max_blocks_per_seq=blocks_per_seq)

@@ -294,7 +294,7 @@ def suite_run_names() -> list[str]:
     text = (ROOT / "apcsim" / "conf" / "validation" / "h100.yaml").read_text()
     policies = re.search(r"^policies:\s*\[([^\]]*)\]", text, re.M).group(1).replace(" ", "").split(",")
     sizes = re.search(r"^block_sizes:\s*\[([^\]]*)\]", text, re.M).group(1).replace(" ", "").split(",")
-    section = lambda name: re.search(rf"^{name}:\n((?:[ #].*\n|\n)*)", text, re.M).group(1)  # noqa: E731
+    section = lambda name: re.search(rf"^{name}:\n((?:[ #].*\n|\n)*)", text, re.M).group(1)
     workloads = re.findall(r"^  ([A-Za-z0-9_.]+):", section("workloads"), re.M)
     extra = re.findall(r"^  ([A-Za-z0-9_.-]+):", section("extra_runs"), re.M)
     return [f"{w}-{p}-{b}" for w in workloads for p in policies for b in sizes] + extra

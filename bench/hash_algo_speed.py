@@ -17,8 +17,8 @@ from _bench import ROOT, describe_run, write_results
 
 sys.path.insert(0, ROOT)
 
-from apcsim.compose import compose_config  # noqa: E402
-from apcsim.run import simulate  # noqa: E402
+from apcsim.cli.compose import compose_config
+from apcsim.run import simulate
 
 BASE = ["workload=mooncake", "workload.num_requests=1000", "+policy=lru", "block_size=16", "report.enabled=false"]
 VARIANTS = {"xxh3_64": [], "xxh3_128": ["hash_algo=xxh3_128"], "sha256": ["hash_algo=sha256"],

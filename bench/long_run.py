@@ -28,8 +28,9 @@ CASES = {
 CHILD = r"""
 import json, resource, sys, tempfile, time
 from pathlib import Path
-from apcsim.compose import compose_config
-from apcsim.run import simulate, write_outputs
+from apcsim.cli.compose import compose_config
+from apcsim.outputs.files import write_outputs
+from apcsim.run import simulate
 cfg = compose_config(sys.argv[1:])
 t0 = time.perf_counter()
 with tempfile.TemporaryDirectory() as d:

@@ -25,7 +25,7 @@ CASES = {
 
 CHILD = r"""
 import json, resource, sys, time
-from apcsim.compose import compose_config
+from apcsim.cli.compose import compose_config
 from apcsim.run import simulate
 cfg = compose_config(sys.argv[1:] + ["report.enabled=false"])
 t0 = time.perf_counter()

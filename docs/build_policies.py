@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apcsim.sweep import collect, write_csv
+from apcsim.sweep.collect import collect, write_csv
 
 DOCS = Path(__file__).resolve().parent
 DATA = DOCS / "data"
@@ -64,7 +64,7 @@ POLICIES = ["lru", "fifo", "lfu", "arc", "s3fifo", "sieve", "slru", "gdsf", "cos
 
 def working_set(overrides: list[str]) -> tuple[int, int]:
     """(distinct prompt blocks, blocks of the largest request) of the workload."""
-    from apcsim.compose import compose_config
+    from apcsim.cli.compose import compose_config
     from apcsim.core.future import FutureOracle
     from apcsim.workloads import build_workload
 

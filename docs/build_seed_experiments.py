@@ -23,7 +23,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from apcsim.sweep import collect, write_csv
+from apcsim.sweep.collect import collect, write_csv
 
 DOCS = Path(__file__).resolve().parent
 DATA, FIGS = DOCS / "data", DOCS / "figures"
@@ -123,7 +123,7 @@ def grid_section(name: str, title: str) -> str:
     fig.update_yaxes(title_text="output throughput (tok/s)", col=1)
     fig.update_layout(title=f"{title}: throughput vs TPOT, labels = max concurrency", template="plotly_white")
     link = save(fig, name)
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs)
     art = ARTICLE[name]
     summary = table(["", "throughput change from APC", "TPOT change from APC"], [
         ["apcsim (mean over the grid)", fmt_pct(mean(thr_d)), fmt_pct(mean(tpot_d))],
@@ -218,7 +218,7 @@ def main() -> None:
                 print(f"running +experiment={name} ...", flush=True)
                 run_preset(name, Path(tmp) / name)
                 write_csv(collect(Path(tmp) / name), DATA / f"{name}.csv")
-    from apcsim.compose import compose_config
+    from apcsim.cli.compose import compose_config
     from apcsim.run import build_cost_model
 
     cost_name = build_cost_model(compose_config([])).name

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from apcsim.config_keys import check_known_keys
-from apcsim.errors import ApcsimError, ConfigError
-from apcsim.metrics import summary_line
-from apcsim.oneline import run_with_one_line_errors
+from apcsim.cli.config_keys import check_known_keys
+from apcsim.cli.oneline import run_with_one_line_errors
+from apcsim.errors import ApcsimError, ConfigError, exit_bad_input
+from apcsim.outputs.metrics import summary_line
 from engine.runner import EngineConfig, register_engine_config
 
 register_engine_config()
@@ -20,14 +19,13 @@ register_engine_config()
 
 @hydra.main(version_base=None, config_path="pkg://apcsim.conf", config_name="engine")
 def main(dcfg: DictConfig) -> None:
-    from apcsim.status import write_status
+    from apcsim.outputs.status import write_status
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
     def fail(msg: str) -> None:
         write_status(run_dir, "failed", msg)
-        print(f"engine: error: {msg}", file=sys.stderr)
-        sys.exit(2)
+        exit_bad_input("engine", msg)
 
     try:
         check_known_keys(dcfg)

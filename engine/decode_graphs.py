@@ -9,7 +9,7 @@ A graph replays fixed addresses and shapes, hence:
 
 - Inputs live in static buffers sized for the largest bucket; a step only copies into them.
   Invariant: no buffer is reallocated after capture.
-- A batch of n requests runs as bucket_of(n) (`apcsim.sim.decode_buckets`: 1, 2, 4, then
+- A batch of n requests runs as bucket_of(n) (`apcsim.calibration.decode_buckets`: 1, 2, 4, then
   multiples of 8; the simulator costs a decode step at that bucket too). Its padding rows are
   inert: slot -1 (the KV write skips it), sequence length 1 reading key 0 of block 0 (finite,
   whatever it holds), token 0 at position 0; their logits are computed and discarded. Every op of the forward is
@@ -36,8 +36,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from apcsim.calibration.decode_buckets import batch_buckets, bucket_of
 from apcsim.hardware import ModelConfig, activation_bytes
-from apcsim.sim.decode_buckets import batch_buckets, bucket_of
 from engine.model import AttnMetadata, LlamaForCausalLM
 
 MODES = ("graph", "padded")

@@ -28,10 +28,10 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from apcsim.cli.oneline import run_with_one_line_errors
 from apcsim.config import register_configs
-from apcsim.errors import ApcsimError, ConfigError
+from apcsim.errors import ApcsimError, ConfigError, exit_bad_input
 from apcsim.hardware import ModelConfig
-from apcsim.oneline import run_with_one_line_errors
 
 PROG = "engine.profile"
 # Known GPU families, matched in the device name; anything else becomes its sanitised name.
@@ -145,11 +145,11 @@ def run_profile(cfg: ProfileConfig, argv: list[str] | None = None) -> tuple[Path
     import torch
 
     from apcsim.calibration.profile import write_profile
+    from engine.profiling.decode_step import decode_step_rows
     from engine.profiling.grid import GRIDS
     from engine.profiling.kernels import PagedCache, attention_rows, cache_blocks_needed, lm_head_rows, token_op_rows
     from engine.profiling.overhead import cpu_hash_rows, cpu_step_rows
     from engine.profiling.timer import OpTimer
-    from engine.profiling.decode_step import decode_step_rows
     from engine.runner import decode_graph_mode, resolve_device, resolve_ops
     from engine.weights import default_dtype, random_model
     from policies.registry import EVICTION_POLICIES
@@ -220,7 +220,7 @@ def run_profile(cfg: ProfileConfig, argv: list[str] | None = None) -> tuple[Path
     rows = [{"hardware": hardware, "model": cfg.model.name, "source": source, **r} for r in rows]
     write_profile(out, rows)
     try:
-        import triton  # noqa: F401
+        import triton
 
         triton_version = triton.__version__
     except ImportError:
@@ -263,8 +263,7 @@ def main(dcfg: DictConfig) -> None:
         cfg: ProfileConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
         out, meta = run_profile(cfg)
     except ApcsimError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_bad_input(PROG, str(e))
     print(f"{PROG}: {meta['rows']} rows for hardware={meta['hardware']} model={meta['model']} "
           f"({meta['device_name']}, {meta['attention_backend']}) in {meta['wall_s']:.1f}s")
     print(f"wrote {out} and {meta_path(out).name}")

@@ -161,8 +161,8 @@ def write_bundle(path: Path, out, cfg, overrides: list[str]) -> Path:
     """Save a finished validation run (`engine.validate.ValidationOutcome`) as a bundle."""
     from omegaconf import OmegaConf
 
-    from apcsim.metrics import _clean
-    from apcsim.requestlog import REQUEST_COLUMNS, request_row
+    from apcsim.outputs.metrics import _clean
+    from apcsim.outputs.requestlog import REQUEST_COLUMNS, request_row
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -276,10 +276,16 @@ def replay(path, profile: str | None = None):
 
     from omegaconf import OmegaConf
 
-    from apcsim.compose import compose_config
+    from apcsim.cli.compose import compose_config
     from apcsim.run import simulate
-    from engine.validate import ValidationOutcome, compare_decisions_outcomes, compare_metrics, load_cost
-    from engine.validate import register_validate_config, validation_info
+    from engine.validate import (
+        ValidationOutcome,
+        compare_decisions_outcomes,
+        compare_metrics,
+        load_cost,
+        register_validate_config,
+        validation_info,
+    )
 
     path = Path(path)
     b = load_bundle(path)

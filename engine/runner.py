@@ -23,8 +23,9 @@ from apcsim.core.request import RequestSpec, Status
 from apcsim.core.scheduler import Scheduler
 from apcsim.errors import ApcsimError, ConfigError
 from apcsim.loop import ServingLoop
-from apcsim.metrics import MetricsCollector
-from apcsim.run import kv_options, validate, with_model_resolved, write_run_files
+from apcsim.outputs.files import write_run_files
+from apcsim.outputs.metrics import MetricsCollector
+from apcsim.run import kv_options, validate, with_model_resolved
 from apcsim.workloads import build_workload
 
 
@@ -237,16 +238,12 @@ class EngineOutcome:
     collector: MetricsCollector
     wall_s: float
 
-    @property
-    def simulation(self) -> EngineLoop:  # the name apcsim's writers use
-        return self.loop
-
 
 def _recompute_cost(cfg: SimConfig, cost=None):
     """The policies' recompute-cost estimate comes from the simulator's cost model: `cost` if
     given (validation passes the one the simulator uses), else the config's, else the spec sheet
     when there is no calibration profile for this hardware and model."""
-    from apcsim.sim.cost_model import make_cost_model
+    from apcsim.calibration.cost_model import make_cost_model
 
     if cost is None:
         try:
@@ -344,7 +341,7 @@ def run_engine(cfg: EngineConfig, **kw) -> EngineOutcome:
 def write_engine_outputs(out: EngineOutcome, run_dir: Path, cfg: EngineConfig) -> None:
     """The simulator's run files (metrics.json, requests.csv, run_info.json, report.html) plus
     outputs.jsonl: each request's greedy output token ids."""
-    from apcsim.rundir import write_text_atomic
+    from apcsim.outputs.rundir import write_text_atomic
 
     run_dir.mkdir(parents=True, exist_ok=True)
     ex = out.loop.executor
@@ -363,7 +360,7 @@ def write_engine_outputs(out: EngineOutcome, run_dir: Path, cfg: EngineConfig) -
 
 def compose_engine_config(overrides: list[str] | None = None) -> EngineConfig:
     """A typed engine config from the same overrides `python -m engine` takes (tests, benchmarks)."""
-    from apcsim.compose import compose_config
+    from apcsim.cli.compose import compose_config
 
     register_engine_config()
     return compose_config(overrides, config_name="engine")  # type: ignore[return-value]

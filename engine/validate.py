@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -36,8 +35,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from apcsim.errors import ApcsimError, ConfigError
-from apcsim.oneline import run_with_one_line_errors
+from apcsim.cli.oneline import run_with_one_line_errors
+from apcsim.errors import ApcsimError, ConfigError, exit_bad_input
 from engine.runner import EngineConfig, register_engine_config
 
 PROG = "engine.validate"
@@ -159,8 +158,8 @@ class ValidationOutcome:
 def load_cost(cfg: ValidateConfig):
     """The calibrated cost model of the profile that the config names, costing decode batches
     above the engine's largest graph bucket per op, as the engine runs them eagerly."""
+    from apcsim.calibration.cost_model import CalibratedCostModel
     from apcsim.calibration.report import load_profile_for
-    from apcsim.sim.calibrated import CalibratedCostModel
 
     if cfg.cost_model != "calibrated":
         raise ConfigError(f"validation compares against a profile: cost_model must be calibrated, got {cfg.cost_model!r}")
@@ -190,9 +189,8 @@ def check_decode_graphs_match(cfg: ValidateConfig, cost, profile: str) -> None:
 
 def run_validation(cfg: ValidateConfig) -> ValidationOutcome:
     from apcsim.run import simulate
-    from engine.runner import run_engine
-
     from engine.recorded import StepRecorder, step_cost_summary
+    from engine.runner import run_engine
 
     cost, profile = load_cost(cfg)  # before the engine runs: a bad profile fails fast
     check_decode_graphs_match(cfg, cost, profile)
@@ -232,8 +230,8 @@ def write_validation(out: ValidationOutcome, run_dir: Path, cfg: ValidateConfig,
     """The run directory's files (module doc); with `cfg.record`, the bundle too (its overrides:
     `overrides`, those the run was composed from). `recorded`: `out` is a replay, whose engine
     side is in its bundle: no engine/ folder."""
-    from apcsim.metrics import _clean
-    from apcsim.run import write_outputs
+    from apcsim.outputs.files import write_outputs
+    from apcsim.outputs.metrics import _clean
     from engine.runner import write_engine_outputs
     from engine.validation_report import write_validation_html
 
@@ -307,8 +305,7 @@ def main(dcfg: DictConfig) -> None:
             out = run_validation(cfg)
             write_validation(out, run_dir, cfg, overrides)
     except ApcsimError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_bad_input(PROG, str(e))
     d = out.info["decisions"]
     print(format_table(out.comparison))
     print(f"{out.info['within_goal']}/{out.info['metrics_with_goal']} metrics within the H100 goals; "

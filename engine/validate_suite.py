@@ -26,7 +26,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from apcsim.errors import ApcsimError, ConfigError
+from apcsim.errors import ApcsimError, ConfigError, exit_bad_input
 
 PROG = "engine.validate_suite"
 
@@ -70,7 +70,7 @@ def select(runs: dict[str, list[str]], only: str | None, shard: str | None) -> d
 
 def run_one(name: str, overrides: list[str], run_dir: Path) -> dict:
     """One validation run in `run_dir` (a bundle too when the overrides have record=DIR)."""
-    from apcsim.compose import compose_config
+    from apcsim.cli.compose import compose_config
     from engine.validate import register_validate_config, run_validation, write_validation
 
     register_validate_config()
@@ -181,8 +181,7 @@ def entry() -> None:
     try:
         sys.exit(main(sys.argv[1:]))
     except ApcsimError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_bad_input(PROG, str(e))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from apcsim.cli import entry
+from apcsim.cli.main import entry
 from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
 
 # Hydra lists every registered option, sorted: the message must name them all.
@@ -262,7 +262,7 @@ def _run_dir_under_file(tmp, mp):
 
 def _run_dir_read_only(tmp, mp):
     """A directory without write permission (root ignores the mode: the error is injected there)."""
-    import apcsim.rundir as rundir
+    import apcsim.outputs.rundir as rundir
 
     (tmp / "ro").mkdir()
     (tmp / "ro").chmod(0o500)
@@ -352,7 +352,7 @@ def test_a_kv_cache_larger_than_the_gpu_is_a_warning_kept_in_run_info(tmp_path, 
 
 
 def test_sweep_of_a_single_run_directory_says_so(tmp_path, monkeypatch, capsys):
-    from apcsim.sweep import main as sweep_main
+    from apcsim.sweep.__main__ import main as sweep_main
 
     monkeypatch.chdir(tmp_path)
     assert run_cli(["report.enabled=false", "workload.num_requests=2"], tmp_path / "run", capsys)[0] == 0
@@ -432,7 +432,7 @@ def test_engine_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, name
                                    *[[f"+experiment={p.stem}"] for p in sorted((_CONF / "experiment").glob("*.yaml"))]])
 def test_the_unknown_key_check_keeps_legit_plus_overrides(extra):
     """Group appends (`+policy=`, `+experiment=`) and every experiment preset pass the check."""
-    from apcsim.compose import compose_config
+    from apcsim.cli.compose import compose_config
 
     compose_config(extra)
 

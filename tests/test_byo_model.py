@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from apcsim.calibration.cost_model import make_cost_model
 from apcsim.calibration.profile import profile_path
-from apcsim.compose import compose_config
+from apcsim.cli.compose import compose_config
 from apcsim.core.plan import ScheduledChunk, StepPlan
 from apcsim.errors import ConfigError
 from apcsim.hardware import HardwareConfig, ModelConfig, kv_cache_blocks
 from apcsim.hf_config import bundled_hf_configs, read_hf_config
-from apcsim.sim.cost_model import RooflineCostModel, make_cost_model
+from apcsim.sim.cost_model import RooflineCostModel
 
 A100 = HardwareConfig(interconnect_bw_gbps=300.0)
 LLAMA3_8B = ModelConfig()

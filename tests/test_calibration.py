@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from apcsim.calibration.cost_model import CalibratedCostModel, load_calibrated, make_cost_model
 from apcsim.calibration.holdout import holdout_errors
 from apcsim.calibration.profile import COLUMNS, available_profiles, profile_path, read_profile, write_profile
 from apcsim.calibration.report import TARGETS, prediction_plans
-from apcsim.compose import compose_config
+from apcsim.cli.compose import compose_config
 from apcsim.core.plan import ScheduledChunk, StepPlan
 from apcsim.errors import ConfigError
 from apcsim.hardware import HardwareConfig, ModelConfig
 from apcsim.run import build_cost_model, simulate
-from apcsim.sim.calibrated import CalibratedCostModel, load_calibrated
-from apcsim.sim.cost_model import RooflineCostModel, make_cost_model
+from apcsim.sim.cost_model import RooflineCostModel
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDUR = ROOT.parent / "shared" / "calibration" / "vidur"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from apcsim.compose import compose_config
+from apcsim.cli.compose import compose_config
 from apcsim.config import SimConfig
 from apcsim.hardware import HardwareConfig, ModelConfig
 from apcsim.run import simulate

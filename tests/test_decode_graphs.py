@@ -21,8 +21,8 @@ if not HAS_CUDA:  # before Triton's first import (see tests/test_kernels.py)
 
 import numpy as np  # noqa: E402
 
+from apcsim.calibration.decode_buckets import batch_buckets, bucket_of  # noqa: E402
 from apcsim.errors import ConfigError  # noqa: E402
-from apcsim.sim.decode_buckets import batch_buckets, bucket_of  # noqa: E402
 from engine import kernels  # noqa: E402
 from engine.decode_graphs import DecodeGraphs  # noqa: E402
 from engine.runner import compose_engine_config, run_engine  # noqa: E402

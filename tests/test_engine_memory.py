@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("hydra")
 
-from apcsim.compose import compose_config  # noqa: E402
+from apcsim.cli.compose import compose_config  # noqa: E402
 from engine.model import LlamaForCausalLM  # noqa: E402
 from engine.runner import compose_engine_config, kv_num_blocks  # noqa: E402
 from engine.weights import random_model  # noqa: E402

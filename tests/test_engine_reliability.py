@@ -69,9 +69,9 @@ def test_decode_graph_memory_estimate():
 def test_triton_backend_that_cannot_run_is_refused_before_any_launch(monkeypatch):
     """Without the interpreter on a CPU Triton's own error is "0 active drivers" from inside the
     first kernel launch; the engine names the cause in one line instead."""
+    from apcsim.errors import ConfigError
     from engine import kernels
     from engine.runner import resolve_ops
-    from apcsim.errors import ConfigError
 
     cpu = torch.device("cpu")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

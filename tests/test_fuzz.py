@@ -237,10 +237,9 @@ def test_azure_reader_parses_or_raises_trace_error(tmp_path_factory, data):
 # values through the real CLI. Every outcome is a run that was accepted, or one line and exit 2;
 # never a traceback, and never an accepted unknown key.
 def _valid_keys() -> list[str]:
-    from omegaconf import DictConfig
-
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import DictConfig
 
     from apcsim.config import register_configs
 
@@ -309,7 +308,7 @@ def test_config_overrides_run_or_fail_in_one_line(tmp_path_factory, case):
     import sys
 
     import apcsim.run
-    from apcsim.cli import entry
+    from apcsim.cli.main import entry
 
     args, unknown = case
     run_dir = tmp_path_factory.mktemp("fuzz-cli")

@@ -10,10 +10,10 @@ import json
 import numpy as np
 import pytest
 
-from apcsim.compose import compose_config
+from apcsim.cli.compose import compose_config
 from apcsim.core.block_hash import HASH_ALGOS, HashAlgo
 from apcsim.core.build import make_scheduler
-from apcsim.core.request import Request, RequestSpec
+from apcsim.core.request import RequestSpec
 from apcsim.errors import ConfigError, TraceError
 from apcsim.hardware import HardwareConfig, ModelConfig
 from apcsim.run import simulate

@@ -79,7 +79,6 @@ def dense_causal(q, dense_k, dense_v, seqs, scale):
     outs, start = [], 0
     num_heads = q.shape[1]
     for (cached, new), k, v in zip(seqs, dense_k, dense_v):
-        L = cached + new
         group = num_heads // k.shape[1]
         qb = q[start:start + new].double().cpu()  # [n, H, D]
         start += new

@@ -4,10 +4,10 @@ the metrics table, plotly.js once per page (or linked from the CDN)."""
 
 from __future__ import annotations
 
-from apcsim.compose import compose_config
+from apcsim.cli.compose import compose_config
+from apcsim.outputs.report import write_report
 from apcsim.run import simulate
-from apcsim.report import write_report
-from apcsim.sweep_report import coinciding, heatmap_figure, line_figure, simulated_setup, write_sweep_html
+from apcsim.sweep.report import coinciding, heatmap_figure, line_figure, simulated_setup, write_sweep_html
 
 
 def _rows():

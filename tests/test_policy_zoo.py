@@ -210,7 +210,7 @@ def test_sieve_passes_a_visited_block_once():
 
 def test_s3fifo_filters_one_hit_blocks_and_readmits_ghosts_to_main():
     pool = pool_of("s3fifo", 4)
-    hot = hit_once(pool, 1)
+    hit_once(pool, 1)  # the hot block
     once = [cached_block(pool, k) for k in (2, 3, 4)]
     release_each(pool, *once)
     assert evict_order(pool, 1) == [once[0].block_id], "hot moves to M; the unhit S head goes"
@@ -223,7 +223,7 @@ def test_s3fifo_filters_one_hit_blocks_and_readmits_ghosts_to_main():
 
 def test_arc_hit_block_survives_a_scan_of_new_blocks():
     pool = pool_of("arc", 3)
-    hot = hit_once(pool, 1)  # in T2
+    hit_once(pool, 1)  # the hot block, in T2
     scan = [cached_block(pool, k) for k in (2, 3)]
     release_each(pool, *scan)
     assert evict_order(pool, 2) == [s.block_id for s in scan]
@@ -329,7 +329,7 @@ def test_preemption_choosers():
                _Req("b", priority=2, arrival_time=1.0, admit_seq=1),
                _Req("c", priority=1, arrival_time=3.0, admit_seq=2)]
     computed = {"a": 500, "b": 20, "c": 20}
-    pick = lambda rule: PREEMPTION_CHOOSERS[rule](running, lambda r: computed[r.name]).name  # noqa: E731
+    pick = lambda rule: PREEMPTION_CHOOSERS[rule](running, lambda r: computed[r.name]).name
     assert pick("latest_arrival") == "a"
     assert pick("lowest_priority") == "b"
     assert pick("least_computed") == "c", "ties on computed tokens go to the later admitted"
@@ -337,7 +337,7 @@ def test_preemption_choosers():
 
 @pytest.mark.parametrize("rule", ["latest_arrival", "lowest_priority", "least_computed"])
 def test_preemption_rule_runs_end_to_end(rule):
-    from apcsim.compose import compose_config
+    from apcsim.cli.compose import compose_config
     from apcsim.run import simulate
 
     cfg = compose_config(["workload=shared_prefix", "workload.num_requests=12", "workload.input_tokens=128",
@@ -348,7 +348,7 @@ def test_preemption_rule_runs_end_to_end(rule):
 
 
 def test_unknown_preemption_rule_is_a_config_error():
-    from apcsim.compose import compose_config
+    from apcsim.cli.compose import compose_config
     from apcsim.errors import ConfigError
     from apcsim.run import simulate
 

@@ -13,15 +13,15 @@ import json
 import numpy as np
 import pytest
 
-from apcsim.compose import compose_config
+from apcsim.cli.compose import compose_config
 from apcsim.core.build import make_scheduler
 from apcsim.core.request import RequestSpec, TokenRetention
 from apcsim.errors import ConfigError
-from apcsim.run import simulate, write_outputs
+from apcsim.outputs.files import write_outputs
+from apcsim.run import simulate
 from apcsim.sim.simulator import Simulation
 from apcsim.workloads import build_workload
 from apcsim.workloads.azure import AzureConfig
-from apcsim.workloads.base import WorkloadConfig
 from apcsim.workloads.mooncake import MooncakeConfig
 from apcsim.workloads.multiturn import MultiturnConfig
 from apcsim.workloads.priorities import PriorityClass
@@ -30,8 +30,8 @@ from apcsim.workloads.shared_prefix import SharedPrefixConfig
 from apcsim.workloads.system_prompt import SystemPromptConfig
 from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
 from tests.test_bad_input import AZ_HEAD, MC_OK, _jsonl, run_cli
-from tests.test_policy_zoo import COST, pool_of
 from tests.test_policy_contract import cached_block, evict_order
+from tests.test_policy_zoo import COST, pool_of
 
 VOCAB = 128256
 TWO_CLASSES = [PriorityClass("interactive", 0.25, 0, 80, 30.0), PriorityClass("batch", 0.75, 1)]

@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("hydra")
 
-from apcsim.compose import compose_config  # noqa: E402
+from apcsim.cli.compose import compose_config  # noqa: E402
 from apcsim.errors import ConfigError  # noqa: E402
 from engine.profile import register_profile_config, run_profile  # noqa: E402
 from engine.recorded import STEPS, _outside_package_trace, load_bundle, read_steps, replay  # noqa: E402

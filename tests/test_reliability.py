@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from apcsim.compose import compose_config
+from apcsim.cli.compose import compose_config
 from apcsim.core import request as request_mod
-from apcsim.run import simulate, write_outputs
+from apcsim.outputs.files import write_outputs
+from apcsim.run import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["workload=shared_prefix", "workload.num_requests=30", "workload.input_tokens=96",
@@ -194,7 +195,7 @@ def test_a_second_run_into_a_held_dir_stops_and_a_killed_run_is_identifiable(tmp
     files alone; after kill -9 of A, status.json still says "running" with A's pid (so a dead pid
     reads as "crashed"), the rows are in requests.csv.partial, not in a requests.csv that looks
     complete, and the next run may use the directory (the kernel dropped the lock)."""
-    from apcsim.status import effective_status, read_status
+    from apcsim.outputs.status import effective_status, read_status
 
     run_dir = tmp_path / "run"
     a = subprocess.Popen([sys.executable, "-m", "apcsim", *LONG, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
@@ -248,8 +249,8 @@ def test_two_runs_with_default_dirs_started_together_do_not_share_one(tmp_path):
 def test_sweep_lists_a_job_whose_process_died_as_crashed(tmp_path):
     """A job dir left with status "running" by a process that no longer exists is a crash, not a
     run in progress (the pid of a finished child is free, and not reused this soon)."""
-    from apcsim.status import write_running
-    from apcsim.sweep import collect
+    from apcsim.outputs.status import write_running
+    from apcsim.sweep.collect import collect
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

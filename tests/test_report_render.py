@@ -5,7 +5,6 @@ Chromium is installed; `.ci/run` installs Debian's when it can."""
 from __future__ import annotations
 
 import pytest
-
 from headless_chromium import find_chromium, open_page
 from sweeptools import TINY, apcsim
 

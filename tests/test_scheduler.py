@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from apcsim.compose import compose_config
+from apcsim.cli.compose import compose_config
 from apcsim.core.build import make_scheduler
 from apcsim.core.request import Request, RequestSpec, Status
 from apcsim.hardware import HardwareConfig, ModelConfig

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from apcsim.compose import compose_config
-from apcsim.sweep import collect, flatten, main, parse_overrides
+from apcsim.cli.compose import compose_config
+from apcsim.sweep.__main__ import main
+from apcsim.sweep.collect import collect, flatten, parse_overrides
 
 CONF = Path(__file__).resolve().parents[1] / "apcsim" / "conf" / "experiment"
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,13 +18,12 @@ pytest.importorskip("hydra")
 
 from apcsim.calibration.profile import OPS, read_profile  # noqa: E402
 from apcsim.calibration.report import calibrate  # noqa: E402
-from apcsim.compose import compose_config  # noqa: E402
+from apcsim.cli.compose import compose_config  # noqa: E402
 from apcsim.errors import ConfigError  # noqa: E402
 from apcsim.hardware import ModelConfig  # noqa: E402
 from engine.profile import gpu_hardware_name, meta_path, register_profile_config, run_profile  # noqa: E402
 from engine.profiling.grid import GRIDS, estimate_seconds  # noqa: E402
-from engine.validate import (METRICS, compare_metrics, error_pct, register_validate_config,  # noqa: E402
-                             run_validation)
+from engine.validate import METRICS, compare_metrics, error_pct, register_validate_config, run_validation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # One intra-op thread: on a shared 2-core machine two threads make CPU timings jumpy.

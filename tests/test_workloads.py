@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
+import os
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from apcsim.errors import ConfigError, TraceError
-from apcsim.workloads import WORKLOADS, build_workload
+from apcsim.workloads import WORKLOADS, WorkloadConfig, build_workload
 from apcsim.workloads.azure import AzureConfig, parse_timestamp
 from apcsim.workloads.mooncake import MooncakeConfig
 from apcsim.workloads.multiturn import MultiturnConfig
@@ -28,6 +34,56 @@ def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     n = min(len(a), len(b))
     diff = np.nonzero(a[:n] != b[:n])[0]
     return int(diff[0]) if diff.size else n
+
+
+def _workload_config_classes(module) -> list[type]:
+    """The WorkloadConfig subclasses a module defines (not those it imports)."""
+    return [v for v in vars(module).values()
+            if isinstance(v, type) and issubclass(v, WorkloadConfig) and v is not WorkloadConfig
+            and v.__module__ == module.__name__]
+
+
+def test_one_file_is_one_workload():
+    """Every module under apcsim/workloads that defines a WorkloadConfig subclass registers exactly
+    one workload with it; the modules that define none (base, priorities, tracefile, _common) are
+    shared machinery and register nothing."""
+    import apcsim.workloads as pkg
+
+    helpers = []
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        module = importlib.import_module(f"apcsim.workloads.{mod.name}")
+        configs = _workload_config_classes(module)
+        registered = [e for e in WORKLOADS.values() if e.build.__module__ == module.__name__]
+        if configs:
+            assert len(registered) == 1, f"{mod.name}.py defines {configs} but registers {len(registered)} workloads"
+            assert registered[0].config_cls in configs
+        else:
+            assert not registered, f"{mod.name}.py registers a workload without a config class of its own"
+            helpers.append(mod.name)
+    assert len(WORKLOADS) == len(list(pkgutil.iter_modules(pkg.__path__))) - len(helpers)
+    assert "base" in helpers and "shared_prefix" not in helpers
+
+
+def test_workload_modules_are_found_on_disk(tmp_path):
+    """A new file in apcsim/workloads is registered by importing the package alone (no list of
+    module names to edit): a copy of the package with one more workload module finds it."""
+    import shutil
+
+    import apcsim.workloads as pkg
+
+    copy = tmp_path / "apcsim_copy"
+    shutil.copytree(Path(pkg.__file__).parents[1], copy / "apcsim",
+                    ignore=shutil.ignore_patterns("__pycache__", "traces", "profiles", "hf_configs", "conf"))
+    src = (copy / "apcsim" / "workloads" / "system_prompt.py").read_text()
+    (copy / "apcsim" / "workloads" / "extra_prompt.py").write_text(
+        src.replace('register_workload("system_prompt"', 'register_workload("extra_prompt"')
+           .replace("class SystemPromptConfig", "class ExtraPromptConfig")
+           .replace("SystemPromptConfig", "ExtraPromptConfig"))
+    code = "import apcsim.workloads as w; print(w.__file__); print(' '.join(sorted(w.WORKLOADS)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=copy, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(copy)}, check=True).stdout.split("\n")
+    assert out[0].startswith(str(copy)), out
+    assert "extra_prompt" in out[1].split() and "system_prompt" in out[1].split()
 
 
 @pytest.mark.parametrize("name", sorted(WORKLOADS))

@@ -8,5 +8,11 @@
 - `python -m apcsim.calibration hardware=a100 model=llama3_8b`: held-out fit errors and whole-step
   predictions, written to `calibration.json` in the Hydra run directory.
 
-The cost model itself is `apcsim.sim.calibrated.CalibratedCostModel`.
+- `cost_model`: the calibrated cost model (`CalibratedCostModel`) and `make_cost_model`, which picks
+  the model the `cost_model` config key names (calibrated, or `apcsim.sim.cost_model`'s roofline).
+- `decode_buckets`: the decode batch sizes the engine captures CUDA graphs for, which the
+  calibrated model costs a decode step at.
+
+Calibration builds on `apcsim.sim.cost_model` (the `CostModel` question and the roofline answer);
+the simulator imports nothing from here.
 """

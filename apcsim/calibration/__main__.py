@@ -8,7 +8,6 @@ hardware/model), `tp` (1), `holdout_fraction` (0.2), `seed` (0). Errors are one 
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -18,9 +17,9 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from apcsim.oneline import run_with_one_line_errors
+from apcsim.cli.oneline import run_with_one_line_errors
 from apcsim.config import register_configs
-from apcsim.errors import ApcsimError
+from apcsim.errors import ApcsimError, exit_bad_input
 from apcsim.hardware import HardwareConfig, ModelConfig
 
 PROG = "apcsim.calibration"
@@ -60,8 +59,7 @@ def main(dcfg: DictConfig) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "calibration.json").write_text(json.dumps(result, indent=2) + "\n")
     except ApcsimError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_bad_input(PROG, str(e))
     print(_table(result))
     print(f"wrote {run_dir / 'calibration.json'}")
 

@@ -12,7 +12,7 @@ profiler write the same columns:
 | `num_tokens` | tokens the op processed: the step's tokens (token ops), the chunk's new tokens (`attn_prefill`), sampled tokens (`lm_head`), hashed prompt tokens (`cpu_hash`); for `attn_decode` and `decode_step` the batch size |
 | `batch_size` | requests in the op: decode batch (`attn_decode`, `decode_step`), 1 (`attn_prefill`), requests in the step (`cpu_*`); 0 where not applicable |
 | `context_len` | tokens of each request already in the KV cache before this step (cached prefix or computed earlier); 0 for token ops |
-| `num_heads`, `num_kv_heads`, `head_dim` | attention shape per GPU of the kernels as measured (they may differ from the model's: the cost model scales, see `apcsim.sim.calibrated`) |
+| `num_heads`, `num_kv_heads`, `head_dim` | attention shape per GPU of the kernels as measured (they may differ from the model's: the cost model scales, see `apcsim.calibration.cost_model`) |
 | `tp` | tensor-parallel degree of the measurement |
 | `time_ms_median` | median of the repeated measurements, milliseconds, per layer (`scope` "layer") or per step ("step") |
 | `source` | provenance: project, commit, file, and what was measured if it is not the model itself |

@@ -3,12 +3,12 @@ the physics checks of one profile, as one JSON-ready dict."""
 
 from __future__ import annotations
 
+from apcsim.calibration.cost_model import CalibratedCostModel
 from apcsim.calibration.holdout import holdout_errors
 from apcsim.core.plan import ScheduledChunk, StepPlan
 from apcsim.errors import ConfigError
 from apcsim.hardware import HardwareConfig, ModelConfig, per_gpu_model
 from apcsim.hf_config import resolve_model
-from apcsim.sim.calibrated import CalibratedCostModel
 
 TARGETS = {"median_ape_pct": 3.0, "p90_ape_pct": 10.0}
 

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from pathlib import Path
 
 from apcsim.calibration.profile import write_profile
+from apcsim.errors import exit_bad_input
 
 COMPUTE_COMMIT = "7d47513"
 LEGACY_COMMIT = "acb95f6"
@@ -120,8 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         n = convert(a.src, a.out, a.hardware, a.model)
     except (OSError, ValueError, KeyError) as e:
         msg = f"missing column {e}" if isinstance(e, KeyError) else str(e)
-        print(f"apcsim.calibration.vidur: error: {msg}", file=sys.stderr)
-        sys.exit(2)
+        exit_bad_input("apcsim.calibration.vidur", msg)
     print(f"wrote {n} rows to {a.out}")
 
 

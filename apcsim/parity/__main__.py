@@ -21,8 +21,8 @@ from pathlib import Path
 
 from hydra.errors import HydraException
 
-from apcsim.errors import ApcsimError
-from apcsim.oneline import _one_line
+from apcsim.cli.oneline import one_line
+from apcsim.errors import ApcsimError, exit_bad_input
 from apcsim.parity import table
 from apcsim.parity.harness import replay_all
 from apcsim.parity.scenarios import SCENARIOS
@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         check(python)
         replays = replay_all(_cases(args), python)
     except (VllmUnavailable, ApcsimError, HydraException, ValueError, RuntimeError) as e:
-        print(f"apcsim.parity: error: {_one_line(str(e))}", file=sys.stderr)
-        return 2
+        exit_bad_input("apcsim.parity", one_line(str(e)))
     print(table.markdown(replays), end="")
     for r in replays:
         if not r.comparison.identical:

@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from apcsim.compose import compose_config
+from apcsim.cli.compose import compose_config
 from apcsim.parity.compare import Comparison, compare
 from apcsim.parity.record import Recording, record
 from apcsim.parity.venv import vllm_python

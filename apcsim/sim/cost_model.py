@@ -1,14 +1,17 @@
 """Step-time models: how long one engine step takes, from its step plan.
 
-`make_cost_model` picks one by the `cost_model` config key (`apcsim.run.build_cost_model(cfg)`
-for a whole config):
+`CostModel` is the one question the simulator asks ("how long does this step take"). Two answers
+exist, picked by the `cost_model` config key in `apcsim.calibration.cost_model.make_cost_model`
+(`apcsim.run.build_cost_model(cfg)` for a whole config):
 
-- "calibrated" (the default): `apcsim.sim.calibrated.CalibratedCostModel`, fitted on the profiled
-  kernel timings of the selected (hardware, model) in `apcsim/profiles/` (see README,
+- "calibrated" (the default): `apcsim.calibration.cost_model.CalibratedCostModel`, fitted on the
+  profiled kernel timings of the selected (hardware, model) in `apcsim/profiles/` (see README,
   "Calibration profiles");
-- "roofline": `RooflineCostModel`, the spec-sheet bound: each kernel group takes max(FLOPs / peak
-  FLOP/s, bytes / HBM bandwidth), and the groups run one after another. It is optimistic (100 %
-  of peak, no CPU or launch overhead) and works for any hardware and model preset.
+- "roofline": `RooflineCostModel` here, the spec-sheet bound: each kernel group takes max(FLOPs /
+  peak FLOP/s, bytes / HBM bandwidth), and the groups run one after another. It is optimistic
+  (100 % of peak, no CPU or launch overhead) and works for any hardware and model preset.
+
+This module imports nothing from `apcsim.calibration`; calibration builds on it.
 """
 
 from __future__ import annotations
@@ -18,10 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from apcsim.core.plan import StepPlan
-from apcsim.errors import ConfigError
-from apcsim.hardware import HardwareConfig, ModelConfig, check_tp, per_gpu_model
-
-COST_MODELS = ("calibrated", "roofline")
+from apcsim.hardware import HardwareConfig, ModelConfig, check_tp
 
 
 class CostModel(Protocol):
@@ -114,52 +114,3 @@ class RooflineCostModel:
         # tp > 1 the tokens' share of the all-reduces).
         t = (num_tokens * self.linear_flops_per_token + pairs * self.attn_flops_per_pair) / self.flops
         return t if self.tp == 1 else t + num_tokens * self.allreduce_s_per_token
-
-
-def make_cost_model(name: str, hw: HardwareConfig, model: ModelConfig, *, tp: int = 1,
-                    profile: str | None = None) -> CostModel:
-    """The cost model named by the `cost_model` config key, for one replica of `tp` GPUs;
-    `profile`: a calibration profile CSV instead of the bundled one of (hardware, model, tp).
-    A bad name, a missing, malformed or mismatched profile is a ConfigError with a one-line message."""
-    if name == "roofline":
-        if profile is not None:
-            raise ConfigError("profile= is for cost_model=calibrated; cost_model=roofline needs no profile")
-        return RooflineCostModel(hw, model, tp)
-    if name != "calibrated":
-        raise ConfigError(f"cost_model must be one of {', '.join(COST_MODELS)}, got {name!r}")
-    from apcsim.calibration.match import load_matching_profile
-    from apcsim.sim.calibrated import CalibratedCostModel, load_calibrated
-
-    check_tp(hw, model, tp)
-    prof = load_matching_profile(hw, model, tp, profile)
-    try:
-        if tp == 1:
-            return load_calibrated(prof.path, model)
-        return TensorParallelComm(CalibratedCostModel(prof, per_gpu_model(model, tp)), hw, model, tp)
-    except ValueError as e:
-        raise ConfigError(f"calibration profile {prof.path}: {e}") from None
-
-
-class TensorParallelComm:
-    """A per-GPU cost model (a profile measured at `tp`, which times no communication) plus the
-    two all-reduces per layer of tensor parallelism, costed from the hardware's interconnect as in
-    the roofline model."""
-
-    def __init__(self, per_gpu: CostModel, hw: HardwareConfig, model: ModelConfig, tp: int) -> None:
-        self.inner = per_gpu
-        self.name = f"{per_gpu.name[:-1]}, tp={tp})"
-        layers = model.num_layers
-        ring = 2.0 * (tp - 1) / tp * model.hidden_size * model.dtype_bytes / (hw.interconnect_bw_gbps * 1e9)
-        self.per_token = 2 * layers * ring
-        self.per_step = 2 * layers * hw.interconnect_latency_us * 1e-6
-
-    def step_time(self, plan: StepPlan) -> float:
-        tokens = plan.num_cohort + sum(c.num_new_tokens for c in plan.chunks)
-        t = self.inner.step_time(plan)
-        return t if tokens == 0 else t + self.per_step + tokens * self.per_token
-
-    def decode_stretch_times(self, num_seqs: int, context_sum: int, num_steps: int) -> np.ndarray:
-        return self.inner.decode_stretch_times(num_seqs, context_sum, num_steps) + (self.per_step + num_seqs * self.per_token)
-
-    def recompute_time(self, num_tokens: int, context: int) -> float:
-        return self.inner.recompute_time(num_tokens, context) + num_tokens * self.per_token

@@ -15,8 +15,8 @@ from apcsim.core.request import RequestSpec
 from apcsim.core.scheduler import Scheduler
 from apcsim.interrupt import deferred
 from apcsim.loop import ServingLoop
-from apcsim.metrics import MetricsCollector
-from apcsim.requestlog import RequestLog
+from apcsim.outputs.metrics import MetricsCollector
+from apcsim.outputs.requestlog import RequestLog
 from apcsim.sim.cost_model import CostModel
 
 

@@ -1,10 +1,20 @@
 """Workloads: each module registers one generator or trace reader under its name.
 
 Adding a workload is one file here: a `WorkloadConfig` subclass and a `@register_workload`
-build function; then `workload=<name>` works on the command line.
+build function; then `workload=<name>` works on the command line. Modules are found on disk, as
+policies are: every module here is imported, except those whose name starts with `_`. A module
+that defines a `WorkloadConfig` subclass is a workload and registers it; the others (`base`,
+`priorities`, `tracefile`, `_common`) are the machinery the workloads share
+(tests/test_workloads.py checks both).
 """
 
-from apcsim.workloads import azure, mooncake, multiturn, rag, shared_prefix, system_prompt  # noqa: F401  (register)
+import importlib
+import pkgutil
+
 from apcsim.workloads.base import WORKLOADS, BuildContext, WorkloadConfig, build_workload, register_workload
+
+for _mod in pkgutil.iter_modules(__path__):
+    if not _mod.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_mod.name}")
 
 __all__ = ["WORKLOADS", "BuildContext", "WorkloadConfig", "build_workload", "register_workload"]

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from apcsim.errors import ConfigError
+from apcsim.mathutil import cdiv
 
 
 def check_int(cfg, key: str, lo: int) -> int:
@@ -100,7 +101,7 @@ def unique_tokens(seed: int, stream: int, row_keys, lengths, vocab_size: int) ->
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     row_keys = np.asarray(row_keys, dtype=np.int64)
-    nb = -(-lengths // UNIQUE_BLOCK)
+    nb = cdiv(lengths, UNIQUE_BLOCK)
     starts = np.concatenate([[0], np.cumsum(nb)])
     within = np.arange(starts[-1]) - np.repeat(starts[:-1], nb)
     table = readonly(hashed_blocks(seed, stream, (np.repeat(row_keys, nb) << 24) | within, UNIQUE_BLOCK, vocab_size))

@@ -32,6 +32,7 @@ import numpy as np
 
 from apcsim.core.request import RequestSpec
 from apcsim.errors import ConfigError
+from apcsim.mathutil import cdiv
 from apcsim.workloads._common import check_float, check_int, hashed_blocks, readonly, unique_tokens
 from apcsim.workloads.base import BuildContext, WorkloadConfig, register_workload
 from apcsim.workloads.priorities import PRIORITY_FIELDS, trace_priorities
@@ -170,7 +171,7 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> list[RequestSpec]:
         if row.t < prev.t:
             raise trace_error(path, row.lineno, "timestamps must not decrease")
     for row in rows if cfg.strict_lengths else ():
-        expected = -(-row.input_length // hbs)
+        expected = cdiv(row.input_length, hbs)
         if len(row.hash_ids) != expected:
             raise trace_error(path, row.lineno, f"{len(row.hash_ids)} hash_ids for input_length "
                               f"{row.input_length}, expected {expected} with hash_block_size={hbs} "

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from apcsim.mathutil import cdiv
+
 # From the CUDA programming guide's compute-capability table: the shared memory one block may opt
 # into and one SM holds (sm_80: 163 and 164 KB, sm_90: 227 and 228 KB), 64K registers and at most
 # 64 resident warps per SM. SM counts (A100 108, H100 SXM 132) size the split-KV decode grid.
@@ -85,7 +87,7 @@ class Result:
         allocated per warp in units of 256, shared memory per block plus the runtime's 1 KB)."""
         if not self.ok:
             return None
-        regs_per_warp = -(-self.registers * 32 // 256) * 256
+        regs_per_warp = cdiv(self.registers * 32, 256) * 256
         by_regs = (REGISTERS_PER_SM // max(regs_per_warp, 1)) // self.num_warps
         by_smem = ARCHS[self.arch]["smem_per_sm"] // (self.shared_bytes + RESERVED_SMEM_PER_BLOCK)
         by_warps = MAX_WARPS_PER_SM // self.num_warps
@@ -138,7 +140,7 @@ def engine_calls(heads: Heads, dtype: str, block_size: int, sms: int) -> list[tu
     def varlen(batch: int, new_tokens: int, cached: int):
         def call():
             q = torch.empty((batch * new_tokens, H, D), dtype=dt)  # [T, H, D]
-            width = -(-(cached + new_tokens) // block_size)
+            width = cdiv(cached + new_tokens, block_size)
             qsl = torch.arange(0, batch * new_tokens + 1, new_tokens, dtype=torch.int32)  # [B+1]
             seq_lens = torch.full((batch,), cached + new_tokens, dtype=torch.int32)  # [B]
             tables = torch.zeros((batch, width), dtype=torch.int32)  # [B, width]
@@ -148,7 +150,7 @@ def engine_calls(heads: Heads, dtype: str, block_size: int, sms: int) -> list[tu
     def decode(batch: int, context: int):
         def call():
             q = torch.empty((batch, H, D), dtype=dt)  # [B, H, D]
-            tables = torch.zeros((batch, -(-context // block_size)), dtype=torch.int32)
+            tables = torch.zeros((batch, cdiv(context, block_size)), dtype=torch.int32)
             seq_lens = torch.full((batch,), context, dtype=torch.int32)
             splits = ta.num_splits_for(batch, Hkv, sms)
             ta.paged_decode_attention(q, k_cache, v_cache, tables, seq_lens, scale, num_splits=splits)
@@ -217,7 +219,7 @@ def compile_launch(launch: Launch, spec: Specialised) -> Result:
     try:
         kernel = triton.compile(spec.src, target=spec.target, options=spec.options)
         usage = resource_usage(kernel.asm["cubin"])
-    except Exception as e:  # noqa: BLE001 - a compile failure is this check's finding, reported per launch
+    except Exception as e:
         text = str(e).strip()
         first = text.splitlines()[0] if text else ""
         return Result(launch.case, name, arch, False, time.perf_counter() - t0, error=f"{type(e).__name__}: {first}")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from apcsim.mathutil import cdiv
+
 
 def write_kv(
     k_cache: torch.Tensor,
@@ -45,7 +47,7 @@ def gather_kv(
 ) -> torch.Tensor:
     """Contiguous ``[seq_len, num_kv_heads, head_dim]`` view of one sequence's cached K or V."""
     block_size = cache.shape[1]
-    n_blocks = -(-seq_len // block_size)
+    n_blocks = cdiv(seq_len, block_size)
     blocks = block_table_row[:n_blocks].to(torch.long)  # only the blocks the sequence owns
     return cache[blocks].reshape(n_blocks * block_size, *cache.shape[2:])[:seq_len]
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from apcsim.mathutil import cdiv
 from engine.executor import Executor
 from engine.model import LlamaForCausalLM
-from engine.profiling.grid import ProfileGrid, cdiv
+from engine.profiling.grid import ProfileGrid
 from engine.profiling.kernels import _row
 from engine.profiling.timer import OpTimer
 

@@ -14,13 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from apcsim.calibration.decode_buckets import bucket_of
 from apcsim.hardware import ModelConfig
-from apcsim.sim.decode_buckets import bucket_of
-
-
-def cdiv(a: int, b: int) -> int:
-    """ceil(a / b) for positive ints: blocks of b tokens that a tokens need."""
-    return -(-a // b)
 
 
 @dataclass(frozen=True)

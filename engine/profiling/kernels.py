@@ -14,8 +14,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from apcsim.mathutil import cdiv
 from engine.model import LlamaForCausalLM, apply_rope
-from engine.profiling.grid import ProfileGrid, cdiv
+from engine.profiling.grid import ProfileGrid
 from engine.profiling.timer import OpTimer
 
 

@@ -18,12 +18,13 @@ import time
 import numpy as np
 import torch
 
+from apcsim.calibration.decode_buckets import bucket_of
 from apcsim.core.build import make_scheduler
 from apcsim.core.request import Request, RequestSpec
-from apcsim.sim.decode_buckets import bucket_of
+from apcsim.mathutil import cdiv
 from engine.executor import Executor
 from engine.model import LlamaForCausalLM
-from engine.profiling.grid import ProfileGrid, cdiv
+from engine.profiling.grid import ProfileGrid
 from engine.runner import EngineLoop
 from policies.eviction.base import EvictionConfig
 from policies.registry import EVICTION_POLICIES

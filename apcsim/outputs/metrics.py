@@ -16,7 +16,7 @@ import numpy as np
 
 from apcsim.core.request import Request
 from apcsim.core.scheduler import Scheduler, StepResult
-from apcsim.requestlog import REQUEST_COLUMNS, RequestLog, request_row, write_rows_csv  # noqa: F401  (re-exported)
+from apcsim.outputs.requestlog import RequestLog
 
 PERCENTILES = (50, 90, 99)
 
@@ -145,7 +145,7 @@ class MetricsCollector:
         tpot = tpot[~np.isnan(tpot)]
         itl_v = np.frombuffer(self._itl_values, dtype=np.float64) if len(self._itl_values) else np.zeros(0)
         itl_w = np.frombuffer(self._itl_weights, dtype=np.float64) if len(self._itl_weights) else np.zeros(0)
-        rate = lambda x: x / duration if duration > 0 else 0.0  # noqa: E731
+        rate = lambda x: x / duration if duration > 0 else 0.0
         q = st.prefix_cache_queries
         tl = self.timeline
         weights = np.asarray(tl.steps, dtype=np.float64)
@@ -216,17 +216,9 @@ def _clean(x):
 
 
 def write_metrics(path: Path, metrics: dict) -> None:
-    from apcsim.rundir import write_text_atomic
+    from apcsim.outputs.rundir import write_text_atomic
 
     write_text_atomic(path, json.dumps(_clean(metrics), indent=2, sort_keys=False) + "\n")
-
-
-def request_rows(requests: list[Request]) -> list[dict]:
-    return [request_row(r) for r in requests]
-
-
-def write_requests_csv(path: Path, rows: list[dict]) -> None:
-    write_rows_csv(path, rows)
 
 
 def summary_line(m: dict, *, clock: str, where: str = "") -> str:

@@ -126,10 +126,6 @@ def _schema_by_name(name: str) -> type | None:
         if dataclasses.is_dataclass(t) and t.__name__ == name:
             return t
         stack += [node._get_node(k) for k in node.keys()]
-    m = re.search(r"unrecognized arguments: (.*)", text)
-    if m:
-        return (f"unrecognized arguments: {m.group(1).strip()}; Hydra's options (-m/--multirun, --cfg, ...) go "
-                "before the overrides: python -m apcsim -m key=a,b")
     return None
 
 

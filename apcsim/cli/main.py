@@ -2,7 +2,7 @@
 
 Bad input of any kind ends in one line on stderr and exit status 2: apcsim's own checks raise
 `ApcsimError`, and Hydra's composition errors (unknown option, wrong type) are folded to one line.
-A run holds its directory (apcsim.rundir: a second run into it stops with exit 2) and marks
+A run holds its directory (apcsim.outputs.rundir: a second run into it stops with exit 2) and marks
 status.json "running" before Hydra writes there; every run (each job of a multirun) ends with
 `status.json` in its output directory: "ok",
 "failed" (with the error) or "interrupted" (SIGINT/SIGTERM: the requests done so far are in
@@ -20,22 +20,23 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from apcsim.cli.config_keys import check_known_keys
+from apcsim.cli.oneline import run_with_one_line_errors
 from apcsim.config import SimConfig, register_configs
-from apcsim.config_keys import check_known_keys
-from apcsim.errors import ApcsimError
+from apcsim.errors import ApcsimError, exit_bad_input
 from apcsim.interrupt import RunInterrupted, interruptible
-from apcsim.metrics import summary_line
-from apcsim.oneline import run_with_one_line_errors
+from apcsim.outputs.metrics import summary_line
 
 log = logging.getLogger("apcsim")
 
 register_configs()
 
 
-@hydra.main(version_base=None, config_path="conf", config_name="config")
+@hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(dcfg: DictConfig) -> float | None:
-    from apcsim.run import simulate, write_outputs
-    from apcsim.status import write_status
+    from apcsim.outputs.files import write_outputs
+    from apcsim.outputs.status import write_status
+    from apcsim.run import simulate
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -43,13 +44,12 @@ def main(dcfg: DictConfig) -> float | None:
         check_known_keys(dcfg)  # before a sweep's first job too: every job would have it
     except ApcsimError as e:
         write_status(run_dir, "failed", str(e))
-        print(f"apcsim: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_bad_input("apcsim", str(e))
     with interruptible():
         if hc.mode == RunMode.MULTIRUN:
             # One job of a sweep: a failure is recorded in its directory and the sweep goes on;
             # an interruption marks the job and ends the sweep.
-            from apcsim.job import run_multirun_job
+            from apcsim.sweep.job import run_multirun_job
 
             return run_multirun_job(dcfg, run_dir)
         try:
@@ -58,14 +58,12 @@ def main(dcfg: DictConfig) -> float | None:
             write_outputs(out, run_dir, cfg)
         except ApcsimError as e:
             write_status(run_dir, "failed", str(e))
-            print(f"apcsim: error: {e}", file=sys.stderr)
-            sys.exit(2)
+            exit_bad_input("apcsim", str(e))
         except MemoryError:
             msg = (f"out of memory (MemoryError) in {run_dir}: the workload or the cache does not fit this "
                    "machine; lower workload.num_requests, num_gpu_blocks or the lengths")
             write_status(run_dir, "failed", msg)
-            print(f"apcsim: error: {msg}", file=sys.stderr)
-            sys.exit(2)
+            exit_bad_input("apcsim", msg)
         except RunInterrupted as e:  # before the run started or while writing its outputs
             write_status(run_dir, "interrupted", str(e))
             print(f"apcsim: {e}; nothing complete in {run_dir}", file=sys.stderr)
@@ -84,7 +82,7 @@ def main(dcfg: DictConfig) -> float | None:
 
 
 def entry() -> None:
-    from apcsim.listing import listing, wants_listing
+    from apcsim.cli.listing import listing, wants_listing
 
     if wants_listing(sys.argv[1:]):  # `--help` / `list`: keys and registered options, not Hydra's dump
         print(listing(), end="")

@@ -171,7 +171,7 @@ class RequestLog:
 def write_rows_csv(path, rows: list[dict], fieldnames: list[str] = REQUEST_COLUMNS) -> None:
     import io
 
-    from apcsim.rundir import write_text_atomic
+    from apcsim.outputs.rundir import write_text_atomic
 
     buf = io.StringIO(newline="")
     w = csv.DictWriter(buf, fieldnames=fieldnames)

@@ -8,12 +8,14 @@ where a GEMM of a few more rows costs next to nothing on a GPU.
 
 from __future__ import annotations
 
+from apcsim.mathutil import cdiv
+
 
 def bucket_of(batch: int) -> int:
     """The bucket a decode batch of `batch` requests runs as."""
     if batch <= 4:
         return 1 if batch <= 1 else (2 if batch == 2 else 4)
-    return -(-batch // 8) * 8
+    return cdiv(batch, 8) * 8
 
 
 def batch_buckets(max_batch: int) -> list[int]:

@@ -18,13 +18,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from apcsim.errors import ConfigError
+from apcsim.errors import ConfigError, exit_bad_input
 
 LOCK_FILE = ".apcsim.lock"
 
@@ -92,8 +91,7 @@ def _hold_or_exit(path: Path, key: str, prog: str) -> None:
     try:
         hold(path, key)
     except ConfigError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_bad_input(prog, str(e))
 
 
 def _hydra_override(config: DictConfig, key: str) -> str | None:
@@ -113,13 +111,12 @@ class RunDirLock(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         from hydra.core.hydra_config import HydraConfig
 
-        from apcsim.status import write_running
+        from apcsim.outputs.status import write_running
 
         given = _hydra_override(config, "hydra.sweep.dir")
         if given:  # Hydra would ignore it: a single run writes to hydra.run.dir
-            print(f"{self.prog}: error: {given} applies to a multirun (-m); a single run writes to hydra.run.dir: "
-                  "use hydra.run.dir=..., or add -m", file=sys.stderr)
-            sys.exit(2)
+            exit_bad_input(self.prog, f"{given} applies to a multirun (-m); a single run writes to hydra.run.dir: "
+                           "use hydra.run.dir=..., or add -m")
         HydraConfig.instance().set_config(config)  # run.dir may use ${hydra:...}, as run_job allows
         run_dir = Path(str(config.hydra.run.dir))
         _hold_or_exit(run_dir, "hydra.run.dir", self.prog)
@@ -131,9 +128,8 @@ class RunDirLock(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         given = _hydra_override(config, "hydra.run.dir")
         if given:  # Hydra would ignore it: a multirun writes under hydra.sweep.dir
-            print(f"{self.prog}: error: {given} applies to a single run; a multirun (-m or an experiment's "
-                  "hydra.mode=MULTIRUN) writes its jobs under hydra.sweep.dir: use hydra.sweep.dir=...", file=sys.stderr)
-            sys.exit(2)
+            exit_bad_input(self.prog, f"{given} applies to a single run; a multirun (-m or an experiment's "
+                           "hydra.mode=MULTIRUN) writes its jobs under hydra.sweep.dir: use hydra.sweep.dir=...")
         _hold_or_exit(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir", self.prog)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:

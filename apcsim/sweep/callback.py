@@ -16,7 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from apcsim.errors import JobsFailed
-from apcsim.sweep import collect, write_csv
+from apcsim.sweep.collect import collect, write_csv
 
 log = logging.getLogger("apcsim")
 
@@ -39,7 +39,7 @@ class SweepReportCallback(Callback):
         failed = sum(r["status"] != "ok" for r in rows)
         msg = f"sweep: {len(rows)} jobs, {failed} failed -> {sweep_dir / 'sweep.csv'}"
         if self.html:
-            from apcsim.sweep_report import write_sweep_html
+            from apcsim.sweep.report import write_sweep_html
 
             plotlyjs = config.get("report", {}).get("plotlyjs", "inline")
             write_sweep_html(sweep_dir / "sweep.html", rows, title=str(sweep_dir), include_plotlyjs=plotlyjs)

@@ -24,7 +24,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from apcsim.sweep import override_keys, swept_keys
+from apcsim.sweep.collect import override_keys, swept_keys
 
 # (column of sweep.csv, label)
 LINE_METRICS = (("prefix_cache_hit_rate", "prefix-cache hit rate"),

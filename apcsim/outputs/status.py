@@ -1,6 +1,6 @@
 """`status.json`: how a run or sweep job ended, the one file a reader checks before trusting the
 others. Shape: {"status": "running" | "ok" | "failed" | "interrupted", "error": message or null,
-**extra} (a sweep job adds its config fingerprint and wall time, see `apcsim.job`).
+**extra} (a sweep job adds its config fingerprint and wall time, see `apcsim.sweep.job`).
 
 A run writes "running" with its pid and host before it writes anything else, and replaces it
 when it ends. So a run killed outright (kill -9, out of memory, power) is still identifiable:
@@ -21,7 +21,7 @@ STATUSES = ("running", "ok", "failed", "interrupted")
 
 
 def write_status(run_dir: Path, status: str, error: str | None = None, **extra) -> None:
-    from apcsim.rundir import write_text_atomic
+    from apcsim.outputs.rundir import write_text_atomic
 
     if status not in STATUSES:
         raise ValueError(f"unknown run status {status!r}")

@@ -5,9 +5,17 @@ measurable: the simulator reports finished requests per step, the bar redraws at
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from typing import TextIO
 
-from apcsim.sweep_options import Progress
+
+class Progress(Enum):
+    """`progress=auto`: a bar over simulated requests in a single run on a terminal, none in a
+    multirun (parallel jobs would interleave their bars); `on`/`off` force it either way."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
 
 
 def wants_bar(mode: Progress, *, multirun: bool, stream: TextIO) -> bool:

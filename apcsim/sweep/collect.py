@@ -1,23 +1,21 @@
 """Collect a Hydra multirun into one table: a row per job, its overrides, its metrics and its
-status (`ok`, `failed` with the error, `interrupted` (Ctrl-C or kill; partial outputs), or `incomplete`: a job that never finished writing).
+status (`ok`, `failed` with the error, `interrupted` (Ctrl-C or kill; partial outputs), `crashed`,
+or `incomplete`: a job that never finished writing).
 
-    python -m apcsim.sweep multirun/seed_overhead/2026-11-23_12-00-00 [--out table.csv] [--html]
-
-A multirun of `python -m apcsim` writes `sweep.csv` and `sweep.html` by itself (the callback in
-apcsim.sweep_callback); this command rebuilds them, e.g. after a sweep was interrupted.
+Read by the multirun callback (`apcsim.sweep.callback`), by `python -m apcsim.sweep`
+(`apcsim/sweep/__main__.py`) and by the HTML report (`apcsim.sweep.report`), which imports the key
+helpers from here and nothing the other way round.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
 import yaml
 
-from apcsim.status import STATUS_FILE, effective_status, read_status
+from apcsim.outputs.status import STATUS_FILE, effective_status, read_status
 
 # Overrides that name the preset or switch outputs; they do not distinguish grid points.
 _IGNORED = {"experiment", "report.enabled", "hydra.sweep.dir", "hydra.run.dir"}
@@ -43,25 +41,22 @@ def flatten(metrics: dict, prefix: str = "") -> dict:
     return out
 
 
-def _is_job_dir(p: Path) -> bool:
+def is_job_dir(p: Path) -> bool:
     return p.is_dir() and any((p / f).is_file() for f in ("metrics.json", STATUS_FILE, ".hydra/overrides.yaml"))
 
 
-def collect(sweep_dir: Path, *, finished_only: bool = False) -> list[dict]:
+def collect(sweep_dir: Path) -> list[dict]:
     """One dict per job directory, in job-number order: `job`, the overrides, `status`, then
-    either the flattened metrics (ok) or `error` (failed). `finished_only`: only jobs with
-    metrics.json."""
+    either the flattened metrics (ok) or `error` (failed)."""
 
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"no sweep directory {sweep_dir}")
     rows = []
-    jobs = sorted((p for p in sweep_dir.iterdir() if _is_job_dir(p)),
+    jobs = sorted((p for p in sweep_dir.iterdir() if is_job_dir(p)),
                   key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
     for job in jobs:
         has_metrics = (job / "metrics.json").is_file()
-        if finished_only and not has_metrics:
-            continue
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
         row = {"job": job.name, **parse_overrides(overrides or [])}
@@ -107,40 +102,3 @@ def write_csv(rows: list[dict], path) -> None:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-
-
-def _fail(msg: str) -> None:
-    """Bad input: one line on stderr and exit status 2, as every apcsim command (argparse too)."""
-    print(f"apcsim.sweep: error: {msg}", file=sys.stderr)
-    sys.exit(2)
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("sweep_dir", type=Path)
-    ap.add_argument("--out", type=Path, default=None, help="CSV path (default: SWEEP_DIR/sweep.csv)")
-    ap.add_argument("--html", action="store_true", help="also write SWEEP_DIR/sweep.html (plotly)")
-    args = ap.parse_args(argv)
-    try:
-        rows = collect(args.sweep_dir)
-    except (FileNotFoundError, ValueError, yaml.YAMLError) as e:
-        _fail(str(e))
-    if not rows and _is_job_dir(args.sweep_dir):
-        _fail(f"{args.sweep_dir} is one run's directory, not a sweep's: its outputs are there already; "
-              "python -m apcsim.sweep takes a multirun directory (multirun/<date>/<time>), whose numbered "
-              "subdirectories are the jobs")
-    if not rows:
-        _fail(f"no finished jobs (metrics.json) or failed jobs (status.json) under {args.sweep_dir}")
-    out = args.out or args.sweep_dir / "sweep.csv"
-    write_csv(rows, out)
-    ok = sum(r["status"] == "ok" for r in rows)
-    print(f"{len(rows)} jobs ({ok} ok, {len(rows) - ok} failed or incomplete) -> {out}")
-    if args.html:
-        from apcsim.sweep_report import write_sweep_html
-
-        write_sweep_html(args.sweep_dir / "sweep.html", rows, title=str(args.sweep_dir))
-        print(f"-> {args.sweep_dir / 'sweep.html'}")
-
-
-if __name__ == "__main__":
-    main()

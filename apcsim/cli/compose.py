@@ -7,8 +7,8 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from apcsim.cli.config_keys import check_known_keys
 from apcsim.config import SimConfig, register_configs
-from apcsim.config_keys import check_known_keys
 
 
 def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> SimConfig:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from apcsim.config import SimConfig
 from apcsim.errors import ApcsimError
-from apcsim.status import read_status, write_running, write_status
+from apcsim.outputs.status import read_status, write_running, write_status
 
 log = logging.getLogger("apcsim")
 
@@ -69,8 +69,9 @@ def run_multirun_job(dcfg: DictConfig, job_dir: Path) -> float | None:
     import sys
 
     from apcsim.interrupt import RunInterrupted
-    from apcsim.metrics import summary_line
-    from apcsim.run import simulate, write_outputs
+    from apcsim.outputs.files import write_outputs
+    from apcsim.outputs.metrics import summary_line
+    from apcsim.run import simulate
 
     fingerprint = config_fingerprint(dcfg)
     cfg: SimConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
@@ -93,7 +94,7 @@ def run_multirun_job(dcfg: DictConfig, job_dir: Path) -> float | None:
                       wall_s=time.perf_counter() - t0, reused=False)
         log.error("job interrupted (%s): the sweep stops here", e.signal_name)
         sys.exit(e.exit_code)
-    except Exception as e:  # noqa: BLE001 - any failure is this job's row, the sweep goes on
+    except Exception as e:
         kind = "input" if isinstance(e, ApcsimError) else "bug"
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         log.error("job failed (%s): %s", type(e).__name__, msg)

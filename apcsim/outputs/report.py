@@ -18,8 +18,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from apcsim.metrics import Timeline
-from apcsim.requestlog import RequestLog
+from apcsim.outputs.metrics import Timeline
+from apcsim.outputs.requestlog import RequestLog
 
 _MAX_POINTS = 4000  # per trace; more adds bytes, not information
 
@@ -124,7 +124,7 @@ def _class_table(m: dict) -> str:
     classes = m.get("by_priority_class")
     if not classes:
         return ""
-    cell = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
+    cell = lambda v: "n/a" if v is None else f"{v:.4g}"
     head = ("class", "priority", "requests", "finished", "cached token fraction", "TTFT p50 (s)", "TTFT p99 (s)",
             "E2E p50 (s)", "E2E p99 (s)")
     rows = ["<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
@@ -149,6 +149,6 @@ def write_report(path: Path, metrics: dict, log: RequestLog, timeline: Timeline,
         f"</head><body><h1>{html.escape(title)}</h1><p><b>{html.escape(config_line(c))}</b></p>{plot}"
         f"{_class_table(metrics)}<h2>Metrics</h2>{_metrics_table(metrics)}</body></html>"
     )
-    from apcsim.rundir import write_text_atomic
+    from apcsim.outputs.rundir import write_text_atomic
 
     write_text_atomic(path, page)

@@ -16,7 +16,7 @@ from typing import Callable
 from apcsim.errors import JobsFailed
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     """Fold Hydra's multi-line error into one line: the message and the options it lists."""
     head: list[str] = []
     options: list[str] = []
@@ -83,16 +83,16 @@ def run_with_one_line_errors(main: Callable[[], None], prog: str) -> None:
         return
     errors = [line for line in text.splitlines() if line.startswith(f"{prog}: error:")]
     def reword_hydra_error(msg: str) -> str | None:
-        from apcsim.config_keys import reword_hydra_error as reword
+        from apcsim.cli.config_keys import reword_hydra_error as reword
 
         try:
             return reword(msg)
-        except Exception:  # noqa: BLE001 - a better wording must never cost the one line
+        except Exception:
             return None
 
     if errors:
         argparse_hint = reword_hydra_error(errors[0]) if "unrecognized arguments:" in errors[0] else None
         real_err.write((f"{prog}: error: {argparse_hint}" if argparse_hint else errors[0]) + "\n")
     else:
-        real_err.write(f"{prog}: error: {reword_hydra_error(text) or _one_line(text)}\n")
+        real_err.write(f"{prog}: error: {reword_hydra_error(text) or one_line(text)}\n")
     sys.exit(2)

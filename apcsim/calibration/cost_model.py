@@ -36,7 +36,7 @@ when the profile has `decode_step` rows: our engine replays decode steps from CU
 kernels run back to back with no launch gaps, so the per-op sum above (each op timed in a stream
 of launches) would overstate them; its profiler then times the whole replayed step by (batch,
 context) instead, fitted like decode attention. A batch of B is costed as its graph bucket
-(`apcsim.sim.decode_buckets`: 1, 2, 4, then multiples of 8), the batch the engine pads it to and
+(`apcsim.calibration.decode_buckets`: 1, 2, 4, then multiples of 8), the batch the engine pads it to and
 runs; its padding rows add no context. A batch above the engine's largest graph bucket
 (`decode_graph_max_batch`, the engine's `cuda_graph_max_batch`; None: every batch has a bucket)
 runs eagerly there, so it is costed per op like any other step.
@@ -54,11 +54,17 @@ from functools import lru_cache
 import numpy as np
 
 from apcsim.calibration.attention import DecodeAttention, PrefillAttention
+from apcsim.calibration.decode_buckets import bucket_of
 from apcsim.calibration.fit import Curve, affine_fit
+from apcsim.calibration.match import load_matching_profile
 from apcsim.calibration.profile import OPS, Profile, read_profile
 from apcsim.core.plan import StepPlan
-from apcsim.hardware import ModelConfig
-from apcsim.sim.decode_buckets import bucket_of
+from apcsim.errors import ConfigError
+from apcsim.hardware import HardwareConfig, ModelConfig, check_tp, per_gpu_model
+from apcsim.sim.cost_model import CostModel, RooflineCostModel
+
+# The values of the `cost_model` config key (see `make_cost_model`).
+COST_MODELS = ("calibrated", "roofline")
 
 DEFAULT_HASH_NS_PER_TOKEN = 115.0
 REQUIRED_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj", "attn_prefill", "attn_decode")
@@ -198,3 +204,49 @@ def load_calibrated(path, model: ModelConfig, *, cpu_overhead: bool = True) -> C
     and sweeps build one per run). The model is stateless after construction, so sharing is safe."""
     p = os.fspath(path)
     return _load(p, os.stat(p).st_mtime_ns, astuple(model), cpu_overhead)
+
+
+def make_cost_model(name: str, hw: HardwareConfig, model: ModelConfig, *, tp: int = 1,
+                    profile: str | None = None) -> CostModel:
+    """The cost model named by the `cost_model` config key, for one replica of `tp` GPUs;
+    `profile`: a calibration profile CSV instead of the bundled one of (hardware, model, tp).
+    A bad name, a missing, malformed or mismatched profile is a ConfigError with a one-line message."""
+    if name == "roofline":
+        if profile is not None:
+            raise ConfigError("profile= is for cost_model=calibrated; cost_model=roofline needs no profile")
+        return RooflineCostModel(hw, model, tp)
+    if name != "calibrated":
+        raise ConfigError(f"cost_model must be one of {', '.join(COST_MODELS)}, got {name!r}")
+    check_tp(hw, model, tp)
+    prof = load_matching_profile(hw, model, tp, profile)
+    try:
+        if tp == 1:
+            return load_calibrated(prof.path, model)
+        return TensorParallelComm(CalibratedCostModel(prof, per_gpu_model(model, tp)), hw, model, tp)
+    except ValueError as e:
+        raise ConfigError(f"calibration profile {prof.path}: {e}") from None
+
+
+class TensorParallelComm:
+    """A per-GPU cost model (a profile measured at `tp`, which times no communication) plus the
+    two all-reduces per layer of tensor parallelism, costed from the hardware's interconnect as in
+    the roofline model."""
+
+    def __init__(self, per_gpu: CostModel, hw: HardwareConfig, model: ModelConfig, tp: int) -> None:
+        self.inner = per_gpu
+        self.name = f"{per_gpu.name[:-1]}, tp={tp})"
+        layers = model.num_layers
+        ring = 2.0 * (tp - 1) / tp * model.hidden_size * model.dtype_bytes / (hw.interconnect_bw_gbps * 1e9)
+        self.per_token = 2 * layers * ring
+        self.per_step = 2 * layers * hw.interconnect_latency_us * 1e-6
+
+    def step_time(self, plan: StepPlan) -> float:
+        tokens = plan.num_cohort + sum(c.num_new_tokens for c in plan.chunks)
+        t = self.inner.step_time(plan)
+        return t if tokens == 0 else t + self.per_step + tokens * self.per_token
+
+    def decode_stretch_times(self, num_seqs: int, context_sum: int, num_steps: int) -> np.ndarray:
+        return self.inner.decode_stretch_times(num_seqs, context_sum, num_steps) + (self.per_step + num_seqs * self.per_token)
+
+    def recompute_time(self, num_tokens: int, context: int) -> float:
+        return self.inner.recompute_time(num_tokens, context) + num_tokens * self.per_token
