@@ -13,8 +13,11 @@
 An `Executor` is the only thing a driver supplies: a clock and what a step costs on it.
 `apcsim.sim.simulator` runs plans for the cost model's duration on SimPy's clock (and skips
 stretches of quiet decode steps in one event); `engine.runner` runs a forward pass on the wall
-clock. Everything that decides what a request sees (arrival stamps, the gate, follow-ups,
-rejections) lives here, so the two cannot drift apart.
+clock. Requests fall due on the executor's clock, so it hands them to the frontend
+(`Frontend.deliver`): SimPy's at each due time, even while a step runs; the wall clock's
+between steps. Everything that decides what a request sees (arrival stamps, the gate,
+follow-ups, rejections) lives here, so the two cannot drift apart. `apcsim.run.build_run`
+builds the workload, seeds and scheduler both drivers run.
 """
 
 from __future__ import annotations

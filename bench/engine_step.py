@@ -73,7 +73,8 @@ import torch  # noqa: E402
 from apcsim.core.plan import ScheduledChunk, StepPlan  # noqa: E402
 from apcsim.core.request import Request, RequestSpec  # noqa: E402
 from engine.executor import Executor  # noqa: E402
-from engine.runner import compose_engine_config, resolve_ops, run_engine  # noqa: E402
+from engine.config import compose_engine_config, resolve_ops  # noqa: E402
+from engine.runner import run_engine  # noqa: E402
 from engine.weights import build_model, default_dtype  # noqa: E402
 
 # Max step time / roofline time at the measured copy bandwidth, per (batch, context).

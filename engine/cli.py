@@ -13,7 +13,7 @@ from apcsim.config_keys import check_known_keys
 from apcsim.errors import ApcsimError, ConfigError
 from apcsim.metrics import summary_line
 from apcsim.oneline import run_with_one_line_errors
-from engine.runner import EngineConfig, register_engine_config
+from engine.config import EngineConfig, register_engine_config
 
 register_engine_config()
 

@@ -150,7 +150,7 @@ def run_profile(cfg: ProfileConfig, argv: list[str] | None = None) -> tuple[Path
     from engine.profiling.overhead import cpu_hash_rows, cpu_step_rows
     from engine.profiling.timer import OpTimer
     from engine.profiling.decode_step import decode_step_rows
-    from engine.runner import decode_graph_mode, resolve_device, resolve_ops
+    from engine.config import decode_graph_mode, resolve_device, resolve_ops
     from engine.weights import default_dtype, random_model
     from policies.registry import EVICTION_POLICIES
 

@@ -21,15 +21,9 @@ from apcsim.errors import ApcsimError, ConfigError
 from apcsim.loop import ServingLoop, Waits
 from apcsim.metrics import MetricsCollector
 from apcsim.run import build_run, checked_config, write_run_files
-from engine.config import (CUDA_GRAPH_MODES, EngineConfig, check_cpu_memory, compose_engine_config,
-                           decode_graph_mode, kv_memory_error, kv_num_blocks, register_engine_config,
-                           resolve_device, resolve_ops)
+from engine.config import (EngineConfig, check_cpu_memory, decode_graph_mode, kv_num_blocks, resolve_device,
+                           resolve_ops)
 from engine.executor import Executor
-
-# Names importers know from engine.runner; they live in engine.config.
-__all__ = ["CUDA_GRAPH_MODES", "EngineConfig", "EngineLoop", "EngineOutcome", "WallClockExecutor", "build_engine",
-           "check_cpu_memory", "compose_engine_config", "decode_graph_mode", "kv_memory_error", "kv_num_blocks",
-           "register_engine_config", "resolve_device", "resolve_ops", "run_engine", "write_engine_outputs"]
 
 
 class WallClockExecutor(Executor):

@@ -16,7 +16,7 @@ pytest.importorskip("hydra")
 
 from apcsim.compose import compose_config  # noqa: E402
 from engine.model import LlamaForCausalLM  # noqa: E402
-from engine.runner import compose_engine_config, kv_num_blocks  # noqa: E402
+from engine.config import compose_engine_config, kv_num_blocks  # noqa: E402
 from engine.weights import random_model  # noqa: E402
 
 
