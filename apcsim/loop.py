@@ -1,15 +1,23 @@
-"""The one serving loop, shared by the simulator and the engine; only the clock differs.
+"""The one serving loop, shared by the simulator and the engine: its body is written here, once.
 
-    frontend.deliver(now)            arrivals due by now pass the max_concurrency gate
-    plan = loop.next_plan(now)       Scheduler.schedule -> StepPlan
-    ... the executor runs the plan:  sim: the cost model's duration on SimPy's clock
-                                     engine: a forward pass, measured on the wall clock
-    loop.complete(plan, end, dur)    Scheduler.update -> metrics; finished requests release
-                                     their follow-up turns and their concurrency slots
+    ServingLoop.body():
+        while requests are to come or in flight:
+            nothing scheduled -> executor.wait_for_work()   (arrivals fall due on its clock)
+            plan = next_plan(now)                          Scheduler.schedule -> StepPlan
+            duration = executor.run_plan(plan)             the step takes its time on the clock
+            complete(plan, now, duration)                  Scheduler.update -> metrics; finished
+                                                           requests release their follow-ups
+                                                           and their concurrency slots
+            executor.after_step(result)                    arrivals due by now reach the queue
 
-`apcsim.sim.simulator.Simulation` drives it with SimPy events, `engine.runner.EngineLoop` with
-`time.perf_counter`. Everything that decides what a request sees (arrival stamps, the gate,
-follow-ups, rejections) lives here, so the two cannot drift apart.
+An `Executor` is the only thing a driver supplies: a clock and what a step costs on it.
+`apcsim.sim.simulator` runs plans for the cost model's duration on SimPy's clock (and skips
+stretches of quiet decode steps in one event); `engine.runner` runs a forward pass on the wall
+clock. Requests fall due on the executor's clock, so it hands them to the frontend
+(`Frontend.deliver`): SimPy's at each due time, even while a step runs; the wall clock's
+between steps. Everything that decides what a request sees (arrival stamps, the gate,
+follow-ups, rejections) lives here, so the two cannot drift apart. `apcsim.run.build_run`
+builds the workload, seeds and scheduler both drivers run.
 """
 
 from __future__ import annotations
@@ -18,14 +26,19 @@ import heapq
 import itertools
 from collections import deque
 from functools import partial
-from typing import Callable
+from typing import Any, Callable, Generator, Iterator, Protocol, TypeVar
 
 from apcsim.core.plan import StepPlan
 from apcsim.core.request import Request, RequestSpec
 from apcsim.core.scheduler import Scheduler, StepResult
-from apcsim.interrupt import safe_point
+from apcsim.interrupt import deferred, safe_point
 from apcsim.outputs.metrics import MetricsCollector
 from apcsim.outputs.requestlog import RequestLog, uses_priorities
+
+T = TypeVar("T")
+# What an executor's time-passing methods return: a generator that yields whatever its clock waits
+# on (SimPy events; nothing on the wall clock) and returns the method's value.
+Waits = Generator[Any, Any, T]
 
 
 def _new_request(output_seed: int, index: int, spec: RequestSpec) -> Request:
@@ -139,19 +152,55 @@ class Frontend:
         return queued
 
 
-class ServingLoop:
-    """Requests, frontend, scheduler and metrics of one run; the drivers supply the clock."""
+class Executor(Protocol):
+    """What a driver supplies to `ServingLoop`: a clock, and a way to run a step's plan on it.
 
-    def __init__(self, specs: list[RequestSpec], scheduler: Scheduler, *, max_concurrency: int | None = None,
-                 output_seed: int = 0, use_timestamps: bool = True, verify_every_step: bool = False,
-                 on_step=None, keep_requests: bool = True, log: RequestLog | None = None,
-                 on_arrival: Callable[[Request, bool], None] | None = None) -> None:
+    The methods that let time pass are generators, so that the loop's body can run as a SimPy
+    process and yield a SimPy executor's events; a wall-clock executor's generators yield nothing
+    and simply take the time they take. Arrivals fall due on the executor's clock, so handing
+    them to the scheduler (`loop.frontend.deliver`) is the executor's job too.
+    """
+
+    def now(self) -> float:
+        """The run's clock: seconds since it started."""
+        ...
+
+    def drive(self, loop: "ServingLoop") -> None:
+        """Start the clock and run `loop.body()` to its end."""
+        ...
+
+    def run_plan(self, plan: StepPlan) -> Waits[float]:
+        """Run the plan; returns at its end (`now()`) with how long it took."""
+        ...
+
+    def wait_for_work(self, loop: "ServingLoop") -> Waits[None]:
+        """Nothing is scheduled but requests are still to come: return once one may have
+        reached the scheduler."""
+        ...
+
+    def after_step(self, loop: "ServingLoop", result: StepResult) -> Waits[None]:
+        """The step's update is done: arrivals due by now reach the scheduler before the next
+        schedule. An executor may also run steps here that it knows change nothing but time
+        (the simulator's quiet decode stretches), reporting them to the scheduler and metrics."""
+        ...
+
+
+class ServingLoop:
+    """Requests, frontend, scheduler, metrics and the loop's body; the executor supplies the clock."""
+
+    def __init__(self, specs: list[RequestSpec], scheduler: Scheduler, executor: Executor, *,
+                 max_concurrency: int | None = None, output_seed: int = 0, use_timestamps: bool = True,
+                 verify_every_step: bool = False, on_step=None, keep_requests: bool = True,
+                 log: RequestLog | None = None, on_arrival: Callable[[Request, bool], None] | None = None,
+                 progress=None) -> None:
         """`keep_requests=False` is the bounded-memory mode of long runs: a `Request` exists only
         while it is in flight, its outcome goes to `metrics.log` and `requests` stays None.
         `log` (default: rows kept in memory) may stream requests.csv to a file. `on_arrival(r,
         accepted)` sees each request as it reaches the scheduler (the parity harness replays
-        these to vLLM in the same order and step)."""
+        these to vLLM in the same order and step). `progress` (apcsim.outputs.progress.RequestProgress
+        or None) is told of finished requests."""
         self.scheduler = scheduler
+        self.executor = executor
         if log is None:  # rows in memory; a priority class column when the workload has classes
             log = RequestLog(by_class=uses_priorities(specs))
         self.metrics = MetricsCollector(scheduler, log)
@@ -166,6 +215,7 @@ class ServingLoop:
         self.frontend = Frontend(specs, scheduler, max_concurrency=max_concurrency, use_timestamps=use_timestamps,
                                  make_request=make, on_done=self.metrics.record_request, on_send=on_arrival)
         self.verify_every_step = verify_every_step
+        self.progress = progress
         # callback(plan, result) after each executed step (tests, validation); a simulator's
         # skipped quiet stretch is not a plan and is not reported.
         self.on_step = on_step
@@ -198,4 +248,26 @@ class ServingLoop:
             self.scheduler.verify()
         if self.on_step is not None:
             self.on_step(plan, result)
+        if result.finished and self.progress is not None:
+            self.progress.advance(len(result.finished))
         return result
+
+    def body(self) -> Iterator:
+        """The loop, once: schedule -> execute -> update -> metrics until every request is done.
+        A generator of the executor's waits (see `Executor`)."""
+        ex, sched, fe = self.executor, self.scheduler, self.frontend
+        while sched.has_work or fe.has_future_requests:
+            if not sched.has_work:
+                yield from ex.wait_for_work(self)
+                continue
+            plan = self.next_plan(ex.now())
+            duration = yield from ex.run_plan(plan)
+            result = self.complete(plan, ex.now(), duration)
+            yield from ex.after_step(self, result)
+
+    def run(self) -> MetricsCollector:
+        with deferred():  # Ctrl-C/kill stop the run only at a step boundary (`next_plan`)
+            self.executor.drive(self)
+        if self.progress is not None:
+            self.progress.close()
+        return self.metrics

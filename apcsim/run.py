@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -15,6 +16,8 @@ from apcsim.calibration.cost_model import make_cost_model
 from apcsim.config import SimConfig
 from apcsim.core.block_hash import get_hash_algo
 from apcsim.core.build import make_scheduler
+from apcsim.core.request import RequestSpec
+from apcsim.core.scheduler import Scheduler
 from apcsim.errors import ConfigError
 from apcsim.hardware import activation_bytes, check_tp, kv_cache_blocks
 from apcsim.hf_config import resolve_model
@@ -156,6 +159,71 @@ def build_cost_model(cfg: SimConfig) -> CostModel:
     return make_cost_model(cfg.cost_model, cfg.hardware, resolve_model(cfg.model), tp=cfg.tp, profile=cfg.profile)
 
 
+def checked_config(cfg: SimConfig) -> SimConfig:
+    """The config with its model resolved (`model.hf_config`), validated: what `build_run` takes."""
+    cfg = with_model_resolved(cfg)
+    validate(cfg)
+    return cfg
+
+
+@dataclass
+class RunParts:
+    """What every driver of the serving loop builds from a config before it runs (but the
+    workload, which `build_run` hands over apart: the loop holds a request's spec only while it
+    needs it, so a long run's memory does not grow with its finished requests)."""
+
+    cfg: SimConfig  # checked (see `checked_config`)
+    output_seed: int  # the seed of every request's output tokens
+    num_blocks: int  # KV cache blocks
+    scheduler: Scheduler
+
+    def loop_kw(self) -> dict:
+        """The `ServingLoop` arguments the config sets."""
+        cfg = self.cfg
+        return {"max_concurrency": cfg.max_concurrency, "output_seed": self.output_seed, "verify_every_step": cfg.verify}
+
+    def metrics_config(self, driver: dict, extra: dict | None = None) -> dict:
+        """metrics.json's "config": what ran, the driver's own keys (cost model; device, ...),
+        then the seed and semantics, then `extra` (keys only some runs have)."""
+        cfg = self.cfg
+        return {
+            "policy": "none" if cfg.policy is None else cfg.policy.name,
+            "scheduler": cfg.scheduler.name,
+            "workload": cfg.workload.name,
+            "block_size": cfg.block_size,
+            "num_gpu_blocks": self.num_blocks,
+            "hardware": cfg.hardware.name,
+            "model": cfg.model.name,
+            **driver,
+            "seed": cfg.seed,
+            "semantics": cfg.semantics,
+            **(extra or {}),
+        }
+
+
+def build_run(cfg: SimConfig, cost: CostModel, *,
+              num_blocks: Callable[[list[RequestSpec]], int] | None = None) -> tuple[RunParts, list[RequestSpec]]:
+    """The parts of a run of a checked config, and its workload. Seeds: one SeedSequence(seed),
+    spawned into the workload's stream and the outputs'. `cost`: the cost model whose recompute
+    estimate the eviction policies use. `num_blocks(specs)`: the KV cache's size (the engine
+    measures its device); by default the configured GPU's (`num_blocks_for`), which some
+    request must fit."""
+    workload_ss, output_ss = np.random.SeedSequence(cfg.seed).spawn(2)
+    specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
+    bs = cfg.block_size
+    if num_blocks is None:
+        n = num_blocks_for(cfg)
+        check_some_request_fits(specs, n, bs, cfg.cache.usable_blocks(n))
+    else:
+        n = num_blocks(specs)
+    scheduler = make_scheduler(
+        cfg.policy, cfg.scheduler, num_blocks=n, block_size=bs,
+        recompute_cost=lambda depth: cost.recompute_time(bs, depth * bs), specs=specs, kv_options=kv_options(cfg),
+        cache=cfg.cache,
+    )
+    return RunParts(cfg, int(output_ss.generate_state(1)[0]), n, scheduler), specs
+
+
 @dataclass
 class SimOutcome:
     metrics: dict
@@ -185,24 +253,14 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
     `use_timestamps=False` sends every request at t=0, as the engine's offline mode does;
     `on_step(plan, result)` is called after every executed step; `multirun`: this is one job of
     a sweep (the progress bar stays off unless `progress=on`)."""
-    cfg = with_model_resolved(cfg)
-    validate(cfg)
+    cfg = checked_config(cfg)
     t0 = time.perf_counter()
     if cost is None:
         cost = build_cost_model(cfg)
-    workload_ss, output_ss = np.random.SeedSequence(cfg.seed).spawn(2)
-    specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
-    num_blocks = num_blocks_for(cfg)
-    bs = cfg.block_size
-    check_some_request_fits(specs, num_blocks, bs, cfg.cache.usable_blocks(num_blocks))
-    warnings = tuple(w for w in (kv_cache_warning(cfg, num_blocks),) if w)
+    run, specs = build_run(cfg, cost)
+    warnings = tuple(w for w in (kv_cache_warning(cfg, run.num_blocks),) if w)
     for w in warnings:
         print(f"apcsim: warning: {w}", file=sys.stderr)
-    scheduler = make_scheduler(
-        cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=bs,
-        recompute_cost=lambda depth: cost.recompute_time(bs, depth * bs), specs=specs, kv_options=kv_options(cfg),
-        cache=cfg.cache,
-    )
     # Rows stream into requests.csv.partial, renamed when the run ends (finished or interrupted):
     # a crashed run leaves the .partial file (and status.json "running"), never a requests.csv
     # that looks complete.
@@ -211,9 +269,8 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
     interrupted = None
     try:
         sim = Simulation(
-            specs, scheduler, cost, max_concurrency=cfg.max_concurrency,
-            output_seed=int(output_ss.generate_state(1)[0]), skip_quiet=cfg.skip_quiet, verify_every_step=cfg.verify,
-            keep_requests=keep_requests, log=RequestLog(sink, by_class=uses_priorities(specs)) if sink is not None else None,
+            specs, run.scheduler, cost, skip_quiet=cfg.skip_quiet, **run.loop_kw(), keep_requests=keep_requests,
+            log=RequestLog(sink, by_class=uses_priorities(specs)) if sink is not None else None,
             use_timestamps=use_timestamps, on_step=on_step,
             progress=make_progress(cfg.progress, len(specs), multirun=multirun),
         )
@@ -229,22 +286,7 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
     if partial is not None:
         os.replace(partial, requests_csv)
     if cfg.verify and interrupted is None:
-        scheduler.verify()
-    extra = {
-        "config": {
-            "policy": "none" if cfg.policy is None else cfg.policy.name,
-            "scheduler": cfg.scheduler.name,
-            "workload": cfg.workload.name,
-            "block_size": bs,
-            "num_gpu_blocks": num_blocks,
-            "hardware": cfg.hardware.name,
-            "model": cfg.model.name,
-            "cost_model": cost.name,
-            "seed": cfg.seed,
-            "semantics": cfg.semantics,
-            **config_extra(cfg),
-        },
-        **run_extra(cfg, scheduler),
-    }
+        run.scheduler.verify()
+    extra = {"config": run.metrics_config({"cost_model": cost.name}, config_extra(cfg)), **run_extra(cfg, run.scheduler)}
     metrics = collector.summary(sim.num_requests, extra, partial=interrupted is not None)
     return SimOutcome(metrics, sim, collector, time.perf_counter() - t0, interrupted, warnings)

@@ -72,8 +72,9 @@ import torch
 from apcsim.core.plan import ScheduledChunk, StepPlan
 from apcsim.core.request import Request, RequestSpec
 from apcsim.mathutil import cdiv
+from engine.config import compose_engine_config, resolve_ops
 from engine.executor import Executor
-from engine.runner import compose_engine_config, resolve_ops, run_engine
+from engine.runner import run_engine
 from engine.weights import build_model, default_dtype
 
 # Max step time / roofline time at the measured copy bandwidth, per (batch, context).

@@ -12,7 +12,7 @@ from apcsim.cli.config_keys import check_known_keys
 from apcsim.cli.oneline import run_with_one_line_errors
 from apcsim.errors import ApcsimError, ConfigError, exit_bad_input
 from apcsim.outputs.metrics import summary_line
-from engine.runner import EngineConfig, register_engine_config
+from engine.config import EngineConfig, register_engine_config
 
 register_engine_config()
 

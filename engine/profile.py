@@ -145,12 +145,12 @@ def run_profile(cfg: ProfileConfig, argv: list[str] | None = None) -> tuple[Path
     import torch
 
     from apcsim.calibration.profile import write_profile
+    from engine.config import decode_graph_mode, resolve_device, resolve_ops
     from engine.profiling.decode_step import decode_step_rows
     from engine.profiling.grid import GRIDS
     from engine.profiling.kernels import PagedCache, attention_rows, cache_blocks_needed, lm_head_rows, token_op_rows
     from engine.profiling.overhead import cpu_hash_rows, cpu_step_rows
     from engine.profiling.timer import OpTimer
-    from engine.runner import decode_graph_mode, resolve_device, resolve_ops
     from engine.weights import default_dtype, random_model
     from policies.registry import EVICTION_POLICIES
 

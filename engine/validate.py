@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from apcsim.cli.oneline import run_with_one_line_errors
 from apcsim.errors import ApcsimError, ConfigError, exit_bad_input
-from engine.runner import EngineConfig, register_engine_config
+from engine.config import EngineConfig, register_engine_config
 
 PROG = "engine.validate"
 
@@ -174,7 +174,7 @@ def check_decode_graphs_match(cfg: ValidateConfig, cost, profile: str) -> None:
     """The simulator costs a pure-decode step whole when the profile has `decode_step` rows (the
     engine replayed it from its decode graphs) and per op otherwise: the engine must run decode
     steps the way its profile measured them."""
-    from engine.runner import decode_graph_mode, resolve_device, resolve_ops
+    from engine.config import decode_graph_mode, resolve_device, resolve_ops
 
     device = resolve_device(cfg.device)
     mode = decode_graph_mode(cfg.cuda_graphs, device, resolve_ops(cfg.attention_backend, device).name,

@@ -24,8 +24,9 @@ import numpy as np  # noqa: E402
 from apcsim.calibration.decode_buckets import batch_buckets, bucket_of  # noqa: E402
 from apcsim.errors import ConfigError  # noqa: E402
 from engine import kernels  # noqa: E402
+from engine.config import compose_engine_config  # noqa: E402
 from engine.decode_graphs import DecodeGraphs  # noqa: E402
-from engine.runner import compose_engine_config, run_engine  # noqa: E402
+from engine.runner import run_engine  # noqa: E402
 from engine.weights import random_model  # noqa: E402
 
 # 6 requests of 40 prompt tokens (20 shared), 24 output tokens: long enough decode phases.

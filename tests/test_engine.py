@@ -17,8 +17,9 @@ pytest.importorskip("hydra")
 
 import numpy as np  # noqa: E402
 
+from engine.config import compose_engine_config  # noqa: E402
 from engine.model import LLAMA31_ROPE, RopeConfig, rope_inv_freq  # noqa: E402
-from engine.runner import compose_engine_config, run_engine  # noqa: E402
+from engine.runner import run_engine  # noqa: E402
 from engine.weights import load_model, random_model, save_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("hydra")
 
 from apcsim.cli.compose import compose_config  # noqa: E402
+from engine.config import compose_engine_config, kv_num_blocks  # noqa: E402
 from engine.model import LlamaForCausalLM  # noqa: E402
-from engine.runner import compose_engine_config, kv_num_blocks  # noqa: E402
 from engine.weights import random_model  # noqa: E402
 
 

@@ -8,7 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.runner import compose_engine_config, kv_memory_error, run_engine  # noqa: E402
+from engine.config import compose_engine_config, kv_memory_error  # noqa: E402
+from engine.runner import run_engine  # noqa: E402
 
 GiB = 2**30
 BASE = ["model=tiny", "device=cpu", "report.enabled=false", "verify=true", "block_size=4", "+policy=lru",
@@ -71,7 +72,7 @@ def test_triton_backend_that_cannot_run_is_refused_before_any_launch(monkeypatch
     first kernel launch; the engine names the cause in one line instead."""
     from apcsim.errors import ConfigError
     from engine import kernels
-    from engine.runner import resolve_ops
+    from engine.config import resolve_ops
 
     cpu = torch.device("cpu")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from apcsim.config import SimConfig
-from apcsim.core.build import make_scheduler
 from apcsim.core.plan import StepPlan
 from apcsim.core.request import Request
-from apcsim.run import build_cost_model, check_some_request_fits, kv_options, num_blocks_for, validate
+from apcsim.loop import ServingLoop, Waits
+from apcsim.run import build_cost_model, build_run, checked_config
 from apcsim.sim.cost_model import CostModel
-from apcsim.sim.simulator import Simulation
-from apcsim.workloads import build_workload
+from apcsim.sim.simulator import SimPyExecutor
 
 
 @dataclass
@@ -35,21 +32,17 @@ class Recording:
         return {"config": self.config, "requests": self.requests, "arrivals": self.arrivals}
 
 
-class _RecordingCost:
-    """The cost model, plus a look at each plan between schedule and update (the only moment
-    the cohort's chunks are valid)."""
+class _RecordingExecutor(SimPyExecutor):
+    """The simulator's executor, plus a look at each plan as it starts to run (between schedule
+    and update: the only moment the cohort's chunks are valid)."""
 
     def __init__(self, cost: CostModel, on_plan) -> None:
-        self._cost = cost
+        super().__init__(cost, skip_quiet=False)
         self._on_plan = on_plan
-        self.name = cost.name
 
-    def step_time(self, plan: StepPlan) -> float:
+    def run_plan(self, plan: StepPlan) -> Waits[float]:
         self._on_plan(plan)
-        return self._cost.step_time(plan)
-
-    def __getattr__(self, name):
-        return getattr(self._cost, name)
+        return (yield from super().run_plan(plan))
 
 
 def vllm_config(cfg: SimConfig, num_gpu_blocks: int, max_len: int) -> dict:
@@ -80,16 +73,10 @@ def vllm_config(cfg: SimConfig, num_gpu_blocks: int, max_len: int) -> dict:
 
 def record(cfg: SimConfig) -> Recording:
     """Run `cfg` in the simulator and record its requests and every step."""
-    validate(cfg)
+    cfg = checked_config(cfg)
     cost = build_cost_model(cfg)
-    workload_ss, output_ss = np.random.SeedSequence(cfg.seed).spawn(2)
-    specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
-    num_blocks = num_blocks_for(cfg)
-    bs = cfg.block_size
-    check_some_request_fits(specs, num_blocks, bs, cfg.cache.usable_blocks(num_blocks))
-    sched = make_scheduler(cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=bs,
-                           recompute_cost=lambda depth: cost.recompute_time(bs, depth * bs), specs=specs,
-                           kv_options=kv_options(cfg), cache=cfg.cache)
+    run, specs = build_run(cfg, cost)
+    sched, num_blocks = run.scheduler, run.num_blocks
     max_len = max(s.prompt_len + s.output_len for s in specs) + 1
     rec = Recording(config=vllm_config(cfg, num_blocks, max_len))
     running_before: set[str] = set()  # running when the step began (after the last update)
@@ -130,8 +117,7 @@ def record(cfg: SimConfig) -> Recording:
         running_before.clear()
         running_before.update(r.request_id for r in sched.running)
 
-    sim = Simulation(specs, sched, _RecordingCost(cost, on_plan), max_concurrency=cfg.max_concurrency,
-                     output_seed=int(output_ss.generate_state(1)[0]), skip_quiet=False,
-                     verify_every_step=cfg.verify, keep_requests=False, on_arrival=on_arrival, on_step=on_step)
-    sim.run()
+    loop = ServingLoop(specs, sched, _RecordingExecutor(cost, on_plan), **run.loop_kw(), keep_requests=False,
+                       on_arrival=on_arrival, on_step=on_step)
+    loop.run()
     return rec
