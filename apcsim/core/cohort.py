@@ -63,7 +63,7 @@ class DecodeCohort:
         c = r.num_computed_tokens
         member = CohortMember(r.admit_seq, r.request_id, c, step, block_ids)
         self._members[r.admit_seq] = member
-        self._record(r.admit_seq, member)
+        self._history.changes.append((r.admit_seq, member))
         self._base += c - step
         alloc_step = step + (-c) % self.block_size  # computed % block_size == 0: needs a block
         finish_step = step + r.max_output_tokens - r.num_output_tokens - 1
@@ -74,7 +74,13 @@ class DecodeCohort:
         """Make r's counters exact as of the start of `step` and take it out. `last_token_time`
         is the time its last lazily decoded token was sampled (if it decoded any)."""
         del self._members[r.admit_seq]
-        self._record(r.admit_seq, None)
+        changes = self._history.changes
+        changes.append((r.admit_seq, None))
+        if len(changes) > _MIN_HISTORY and len(changes) > len(self._members):
+            # Start a new history from the current membership (snapshots of the old one keep
+            # it). Checked only at a leave: a join adds a member and a change alike, so joins
+            # never widen the gap between the changes and the members.
+            self._history = CohortHistory(dict(self._members))
         self._base -= r.num_computed_tokens - r.anchor_step
         k = step - r.anchor_step
         if k > 0:
@@ -83,13 +89,6 @@ class DecodeCohort:
             r.last_token_time = last_token_time
         r.anchor_step = -1
         r.event_version += 1
-
-    def _record(self, seq: int, member: CohortMember | None) -> None:
-        changes = self._history.changes
-        changes.append((seq, member))
-        if len(changes) > _MIN_HISTORY and len(changes) > len(self._members):
-            # Start a new history from the current membership; snapshots of the old one keep it.
-            self._history = CohortHistory(dict(self._members))
 
     def snapshot(self) -> CohortSnapshot:
         return CohortSnapshot(self._history, len(self._history.changes))

@@ -105,10 +105,6 @@ class Scheduler(SchedulerInterface):
         return self.cohort.context_sum(self.step)
 
     # -- cohort membership and the running list ------------------------------------------------
-    def _join_cohort(self, r: Request, step: int, block_ids: tuple[int, ...]) -> None:
-        self._explicit.discard(r)
-        self.cohort.join(r, step, block_ids)
-
     def _leave_cohort(self, r: Request, step: int) -> None:
         """Make r exact as of the start of `step` and handle it one by one from now on."""
         self.cohort.leave(r, step, self.last_end_time if step == self.step else r.last_token_time)
@@ -261,12 +257,12 @@ class Scheduler(SchedulerInterface):
         return num_hashed
 
     def _build_plan(self, num_hashed: int, preempted: tuple[str, ...]) -> StepPlan:
-        chunks = tuple(
+        chunks = tuple([
             ScheduledChunk(r.request_id, new, r.num_computed_tokens, tuple(r.block_ids),
                            r.num_computed_tokens + new >= r.num_tokens)
             for r, new in sorted(self._scheduled.items(), key=lambda item: item[0].admit_seq)
             if new > 0
-        )
+        ])
         cohort = self.cohort
         return StepPlan(self.step, chunks, self._num_cohort_scheduled, cohort.context_sum(self.step), num_hashed,
                         preempted, cohort.snapshot() if len(cohort) else None)
@@ -299,7 +295,8 @@ class Scheduler(SchedulerInterface):
             if r.num_output_tokens >= r.max_output_tokens:
                 finishing.append(r)
             else:
-                self._join_cohort(r, s + 1, tables[r.request_id])
+                self._explicit.discard(r)
+                self.cohort.join(r, s + 1, tables[r.request_id])
         self.step = s + 1
         self.last_end_time = now
         for r in self.cohort.pop_finish_events(s):
