@@ -1,7 +1,8 @@
-"""vLLM's budget rules for one waiting request: how many tokens it may compute if admitted now,
-what that charges the step's token budget, and whether the pool has its blocks. Pure functions of
-the scheduler's config and the cache: the scheduler decides with them at each step, and asks the
-same question about the head of the queue before it lets the simulator skip quiet steps.
+"""vLLM's budget rules for one request: whether it could ever run, how many tokens it may compute
+if admitted now, what that charges the step's token budget, and whether the pool has its blocks.
+Pure functions of the scheduler's config and the cache: the scheduler decides with them at each
+step, and asks the same question about the head of the queue before it lets the simulator skip
+quiet steps.
 """
 
 from __future__ import annotations
@@ -9,6 +10,20 @@ from __future__ import annotations
 from apcsim.core.kv_cache_manager import KVCacheManager, _cdiv
 from apcsim.core.request import Request
 from policies.scheduling.base import SchedulerConfig
+
+
+def rejection_reason(cfg: SchedulerConfig, kv: KVCacheManager, req: Request) -> str:
+    """Why `req` could never run under this configuration ("" if it could)."""
+    total = req.prompt_len + req.max_output_tokens
+    blocks = _cdiv(total, kv.block_size)
+    if blocks > kv.pool.num_blocks:
+        return f"needs {blocks} blocks for {total} tokens, the cache has {kv.pool.num_blocks}"
+    if cfg.max_model_len is not None and total > cfg.max_model_len:
+        return f"{total} tokens exceed max_model_len {cfg.max_model_len}"
+    if not cfg.chunked_prefill and req.prompt_len > cfg.max_num_batched_tokens:
+        return (f"prompt of {req.prompt_len} tokens exceeds max_num_batched_tokens {cfg.max_num_batched_tokens}"
+                " without chunked prefill")
+    return ""
 
 
 def long_prefill_cap(cfg: SchedulerConfig, num_requests: int) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from operator import attrgetter
 
-from apcsim.core.admission import admission_terms, fits, long_prefill_cap
+from apcsim.core.admission import admission_terms, fits, long_prefill_cap, rejection_reason
 from apcsim.core.cohort import DecodeCohort
 from apcsim.core.interface import SchedulerInterface, SchedulerStats, StepResult
 from apcsim.core.kv_cache_manager import KVCacheManager, _cdiv
@@ -67,14 +67,7 @@ class Scheduler(SchedulerInterface):
 
     # -- arrivals ------------------------------------------------------------------------------
     def add_request(self, req: Request, now: float) -> bool:
-        total = req.prompt_len + req.max_output_tokens
-        reason = ""
-        if _cdiv(total, self.block_size) > self.kv.pool.num_blocks:
-            reason = f"needs {_cdiv(total, self.block_size)} blocks for {total} tokens, the cache has {self.kv.pool.num_blocks}"
-        elif self.cfg.max_model_len is not None and total > self.cfg.max_model_len:
-            reason = f"{total} tokens exceed max_model_len {self.cfg.max_model_len}"
-        elif not self.cfg.chunked_prefill and req.prompt_len > self.cfg.max_num_batched_tokens:
-            reason = f"prompt of {req.prompt_len} tokens exceeds max_num_batched_tokens {self.cfg.max_num_batched_tokens} without chunked prefill"
+        reason = rejection_reason(self.cfg, self.kv, req)
         req.arrival_time = now
         if reason:
             req.status, req.rejected_reason = Status.REJECTED, reason
