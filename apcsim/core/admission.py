@@ -43,10 +43,9 @@ def admission_terms(cfg: SchedulerConfig, kv: KVCacheManager, r: Request, remain
     cached = len(computed) * kv.block_size
     new = r.num_tokens - cached
     extra = 0 if cfg.cache_aware_budget else cached  # vLLM 0.6.3 charged the cached tokens
-    if computed and not cfg.cache_aware_admission:
-        # vLLM 0.6.3 asked for every block of the prompt to be free, cached or not.
-        if _cdiv(r.num_tokens, kv.block_size) > kv.pool.num_free:
-            return None
+    # vLLM 0.6.3 asked for every block of the prompt to be free, cached or not.
+    if computed and not cfg.cache_aware_admission and _cdiv(r.num_tokens, kv.block_size) > kv.pool.num_free:
+        return None
     # Without chunked prefill a prompt goes in whole; a resumed request longer than the budget
     # is the exception (it could never run again otherwise), as vLLM V1 chunks it regardless.
     whole = not cfg.chunked_prefill and r.num_tokens <= cfg.max_num_batched_tokens

@@ -40,7 +40,7 @@ _MIN_HISTORY = 64  # changes kept before a new history may start, so small cohor
 class DecodeCohort:
     def __init__(self, block_size: int) -> None:
         self.block_size = block_size
-        self._members: dict[int, CohortMember] = {}  # admit_seq -> member, in join order
+        self._members: dict[int, tuple] = {}  # admit_seq -> CohortMember's fields, in join order
         self._base = 0  # sum over members of (anchor context - anchor step)
         self._alloc_events: list[tuple[int, int, int, Request]] = []  # (step, seq, version, req)
         self._finish_events: list[tuple[int, int, int, Request]] = []
@@ -61,7 +61,7 @@ class DecodeCohort:
         r.anchor_step = step
         r.event_version += 1
         c = r.num_computed_tokens
-        member = CohortMember(r.admit_seq, r.request_id, c, step, block_ids)
+        member = (r.admit_seq, r.request_id, c, step, block_ids)  # CohortMember's fields, unwrapped
         self._members[r.admit_seq] = member
         self._history.changes.append((r.admit_seq, member))
         self._base += c - step
@@ -114,13 +114,14 @@ class DecodeCohort:
         base = 0
         for r in running:
             if r.anchor_step >= 0:
-                m = self._members[r.admit_seq]
+                m = CohortMember(*self._members[r.admit_seq])
                 assert (m.anchor_context, m.anchor_step) == (r.num_computed_tokens, r.anchor_step), \
                     f"{r.request_id}: cohort anchor drifted"
                 assert m.block_ids == tuple(r.block_ids), f"{r.request_id}: block table changed in the cohort"
                 base += r.num_computed_tokens - r.anchor_step
         assert base == self._base, "cohort context bookkeeping drifted"
-        assert self.snapshot().members() == tuple(self._members.values()), "cohort history drifted"
+        assert self.snapshot().members() == tuple(CohortMember(*m) for m in self._members.values()), \
+            "cohort history drifted"
 
 
 def _pop_events(heap: list, upto_step: int) -> list[Request]:

@@ -52,9 +52,11 @@ class CohortHistory:
 
     __slots__ = ("base", "changes")
 
-    def __init__(self, base: dict[int, CohortMember]) -> None:
+    def __init__(self, base: dict[int, tuple]) -> None:
+        # Members are stored as plain tuples of CohortMember's fields (cheaper to make at every
+        # join); `CohortSnapshot.members` wraps them.
         self.base = base  # admit_seq -> member, in join order; never mutated
-        self.changes: list[tuple[int, CohortMember | None]] = []  # (admit_seq, member or None: left)
+        self.changes: list[tuple[int, tuple | None]] = []  # (admit_seq, member or None: left)
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class CohortSnapshot:
                 del live[seq]
             else:
                 live[seq] = member
-        return tuple(live.values())
+        return tuple(CohortMember(*m) for m in live.values())
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,15 @@ step without being touched; every other running request is *explicit*, handled o
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from dataclasses import replace
 from operator import attrgetter
 
-from apcsim.core.admission import admission_terms, fits, long_prefill_cap, rejection_reason
+from apcsim.core.admission import (
+    admission_terms,
+    fits,
+    long_prefill_cap,
+    rejection_reason,
+)
 from apcsim.core.cohort import DecodeCohort
 from apcsim.core.interface import SchedulerInterface, SchedulerStats, StepResult
 from apcsim.core.kv_cache_manager import KVCacheManager, _cdiv
@@ -134,8 +140,7 @@ class Scheduler(SchedulerInterface):
             plan = self._schedule_pass(now)
             preempted = preempted + plan.preempted
         if preempted is not plan.preempted:
-            plan = StepPlan(plan.step, plan.chunks, plan.num_cohort, plan.cohort_context_sum,
-                            plan.num_hashed_tokens, preempted, plan.cohort)
+            plan = replace(plan, preempted=preempted)
         return plan
 
     def _schedule_pass(self, now: float) -> StepPlan:
