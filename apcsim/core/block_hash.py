@@ -12,7 +12,8 @@ folds `cache_salt` into the first block's extra keys. Choices (`hash_algo`):
 
 None of these is keyed with a secret, so collisions are an accident, not a defence against a
 tenant who crafts them; isolation comes from the salt. README "Reliability" gives the collision
-odds. Tests may `register_hash_algo` a deliberately weak one to exercise `verify_tokens`.
+odds. A `HashAlgo` object may be passed wherever a name is (`kv_options["hash_algo"]`); tests
+pass a deliberately weak one to exercise `verify_tokens`.
 """
 
 from __future__ import annotations
@@ -63,11 +64,6 @@ HASH_ALGOS: dict[str, HashAlgo] = {
     "xxh3_128": HashAlgo("xxh3_128", 128, _xxh3_128_root, _xxh3_128_step),
     "sha256": HashAlgo("sha256", 256, _sha256_root, _sha256_step),
 }
-
-
-def register_hash_algo(algo: HashAlgo) -> None:
-    """Add a hash (tests use this for a deliberately colliding one)."""
-    HASH_ALGOS[algo.name] = algo
 
 
 def get_hash_algo(name: str) -> HashAlgo:

@@ -1,16 +1,21 @@
-"""The step plan: the only thing an executor sees of the scheduler's decisions.
+"""The step plan: the only thing an executor sees of the scheduler's decisions, as immutable values.
 
 Requests scheduled in a step are of two kinds. `chunks` are handled one by one: prefill chunks,
-and decodes that allocated a block, resumed or finished a skip this step. The `cohort` is every
-other running request in its decode phase: one new token each, no block allocation; the
-scheduler advances it lazily, so a plan states its size and total context instead of listing it
-(`cohort_chunks()` lists it for an executor that needs every block table, such as the engine).
+and decodes that allocated a block, resumed or finished a skip this step. The *cohort* is every
+other running request in its decode phase: one new token each, no block allocation (see
+`apcsim.core.cohort`). A plan states the cohort's size and total context, which is all a cost
+model needs, and carries a `CohortSnapshot` from which an executor that needs every block table
+(the engine, the parity recorder) lists the cohort's chunks with `cohort_chunks()`.
+
+A plan never refers to live scheduler state: it stays valid after `update()` and after later
+steps. Keeping it so costs O(1) per cohort membership change, not O(cohort) per step (see
+`CohortSnapshot`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -22,15 +27,80 @@ class ScheduledChunk:
     samples: bool  # True if this step ends the request's prompt (or recompute) and samples a token
 
 
-@dataclass
+class CohortMember(NamedTuple):
+    """A cohort member as of the step it joined (its anchor step). Its context at any later step
+    s of its membership is `anchor_context + s - anchor_step`; its block table cannot change
+    while it is a member (it leaves before the step that needs a new block)."""
+
+    admit_seq: int
+    request_id: str
+    anchor_context: int  # tokens with KV at anchor_step
+    anchor_step: int
+    block_ids: tuple[int, ...]
+
+    def chunk(self, step: int) -> ScheduledChunk:
+        return ScheduledChunk(self.request_id, 1, self.anchor_context + step - self.anchor_step, self.block_ids, True)
+
+
+class CohortHistory:
+    """The cohort's membership as a persistent (never rewritten) record: a base membership and
+    the changes made since, appended one per join or leave. A snapshot names a point in it, so
+    handing one to every plan is O(1), and only a snapshot that is read pays for listing the
+    members. Written only by `DecodeCohort`; `changes` is append-only, which is what keeps every
+    snapshot of it valid. A new history starts (see `DecodeCohort`) once the changes outnumber
+    the members, so that reading a snapshot costs O(members), amortized."""
+
+    __slots__ = ("base", "changes")
+
+    def __init__(self, base: dict[int, tuple]) -> None:
+        # Members are stored as plain tuples of CohortMember's fields (cheaper to make at every
+        # join); `CohortSnapshot.members` wraps them.
+        self.base = base  # admit_seq -> member, in join order; never mutated
+        self.changes: list[tuple[int, tuple | None]] = []  # (admit_seq, member or None: left)
+
+
+@dataclass(frozen=True)
+class CohortSnapshot:
+    """The cohort as of one plan: `history`'s base plus its first `num_changes` changes."""
+
+    history: CohortHistory
+    num_changes: int
+
+    def members(self) -> tuple[CohortMember, ...]:
+        """The members in join order (a member that left and joined again is at the end), the
+        order the scheduler's cohort kept them in."""
+        live = dict(self.history.base)
+        for seq, member in self.history.changes[: self.num_changes]:
+            if member is None:
+                del live[seq]
+            else:
+                live[seq] = member
+        return tuple(CohortMember(*m) for m in live.values())
+
+
+@dataclass(frozen=True)
 class StepPlan:
     step: int
-    chunks: list[ScheduledChunk]
+    chunks: tuple[ScheduledChunk, ...]
     num_cohort: int = 0  # cohort decodes, one token each
     cohort_context_sum: int = 0  # sum of the cohort's context lengths (tokens with KV)
     num_hashed_tokens: int = 0  # tokens of requests admitted this step, hashed and looked up (0 without caching)
-    preempted: list[str] = field(default_factory=list)
-    cohort_chunks: Callable[[], list[ScheduledChunk]] = field(default=lambda: [], repr=False)
+    preempted: tuple[str, ...] = ()
+    cohort: CohortSnapshot | None = None  # None: no cohort, or a plan made by hand (cost-model tests)
+
+    def __post_init__(self) -> None:
+        # Plans made by hand may pass lists; store tuples so that a plan cannot be changed.
+        if type(self.chunks) is not tuple:
+            object.__setattr__(self, "chunks", tuple(self.chunks))
+        if type(self.preempted) is not tuple:
+            object.__setattr__(self, "preempted", tuple(self.preempted))
+
+    def cohort_chunks(self) -> tuple[ScheduledChunk, ...]:
+        """The cohort of this step, one chunk each (for executors that need every block table).
+        O(cohort size): the simulator never calls it."""
+        if self.cohort is None:
+            return ()
+        return tuple(m.chunk(self.step) for m in self.cohort.members())
 
     @property
     def num_tokens(self) -> int:

@@ -102,9 +102,10 @@ class Request:
     """The serving core's state of one request.
 
     Tokens are prompt + generated output; `num_computed_tokens` of them have KV in the cache. A
-    request in the decode phase may be advanced lazily by the scheduler (see
-    `Scheduler._sync`): then `num_computed_tokens` and `output_token_ids` are exact only after a
-    sync, which the scheduler does before anything reads them.
+    request in the decode phase may be advanced lazily, as a member of the decode cohort (see
+    `apcsim.core.cohort`): while `anchor_step >= 0`, `num_computed_tokens` and
+    `num_output_tokens` hold their values at `anchor_step`, and the scheduler makes them exact
+    when the request leaves the cohort, before anything outside the scheduler reads them.
     """
 
     spec: RequestSpec
@@ -155,10 +156,6 @@ class Request:
     def num_tokens(self) -> int:
         """Prompt plus generated tokens (the last generated one has no KV yet)."""
         return self.prompt_len + self.num_output_tokens
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in (Status.FINISHED, Status.REJECTED)
 
     def output_tokens(self) -> np.ndarray:
         """All `output_len` tokens this request will generate (int32 [output_len])."""

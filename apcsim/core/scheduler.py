@@ -1,28 +1,30 @@
 """The scheduler, in the style of vLLM V1: one token budget per step, running requests first (in
 admission order), then the waiting queue in the scheduling policy's order; preemption by
-recompute when blocks run out.
+recompute when blocks run out. It implements `apcsim.core.interface.SchedulerInterface`.
 
-It is lazy about decodes so that simulating costs O(events), not O(tokens): a running request in
-its decode phase joins the *cohort*, which advances one token per step without being touched.
-Such a request is handled one by one again (it becomes *explicit*) only at an event: the step in
-which it needs a new block, the step it finishes, a preemption, or a step in which the budget
-skipped it. Between events its counters are `anchor + (step - anchor_step)`; `_unanchor` makes
-them exact. Deferred effect: a block filled by decoding gets its key at the request's next event
-(at most one step later, and always before the request's blocks are freed) instead of the step it
-was filled; only a request quoting that request's own still-running output could tell.
+One schedule pass is: the running pass (`_schedule_running`: each running request's chunk,
+preempting when blocks run out, cutting off the requests the budget does not reach), admission
+(`_admit_waiting`, with the budget rules of `apcsim.core.admission`), and the plan build.
 
-Both executors drive it the same way: `schedule(now)` -> plan -> execute -> `update(plan, now)`.
-The simulator may also call `quiet_steps()` and `advance(k, now)` to skip k steps in which, by
-construction, nothing but the cohort's counters would change.
+It is lazy about decodes so that simulating costs O(events), not O(tokens): running requests in
+their decode phase form the decode cohort (`apcsim.core.cohort`), which advances one token per
+step without being touched; every other running request is *explicit*, handled one by one.
 """
 
 from __future__ import annotations
 
-import heapq
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass, field
+from dataclasses import replace
 from operator import attrgetter
 
+from apcsim.core.admission import (
+    admission_terms,
+    fits,
+    long_prefill_cap,
+    rejection_reason,
+)
+from apcsim.core.cohort import DecodeCohort
+from apcsim.core.interface import SchedulerInterface, SchedulerStats, StepResult
 from apcsim.core.kv_cache_manager import KVCacheManager, _cdiv
 from apcsim.core.plan import ScheduledChunk, StepPlan
 from apcsim.core.request import Request, Status
@@ -30,34 +32,12 @@ from policies.scheduling.base import SchedulerConfig, SchedulingPolicy
 from policies.scheduling.preemption import PREEMPTION_CHOOSERS, PREEMPTION_MODES
 from policies.types import Clock
 
+__all__ = ["Scheduler", "SchedulerStats", "StepResult"]
+
 _admit_seq = attrgetter("admit_seq")
 
 
-@dataclass
-class SchedulerStats:
-    """Counters in vLLM's names. Queries and hits count prompt tokens at a request's first
-    admission; a resumed request's lookups are counted apart, as vLLM V1 does."""
-
-    prefix_cache_queries: int = 0
-    prefix_cache_hits: int = 0
-    preempted_prefix_cache_queries: int = 0
-    preempted_prefix_cache_hits: int = 0
-    prompt_tokens_computed: int = 0  # prompt positions run through the model, recomputes included
-    recomputed_tokens: int = 0  # tokens computed again after a preemption (prompt or output)
-    num_preemptions: int = 0
-    num_rejected: int = 0
-    hash_collisions: int = 0  # verify_tokens: admissions whose lookup stopped at a key collision
-
-
-@dataclass
-class StepResult:
-    finished: list[Request] = field(default_factory=list)
-    first_tokens: list[Request] = field(default_factory=list)
-    itl_samples: list[float] = field(default_factory=list)  # inter-token gaps handled one by one
-    num_regular_decodes: int = 0  # cohort tokens whose gap is exactly this step's duration
-
-
-class Scheduler:
+class Scheduler(SchedulerInterface):
     def __init__(self, cfg: SchedulerConfig, policy: SchedulingPolicy, kv: KVCacheManager, *,
                  clock: Clock | None = None, future=None) -> None:
         """`clock` is shared with the eviction policy (set here at every schedule and update);
@@ -86,26 +66,14 @@ class Scheduler:
         self.running: list[Request] = []  # admission order
         self._running_seqs: list[int] = []  # their admit_seq, sorted, for bisect
         self._admit_counter = 0
-        self._explicit: set[Request] = set()
-        self._cohort: dict[int, Request] = {}  # admit_seq -> request
-        self._cohort_base = 0  # sum over cohort of (anchor tokens - anchor step)
-        self._alloc_events: list[tuple[int, int, int, Request]] = []  # (step, seq, version, req)
-        self._finish_events: list[tuple[int, int, int, Request]] = []
+        self._explicit: set[Request] = set()  # running requests not in the cohort
+        self.cohort = DecodeCohort(kv.block_size)
         self._scheduled: dict[Request, int] = {}  # explicit requests -> new tokens this step
         self._num_cohort_scheduled = 0
-        self._prefill_cap = cfg.long_prefill_token_threshold  # this step's (see _long_prefill_cap)
 
     # -- arrivals ------------------------------------------------------------------------------
     def add_request(self, req: Request, now: float) -> bool:
-        """Queue a request, or reject it (False) if it could never run."""
-        total = req.prompt_len + req.max_output_tokens
-        reason = ""
-        if _cdiv(total, self.block_size) > self.kv.pool.num_blocks:
-            reason = f"needs {_cdiv(total, self.block_size)} blocks for {total} tokens, the cache has {self.kv.pool.num_blocks}"
-        elif self.cfg.max_model_len is not None and total > self.cfg.max_model_len:
-            reason = f"{total} tokens exceed max_model_len {self.cfg.max_model_len}"
-        elif not self.cfg.chunked_prefill and req.prompt_len > self.cfg.max_num_batched_tokens:
-            reason = f"prompt of {req.prompt_len} tokens exceeds max_num_batched_tokens {self.cfg.max_num_batched_tokens} without chunked prefill"
+        reason = rejection_reason(self.cfg, self.kv, req)
         req.arrival_time = now
         if reason:
             req.status, req.rejected_reason = Status.REJECTED, reason
@@ -131,61 +99,23 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.running) or len(self.policy) > 0
 
-    # -- lazy cohort ---------------------------------------------------------------------------
-    def _anchor(self, r: Request, step: int) -> None:
-        """r decodes one token per step from `step` on, lazily, until its next event."""
-        self._explicit.discard(r)
-        r.anchor_step = step
-        r.event_version += 1
-        self._cohort[r.admit_seq] = r
-        self._cohort_base += r.num_computed_tokens - step
-        bs = self.block_size
-        alloc_step = step + (-r.num_computed_tokens) % bs  # computed % bs == 0: needs a block
-        finish_step = step + r.max_output_tokens - r.num_output_tokens - 1
-        heapq.heappush(self._alloc_events, (alloc_step, r.admit_seq, r.event_version, r))
-        heapq.heappush(self._finish_events, (finish_step, r.admit_seq, r.event_version, r))
-
-    def _unanchor(self, r: Request, step: int) -> None:
-        """Make r's counters exact as of the start of `step` and take it out of the cohort."""
-        del self._cohort[r.admit_seq]
-        self._cohort_base -= r.num_computed_tokens - r.anchor_step
-        k = step - r.anchor_step
-        if k > 0:
-            r.num_computed_tokens += k
-            r.num_output_tokens += k
-            r.last_token_time = self.last_end_time if step == self.step else r.last_token_time
-        r.anchor_step = -1
-        r.event_version += 1
-        self.kv.cache_full_blocks(r, r.num_computed_tokens)  # the deferred keys (see module doc)
-        self._explicit.add(r)
-
-    def _pop_events(self, heap: list, upto_step: int) -> list[Request]:
-        out = []
-        while heap and heap[0][0] <= upto_step:
-            _, _, version, r = heapq.heappop(heap)
-            if version == r.event_version and r.anchor_step >= 0:
-                out.append(r)
-        return out
-
-    def _next_event(self, heap: list) -> int | None:
-        while heap:
-            s, _, version, r = heap[0]
-            if version == r.event_version and r.anchor_step >= 0:
-                return s
-            heapq.heappop(heap)
-        return None
-
     @property
     def cohort_context_sum(self) -> int:
-        return self._cohort_base + len(self._cohort) * self.step
+        return self.cohort.context_sum(self.step)
 
-    # -- running-list bookkeeping --------------------------------------------------------------
+    # -- cohort membership and the running list ------------------------------------------------
+    def _leave_cohort(self, r: Request, step: int) -> None:
+        """Make r exact as of the start of `step` and handle it one by one from now on."""
+        self.cohort.leave(r, step, self.last_end_time if step == self.step else r.last_token_time)
+        self.kv.cache_full_blocks(r, r.num_computed_tokens)  # the deferred keys (see cohort's doc)
+        self._explicit.add(r)
+
     def _remove_running(self, r: Request) -> None:
         i = bisect_left(self._running_seqs, r.admit_seq)
         del self.running[i]
         del self._running_seqs[i]
         if r.anchor_step >= 0:
-            self._unanchor(r, self.step)
+            self._leave_cohort(r, self.step)
         self._explicit.discard(r)
 
     def _preempt(self, r: Request) -> None:
@@ -209,25 +139,35 @@ class Scheduler:
             # the same step; each pass preempts at least one request, so this ends.
             plan = self._schedule_pass(now)
             preempted = preempted + plan.preempted
-        plan.preempted = preempted
+        if preempted is not plan.preempted:
+            plan = replace(plan, preempted=preempted)
         return plan
 
     def _schedule_pass(self, now: float) -> StepPlan:
         s = self.step
-        cfg = self.cfg
         self.clock.now = now
         self.policy.refresh()
-        for r in self._pop_events(self._alloc_events, s):
-            self._unanchor(r, s)
+        for r in self.cohort.pop_alloc_events(s):
+            self._leave_cohort(r, s)
         self._scheduled = {}
+        prefill_cap = long_prefill_cap(self.cfg, len(self.running) + len(self.policy))
+        remaining, preempted = self._schedule_running(prefill_cap)
+        self._num_cohort_scheduled = len(self.cohort)
+        # vLLM V1 skips the waiting queue in a step that preempted.
+        num_hashed = 0 if preempted else self._admit_waiting(remaining, now, prefill_cap)
+        return self._build_plan(num_hashed, tuple(preempted))
+
+    def _schedule_running(self, prefill_cap: int) -> tuple[int, list[str]]:
+        """The running pass: a chunk for each explicit request in admission order, a token for
+        each cohort member between them, preempting when blocks run out. Whoever the budget does
+        not reach, from the first such request on, is skipped this step. Returns the budget
+        left and the requests preempted."""
         preempted: list[str] = []
-        remaining = cfg.max_num_batched_tokens
-        self._prefill_cap = prefill_cap = self._long_prefill_cap()
+        remaining = self.cfg.max_num_batched_tokens
         last_seq = -1  # admit_seq of the last running request accounted for
         cut_index: int | None = None  # running[cut_index:] is skipped this step
         seqs = self._running_seqs
-
-        for r in sorted(self._explicit, key=lambda q: q.admit_seq):
+        for r in sorted(self._explicit, key=_admit_seq):
             if r.status is not Status.RUNNING:
                 continue  # preempted earlier in this step
             gap = bisect_left(seqs, r.admit_seq) - bisect_right(seqs, last_seq)  # cohort members before r
@@ -257,7 +197,7 @@ class Scheduler:
             remaining -= new
             last_seq = r.admit_seq
         if cut_index is None:
-            tail = len(seqs) - bisect_right(seqs, last_seq)
+            tail = len(seqs) - bisect_right(seqs, last_seq)  # cohort members after the last explicit
             if tail > remaining:
                 cut_index = len(seqs) - (tail - remaining)
                 remaining = 0
@@ -266,92 +206,33 @@ class Scheduler:
         if cut_index is not None:
             for r in self.running[cut_index:]:
                 if r.anchor_step >= 0:
-                    self._unanchor(r, s)  # skipped: handled one by one next step
+                    self._leave_cohort(r, self.step)  # skipped: handled one by one next step
                 self._scheduled.pop(r, None)
-        self._num_cohort_scheduled = len(self._cohort)
+        return remaining, preempted
 
-        num_hashed = 0
-        if not preempted:
-            num_hashed = self._admit_waiting(remaining, now)
-        chunks = [
-            ScheduledChunk(
-                r.request_id, new, r.num_computed_tokens, tuple(r.block_ids),
-                r.num_computed_tokens + new >= r.num_tokens,
-            )
-            for r, new in sorted(self._scheduled.items(), key=lambda kv: kv[0].admit_seq)
-            if new > 0
-        ]
-        return StepPlan(
-            step=s, chunks=chunks, num_cohort=self._num_cohort_scheduled,
-            cohort_context_sum=self.cohort_context_sum, num_hashed_tokens=num_hashed,
-            preempted=preempted, cohort_chunks=self._cohort_chunks,
-        )
-
-    def _long_prefill_cap(self) -> int:
-        """The step's cap on one request's prefill chunk (0: none). vLLM 0.32 lifts the cap when
-        a single request is running or waiting (`long_prefill_solo_uncapped`): nobody to starve."""
-        cap = self.cfg.long_prefill_token_threshold
-        if cap > 0 and self.cfg.long_prefill_solo_uncapped and len(self.running) + len(self.policy) <= 1:
-            return 0
-        return cap
-
-    def _fits(self, r: Request, new: int, computed: list) -> bool:
-        """Whether the pool can give waiting request r its blocks for `new` tokens now, and with
-        `reserve_full_sequence` (vLLM's scheduler_reserve_full_isl) for its whole sequence too."""
-        if self.cfg.reserve_full_sequence:
-            whole = r.num_tokens - r.num_computed_tokens - len(computed) * self.block_size
-            if whole > new and self.kv.can_allocate(r, whole, computed) < 0:
-                return False
-        return self.kv.can_allocate(r, new, computed) >= 0
-
-    def _admission(self, r: Request, remaining: int):
-        """How a waiting request would be admitted with `remaining` budget: (new tokens, budget
-        charged, hit blocks), or None if the budget rules say no."""
-        cfg = self.cfg
-        computed = self.kv.get_computed_blocks(r)
-        cached = len(computed) * self.block_size
-        new = r.num_tokens - cached
-        extra = 0 if cfg.cache_aware_budget else cached  # vLLM 0.6.3 charged the cached tokens
-        if computed and not cfg.cache_aware_admission:
-            # vLLM 0.6.3 asked for every block of the prompt to be free, cached or not.
-            if _cdiv(r.num_tokens, self.block_size) > self.kv.pool.num_free:
-                return None
-        # Without chunked prefill a prompt goes in whole; a resumed request longer than the budget
-        # is the exception (it could never run again otherwise), as vLLM V1 chunks it regardless.
-        whole = not cfg.chunked_prefill and r.num_tokens <= cfg.max_num_batched_tokens
-        if whole:
-            if new + extra > remaining:
-                return None
-        else:
-            if self._prefill_cap > 0:
-                new = min(new, self._prefill_cap)
-            # Charged cached tokens may eat the whole budget; the request still computes at least
-            # one token so that every admission makes progress.
-            new = min(new, max(remaining - extra, 1))
-            return new, min(new + extra, remaining), computed
-        return new, new + extra, computed
-
-    def _admit_waiting(self, remaining: int, now: float) -> int:
-        cfg = self.cfg
-        stats = self.stats
+    def _admit_waiting(self, remaining: int, now: float, prefill_cap: int) -> int:
+        """Admit from the waiting queue, in the policy's order, while the budget, `max_num_seqs`
+        and the pool allow; stop at the first request that does not fit. Returns the tokens
+        hashed and looked up."""
+        cfg, kv, stats = self.cfg, self.kv, self.stats
         num_hashed = 0
         while len(self.policy) and remaining > 0 and len(self.running) < cfg.max_num_seqs:
             r = self.policy.peek()
-            plan = self._admission(r, remaining)
-            if plan is None:
+            terms = admission_terms(cfg, kv, r, remaining, prefill_cap)
+            if terms is None:
                 break
-            new, charged, computed = plan
-            if not self._fits(r, new, computed) or not self.kv.allocate_slots(r, new, computed):
+            new, charged, computed = terms
+            if not fits(cfg, kv, r, new, computed) or not kv.allocate_slots(r, new, computed):
                 break
             self.policy.pop()
-            if self.kv.enable_caching:
+            if kv.enable_caching:
                 num_hashed += r.num_tokens  # with caching off nothing is hashed or looked up
             cached = len(computed) * self.block_size
             if r.lookup_collided:
                 stats.hash_collisions += 1
                 r.lookup_collided = False
             # vLLM counts a lookup only when prefix caching is on (record_prefix_cache_stats).
-            counts = self.kv.enable_caching
+            counts = kv.enable_caching
             if r.num_cached_tokens < 0:
                 r.num_cached_tokens = cached
                 r.first_scheduled_time = now
@@ -373,22 +254,25 @@ class Scheduler:
             remaining -= charged
         return num_hashed
 
-    def _cohort_chunks(self) -> list[ScheduledChunk]:
-        """The cohort of the step just planned, one chunk each (for executors that need tables)."""
-        out = []
-        s = self.step
-        for r in self._cohort.values():
-            c = r.num_computed_tokens + s - r.anchor_step
-            out.append(ScheduledChunk(r.request_id, 1, c, tuple(r.block_ids), True))
-        return out
+    def _build_plan(self, num_hashed: int, preempted: tuple[str, ...]) -> StepPlan:
+        chunks = tuple([
+            ScheduledChunk(r.request_id, new, r.num_computed_tokens, tuple(r.block_ids),
+                           r.num_computed_tokens + new >= r.num_tokens)
+            for r, new in sorted(self._scheduled.items(), key=lambda item: item[0].admit_seq)
+            if new > 0
+        ])
+        cohort = self.cohort
+        return StepPlan(self.step, chunks, self._num_cohort_scheduled, cohort.context_sum(self.step), num_hashed,
+                        preempted, cohort.snapshot() if len(cohort) else None)
 
     def update(self, plan: StepPlan, now: float) -> StepResult:
-        """Apply the step's results: tokens computed, tokens sampled, requests finished."""
         s = self.step
         assert plan.step == s, f"update for step {plan.step} while at step {s}"
         self.clock.now = now  # finished requests release their blocks at this time
         res = StepResult(num_regular_decodes=self._num_cohort_scheduled)
         stats = self.stats
+        # No block was allocated since the plan was built: its tables are the joiners' tables.
+        tables = {c.request_id: c.block_ids for c in plan.chunks}
         finishing: list[Request] = []
         for r, new in self._scheduled.items():
             c = r.num_computed_tokens
@@ -409,11 +293,12 @@ class Scheduler:
             if r.num_output_tokens >= r.max_output_tokens:
                 finishing.append(r)
             else:
-                self._anchor(r, s + 1)
+                self._explicit.discard(r)
+                self.cohort.join(r, s + 1, tables[r.request_id])
         self.step = s + 1
         self.last_end_time = now
-        for r in self._pop_events(self._finish_events, s):
-            self._unanchor(r, s + 1)
+        for r in self.cohort.pop_finish_events(s):
+            self._leave_cohort(r, s + 1)
             r.last_token_time = now
             finishing.append(r)
         # vLLM frees the requests that end in a step in its running order (update_from_output
@@ -435,46 +320,40 @@ class Scheduler:
 
     # -- skipping quiet stretches (simulator only) ----------------------------------------------
     def quiet_steps(self) -> int:
-        """How many steps from now on would only advance the cohort: no chunk, no allocation, no
-        finish, no admission. 0 if the next step has anything else to do."""
-        if self._explicit or not self._cohort:
+        if self._explicit or not len(self.cohort):
             return 0
         if len(self.policy) and len(self.running) < self.cfg.max_num_seqs:
             self.policy.refresh()
             head = self.policy.peek()
-            self._prefill_cap = self._long_prefill_cap()
-            plan = self._admission(head, self.cfg.max_num_batched_tokens - len(self._cohort))
-            if plan is not None and self._fits(head, plan[0], plan[2]):
+            cap = long_prefill_cap(self.cfg, len(self.running) + len(self.policy))
+            terms = admission_terms(self.cfg, self.kv, head, self.cfg.max_num_batched_tokens - len(self.cohort), cap)
+            if terms is not None and fits(self.cfg, self.kv, head, terms[0], terms[2]):
                 return 0  # the head of the queue would be admitted
-        bounds = [e for e in (self._next_event(self._alloc_events), self._next_event(self._finish_events)) if e is not None]
-        return max(0, min(bounds) - self.step) if bounds else 0
+        event = self.cohort.next_event_step()
+        return max(0, event - self.step) if event is not None else 0
 
     def advance(self, k: int, now: float) -> None:
-        """Skip k quiet steps (see `quiet_steps`); `now` is the end time of the last of them."""
         assert k > 0 and not self._explicit, "advance() outside a quiet stretch"
         self.step += k
         self.last_end_time = now
 
     # -- invariants ----------------------------------------------------------------------------
     def verify(self) -> None:
-        """Check the scheduler's and the pool's invariants (call between steps)."""
+        """Check the scheduler's, the cohort's and the pool's invariants (call between steps)."""
         pool = self.kv.pool
         pool.verify()
         assert self._running_seqs == [r.admit_seq for r in self.running], "running order broken"
-        assert set(self._cohort.values()) | self._explicit == set(self.running), "running != cohort + explicit"
-        assert not (set(self._cohort.values()) & self._explicit), "a request is both cohort and explicit"
-        base = 0
+        in_cohort = {r for r in self.running if r.anchor_step >= 0}
+        assert in_cohort | self._explicit == set(self.running), "running != cohort + explicit"
+        assert not (in_cohort & self._explicit), "a request is both cohort and explicit"
+        self.cohort.verify(self.running, self.step)
         refs: dict[int, int] = {}
         for r in self.running:
             assert r.status is Status.RUNNING
-            c = r.num_computed_tokens
-            if r.anchor_step >= 0:
-                base += c - r.anchor_step
-                c += self.step - r.anchor_step
+            c = self._computed(r)
             assert len(r.block_ids) == _cdiv(c, self.block_size), f"{r.request_id}: {len(r.block_ids)} blocks for {c} tokens"
             for b in r.block_ids:
                 refs[b] = refs.get(b, 0) + 1
-        assert base == self._cohort_base, "cohort context bookkeeping drifted"
         for b in pool.blocks:
             assert b.ref_cnt == refs.get(b.block_id, 0), f"block {b.block_id}: ref {b.ref_cnt} != holders {refs.get(b.block_id, 0)}"
         for r in self.policy:

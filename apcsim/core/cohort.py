@@ -1,0 +1,142 @@
+"""The lazy decode cohort: why simulating costs O(events), not O(tokens).
+
+A running request in its decode phase *joins* the cohort and then advances one token per step
+without being touched. The scheduler takes it out again (it *leaves*, and is handled one by one)
+only at an event: the step in which it needs a new block, the step it finishes, a preemption, or
+a step in which the budget skipped it.
+
+Invariants (checked by `Scheduler.verify`):
+- A member's counters (`num_computed_tokens`, `num_output_tokens`) hold their values at its
+  `anchor_step`; at step s its true values are those plus `s - anchor_step`. `leave` makes them
+  exact. A request is a member exactly when `anchor_step >= 0`.
+- A member's block table does not change while it is a member: its allocation event is the first
+  step whose token starts a new block, and the scheduler makes it leave at the start of that
+  step, before allocating. So a member's table can be recorded once, when it joins.
+- `context_sum(step)` is the members' total context at `step`: `base + len * step`, where `base`
+  is the sum over members of (context at anchor - anchor step), kept as members join and leave.
+- The event heaps are lazy: an entry is (step, admit_seq, version, request) and counts only while
+  `version == request.event_version` and the request is a member; every join and leave bumps the
+  version, so entries of an earlier membership are dropped when they surface.
+- `snapshot()` is O(1) and stays valid forever (see `apcsim.core.plan.CohortHistory`): every join
+  and leave appends one change, and a new history starts once the changes outnumber the members,
+  so the copy it makes is amortized O(1) per change.
+
+Deferred effect (the scheduler's, at `leave`): a block filled by decoding gets its key at the
+request's next event (at most one step later, and always before the request's blocks are freed)
+instead of the step it was filled; only a request quoting that request's own still-running
+output could tell.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from apcsim.core.plan import CohortHistory, CohortMember, CohortSnapshot
+from apcsim.core.request import Request
+
+_MIN_HISTORY = 64  # changes kept before a new history may start, so small cohorts copy rarely
+
+
+class DecodeCohort:
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self._members: dict[int, tuple] = {}  # admit_seq -> CohortMember's fields, in join order
+        self._base = 0  # sum over members of (anchor context - anchor step)
+        self._alloc_events: list[tuple[int, int, int, Request]] = []  # (step, seq, version, req)
+        self._finish_events: list[tuple[int, int, int, Request]] = []
+        self._history = CohortHistory({})
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, seq: int) -> bool:
+        return seq in self._members
+
+    def context_sum(self, step: int) -> int:
+        return self._base + len(self._members) * step
+
+    def join(self, r: Request, step: int, block_ids: tuple[int, ...]) -> None:
+        """r decodes one token per step from `step` on, lazily, until its next event. `block_ids`
+        is its block table (unchanged until it leaves)."""
+        r.anchor_step = step
+        r.event_version += 1
+        c = r.num_computed_tokens
+        member = (r.admit_seq, r.request_id, c, step, block_ids)  # CohortMember's fields, unwrapped
+        self._members[r.admit_seq] = member
+        self._history.changes.append((r.admit_seq, member))
+        self._base += c - step
+        alloc_step = step + (-c) % self.block_size  # computed % block_size == 0: needs a block
+        finish_step = step + r.max_output_tokens - r.num_output_tokens - 1
+        heapq.heappush(self._alloc_events, (alloc_step, r.admit_seq, r.event_version, r))
+        heapq.heappush(self._finish_events, (finish_step, r.admit_seq, r.event_version, r))
+
+    def leave(self, r: Request, step: int, last_token_time: float) -> None:
+        """Make r's counters exact as of the start of `step` and take it out. `last_token_time`
+        is the time its last lazily decoded token was sampled (if it decoded any)."""
+        del self._members[r.admit_seq]
+        changes = self._history.changes
+        changes.append((r.admit_seq, None))
+        if len(changes) > _MIN_HISTORY and len(changes) > len(self._members):
+            # Start a new history from the current membership (snapshots of the old one keep
+            # it). Checked only at a leave: a join adds a member and a change alike, so joins
+            # never widen the gap between the changes and the members.
+            self._history = CohortHistory(dict(self._members))
+        self._base -= r.num_computed_tokens - r.anchor_step
+        k = step - r.anchor_step
+        if k > 0:
+            r.num_computed_tokens += k
+            r.num_output_tokens += k
+            r.last_token_time = last_token_time
+        r.anchor_step = -1
+        r.event_version += 1
+
+    def snapshot(self) -> CohortSnapshot:
+        return CohortSnapshot(self._history, len(self._history.changes))
+
+    # -- events ----------------------------------------------------------------------------------
+    def pop_alloc_events(self, upto_step: int) -> list[Request]:
+        """Members that need a new block at a step <= upto_step (they are still members)."""
+        return _pop_events(self._alloc_events, upto_step)
+
+    def pop_finish_events(self, upto_step: int) -> list[Request]:
+        """Members whose last token is sampled at a step <= upto_step (they are still members)."""
+        return _pop_events(self._finish_events, upto_step)
+
+    def next_event_step(self) -> int | None:
+        """The earliest step with a member's event, None if there is none."""
+        bounds = [e for e in (_next_event(self._alloc_events), _next_event(self._finish_events)) if e is not None]
+        return min(bounds) if bounds else None
+
+    def verify(self, running: list[Request], step: int) -> None:
+        """Check the members against the running requests (call between steps)."""
+        members = {r.admit_seq for r in running if r.anchor_step >= 0}
+        assert members == set(self._members), "cohort members != running requests with an anchor"
+        base = 0
+        for r in running:
+            if r.anchor_step >= 0:
+                m = CohortMember(*self._members[r.admit_seq])
+                assert (m.anchor_context, m.anchor_step) == (r.num_computed_tokens, r.anchor_step), \
+                    f"{r.request_id}: cohort anchor drifted"
+                assert m.block_ids == tuple(r.block_ids), f"{r.request_id}: block table changed in the cohort"
+                base += r.num_computed_tokens - r.anchor_step
+        assert base == self._base, "cohort context bookkeeping drifted"
+        assert self.snapshot().members() == tuple(CohortMember(*m) for m in self._members.values()), \
+            "cohort history drifted"
+
+
+def _pop_events(heap: list, upto_step: int) -> list[Request]:
+    out = []
+    while heap and heap[0][0] <= upto_step:
+        _, _, version, r = heapq.heappop(heap)
+        if version == r.event_version and r.anchor_step >= 0:
+            out.append(r)
+    return out
+
+
+def _next_event(heap: list) -> int | None:
+    while heap:
+        s, _, version, r = heap[0]
+        if version == r.event_version and r.anchor_step >= 0:
+            return s
+        heapq.heappop(heap)
+    return None
