@@ -19,6 +19,7 @@ from apcsim.core.request import RequestSpec, Status
 from apcsim.core.scheduler import Scheduler, StepResult
 from apcsim.errors import ApcsimError, ConfigError
 from apcsim.loop import ServingLoop, Waits
+from apcsim.mathutil import cdiv
 from apcsim.outputs.files import write_run_files
 from apcsim.outputs.metrics import MetricsCollector
 from apcsim.run import build_run, checked_config
@@ -104,7 +105,7 @@ def _recompute_cost_model(cfg: EngineConfig, cost=None):
 
 def _widest(specs: list[RequestSpec], block_size: int) -> int:
     """The most blocks a request holds: its prompt plus its output fill."""
-    return max((-(-(s.prompt_len + s.output_len) // block_size) for s in specs), default=1)
+    return max((cdiv(s.prompt_len + s.output_len, block_size) for s in specs), default=1)
 
 
 def build_engine(cfg: EngineConfig, *, capture_logits: bool = False, on_step=None, cost=None):

@@ -7,15 +7,16 @@ quiet steps.
 
 from __future__ import annotations
 
-from apcsim.core.kv_cache_manager import KVCacheManager, _cdiv
+from apcsim.core.kv_cache_manager import KVCacheManager
 from apcsim.core.request import Request
+from apcsim.mathutil import cdiv
 from policies.scheduling.base import SchedulerConfig
 
 
 def rejection_reason(cfg: SchedulerConfig, kv: KVCacheManager, req: Request) -> str:
     """Why `req` could never run under this configuration ("" if it could)."""
     total = req.prompt_len + req.max_output_tokens
-    blocks = _cdiv(total, kv.block_size)
+    blocks = cdiv(total, kv.block_size)
     if blocks > kv.pool.num_blocks:
         return f"needs {blocks} blocks for {total} tokens, the cache has {kv.pool.num_blocks}"
     if cfg.max_model_len is not None and total > cfg.max_model_len:
@@ -44,7 +45,7 @@ def admission_terms(cfg: SchedulerConfig, kv: KVCacheManager, r: Request, remain
     new = r.num_tokens - cached
     extra = 0 if cfg.cache_aware_budget else cached  # vLLM 0.6.3 charged the cached tokens
     # vLLM 0.6.3 asked for every block of the prompt to be free, cached or not.
-    if computed and not cfg.cache_aware_admission and _cdiv(r.num_tokens, kv.block_size) > kv.pool.num_free:
+    if computed and not cfg.cache_aware_admission and cdiv(r.num_tokens, kv.block_size) > kv.pool.num_free:
         return None
     # Without chunked prefill a prompt goes in whole; a resumed request longer than the budget
     # is the exception (it could never run again otherwise), as vLLM V1 chunks it regardless.

@@ -16,6 +16,7 @@ from operator import attrgetter, is_not
 
 import xxhash
 
+from apcsim.mathutil import cdiv
 from apcsim.core.block_hash import HashAlgo, get_hash_algo
 from apcsim.core.block_pool import BlockPool
 from apcsim.core.request import Request
@@ -24,10 +25,6 @@ from policies.eviction.base import EvictionPolicy
 
 _is_block = partial(is_not, None)
 _ref_cnt = attrgetter("ref_cnt")
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def chain_keys(tokens, block_size: int, seed: int, algo: HashAlgo | None = None) -> list[int]:
@@ -123,7 +120,7 @@ class KVCacheManager:
     def can_allocate(self, req: Request, num_new_tokens: int, computed: list) -> int:
         """How many new blocks the request needs, or -1 if the pool cannot give them now."""
         total = req.num_computed_tokens + len(computed) * self.block_size + num_new_tokens
-        need = _cdiv(total, self.block_size) - len(req.block_ids) - len(computed)
+        need = cdiv(total, self.block_size) - len(req.block_ids) - len(computed)
         evictable_hits = list(map(_ref_cnt, computed)).count(0)  # taking them shrinks the free set
         return need if need <= self.pool.num_free - evictable_hits else -1
 

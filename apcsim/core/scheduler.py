@@ -25,9 +25,10 @@ from apcsim.core.admission import (
 )
 from apcsim.core.cohort import DecodeCohort
 from apcsim.core.interface import SchedulerInterface, SchedulerStats, StepResult
-from apcsim.core.kv_cache_manager import KVCacheManager, _cdiv
+from apcsim.core.kv_cache_manager import KVCacheManager
 from apcsim.core.plan import ScheduledChunk, StepPlan
 from apcsim.core.request import Request, Status
+from apcsim.mathutil import cdiv
 from policies.scheduling.base import SchedulerConfig, SchedulingPolicy
 from policies.scheduling.preemption import PREEMPTION_CHOOSERS, PREEMPTION_MODES
 from policies.types import Clock
@@ -351,7 +352,7 @@ class Scheduler(SchedulerInterface):
         for r in self.running:
             assert r.status is Status.RUNNING
             c = self._computed(r)
-            assert len(r.block_ids) == _cdiv(c, self.block_size), f"{r.request_id}: {len(r.block_ids)} blocks for {c} tokens"
+            assert len(r.block_ids) == cdiv(c, self.block_size), f"{r.request_id}: {len(r.block_ids)} blocks for {c} tokens"
             for b in r.block_ids:
                 refs[b] = refs.get(b, 0) + 1
         for b in pool.blocks:

@@ -34,7 +34,7 @@ class Recording:
 
 class _RecordingExecutor(SimPyExecutor):
     """The simulator's executor, plus a look at each plan as it starts to run (between schedule
-    and update: the only moment the cohort's chunks are valid)."""
+    and update, when the prefix-cache counters are this step's)."""
 
     def __init__(self, cost: CostModel, on_plan) -> None:
         super().__init__(cost, skip_quiet=False)
