@@ -12,11 +12,11 @@ import pytest
 
 from apcsim.core.build import make_scheduler
 from apcsim.core.interface import SchedulerInterface, SchedulerStats, StepResult
-from apcsim.core.kv_cache_manager import _cdiv
 from apcsim.core.plan import ScheduledChunk, StepPlan
 from apcsim.core.request import Request, RequestSpec, Status
 from apcsim.core.scheduler import Scheduler
 from apcsim.hardware import HardwareConfig, ModelConfig
+from apcsim.mathutil import cdiv as _cdiv
 from apcsim.sim.cost_model import RooflineCostModel
 from apcsim.sim.simulator import Simulation
 from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
