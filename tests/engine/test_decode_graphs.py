@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("hydra")
 
 HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:  # before Triton's first import (see tests/test_kernels.py)
+if not HAS_CUDA:  # before Triton's first import (see tests/engine/test_kernels.py)
     os.environ["TRITON_INTERPRET"] = "1"
 
 import numpy as np  # noqa: E402

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -21,8 +20,7 @@ from engine.config import compose_engine_config  # noqa: E402
 from engine.model import LLAMA31_ROPE, RopeConfig, rope_inv_freq  # noqa: E402
 from engine.runner import run_engine  # noqa: E402
 from engine.weights import load_model, random_model, save_model  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT  # noqa: E402
 
 # 6 requests of 40 prompt tokens, the first 20 shared, 8 output tokens each.
 SHARED = ["model=tiny", "device=cpu", "report.enabled=false", "verify=true",

@@ -22,6 +22,7 @@ from apcsim.errors import ConfigError
 from apcsim.hardware import HardwareConfig, ModelConfig, kv_cache_blocks
 from apcsim.hf_config import bundled_hf_configs, read_hf_config
 from apcsim.sim.cost_model import RooflineCostModel
+from tests.helpers import ROOT
 
 A100 = HardwareConfig(interconnect_bw_gbps=300.0)
 LLAMA3_8B = ModelConfig()
@@ -183,7 +184,7 @@ def test_own_presets_and_profile_from_outside_the_repo(tmp_path):
     (conf / "hardware" / "my_gpu.yaml").write_text(
         "name: my_gpu\nmemory_gib: 48.0\npeak_tflops: 362.0\nmem_bw_gbps: 864.0\n"
         "interconnect_bw_gbps: 32.0\ninterconnect_latency_us: 10.0\n")
-    shutil.copy(Path(__file__).resolve().parents[1] / "apcsim" / "hf_configs" / "qwen3_30b_a3b.json",
+    shutil.copy(ROOT / "apcsim" / "hf_configs" / "qwen3_30b_a3b.json",
                 tmp_path / "config.json")
     (conf / "model" / "my_moe.yaml").write_text("name: my_moe\nhf_config: config.json\n")
     common = ["+policy=lru", "workload.num_requests=20", "report.enabled=false"]

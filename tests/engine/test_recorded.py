@@ -23,9 +23,9 @@ from apcsim.errors import ConfigError  # noqa: E402
 from engine.profile import register_profile_config, run_profile  # noqa: E402
 from engine.recorded import STEPS, _outside_package_trace, load_bundle, read_steps, replay  # noqa: E402
 from engine.validate import register_validate_config, run_validation, write_validation  # noqa: E402
+from tests.helpers import DATA, ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-COMMITTED = ROOT / "tests" / "data" / "recorded" / "tiny_cpu_shared_prefix_lru"
+COMMITTED = DATA / "recorded" / "tiny_cpu_shared_prefix_lru"
 TINY = ["model=tiny", "device=cpu", "cpu_threads=1"]
 RUN = ["hardware=cpu", "report.enabled=false", "+policy=lru", "block_size=16", "workload=shared_prefix",
        "workload.num_requests=8", "workload.input_tokens=64", "workload.output_tokens=8", "num_gpu_blocks=24",

@@ -18,10 +18,10 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
-from sweeptools import ROOT, TINY, apcsim, read_csv
 
 from apcsim.cli.compose import compose_config
 from apcsim.config import register_configs
+from tests.helpers.sweeptools import ROOT, TINY, apcsim, read_csv
 
 EXPERIMENTS = ROOT / "apcsim" / "conf" / "experiment"
 

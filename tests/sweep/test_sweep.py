@@ -7,7 +7,6 @@ import csv
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -15,9 +14,9 @@ import yaml
 from apcsim.cli.compose import compose_config
 from apcsim.sweep.__main__ import main
 from apcsim.sweep.collect import collect, flatten, parse_overrides
+from tests.helpers import ROOT
 
-CONF = Path(__file__).resolve().parents[1] / "apcsim" / "conf" / "experiment"
-ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "apcsim" / "conf" / "experiment"
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONF.glob("seed_*.yaml")))

@@ -9,12 +9,12 @@ import json
 import re
 
 import pytest
-from sweeptools import TINY, apcsim, read_csv
 
 from apcsim.cli.compose import compose_config
 from apcsim.outputs.progress import Progress, wants_bar
 from apcsim.sweep.collect import collect, swept_keys
 from apcsim.sweep.report import build_figures, write_sweep_html
+from tests.helpers.sweeptools import TINY, apcsim, read_csv
 
 
 def test_failed_job_is_a_row_and_rerun_skips_only_finished_jobs(tmp_path):

@@ -22,8 +22,7 @@ from apcsim.parity.harness import record_case, run_vllm
 from apcsim.parity.scenarios import SCENARIOS
 from apcsim.parity.table import markdown, requests_alike
 from apcsim.parity.venv import VllmUnavailable, check, setup, vllm_python
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 # (name, overrides, vLLM config forced on the vLLM side, the step where the logs must part)
 NEGATIVE = [

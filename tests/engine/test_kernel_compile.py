@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from engine.kernels.compile_check import ARCHS, Result, problems
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 # Found, not imported: importing Triton here, before the interpreter tests set TRITON_INTERPRET,
 # would leave their kernels compiled for a GPU.
 _triton = find_spec("triton")

@@ -22,8 +22,8 @@ from apcsim.errors import ConfigError
 from apcsim.hardware import HardwareConfig, ModelConfig
 from apcsim.run import build_cost_model, simulate
 from apcsim.sim.cost_model import RooflineCostModel
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 VIDUR = ROOT.parent / "shared" / "calibration" / "vidur"
 A100 = HardwareConfig()
 LLAMA3_8B = ModelConfig()

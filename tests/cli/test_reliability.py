@@ -20,8 +20,8 @@ from apcsim.cli.compose import compose_config
 from apcsim.core import request as request_mod
 from apcsim.outputs.files import write_outputs
 from apcsim.run import simulate
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 BASE = ["workload=shared_prefix", "workload.num_requests=30", "workload.input_tokens=96",
         "workload.output_tokens=12", "num_gpu_blocks=60", "report.enabled=false"]
 SMALL = BASE + ["+policy=lru"]

@@ -29,9 +29,9 @@ from apcsim.workloads.rag import RagConfig
 from apcsim.workloads.shared_prefix import SharedPrefixConfig
 from apcsim.workloads.system_prompt import SystemPromptConfig
 from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
-from tests.test_bad_input import AZ_HEAD, MC_OK, _jsonl, run_cli
-from tests.test_policy_contract import cached_block, evict_order
-from tests.test_policy_zoo import COST, pool_of
+from tests.cli.test_bad_input import AZ_HEAD, MC_OK, _jsonl, run_cli
+from tests.policies.test_policy_contract import cached_block, evict_order
+from tests.policies.test_policy_zoo import COST, pool_of
 
 VOCAB = 128256
 TWO_CLASSES = [PriorityClass("interactive", 0.25, 0, 80, 30.0), PriorityClass("batch", 0.75, 1)]

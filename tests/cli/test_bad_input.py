@@ -1,7 +1,7 @@
 """Bad input, case by case: every one ends in ONE line on stderr that says what is wrong and where
 (file and line for traces), exit status 2 and no traceback. The CLI runs in-process here (the
 same entry point and one-line folding as `python -m apcsim`, ~50x cheaper than a subprocess);
-tests/test_cli.py runs a few of the same through a real subprocess.
+tests/cli/test_cli.py runs a few of the same through a real subprocess.
 
 And the other half of the contract: a request that alone can never fit is not an input error;
 it is rejected with its reason in requests.csv and the run goes on."""
@@ -18,11 +18,12 @@ import pytest
 
 from apcsim.cli.main import entry
 from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
+from tests.helpers import ROOT
 
 # Hydra lists every registered option, sorted: the message must name them all.
 KNOWN_POLICIES = ", ".join(sorted(EVICTION_POLICIES))
 KNOWN_SCHEDULERS = ", ".join(sorted(SCHEDULING_POLICIES))
-_CONF = Path(__file__).resolve().parents[1] / "apcsim" / "conf"
+_CONF = ROOT / "apcsim" / "conf"
 KNOWN_HARDWARE = ", ".join(sorted(p.stem for p in (_CONF / "hardware").glob("*.yaml")))
 KNOWN_MODELS = ", ".join(sorted(p.stem for p in (_CONF / "model").glob("*.yaml")))
 

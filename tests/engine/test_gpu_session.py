@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 sys.path.insert(0, str(ROOT / "bench"))
-import gpu_session  # noqa: E402
+import gpu_session
 
 
 def _dry(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -119,7 +120,7 @@ def test_correctness_selection_leaves_out_what_breaks_on_the_device():
     argv = gpu_session.correctness_steps(s)[0][0]
     k = argv[argv.index("-k") + 1]
     p = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                        "tests/test_engine.py", "-k", k], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                        "tests/engine/test_engine.py", "-k", k], cwd=ROOT, capture_output=True, text=True, timeout=120)
     ids = [ln for ln in p.stdout.splitlines() if "::" in ln]
     assert ids and not any("interpreter" in i or "cli" in i for i in ids), ids
     assert any("test_engine_matches_dense_reference" in i for i in ids)

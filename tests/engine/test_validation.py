@@ -24,8 +24,8 @@ from apcsim.hardware import ModelConfig  # noqa: E402
 from engine.profile import gpu_hardware_name, meta_path, register_profile_config, run_profile  # noqa: E402
 from engine.profiling.grid import GRIDS, estimate_seconds  # noqa: E402
 from engine.validate import METRICS, compare_metrics, error_pct, register_validate_config, run_validation  # noqa: E402
+from tests.helpers import ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 # One intra-op thread: on a shared 2-core machine two threads make CPU timings jumpy.
 TINY = ["model=tiny", "device=cpu", "cpu_threads=1"]
 

@@ -20,7 +20,7 @@ from apcsim.sim.simulator import Simulation
 from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
 from policies.scheduling.preemption import PREEMPTION_CHOOSERS
 from policies.types import Clock, PolicyContext
-from tests.test_policy_contract import _Req, cached_block, evict_order, make_sched_policy
+from tests.policies.test_policy_contract import _Req, cached_block, evict_order, make_sched_policy
 
 COST = RooflineCostModel(HardwareConfig(), ModelConfig())
 

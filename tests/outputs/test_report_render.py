@@ -5,8 +5,8 @@ Chromium is installed; `.ci/run` installs Debian's when it can."""
 from __future__ import annotations
 
 import pytest
-from headless_chromium import find_chromium, open_page
-from sweeptools import TINY, apcsim
+from tests.helpers.headless_chromium import find_chromium, open_page
+from tests.helpers.sweeptools import TINY, apcsim
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium)")

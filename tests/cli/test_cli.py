@@ -18,9 +18,8 @@ from apcsim.hardware import HardwareConfig, ModelConfig
 from apcsim.run import simulate
 from apcsim.workloads import WORKLOADS
 from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
+from tests.helpers import GOLDEN, ROOT
 
-GOLDEN = Path(__file__).parent / "golden"
-ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "apcsim" / "conf"
 
 

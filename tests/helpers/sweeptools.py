@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 # Small enough for a job in well under a second: 12 requests of 256 + 8 tokens.
 TINY = ["workload.num_requests=12", "workload.input_tokens=256", "workload.output_tokens=8",
         "workload.shared_fraction=0.5"]

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("hydra")
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 DECODE_CASE_KEYS = {"batch", "context", "mode", "step_s", "prepare_s", "weight_bytes", "kv_bytes", "roofline_s", "ratio",
                     "roofline_nominal_s", "ratio_vs_nominal", "goal_max_ratio", "goal_met"}
