@@ -25,22 +25,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from apcsim.core.block_pool import BlockPool
-from apcsim.core.future import StaticFuture
 from policies.eviction.lru import LRUPolicy
 from policies.registry import EVICTION_POLICIES
-from policies.types import PolicyContext
-
-
-def future_for(entry):
-    """A future for policies that need one (belady): a fixed, scrambled next use per key."""
-    return StaticFuture(lambda key: (key * 7919) % 101) if entry.cls.needs_future else None
-
-
-
-
-def _cost(depth: int) -> float:
-    return float(depth + 1)
+from tests.helpers.serving import make_pool
 
 
 def policy_variants() -> list:
@@ -52,13 +39,6 @@ def policy_variants() -> list:
         if "leaves_only" in fields:
             out.append(pytest.param(name, {"leaves_only": False}, id=f"{name}-any-node"))
     return out
-
-
-def make_pool(name: str, num_blocks: int, overrides: dict | None = None) -> BlockPool:
-    entry = EVICTION_POLICIES[name]
-    cfg = entry.config_cls(**(overrides or {}))
-    ctx = PolicyContext(block_size=4, num_blocks=num_blocks, recompute_cost=_cost, future=future_for(entry))
-    return BlockPool(num_blocks, entry.cls(cfg, ctx))
 
 
 CACHING = [p for p in policy_variants() if EVICTION_POLICIES[p.values[0]].cls.enables_caching]

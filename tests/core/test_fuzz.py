@@ -25,16 +25,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apcsim.core.build import make_scheduler
 from apcsim.core.request import RequestSpec, Status
 from apcsim.errors import TraceError
-from apcsim.hardware import HardwareConfig, ModelConfig
-from apcsim.sim.cost_model import RooflineCostModel
 from apcsim.sim.simulator import Simulation
 from apcsim.workloads import WORKLOADS, build_workload
 from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
+from tests.helpers.serving import COST, build_scheduler
 
-COST = RooflineCostModel(HardwareConfig(), ModelConfig())
 FUZZ = settings(max_examples=20, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -114,10 +111,8 @@ def test_priority_self_preemption_does_not_stall(eviction):
 
 def check_serving_run(eviction, scheduling, case):
     bs, num_blocks, sched_kw, specs, skip_quiet, max_concurrency = case
-    sc = replace(SCHEDULING_POLICIES[scheduling].config_cls(), **sched_kw)
     # num_blocks usable blocks: one more for vLLM's null block.
-    sched = make_scheduler(EVICTION_POLICIES[eviction].config_cls(), sc, num_blocks=num_blocks + 1, block_size=bs,
-                           recompute_cost=lambda d: COST.recompute_time(bs, d * bs), specs=specs)
+    sched = build_scheduler(eviction, scheduling, num_blocks=num_blocks + 1, bs=bs, specs=specs, **sched_kw)
     sim = Simulation(specs, sched, COST, skip_quiet=skip_quiet, max_concurrency=max_concurrency,
                      verify_every_step=True)  # verify() after every step and every skipped stretch
     m = sim.run().summary(sim.requests)
@@ -239,7 +234,7 @@ def test_azure_reader_parses_or_raises_trace_error(tmp_path_factory, data):
 def _valid_keys() -> list[str]:
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import DictConfig
+    from omegaconf import OmegaConf
 
     from apcsim.config import register_configs
 
@@ -248,15 +243,15 @@ def _valid_keys() -> list[str]:
     with initialize_config_module(config_module="apcsim.conf", version_base=None):
         dcfg = compose(config_name="config")
 
-    def leaves(node, prefix=""):
-        for k in node.keys():
-            child = node._get_node(k)
-            if isinstance(child, DictConfig) and not child._is_none():
+    def leaves(node: dict, prefix=""):
+        for k, child in node.items():
+            if isinstance(child, dict):  # a group left null is None here: a leaf key
                 yield from leaves(child, f"{prefix}{k}.")
             else:
                 yield f"{prefix}{k}"
 
-    return sorted(k for k in leaves(dcfg) if not k.startswith(("hardware.", "model.", "experiment")))
+    tree = OmegaConf.to_container(dcfg, resolve=False)  # interpolations stay unresolved
+    return sorted(k for k in leaves(tree) if not k.startswith(("hardware.", "model.", "experiment")))
 
 
 VALID_KEYS = _valid_keys()

@@ -12,23 +12,18 @@ import pytest
 
 from apcsim.cli.compose import compose_config
 from apcsim.core.block_hash import HASH_ALGOS, HashAlgo
-from apcsim.core.build import make_scheduler
 from apcsim.core.request import RequestSpec
 from apcsim.errors import ConfigError, TraceError
-from apcsim.hardware import HardwareConfig, ModelConfig
 from apcsim.run import simulate
-from apcsim.sim.cost_model import RooflineCostModel
 from apcsim.sim.simulator import Simulation
-from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
+from tests.helpers.serving import COST, build_scheduler, unit_recompute
 
-COST = RooflineCostModel(HardwareConfig(), ModelConfig())
 PUBLIC_ALGOS = ("xxh3_64", "xxh3_128", "sha256")
 
 
 def _run(specs, *, hash_algo="xxh3_64", verify_tokens=False, bs=4, num_blocks=256):
-    sched = make_scheduler(EVICTION_POLICIES["lru"].config_cls(), SCHEDULING_POLICIES["fcfs"].config_cls(),
-                           num_blocks=num_blocks, block_size=bs, recompute_cost=lambda d: 1.0,
-                           kv_options={"hash_algo": hash_algo, "verify_tokens": verify_tokens})
+    sched = build_scheduler("lru", "fcfs", num_blocks=num_blocks, bs=bs, recompute_cost=unit_recompute,
+                            kv_options={"hash_algo": hash_algo, "verify_tokens": verify_tokens})
     sim = Simulation(specs, sched, COST, max_concurrency=1, verify_every_step=True)
     sim.run()
     return {r.request_id: r.num_cached_tokens for r in sim.requests}, sched

@@ -25,12 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apcsim.core.block_pool import BlockPool
-from apcsim.core.build import make_scheduler
 from apcsim.core.cache_config import CacheConfig
 from apcsim.core.kv_cache_manager import KVCacheManager
 from apcsim.core.request import Request, RequestSpec, Status
-from apcsim.hardware import HardwareConfig, ModelConfig
-from apcsim.sim.cost_model import RooflineCostModel
 from apcsim.sim.simulator import Simulation
 from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
 from policies.types import PolicyContext
@@ -181,11 +178,10 @@ def _random_trace(rng: np.random.Generator, bs: int, num_blocks: int, n: int):
 
 @pytest.mark.parametrize("keyless_first", [False, True], ids=["keyless-tail", "keyless-first"])
 @pytest.mark.parametrize("scheduler", sorted(SCHEDULING_POLICIES))
-def test_simulator_serving_one_at_a_time_matches_reference(scheduler, keyless_first):
+def test_simulator_serving_one_at_a_time_matches_reference(scheduler, keyless_first, cost_model, scheduler_factory):
     """The whole serving core (scheduler, lazy decode, chunked prefill, simulator) with
     max_concurrency=1: every request's prefix hit equals the reference's, generated tokens'
     blocks included (they fill the cache and get evicted like any other)."""
-    cost = RooflineCostModel(HardwareConfig(), ModelConfig())
     total_hits = total_evictions = 0
     for seed in range(25):
         rng = np.random.default_rng(seed)
@@ -193,13 +189,12 @@ def test_simulator_serving_one_at_a_time_matches_reference(scheduler, keyless_fi
         num_blocks = int(rng.integers(6, 24))
         trace = _random_trace(rng, bs, num_blocks, 20)
         budget = int(rng.integers(8, 40))
-        sc = SCHEDULING_POLICIES[scheduler].config_cls(max_num_batched_tokens=budget, max_num_seqs=4, chunked_prefill=True)
         # The reference has no null block: give the core the same number of usable blocks.
         cache = CacheConfig(null_block=False, free_keyless_first=keyless_first)
-        sched = make_scheduler(EVICTION_POLICIES["lru"].config_cls(), sc, num_blocks=num_blocks, block_size=bs,
-                               recompute_cost=lambda d: cost.recompute_time(bs, d * bs), cache=cache)
+        sched = scheduler_factory("lru", scheduler, num_blocks=num_blocks, bs=bs, cache=cache,
+                                  max_num_batched_tokens=budget, max_num_seqs=4, chunked_prefill=True)
         specs = [spec(i, t, salt, out) for i, (t, salt, out) in enumerate(trace)]
-        sim = Simulation(specs, sched, cost, max_concurrency=1, output_seed=seed, verify_every_step=True)
+        sim = Simulation(specs, sched, cost_model, max_concurrency=1, output_seed=seed, verify_every_step=True)
         sim.run()
         ref = RefPrefixCache(num_blocks, bs, keyless_first=keyless_first)
         for i, ((tokens, salt, out), req) in enumerate(zip(trace, sim.requests)):

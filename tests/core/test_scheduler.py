@@ -11,21 +11,11 @@ import numpy as np
 import pytest
 
 from apcsim.cli.compose import compose_config
-from apcsim.core.build import make_scheduler
 from apcsim.core.request import Request, RequestSpec, Status
-from apcsim.hardware import HardwareConfig, ModelConfig
 from apcsim.run import simulate
-from apcsim.sim.cost_model import RooflineCostModel
 from apcsim.sim.simulator import Simulation
 from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
-
-COST = RooflineCostModel(HardwareConfig(), ModelConfig())
-
-
-def build(policy: str, scheduler: str = "fcfs", *, bs: int = 16, num_blocks: int = 64, specs=None, **sched_kw):
-    sc = SCHEDULING_POLICIES[scheduler].config_cls(**sched_kw)
-    return make_scheduler(EVICTION_POLICIES[policy].config_cls(), sc, num_blocks=num_blocks, block_size=bs,
-                          recompute_cost=lambda d: COST.recompute_time(bs, d * bs), specs=specs)
+from tests.helpers.serving import COST, build_scheduler
 
 
 def run(specs, sched, **sim_kw):
@@ -102,7 +92,7 @@ def test_skip_quiet_gives_identical_metrics():
         specs = random_specs(seed=i % 3, n=30)
         out = []
         for skip in (True, False):
-            sched = build(pol, sch, bs=bs, num_blocks=nb, specs=specs, max_num_batched_tokens=64 if chunked else 512,
+            sched = build_scheduler(pol, sch, bs=bs, num_blocks=nb, specs=specs, max_num_batched_tokens=64 if chunked else 512,
                           max_num_seqs=8, chunked_prefill=chunked, cache_aware_budget=cab)
             sim, m = run(specs, sched, skip_quiet=skip)
             per_req = [(r.status, r.num_cached_tokens, r.num_preemptions, r.num_output_tokens, r.first_token_time,
@@ -125,7 +115,7 @@ def test_skip_quiet_gives_identical_metrics():
 def test_request_that_never_fits_is_rejected_and_the_run_goes_on(max_concurrency):
     bs, nb = 16, 10  # 160 tokens of cache
     specs = [unique_spec(0, 50, 20), unique_spec(1, 200, 5, arrival=0.001), unique_spec(2, 60, 20, arrival=0.002)]
-    sched = build("lru", bs=bs, num_blocks=nb)
+    sched = build_scheduler("lru", bs=bs, num_blocks=nb)
     sim, m = run(specs, sched, max_concurrency=max_concurrency, verify_every_step=True)
     r0, r1, r2 = sim.requests
     assert r1.status is Status.REJECTED and r1.rejected_reason.strip()
@@ -140,7 +130,7 @@ def test_request_that_never_fits_is_rejected_and_the_run_goes_on(max_concurrency
 ])
 def test_other_rejection_reasons(sched_kw, prompt_len):
     specs = [unique_spec(0, 30, 20), unique_spec(1, prompt_len, 20)]
-    sim, m = run(specs, build("lru", num_blocks=64, **sched_kw))
+    sim, m = run(specs, build_scheduler("lru", num_blocks=64, **sched_kw))
     assert sim.requests[1].status is Status.REJECTED and sim.requests[1].rejected_reason
     assert sim.requests[0].status is Status.FINISHED
     assert m["num_rejected"] == 1
@@ -152,7 +142,7 @@ def test_preempted_requests_resume_and_hit_their_own_blocks():
     specs = [unique_spec(i, 64, 64) for i in range(4)]
     results = {}
     for pol in ("lru", "none"):
-        sim, m = run(specs, build(pol, bs=4, num_blocks=40), verify_every_step=True)
+        sim, m = run(specs, build_scheduler(pol, bs=4, num_blocks=40), verify_every_step=True)
         assert m["num_finished"] == 4 and m["num_preemptions"] > 0, pol
         assert all(r.num_output_tokens == 64 for r in sim.requests)
         assert any(r.num_preemptions > 0 for r in sim.requests)
@@ -210,7 +200,7 @@ class CheckingCost:
     {"max_num_batched_tokens": 400, "max_num_seqs": 6, "chunked_prefill": False},
 ], ids=["chunked", "cache-unaware", "long-prefill-threshold", "whole-prompts"])
 def test_every_step_respects_the_budget_and_max_num_seqs(policy, sched_kw):
-    sched = build(policy, "priority", bs=8, num_blocks=150, **sched_kw)
+    sched = build_scheduler(policy, "priority", bs=8, num_blocks=150, **sched_kw)
     checker = CheckingCost(sched.cfg)
     checker.sched = sched
     # Half the requests in a burst at t=0, so that the limits bind.
@@ -230,7 +220,7 @@ def _warm_and_burst(cache_aware: bool, chunked: bool):
     """A request computes a 512-token prefix; then 20 requests sharing it (16 new tokens each)
     arrive at once. Returns the plan of the step that admits them."""
     bs = 16
-    sched = build("lru", bs=bs, num_blocks=400, max_num_batched_tokens=1024, max_num_seqs=64,
+    sched = build_scheduler("lru", bs=bs, num_blocks=400, max_num_batched_tokens=1024, max_num_seqs=64,
                   cache_aware_budget=cache_aware, chunked_prefill=chunked)
     rng = np.random.default_rng(0)
     prefix = rng.integers(0, 1000, 512, dtype=np.int32)
@@ -277,7 +267,7 @@ def _admitted_with_few_free_blocks(cache_aware_admission: bool) -> int:
     """A 512-token prefix is cached, then a long request pins most of the cache; of 10 requests
     sharing the prefix (16 new tokens each), how many does one step admit?"""
     bs = 16
-    sched = build("lru", bs=bs, num_blocks=61, max_num_batched_tokens=4096, max_num_seqs=64,  # 60 + the null block
+    sched = build_scheduler("lru", bs=bs, num_blocks=61, max_num_batched_tokens=4096, max_num_seqs=64,  # 60 + the null block
                   cache_aware_admission=cache_aware_admission)
     rng = np.random.default_rng(0)
     prefix = rng.integers(0, 1000, 512, dtype=np.int32)  # 32 blocks

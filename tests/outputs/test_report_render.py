@@ -5,6 +5,7 @@ Chromium is installed; `.ci/run` installs Debian's when it can."""
 from __future__ import annotations
 
 import pytest
+
 from tests.helpers.headless_chromium import find_chromium, open_page
 from tests.helpers.sweeptools import TINY, apcsim
 

@@ -15,22 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apcsim.core.block_pool import BlockPool
-from apcsim.core.future import StaticFuture
-from apcsim.hardware import HardwareConfig, ModelConfig
-from apcsim.sim.cost_model import RooflineCostModel
 from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
-from policies.types import Clock, PolicyContext
-
-
-def future_for(entry):
-    """A future for policies that need one (belady): a fixed, scrambled next use per key."""
-    return StaticFuture(lambda key: (key * 7919) % 101) if entry.cls.needs_future else None
-
-
-
-
-def _linear_cost(depth: int) -> float:
-    return float(depth + 1)  # exact in floating point, grows with depth
+from policies.types import Clock
+from tests.helpers.serving import make_pool, roofline_recompute
 
 
 def caching_variants() -> list:
@@ -49,12 +36,6 @@ def leaves_only_policies() -> list:
     return [name for name in sorted(EVICTION_POLICIES)
             if "leaves_only" in {f.name for f in dataclasses.fields(EVICTION_POLICIES[name].config_cls)}
             and EVICTION_POLICIES[name].config_cls().leaves_only]
-
-
-def make_pool(name: str, num_blocks: int, overrides: dict | None = None, cost=_linear_cost, block_size: int = 4) -> BlockPool:
-    entry = EVICTION_POLICIES[name]
-    ctx = PolicyContext(block_size=block_size, num_blocks=num_blocks, recompute_cost=cost, future=future_for(entry))
-    return BlockPool(num_blocks, entry.cls(entry.config_cls(**(overrides or {})), ctx))
 
 
 def cached_block(pool: BlockPool, key: int, depth: int = 0, parent: int | None = None):
@@ -217,18 +198,15 @@ def test_leaves_only_falls_back_when_every_candidate_has_children(name):
 
 
 # -- cost-aware --------------------------------------------------------------------------------
-def test_cost_model_recompute_cost_grows_with_depth():
-    cost = RooflineCostModel(HardwareConfig(), ModelConfig())
+def test_cost_model_recompute_cost_grows_with_depth(cost_model):
     bs = 16
-    costs = [cost.recompute_time(bs, d * bs) for d in range(6)]
+    costs = [cost_model.recompute_time(bs, d * bs) for d in range(6)]
     assert all(a < b for a, b in zip(costs, costs[1:]))
 
 
 @pytest.mark.parametrize("leaves_only", [True, False])
 def test_cost_aware_evicts_shallow_blocks_first_at_equal_frequency(leaves_only):
-    cm = RooflineCostModel(HardwareConfig(), ModelConfig())
-    pool = make_pool("cost_aware", 4, {"leaves_only": leaves_only},
-                     cost=lambda d: cm.recompute_time(16, d * 16), block_size=16)
+    pool = make_pool("cost_aware", 4, {"leaves_only": leaves_only}, cost=roofline_recompute(16), block_size=16)
     depths = [3, 0, 2, 1]  # released in this order: LRU would evict depth 3 first
     blocks = {d: cached_block(pool, 100 + d, depth=d) for d in depths}
     for d in depths:

@@ -14,15 +14,12 @@ from apcsim.core.block_pool import BlockPool
 from apcsim.core.future import FutureOracle, StaticFuture
 from apcsim.core.kv_cache_manager import KVCacheManager
 from apcsim.core.request import Request, RequestSpec
-from apcsim.hardware import HardwareConfig, ModelConfig
-from apcsim.sim.cost_model import RooflineCostModel
 from apcsim.sim.simulator import Simulation
-from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
+from policies.registry import EVICTION_POLICIES
 from policies.scheduling.preemption import PREEMPTION_CHOOSERS
 from policies.types import Clock, PolicyContext
+from tests.helpers.serving import COST, build_scheduler, unit_recompute
 from tests.policies.test_policy_contract import _Req, cached_block, evict_order, make_sched_policy
-
-COST = RooflineCostModel(HardwareConfig(), ModelConfig())
 
 
 def pool_of(name: str, n: int, *, future=None, clock=None, cost=lambda d: 1.0, **cfg) -> BlockPool:
@@ -46,30 +43,38 @@ def hit_once(pool, key: int, **kw):
 
 
 # -- the future oracle ---------------------------------------------------------------------------
+def manager_keys(specs, block_size: int = 4) -> list[list[int]]:
+    """Each request's full prompt blocks' keys as the KV cache manager computes them."""
+    kv = KVCacheManager(BlockPool(8, EVICTION_POLICIES["lru"].cls(EVICTION_POLICIES["lru"].config_cls(),
+                        PolicyContext(block_size, 8, lambda d: 1.0))), block_size)
+    return [kv.block_keys(Request(s, i), (s.prompt_len - 1) // block_size) for i, s in enumerate(specs)]
+
+
 def test_oracle_keys_are_the_kv_cache_managers_keys():
     rng = np.random.default_rng(0)
     specs = [RequestSpec(f"r{i}", rng.integers(0, 100, 37, dtype=np.int32), 3, arrival_time=float(3 - i),
                          cache_salt=("t" if i == 1 else None)) for i in range(3)]
     oracle = FutureOracle(specs, block_size=4)
-    kv = KVCacheManager(BlockPool(8, EVICTION_POLICIES["lru"].cls(EVICTION_POLICIES["lru"].config_cls(),
-                        PolicyContext(4, 8, lambda d: 1.0))), 4)
-    for i, s in enumerate(specs):
-        keys = kv.block_keys(Request(s, i), (s.prompt_len - 1) // 4)
-        assert oracle._keys[oracle.rank_of[i]] == keys
+    keys = manager_keys(specs)
     assert oracle.rank_of == [2, 1, 0], "rank is by arrival time"
-    k0 = oracle._keys[oracle.rank_of[2]][0]
+    for i in range(3):  # every key's next use is its request's rank (no key is shared here)
+        assert [oracle.next_use(k) for k in keys[i]] == [oracle.rank_of[i]] * len(keys[i])
+    k0 = keys[2][0]
     assert oracle.next_use(k0) == 0
     seen = []
     oracle.subscribe(seen.append)
     oracle.consume(2)
-    assert oracle.next_use(k0) == math.inf and seen == [oracle._keys[0]]
+    assert oracle.next_use(k0) == math.inf and seen == [keys[2]]
+    oracle.consume(1)
+    oracle.consume(0)
+    assert seen == [keys[2], keys[1], keys[0]], "consuming a request announces exactly the manager's keys"
 
 
 def test_oracle_shared_prefix_next_use_moves_to_the_next_request():
     p = np.arange(16, dtype=np.int32)
     specs = [RequestSpec(f"r{i}", np.concatenate([p, np.full(5, i, np.int32)]), 1, arrival_time=float(i)) for i in range(3)]
     o = FutureOracle(specs, 4)
-    root = o._keys[0][0]
+    root = manager_keys(specs)[0][0]
     assert [o.next_use(root)] == [0]
     o.consume(1)  # out of order: rank 0 still unspent
     assert o.next_use(root) == 0
@@ -109,13 +114,10 @@ def cyclic_specs(n_prefixes: int, rounds: int, blocks: int, bs: int) -> list[Req
 def test_belady_beats_lru_on_a_cyclic_scan(policy):
     """Four prefixes of 8 blocks cycled through a 25-block cache, one request at a time: LRU
     always evicts the prefix needed next (0 hits after the first round), MIN keeps most."""
-    from apcsim.core.build import make_scheduler
-
     bs = 4
     specs = cyclic_specs(4, 5, 8, bs)
-    sc = SCHEDULING_POLICIES["fcfs"].config_cls(max_num_batched_tokens=256, max_num_seqs=1)
-    sched = make_scheduler(EVICTION_POLICIES[policy].config_cls(), sc, num_blocks=25, block_size=bs,
-                           recompute_cost=lambda d: 1.0, specs=specs)
+    sched = build_scheduler(policy, "fcfs", num_blocks=25, bs=bs, recompute_cost=unit_recompute, specs=specs,
+                            max_num_batched_tokens=256, max_num_seqs=1)
     sim = Simulation(specs, sched, COST, max_concurrency=1, verify_every_step=True)
     m = sim.run().summary(sim.requests)
     hits = m["prefix_cache_hits"]
@@ -300,13 +302,10 @@ def test_warm_first_bounds_a_cold_requests_wait_where_lpm_starves_it(scheduler):
     arrived more than aging_s after it is admitted before it, so its wait is bounded by the
     service of the requests that arrived before cold's arrival + aging_s (here ~50 warm requests:
     3.3 s measured, against the whole ~200-request stream under lpm)."""
-    from apcsim.core.build import make_scheduler
-
     specs = stream_specs(200, 0.01)
     kw = {"aging_s": 0.5} if scheduler == "warm_first" else {}
-    sc = SCHEDULING_POLICIES[scheduler].config_cls(max_num_batched_tokens=4096, max_num_seqs=1, **kw)
-    sched = make_scheduler(EVICTION_POLICIES["lru"].config_cls(), sc, num_blocks=1024, block_size=16,
-                           recompute_cost=lambda d: 1.0)
+    sched = build_scheduler("lru", scheduler, num_blocks=1024, bs=16, recompute_cost=unit_recompute,
+                            max_num_batched_tokens=4096, max_num_seqs=1, **kw)
     sim = Simulation(specs, sched, COST)
     sim.run()
     by = {r.request_id: r for r in sim.requests}

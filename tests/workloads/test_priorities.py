@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from apcsim.cli.compose import compose_config
-from apcsim.core.build import make_scheduler
 from apcsim.core.request import RequestSpec, TokenRetention
 from apcsim.errors import ConfigError
 from apcsim.outputs.files import write_outputs
@@ -28,10 +27,10 @@ from apcsim.workloads.priorities import PriorityClass
 from apcsim.workloads.rag import RagConfig
 from apcsim.workloads.shared_prefix import SharedPrefixConfig
 from apcsim.workloads.system_prompt import SystemPromptConfig
-from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
 from tests.cli.test_bad_input import AZ_HEAD, MC_OK, _jsonl, run_cli
+from tests.helpers.serving import COST, build_scheduler, unit_recompute
 from tests.policies.test_policy_contract import cached_block, evict_order
-from tests.policies.test_policy_zoo import COST, pool_of
+from tests.policies.test_policy_zoo import pool_of
 
 VOCAB = 128256
 TWO_CLASSES = [PriorityClass("interactive", 0.25, 0, 80, 30.0), PriorityClass("batch", 0.75, 1)]
@@ -169,7 +168,7 @@ def test_a_block_takes_the_range_of_its_first_token():
     pool.policy.before_release(Freed())
     pool.release(list(reversed(blocks)))
     pool.release([other])  # no request: the default, 35
-    prio = {b.block_id: pool.policy._prio[b.block_id] for b in blocks + [other]}
+    prio = {b.block_id: pool.policy.priority(b)[0] for b in blocks + [other]}  # the eviction key: (priority,)
     assert [prio[b.block_id] for b in blocks] == [90, 90, 90, 50] and prio[other.block_id] == 35
     assert evict_order(pool, 2) == [other.block_id, blocks[3].block_id]
 
@@ -221,9 +220,7 @@ def _second_turn_hit(policy: str) -> int:
     flood = [RequestSpec(f"flood-{i}", rng.integers(0, VOCAB, 512, dtype=np.int32), 4, arrival_time=5.0 + i)
              for i in range(12)]
     specs = [turn1, *flood, turn2]
-    sc = SCHEDULING_POLICIES["fcfs"].config_cls(max_num_seqs=1)
-    sched = make_scheduler(EVICTION_POLICIES[policy].config_cls(), sc, num_blocks=52, block_size=16,
-                           recompute_cost=lambda d: 1.0)
+    sched = build_scheduler(policy, "fcfs", num_blocks=52, bs=16, recompute_cost=unit_recompute, max_num_seqs=1)
     sim = Simulation(specs, sched, COST, verify_every_step=True)
     sim.run()
     return {r.request_id: r for r in sim.requests}["mt-0-1"].num_cached_tokens
