@@ -26,7 +26,7 @@ engine_step.json, profile.tar.gz, validation.tar.gz.
 
 `--dry-run` runs the same schedule on any machine with stand-in commands that write files
 shaped like the real ones; its clock charges each finished stand-in its phase's estimated
-seconds, so it shows what a real session would start within the budget (tests/test_gpu_session.py).
+seconds, so it shows what a real session would start within the budget (tests/engine/test_gpu_session.py).
 Standard library only: it must run before anything is known about the machine.
 """
 
@@ -250,8 +250,8 @@ def nominal_tbps(hardware: str) -> float | None:
 
 # -- the phases ------------------------------------------------------------------------------------
 def correctness_steps(s: Session) -> list:
-    argv = [s.py, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "tests/test_kernels.py",
-            "tests/test_decode_graphs.py", "tests/test_engine.py", "-k", "not interpreter and not cli"]
+    argv = [s.py, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "tests/engine/test_kernels.py",
+            "tests/engine/test_decode_graphs.py", "tests/engine/test_engine.py", "-k", "not interpreter and not cli"]
     return [(argv, ["correctness"])]
 
 

@@ -7,7 +7,7 @@
 # Results: at most 8 files at the top of $OUT, the summary table printed last. Options (see
 # `python3 bench/gpu_session.py --help`): --budget S (default 510), --phases a,b, --runs NAME,...
 # `bash bench/gpu_session.sh --dry-run --out DIR` runs the same schedule with stand-in commands
-# on any machine (tests/test_gpu_session.py).
+# on any machine (tests/engine/test_gpu_session.py).
 set -uo pipefail  # no -e: a failing phase must not stop the later ones
 cd "$(dirname "$0")/.."
 export GPU_SESSION_T0="${GPU_SESSION_T0:-$(date +%s.%N)}"  # the wheels' install counts against the budget

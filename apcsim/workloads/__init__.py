@@ -5,7 +5,7 @@ build function; then `workload=<name>` works on the command line. Modules are fo
 policies are: every module here is imported, except those whose name starts with `_`. A module
 that defines a `WorkloadConfig` subclass is a workload and registers it; the others (`base`,
 `priorities`, `tracefile`, `_common`) are the machinery the workloads share
-(tests/test_workloads.py checks both).
+(tests/workloads/test_workloads.py checks both).
 """
 
 import importlib

@@ -1,0 +1,1 @@
+"""apcsim's tests, in folders that mirror the source (core/, policies/, sim/, engine/, ...)."""

@@ -1,0 +1,1 @@
+"""apcsim/calibration: profiles, their conversion, the calibrated cost model and its CLI."""

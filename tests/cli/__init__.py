@@ -1,0 +1,1 @@
+"""apcsim/cli: the command line, its one-line errors, listing, and runs that must not lose results."""

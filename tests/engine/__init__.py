@@ -1,0 +1,1 @@
+"""engine/: the real PyTorch+Triton engine, its kernels, recorded runs and validation against the simulator."""

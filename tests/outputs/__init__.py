@@ -1,0 +1,1 @@
+"""apcsim/outputs: the HTML reports as a browser renders them."""

@@ -1,0 +1,1 @@
+"""apcsim/parity: step-by-step decision parity with the real vLLM."""

@@ -1,0 +1,1 @@
+"""apcsim/sweep: presets, launchers, sweep collection and the sweep report."""

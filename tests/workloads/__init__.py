@@ -1,0 +1,1 @@
+"""apcsim/workloads: generators, trace readers, request and retention priorities."""
