@@ -64,6 +64,11 @@ def validate(cfg: SimConfig) -> None:
     if model.is_moe and not 1 <= model.experts_per_token <= model.num_experts:
         raise ConfigError(f"model {model.name}: experts_per_token must be in 1..num_experts ({model.num_experts})")
     get_hash_algo(cfg.hash_algo)  # unknown names list the known ones
+    if cfg.num_replicas < 1:
+        raise ConfigError(f"num_replicas must be >= 1, got {cfg.num_replicas}")
+    if cfg.num_replicas > 1 and cfg.policy is not None and cfg.policy.name == "belady":
+        raise ConfigError("+policy=belady knows one engine's future, not a replica's behind a router; "
+                          "use cluster_bound=true for the cluster's offline bound (belady on one pooled cache)")
 
 
 def kv_options(cfg: SimConfig) -> dict:
@@ -216,12 +221,19 @@ def build_run(cfg: SimConfig, cost: CostModel, *,
         check_some_request_fits(specs, n, bs, cfg.cache.usable_blocks(n))
     else:
         n = num_blocks(specs)
-    scheduler = make_scheduler(
-        cfg.policy, cfg.scheduler, num_blocks=n, block_size=bs,
+    scheduler = scheduler_for(cfg, cost, n, specs)
+    return RunParts(cfg, int(output_ss.generate_state(1)[0]), n, scheduler), specs
+
+
+def scheduler_for(cfg: SimConfig, cost: CostModel, num_blocks: int, specs: list[RequestSpec]) -> Scheduler:
+    """A serving core (scheduler, KV cache manager, block pool, policies) of `num_blocks` blocks
+    as the config sets it up; a cluster builds one per replica."""
+    bs = cfg.block_size
+    return make_scheduler(
+        cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=bs,
         recompute_cost=lambda depth: cost.recompute_time(bs, depth * bs), specs=specs, kv_options=kv_options(cfg),
         cache=cfg.cache,
     )
-    return RunParts(cfg, int(output_ss.generate_state(1)[0]), n, scheduler), specs
 
 
 @dataclass
@@ -254,6 +266,11 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
     `on_step(plan, result)` is called after every executed step; `multirun`: this is one job of
     a sweep (the progress bar stays off unless `progress=on`)."""
     cfg = checked_config(cfg)
+    if cfg.num_replicas > 1:
+        from apcsim.cluster.run import simulate_cluster
+
+        return simulate_cluster(cfg, requests_csv=requests_csv, cost=cost, use_timestamps=use_timestamps,
+                                on_step=on_step, multirun=multirun)
     t0 = time.perf_counter()
     if cost is None:
         cost = build_cost_model(cfg)
