@@ -21,7 +21,6 @@ from apcsim.workloads import WORKLOADS, WorkloadConfig
 from policies.eviction.base import EvictionConfig
 from policies.registry import EVICTION_POLICIES, ROUTING_POLICIES, SCHEDULING_POLICIES
 from policies.routing.base import RouterConfig
-from policies.routing.round_robin import RoundRobinConfig
 from policies.scheduling.base import SchedulerConfig
 
 
@@ -86,7 +85,7 @@ class SimConfig:
     # A cluster: num_replicas serving loops (each its own cache, scheduler and policies, sized as
     # above) on one clock behind `router` (policies/routing/); 1 is the single engine, untouched.
     num_replicas: int = 1
-    router: RouterConfig = field(default_factory=RoundRobinConfig)  # conf/config.yaml's `router` group
+    router: Optional[RouterConfig] = None  # conf/config.yaml's `router` group sets it (round_robin)
     # num_replicas > 1: also simulate one cache of the cluster's whole capacity (the configured
     # policy and belady) and report its hit rates as metrics.json's cluster.pooled_bound.
     cluster_bound: bool = False

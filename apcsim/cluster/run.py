@@ -28,6 +28,8 @@ ROUTER_STREAM = 2  # the router's child of SeedSequence(seed); 0 and 1 are the w
 def make_router(cfg: SimConfig, replica_blocks: list[int]) -> Router:
     from apcsim.errors import ConfigError
 
+    if cfg.router is None:
+        raise ConfigError(f"num_replicas={cfg.num_replicas} needs a router; one of: {', '.join(sorted(ROUTING_POLICIES))}")
     entry = ROUTING_POLICIES.get(cfg.router.name)
     if entry is None:
         raise ConfigError(f"unknown router {cfg.router.name!r}; known: {', '.join(sorted(ROUTING_POLICIES))}")
