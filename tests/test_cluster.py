@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from apcsim.run import simulate
 from policies.registry import ROUTING_POLICIES
 from policies.routing.base import RouterContext
 
+ROOT_CONF = Path(__file__).resolve().parents[1] / "apcsim" / "conf"
 SMALL = ["hardware=a100", "model=llama3_8b", "num_gpu_blocks=600", "progress=off", "+policy=lru"]
 MULTITURN = ["workload=multiturn", "workload.num_conversations=12", "workload.turns=3",
              "workload.output_tokens=32", "workload.think_time_s=0.5"]
@@ -270,3 +272,14 @@ def test_cli_cluster_run_writes_the_replica_column(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "apcsim", "num_replicas=2", "router=nope", f"hydra.run.dir={d}x"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_router_zoo_preset_names_every_router():
+    import yaml
+
+    from apcsim.cli.config_keys import GROUP_SELECTORS
+
+    preset = yaml.safe_load((ROOT_CONF / "experiment" / "router_zoo.yaml").read_text())
+    params = preset["hydra"]["sweeper"]["params"]
+    assert set(params["router"].split(",")) == set(ROUTING_POLICIES)
+    assert GROUP_SELECTORS["router"] == "router"
