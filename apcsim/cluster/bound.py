@@ -22,7 +22,11 @@ def pooled_config(cfg: SimConfig, num_blocks: int, policy) -> SimConfig:
     n = cfg.num_replicas
     sched = dataclasses.replace(cfg.scheduler, max_num_seqs=cfg.scheduler.max_num_seqs * n,
                                 max_num_batched_tokens=cfg.scheduler.max_num_batched_tokens * n)
+    # The pooled cache is N replicas' memory: a GPU of N times the memory holds it (no warning
+    # that the cache does not fit); only the KV sizing reads memory_gib, not the step times.
+    hw = dataclasses.replace(cfg.hardware, memory_gib=cfg.hardware.memory_gib * n)
     return dataclasses.replace(cfg, num_replicas=1, num_gpu_blocks=num_blocks * n, scheduler=sched, policy=policy,
+                               hardware=hw,
                                cluster_bound=False, progress=Progress.off)
 
 
