@@ -86,8 +86,8 @@ class SimConfig:
     # above) on one clock behind `router` (policies/routing/); 1 is the single engine, untouched.
     num_replicas: int = 1
     router: Optional[RouterConfig] = None  # conf/config.yaml's `router` group sets it (round_robin)
-    # num_replicas > 1: also simulate one cache of the cluster's whole capacity (the configured
-    # policy and belady) and report its hit rates as metrics.json's cluster.pooled_bound.
+    # num_replicas > 1: also replay the requests through one cache of the cluster's whole capacity
+    # (LRU and belady; apcsim/cluster/bound.py), as metrics.json's cluster.pooled_bound.
     cluster_bound: bool = False
     report: ReportConfig = field(default_factory=ReportConfig)
     verify: bool = False  # check every block-pool and scheduler invariant after every step (slow)

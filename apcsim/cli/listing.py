@@ -24,7 +24,7 @@ KEYS = (
     ("tp", "tensor-parallel GPUs per replica (roofline; calibrated needs a profile measured at that tp)"),
     ("num_replicas", "replicas of a cluster behind router= (each its own cache and scheduler, sized as one engine)"),
     ("router=NAME", "the cluster's routing policy (policies/routing/), read when num_replicas > 1"),
-    ("cluster_bound", "num_replicas > 1: also simulate one pooled cache of the cluster's capacity (policy and belady)"),
+    ("cluster_bound", "num_replicas > 1: replay the requests through one cache of the cluster's capacity (LRU, belady)"),
     ("cost_model", "calibrated (profiled kernel timings of hardware/model/tp) or roofline (spec-sheet bound)"),
     ("profile", "a calibration profile CSV of your own for cost_model=calibrated; its .meta.json must match"),
     ("report.enabled", "write report.html"),

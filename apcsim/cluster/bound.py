@@ -1,46 +1,98 @@
 """The cluster's offline bound: the hit rate of ONE cache with the cluster's whole capacity.
 
-Routing decides which of N separate caches sees each prompt; pooling them removes that choice
-(every prefix is cached once, in one place), so the pooled hit rate is the ceiling a router
-approaches, and Belady on the pool is the ceiling for any eviction policy too. It is a reference,
-not a theorem: the pooled engine's timing and eviction order differ from the replicas'.
-Each is one single-engine run of the
-same workload with num_gpu_blocks = N x the replica's, and the batch limits (max_num_seqs,
-max_num_batched_tokens) x N so that the pooled engine is not the bottleneck the replicas are not.
+Routing decides which of N separate caches sees each prompt; one pooled cache of their total
+size removes that choice (every prefix is cached once, in one place). The bound replays the
+requests, in the order they reached the cluster, through such a cache with no timing at all: a
+request looks up the leading blocks of its prompt (hits, in tokens, as the engine counts them),
+then its prompt and output blocks are cached, tail first (so an LRU evicts a chain from its
+tail, as vLLM frees). Blocks held by running requests take no room here, so the replay is an
+optimistic reference for any router, not a theorem about one run: a cluster can beat the LRU
+replay when its replicas are idle more than the replay's single stream assumes, and LRU's
+eviction order is not optimal. Belady on the same stream (evict the block used farthest in the
+future; never cache a block that is not used again) is the ceiling for any eviction policy of
+that pooled cache, block by block.
+
+Run with `cluster_bound=true`; metrics.json's cluster.pooled_bound has both hit rates.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import heapq
+from collections import OrderedDict, deque
+from typing import Sequence
 
-from apcsim.config import SimConfig
-from apcsim.outputs.progress import Progress
-from apcsim.sim.cost_model import CostModel
+from apcsim.core.request import Request, RequestSpec
 
-
-def pooled_config(cfg: SimConfig, num_blocks: int, policy) -> SimConfig:
-    n = cfg.num_replicas
-    sched = dataclasses.replace(cfg.scheduler, max_num_seqs=cfg.scheduler.max_num_seqs * n,
-                                max_num_batched_tokens=cfg.scheduler.max_num_batched_tokens * n)
-    # The pooled cache is N replicas' memory: a GPU of N times the memory holds it (no warning
-    # that the cache does not fit); only the KV sizing reads memory_gib, not the step times.
-    hw = dataclasses.replace(cfg.hardware, memory_gib=cfg.hardware.memory_gib * n)
-    return dataclasses.replace(cfg, num_replicas=1, num_gpu_blocks=num_blocks * n, scheduler=sched, policy=policy,
-                               hardware=hw,
-                               cluster_bound=False, progress=Progress.off)
+INF = float("inf")
 
 
-def pooled_bound(cfg: SimConfig, cost: CostModel) -> dict:
-    """Hit rates of the pooled cache under the configured policy and under belady."""
-    from apcsim.run import num_blocks_for, simulate
-    from policies.registry import EVICTION_POLICIES
-
-    blocks = num_blocks_for(cfg)
-    out = {"num_gpu_blocks": blocks * cfg.num_replicas}
-    policies = [("policy", cfg.policy)] if cfg.policy is not None else []
-    policies.append(("belady", EVICTION_POLICIES["belady"].config_cls()))
-    for label, policy in policies:
-        m = simulate(pooled_config(cfg, blocks, policy), cost=cost).metrics
-        key = f"{policy.name}_hit_rate" if label == "policy" else "belady_hit_rate"
-        out[key] = m["prefix_cache_hit_rate"]
+def request_blocks(specs: Sequence[RequestSpec], order: Sequence[int], output_seed: int, kv) -> list[tuple[list[int], int, int]]:
+    """Per request, in `order`: (keys of its full blocks over prompt and output, blocks of its
+    prompt a lookup may hit, prompt tokens), keyed by the replicas' own key function."""
+    bs = kv.block_size
+    out = []
+    for i in order:
+        spec = specs[i]
+        r = Request(spec=spec, index=i, output_seed=output_seed)
+        full = (spec.prompt_len + spec.output_len - 1) // bs  # the last output token has no KV
+        out.append((list(kv.block_keys(r, full)[:full]), (spec.prompt_len - 1) // bs, spec.prompt_len))
     return out
+
+
+def _leading(keys: list[int], n: int, held) -> int:
+    m = 0
+    for k in keys[:n]:
+        if k not in held:
+            break
+        m += 1
+    return m
+
+
+def lru_hit_rate(stream, capacity: int, block_size: int) -> float:
+    cache: OrderedDict[int, None] = OrderedDict()
+    hits = queries = 0
+    for keys, can_hit, prompt in stream:
+        queries += prompt
+        hits += _leading(keys, can_hit, cache) * block_size
+        for k in reversed(keys):  # tail first: the chain's head is the most recently used
+            if k in cache:
+                cache.move_to_end(k)
+            else:
+                cache[k] = None
+        while len(cache) > capacity:
+            cache.popitem(last=False)
+    return hits / queries if queries else 0.0
+
+
+def belady_hit_rate(stream, capacity: int, block_size: int) -> float:
+    uses: dict[int, deque] = {}
+    for rank, (keys, _, _) in enumerate(stream):
+        for k in keys:
+            uses.setdefault(k, deque()).append(rank)
+    cache: dict[int, float] = {}  # key -> its next use
+    heap: list[tuple[float, int]] = []  # (-next use, key), stale entries skipped
+    hits = queries = 0
+    for keys, can_hit, prompt in stream:
+        queries += prompt
+        hits += _leading(keys, can_hit, cache) * block_size
+        for k in keys:
+            q = uses[k]
+            q.popleft()
+            nxt = q[0] if q else INF
+            if nxt == INF:
+                cache.pop(k, None)  # never used again: keeping it can only cost room
+                continue
+            cache[k] = nxt
+            heapq.heappush(heap, (-nxt, k))
+        while len(cache) > capacity:
+            neg, k = heapq.heappop(heap)
+            if cache.get(k) == -neg:
+                del cache[k]
+    return hits / queries if queries else 0.0
+
+
+def pooled_bound(specs: Sequence[RequestSpec], order: Sequence[int], output_seed: int, kv, capacity: int) -> dict:
+    stream = request_blocks(specs, order, output_seed, kv)
+    bs = kv.block_size
+    return {"capacity_blocks": capacity, "lru_hit_rate": lru_hit_rate(stream, capacity, bs),
+            "belady_hit_rate": belady_hit_rate(stream, capacity, bs)}

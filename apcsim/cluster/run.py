@@ -55,7 +55,6 @@ def simulate_cluster(cfg: SimConfig, *, requests_csv: Path | None = None, cost: 
     warnings = tuple(w for w in (kv_cache_warning(cfg, run.num_blocks),) if w)
     for w in warnings:
         print(f"apcsim: warning: {w}", file=sys.stderr)
-    bound = pooled_bound(cfg, cost) if cfg.cluster_bound else None
     partial = None if requests_csv is None else Path(requests_csv).with_name(Path(requests_csv).name + ".partial")
     sink = open(partial, "w", newline="") if partial is not None else None
     by_class = uses_priorities(specs)
@@ -65,7 +64,8 @@ def simulate_cluster(cfg: SimConfig, *, requests_csv: Path | None = None, cost: 
         sim = ClusterSimulation(specs, schedulers, router, cost, skip_quiet=cfg.skip_quiet, **run.loop_kw(),
                                 use_timestamps=use_timestamps, on_step=on_step, logs=logs,
                                 progress=make_progress(cfg.progress, len(specs), multirun=multirun))
-        del specs
+        if not cfg.cluster_bound:
+            del specs  # the frontend holds what it still needs
         try:
             sim.run()
         except RunInterrupted as e:
@@ -83,6 +83,8 @@ def simulate_cluster(cfg: SimConfig, *, requests_csv: Path | None = None, cost: 
     config = run.metrics_config({"cost_model": cost.name}, config_extra(cfg))
     config.update(num_replicas=cfg.num_replicas, router=cfg.router.name)
     metrics = cluster_summary(sim, {"config": config}, partial=interrupted is not None)
-    if bound is not None:
-        metrics["cluster"]["pooled_bound"] = bound
+    if cfg.cluster_bound and interrupted is None:
+        kv = schedulers[0].kv
+        capacity = sum(s.kv.pool.num_blocks for s in schedulers)
+        metrics["cluster"]["pooled_bound"] = pooled_bound(specs, sim.dispatch.order, run.output_seed, kv, capacity)
     return SimOutcome(metrics, sim, ClusterCollector(sim), time.perf_counter() - t0, interrupted, warnings)

@@ -13,6 +13,7 @@ as it reaches the cluster. Each replica has its own scheduler, KV cache, policie
 
 from __future__ import annotations
 
+from array import array
 from functools import partial
 from typing import Callable, Sequence
 
@@ -85,6 +86,7 @@ class Dispatch:
         self.executors = executors
         self.sessions = sessions
         self.replica_of: dict[int, int] = {}  # request index -> replica, while in flight
+        self.order = array("q")  # request indices in the order they reached the cluster
         self.loops: list[ServingLoop] = []  # set once the loops exist
 
     def add_request(self, r: Request, now: float) -> bool:
@@ -92,6 +94,7 @@ class Dispatch:
         if not (isinstance(k, int) and 0 <= k < len(self.views)):
             raise RuntimeError(f"router {self.router.cfg.name!r} returned replica {k!r} of {len(self.views)}")
         self.replica_of[r.index] = k
+        self.order.append(r.index)
         self.views[k].sent(r)
         accepted = self.schedulers[k].add_request(r, now)
         if accepted:
