@@ -266,11 +266,6 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
     `on_step(plan, result)` is called after every executed step; `multirun`: this is one job of
     a sweep (the progress bar stays off unless `progress=on`)."""
     cfg = checked_config(cfg)
-    if cfg.num_replicas > 1:
-        from apcsim.cluster.run import simulate_cluster
-
-        return simulate_cluster(cfg, requests_csv=requests_csv, cost=cost, use_timestamps=use_timestamps,
-                                on_step=on_step, multirun=multirun)
     t0 = time.perf_counter()
     if cost is None:
         cost = build_cost_model(cfg)
@@ -278,6 +273,18 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
     warnings = tuple(w for w in (kv_cache_warning(cfg, run.num_blocks),) if w)
     for w in warnings:
         print(f"apcsim: warning: {w}", file=sys.stderr)
+    if cfg.num_replicas > 1:  # a cluster: replica 0's core is run.scheduler, the others alike
+        from apcsim.cluster.run import run_cluster
+
+        schedulers = [run.scheduler] + [scheduler_for(cfg, cost, run.num_blocks, specs)
+                                        for _ in range(cfg.num_replicas - 1)]
+        config = run.metrics_config({"cost_model": cost.name}, config_extra(cfg))
+        workload = [specs]
+        del specs  # the cluster's frontend holds what it still needs
+        metrics, sim, collector, interrupted = run_cluster(
+            cfg, workload, schedulers, cost, config, loop_kw=run.loop_kw(), requests_csv=requests_csv,
+            use_timestamps=use_timestamps, on_step=on_step, multirun=multirun)
+        return SimOutcome(metrics, sim, collector, time.perf_counter() - t0, interrupted, warnings)
     # Rows stream into requests.csv.partial, renamed when the run ends (finished or interrupted):
     # a crashed run leaves the .partial file (and status.json "running"), never a requests.csv
     # that looks complete.
