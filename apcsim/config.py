@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -89,6 +89,11 @@ class SimConfig:
     # num_replicas > 1: also replay the requests through one cache of the cluster's whole capacity
     # (LRU and belady; apcsim/cluster/bound.py), as metrics.json's cluster.pooled_bound.
     cluster_bound: bool = False
+    # Heterogeneous replicas (num_replicas entries each; unset: every replica as configured
+    # above): a hardware preset name (conf/hardware/) and a num_gpu_blocks per replica, e.g.
+    # replica_hardware=[a100,h100] replica_num_gpu_blocks=[4000,8000].
+    replica_hardware: Optional[List[str]] = None
+    replica_num_gpu_blocks: Optional[List[int]] = None
     report: ReportConfig = field(default_factory=ReportConfig)
     verify: bool = False  # check every block-pool and scheduler invariant after every step (slow)
     skip_quiet: bool = True  # skip stretches of pure decode in one event (results are identical)

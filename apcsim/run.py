@@ -274,15 +274,24 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
     for w in warnings:
         print(f"apcsim: warning: {w}", file=sys.stderr)
     if cfg.num_replicas > 1:  # a cluster: replica 0's core is run.scheduler, the others alike
+        from apcsim.cluster.replicas import replica_configs
         from apcsim.cluster.run import run_cluster
 
-        schedulers = [run.scheduler] + [scheduler_for(cfg, cost, run.num_blocks, specs)
-                                        for _ in range(cfg.num_replicas - 1)]
+        schedulers, costs = [], []
+        for k, rcfg in enumerate(replica_configs(cfg)):  # each replica's hardware and cache
+            rcost = cost if rcfg.hardware is cfg.hardware else build_cost_model(rcfg)
+            n = num_blocks_for(rcfg)
+            check_some_request_fits(specs, n, cfg.block_size, cfg.cache.usable_blocks(n))
+            schedulers.append(run.scheduler if k == 0 and rcfg is cfg else scheduler_for(rcfg, rcost, n, specs))
+            costs.append(rcost)
         config = run.metrics_config({"cost_model": cost.name}, config_extra(cfg))
+        if cfg.replica_hardware is not None or cfg.replica_num_gpu_blocks is not None:
+            config["replica_hardware"] = [c.hardware.name for c in replica_configs(cfg)]
+            config["replica_num_gpu_blocks"] = [s.kv.pool.num_blocks for s in schedulers]
         workload = [specs]
         del specs  # the cluster's frontend holds what it still needs
         metrics, sim, collector, interrupted = run_cluster(
-            cfg, workload, schedulers, cost, config, loop_kw=run.loop_kw(), requests_csv=requests_csv,
+            cfg, workload, schedulers, costs, config, loop_kw=run.loop_kw(), requests_csv=requests_csv,
             use_timestamps=use_timestamps, on_step=on_step, multirun=multirun)
         return SimOutcome(metrics, sim, collector, time.perf_counter() - t0, interrupted, warnings)
     # Rows stream into requests.csv.partial, renamed when the run ends (finished or interrupted):

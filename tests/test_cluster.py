@@ -295,3 +295,26 @@ def test_router_zoo_preset_names_every_router():
     params = preset["hydra"]["sweeper"]["params"]
     assert set(params["router"].split(",")) == set(ROUTING_POLICIES)
     assert GROUP_SELECTORS["router"] == "router"
+
+
+def test_heterogeneous_replicas_get_their_own_cache_and_hardware():
+    out = run("workload.num_requests=40", "workload.output_tokens=8", "num_replicas=2", "router=least_loaded",
+              "cost_model=roofline", "replica_hardware=[a100,h100]", "replica_num_gpu_blocks=[300,900]")
+    reps = out.metrics["cluster"]["replicas"]
+    assert [r["num_gpu_blocks"] for r in reps] == [299, 899]  # less the null block each
+    assert out.metrics["config"]["replica_hardware"] == ["a100", "h100"]
+    assert out.metrics["num_finished"] == 40
+    schedulers = out.simulation.schedulers
+    assert schedulers[0] is not schedulers[1]
+    ex = out.simulation.executors
+    assert ex[0].cost is not ex[1].cost  # the H100 replica steps on its own cost model
+    with pytest.raises(ConfigError, match="one entry per replica"):
+        run("num_replicas=2", "replica_num_gpu_blocks=[300]")
+    with pytest.raises(ConfigError, match="unknown hardware preset"):
+        run("num_replicas=2", "cost_model=roofline", "replica_hardware=[a100,tpu]")
+
+
+def test_a_homogeneous_cluster_has_one_core_per_replica():
+    out = run("workload.num_requests=12", "workload.output_tokens=8", "num_replicas=3")
+    s = out.simulation.schedulers
+    assert len({id(x) for x in s}) == 3 and len({id(x.kv.pool) for x in s}) == 3

@@ -25,6 +25,8 @@ KEYS = (
     ("num_replicas", "replicas of a cluster behind router= (each its own cache and scheduler, sized as one engine)"),
     ("router=NAME", "the cluster's routing policy (policies/routing/), read when num_replicas > 1"),
     ("cluster_bound", "num_replicas > 1: replay the requests through one cache of the cluster's capacity (LRU, belady)"),
+    ("replica_hardware", "heterogeneous cluster: one hardware preset per replica, e.g. [a100,h100]"),
+    ("replica_num_gpu_blocks", "heterogeneous cluster: one num_gpu_blocks per replica, e.g. [4000,8000]"),
     ("cost_model", "calibrated (profiled kernel timings of hardware/model/tp) or roofline (spec-sheet bound)"),
     ("profile", "a calibration profile CSV of your own for cost_model=calibrated; its .meta.json must match"),
     ("report.enabled", "write report.html"),

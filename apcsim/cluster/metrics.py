@@ -136,7 +136,7 @@ def cluster_summary(sim: ClusterSimulation, extra: dict | None = None, *, partia
             "busy_time": imbalance(busy),
         },
         "quiet_stretches_cut": sum(ex.num_stretches_cut for ex in sim.executors),
-        "replicas": [{"replica": k, "requests_routed": v.requests_routed, "prompt_tokens_routed": v.prompt_tokens_routed,
+        "replicas": [{"replica": k, "num_gpu_blocks": v.num_blocks, "requests_routed": v.requests_routed, "prompt_tokens_routed": v.prompt_tokens_routed,
                       **{key: p[key] for key in PER_REPLICA}}
                      for k, (v, p) in enumerate(zip(views, per))],
     }

@@ -41,7 +41,8 @@ def make_router(cfg: SimConfig, replica_blocks: list[int]) -> Router:
         raise ConfigError(str(e)) from None
 
 
-def run_cluster(cfg: SimConfig, workload: list[list[RequestSpec]], schedulers: list[Scheduler], cost: CostModel, config: dict,
+def run_cluster(cfg: SimConfig, workload: list[list[RequestSpec]], schedulers: list[Scheduler], costs: list[CostModel],
+                config: dict,
                 *, loop_kw: dict, requests_csv: Path | None = None, use_timestamps: bool = True, on_step=None,
                 multirun: bool = False):
     """Returns (metrics, simulation, collector, interruption or None). `config`: metrics.json's
@@ -56,7 +57,7 @@ def run_cluster(cfg: SimConfig, workload: list[list[RequestSpec]], schedulers: l
     logs = [RequestLog(sink, by_class=by_class, replica=k, write_header=k == 0) for k in range(len(schedulers))]
     interrupted = None
     try:
-        sim = ClusterSimulation(specs, schedulers, router, cost, skip_quiet=cfg.skip_quiet, **loop_kw,
+        sim = ClusterSimulation(specs, schedulers, router, costs, skip_quiet=cfg.skip_quiet, **loop_kw,
                                 use_timestamps=use_timestamps, on_step=on_step, logs=logs,
                                 progress=make_progress(cfg.progress, len(specs), multirun=multirun))
         if not cfg.cluster_bound:

@@ -111,14 +111,17 @@ class ClusterSimulation:
     """The cluster's replicas (`loops[k]`, each a `ServingLoop` with its own metrics) and their
     shared frontend and router."""
 
-    def __init__(self, specs: list[RequestSpec], schedulers: list[Scheduler], router: Router, cost: CostModel, *,
+    def __init__(self, specs: list[RequestSpec], schedulers: list[Scheduler], router: Router,
+                 costs: CostModel | list[CostModel], *,
                  skip_quiet: bool = True, max_concurrency: int | None = None, output_seed: int = 0,
                  use_timestamps: bool = True, verify_every_step: bool = False, on_step=None,
                  logs: list[RequestLog] | None = None, progress=None) -> None:
         self.clock = ClusterClock()
         self.num_requests = len(specs)
         self.router = router
-        self.executors = [ReplicaExecutor(cost, self.clock, skip_quiet=skip_quiet) for _ in schedulers]
+        if not isinstance(costs, list):  # one cost model for every replica (the same hardware)
+            costs = [costs] * len(schedulers)
+        self.executors = [ReplicaExecutor(c, self.clock, skip_quiet=skip_quiet) for c in costs]
         self.views = [ReplicaView(k, s) for k, s in enumerate(schedulers)]
         self.dispatch = Dispatch(router, self.views, schedulers, self.executors, session_ids(specs))
         self.frontend = Frontend(specs, self.dispatch, max_concurrency=max_concurrency,  # type: ignore[arg-type]
