@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -19,7 +19,8 @@ from apcsim.hardware import HardwareConfig, ModelConfig
 from apcsim.outputs.progress import Progress
 from apcsim.workloads import WORKLOADS, WorkloadConfig
 from policies.eviction.base import EvictionConfig
-from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
+from policies.registry import EVICTION_POLICIES, ROUTING_POLICIES, SCHEDULING_POLICIES
+from policies.routing.base import RouterConfig
 from policies.scheduling.base import SchedulerConfig
 
 
@@ -81,6 +82,18 @@ class SimConfig:
     # bundled one of (hardware, model, tp); its .meta.json, if any, must name the same three.
     profile: Optional[str] = None
     tp: int = 1  # tensor-parallel degree of one replica (GPUs sharing each layer)
+    # A cluster: num_replicas serving loops (each its own cache, scheduler and policies, sized as
+    # above) on one clock behind `router` (policies/routing/); 1 is the single engine, untouched.
+    num_replicas: int = 1
+    router: Optional[RouterConfig] = None  # conf/config.yaml's `router` group sets it (round_robin)
+    # num_replicas > 1: also replay the requests through one cache of the cluster's whole capacity
+    # (LRU and belady; apcsim/cluster/bound.py), as metrics.json's cluster.pooled_bound.
+    cluster_bound: bool = False
+    # Heterogeneous replicas (num_replicas entries each; unset: every replica as configured
+    # above): a hardware preset name (conf/hardware/) and a num_gpu_blocks per replica, e.g.
+    # replica_hardware=[a100,h100] replica_num_gpu_blocks=[4000,8000].
+    replica_hardware: Optional[List[str]] = None
+    replica_num_gpu_blocks: Optional[List[int]] = None
     report: ReportConfig = field(default_factory=ReportConfig)
     verify: bool = False  # check every block-pool and scheduler invariant after every step (slow)
     skip_quiet: bool = True  # skip stretches of pure decode in one event (results are identical)
@@ -105,6 +118,8 @@ def register_configs() -> None:
         cs.store(group="policy", name=name, node=entry.config_cls)
     for name, entry in SCHEDULING_POLICIES.items():
         cs.store(group="scheduler", name=name, node=entry.config_cls)
+    for name, entry in ROUTING_POLICIES.items():
+        cs.store(group="router", name=name, node=entry.config_cls)
     for name, entry in WORKLOADS.items():
         cs.store(group="workload", name=name, node=entry.config_cls)
     # Schemas the YAML presets extend (`defaults: [/schema/hardware@_here_]`); a group of their

@@ -192,13 +192,15 @@ class ServingLoop:
                  max_concurrency: int | None = None, output_seed: int = 0, use_timestamps: bool = True,
                  verify_every_step: bool = False, on_step=None, keep_requests: bool = True,
                  log: RequestLog | None = None, on_arrival: Callable[[Request, bool], None] | None = None,
-                 progress=None) -> None:
+                 progress=None, frontend: Frontend | None = None) -> None:
         """`keep_requests=False` is the bounded-memory mode of long runs: a `Request` exists only
         while it is in flight, its outcome goes to `metrics.log` and `requests` stays None.
         `log` (default: rows kept in memory) may stream requests.csv to a file. `on_arrival(r,
         accepted)` sees each request as it reaches the scheduler (the parity harness replays
         these to vLLM in the same order and step). `progress` (apcsim.outputs.progress.RequestProgress
-        or None) is told of finished requests."""
+        or None) is told of finished requests. `frontend`: one shared with other loops (a
+        cluster's replicas, whose router hands it their schedulers' requests); it then owns the
+        workload and `specs` only sizes the log's columns."""
         self.scheduler = scheduler
         self.executor = executor
         if log is None:  # rows in memory; a priority class column when the workload has classes
@@ -212,8 +214,10 @@ class ServingLoop:
         else:
             self.requests = None
             make = partial(_new_request, output_seed)
-        self.frontend = Frontend(specs, scheduler, max_concurrency=max_concurrency, use_timestamps=use_timestamps,
-                                 make_request=make, on_done=self.metrics.record_request, on_send=on_arrival)
+        if frontend is None:
+            frontend = Frontend(specs, scheduler, max_concurrency=max_concurrency, use_timestamps=use_timestamps,
+                                make_request=make, on_done=self.metrics.record_request, on_send=on_arrival)
+        self.frontend = frontend
         self.verify_every_step = verify_every_step
         self.progress = progress
         # callback(plan, result) after each executed step (tests, validation); a simulator's

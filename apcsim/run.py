@@ -64,6 +64,11 @@ def validate(cfg: SimConfig) -> None:
     if model.is_moe and not 1 <= model.experts_per_token <= model.num_experts:
         raise ConfigError(f"model {model.name}: experts_per_token must be in 1..num_experts ({model.num_experts})")
     get_hash_algo(cfg.hash_algo)  # unknown names list the known ones
+    if cfg.num_replicas < 1:
+        raise ConfigError(f"num_replicas must be >= 1, got {cfg.num_replicas}")
+    if cfg.num_replicas > 1 and cfg.policy is not None and cfg.policy.name == "belady":
+        raise ConfigError("+policy=belady knows one engine's future, not a replica's behind a router; "
+                          "use cluster_bound=true for the cluster's offline bound (belady on one pooled cache)")
 
 
 def kv_options(cfg: SimConfig) -> dict:
@@ -216,12 +221,19 @@ def build_run(cfg: SimConfig, cost: CostModel, *,
         check_some_request_fits(specs, n, bs, cfg.cache.usable_blocks(n))
     else:
         n = num_blocks(specs)
-    scheduler = make_scheduler(
-        cfg.policy, cfg.scheduler, num_blocks=n, block_size=bs,
+    scheduler = scheduler_for(cfg, cost, n, specs)
+    return RunParts(cfg, int(output_ss.generate_state(1)[0]), n, scheduler), specs
+
+
+def scheduler_for(cfg: SimConfig, cost: CostModel, num_blocks: int, specs: list[RequestSpec]) -> Scheduler:
+    """A serving core (scheduler, KV cache manager, block pool, policies) of `num_blocks` blocks
+    as the config sets it up; a cluster builds one per replica."""
+    bs = cfg.block_size
+    return make_scheduler(
+        cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=bs,
         recompute_cost=lambda depth: cost.recompute_time(bs, depth * bs), specs=specs, kv_options=kv_options(cfg),
         cache=cfg.cache,
     )
-    return RunParts(cfg, int(output_ss.generate_state(1)[0]), n, scheduler), specs
 
 
 @dataclass
@@ -261,6 +273,27 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
     warnings = tuple(w for w in (kv_cache_warning(cfg, run.num_blocks),) if w)
     for w in warnings:
         print(f"apcsim: warning: {w}", file=sys.stderr)
+    if cfg.num_replicas > 1:  # a cluster: replica 0's core is run.scheduler, the others alike
+        from apcsim.cluster.replicas import replica_configs
+        from apcsim.cluster.run import run_cluster
+
+        schedulers, costs = [], []
+        for k, rcfg in enumerate(replica_configs(cfg)):  # each replica's hardware and cache
+            rcost = cost if rcfg.hardware is cfg.hardware else build_cost_model(rcfg)
+            n = num_blocks_for(rcfg)
+            check_some_request_fits(specs, n, cfg.block_size, cfg.cache.usable_blocks(n))
+            schedulers.append(run.scheduler if k == 0 and rcfg is cfg else scheduler_for(rcfg, rcost, n, specs))
+            costs.append(rcost)
+        config = run.metrics_config({"cost_model": cost.name}, config_extra(cfg))
+        if cfg.replica_hardware is not None or cfg.replica_num_gpu_blocks is not None:
+            config["replica_hardware"] = [c.hardware.name for c in replica_configs(cfg)]
+            config["replica_num_gpu_blocks"] = [s.kv.pool.num_blocks for s in schedulers]
+        workload = [specs]
+        del specs  # the cluster's frontend holds what it still needs
+        metrics, sim, collector, interrupted = run_cluster(
+            cfg, workload, schedulers, costs, config, loop_kw=run.loop_kw(), requests_csv=requests_csv,
+            use_timestamps=use_timestamps, on_step=on_step, multirun=multirun)
+        return SimOutcome(metrics, sim, collector, time.perf_counter() - t0, interrupted, warnings)
     # Rows stream into requests.csv.partial, renamed when the run ends (finished or interrupted):
     # a crashed run leaves the .partial file (and status.json "running"), never a requests.csv
     # that looks complete.

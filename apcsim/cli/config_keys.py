@@ -19,7 +19,7 @@ from apcsim.errors import ConfigError
 
 # SimConfig's config groups and how a user selects one (`policy` and `experiment` have no default).
 GROUP_SELECTORS = {"policy": "+policy", "experiment": "+experiment", "scheduler": "scheduler",
-                   "workload": "workload", "hardware": "hardware", "model": "model"}
+                   "workload": "workload", "hardware": "hardware", "model": "model", "router": "router"}
 
 
 def _field_names(t) -> list[str]:

@@ -22,6 +22,11 @@ KEYS = (
     ("hardware=NAME", "GPU spec sheet: memory_gib, peak_tflops, mem_bw_gbps, interconnect_bw_gbps, interconnect_latency_us"),
     ("model=NAME", "model sizes; model.hf_config=PATH reads a Hugging Face config.json (MoE included)"),
     ("tp", "tensor-parallel GPUs per replica (roofline; calibrated needs a profile measured at that tp)"),
+    ("num_replicas", "replicas of a cluster behind router= (each its own cache and scheduler, sized as one engine)"),
+    ("router=NAME", "the cluster's routing policy (policies/routing/), read when num_replicas > 1"),
+    ("cluster_bound", "num_replicas > 1: replay the requests through one cache of the cluster's capacity (LRU, belady)"),
+    ("replica_hardware", "heterogeneous cluster: one hardware preset per replica, e.g. [a100,h100]"),
+    ("replica_num_gpu_blocks", "heterogeneous cluster: one num_gpu_blocks per replica, e.g. [4000,8000]"),
     ("cost_model", "calibrated (profiled kernel timings of hardware/model/tp) or roofline (spec-sheet bound)"),
     ("profile", "a calibration profile CSV of your own for cost_model=calibrated; its .meta.json must match"),
     ("report.enabled", "write report.html"),
@@ -37,7 +42,7 @@ def _defaults() -> dict[str, object]:
 
     cfg, out = SimConfig(), {}
     for key in ("block_size", "num_gpu_blocks", "gpu_memory_utilization", "max_concurrency", "seed", "tp",
-                "cost_model", "profile", "progress"):
+                "cost_model", "profile", "progress", "num_replicas", "cluster_bound"):
         v = getattr(cfg, key)
         out[key] = "unset" if v is None else getattr(v, "name", v)
     out["report.enabled"], out["report.plotlyjs"] = cfg.report.enabled, cfg.report.plotlyjs
@@ -84,7 +89,7 @@ def listing() -> str:
     from apcsim.config import register_configs
     from apcsim.hf_config import bundled_hf_configs
     from apcsim.workloads import WORKLOADS
-    from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
+    from policies.registry import EVICTION_POLICIES, ROUTING_POLICIES, SCHEDULING_POLICIES
 
     register_configs()
     defaults = {**_defaults(), **_config_defaults()}
@@ -99,6 +104,7 @@ def listing() -> str:
     lines += _section("keys [default]", keys)
     lines += _section("policies (+policy=)", [(n, _doc_of(e.cls)) for n, e in sorted(EVICTION_POLICIES.items())])
     lines += _section("schedulers (scheduler=)", [(n, _doc_of(e.cls)) for n, e in sorted(SCHEDULING_POLICIES.items())])
+    lines += _section("routers (router=, num_replicas > 1)", [(n, _doc_of(e.cls)) for n, e in sorted(ROUTING_POLICIES.items())])
     lines += _section("workloads (workload=)", [(n, _doc_of(e.build)) for n, e in sorted(WORKLOADS.items())])
     lines += _section("hardware (hardware=)", _yaml_presets("hardware"))
     lines += _section("models (model=)", _yaml_presets("model"))

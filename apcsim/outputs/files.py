@@ -42,7 +42,8 @@ def write_run_files(run_dir: Path, cfg: SimConfig, metrics: dict, collector: Met
     if cfg.report.enabled:
         from apcsim.outputs.report import write_report  # plotly: only when a report is wanted
 
-        write_report(run_dir / "report.html", metrics, log, collector.timeline, include_plotlyjs=cfg.report.plotlyjs)
+        write_report(run_dir / "report.html", metrics, log, collector.timeline, include_plotlyjs=cfg.report.plotlyjs,
+                     replica_timelines=getattr(collector, "replica_timelines", None))  # a cluster's
     write_status(run_dir, status, error)
 
 

@@ -122,6 +122,12 @@ class MetricsCollector:
         q = s.stats.prefix_cache_queries
         t.hit_rate.append(s.stats.prefix_cache_hits / q if q else 0.0)
 
+    def itl_sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """Inter-token gaps and their weights (value i occurs weights[i] times)."""
+        if not len(self._itl_values):
+            return np.zeros(0), np.zeros(0)
+        return np.frombuffer(self._itl_values, dtype=np.float64), np.frombuffer(self._itl_weights, dtype=np.float64)
+
     def summary(self, requests, extra: dict | None = None, *, partial: bool = False) -> dict:
         """metrics.json of the run. `requests`: the workload's requests or just their number.
         `partial`: the run was cut short, so some requests are neither finished nor rejected."""

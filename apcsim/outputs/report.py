@@ -107,7 +107,7 @@ def config_line(c: dict) -> str:
 def _metrics_table(m: dict) -> str:
     rows = ["<tr><th>metric</th><th>value</th><th>unit</th></tr>"]
     for k, v in m.items():
-        if k in ("by_priority_class", "config"):
+        if k in ("by_priority_class", "config", "cluster"):
             continue  # their own table, the page header
         if isinstance(v, dict) and "p50" in v:
             v = "no samples" if not v["n"] else ", ".join(f"{s} {v[s]:.4g}" for s in ("mean", "p50", "p90", "p99"))
@@ -135,12 +135,77 @@ def _class_table(m: dict) -> str:
     return "<h2>By priority class</h2><table>" + "".join(rows) + "</table>"
 
 
+def build_replica_figure(metrics: dict, timelines: list[Timeline]) -> go.Figure:
+    """A cluster's replicas side by side: what the router sent each, their latency, and their
+    caches over time (one line per replica)."""
+    reps = metrics["cluster"]["replicas"]
+    fig = make_subplots(
+        rows=3, cols=2, vertical_spacing=0.1,
+        subplot_titles=("Requests routed", "TTFT p50 / p99", "Prefix-cache hit rate", "Preemptions",
+                        "KV-cache usage", "Prefix-cache hit rate (cumulative)"),
+    )
+    names = [f"replica {r['replica']}" for r in reps]
+    p = lambda r, key, q: r[key][q] if r[key][q] is not None else float("nan")
+    fig.add_trace(go.Bar(x=names, y=[r["requests_routed"] for r in reps], name="requests", showlegend=False), row=1, col=1)
+    fig.add_trace(go.Bar(x=names, y=[p(r, "ttft_s", "p50") for r in reps], name="TTFT p50"), row=1, col=2)
+    fig.add_trace(go.Bar(x=names, y=[p(r, "ttft_s", "p99") for r in reps], name="TTFT p99"), row=1, col=2)
+    fig.add_trace(go.Bar(x=names, y=[r["prefix_cache_hit_rate"] for r in reps], name="hit rate", showlegend=False),
+                  row=2, col=1)
+    fig.add_trace(go.Bar(x=names, y=[r["num_preemptions"] for r in reps], name="preemptions", showlegend=False),
+                  row=2, col=2)
+    for name, tl in zip(names, timelines):
+        t = tl.as_arrays()
+        if not len(t["time"]):
+            continue
+        for key, col in (("kv_usage", 1), ("hit_rate", 2)):
+            xs, ys = _thin(t["time"], t[key])
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name, legendgroup=name, showlegend=col == 1,
+                                     line_shape="hv"), row=3, col=col)
+    for row, col, xt, yt in [(1, 2, "", "s"), (2, 1, "", "hits / queries"), (2, 2, "", "preemptions"),
+                             (3, 1, "time (s)", "blocks in use / all"), (3, 2, "time (s)", "hits / queries")]:
+        fig.update_xaxes(title_text=xt, row=row, col=col)
+        fig.update_yaxes(title_text=yt, row=row, col=col)
+    fig.update_layout(height=1100, template="plotly_white", margin={"t": 40}, barmode="group")
+    return fig
+
+
+def _cluster_table(m: dict) -> str:
+    cl = m.get("cluster")
+    if not cl:
+        return ""
+    imb = cl["load_imbalance"]
+    head = (f"<p>{cl['num_replicas']} replicas behind router <b>{html.escape(cl['router'])}</b>; load imbalance "
+            f"(max / mean over replicas): requests {imb['requests']:.3f}, prompt tokens {imb['prompt_tokens']:.3f}, "
+            f"busy time {imb['busy_time']:.3f}")
+    if cl.get("router_stats"):
+        head += "; router: " + html.escape(", ".join(f"{k}={v}" for k, v in cl["router_stats"].items()))
+    if cl.get("pooled_bound"):
+        head += "; one pooled cache: " + html.escape(", ".join(f"{k}={v:.4g}" for k, v in cl["pooled_bound"].items()))
+    cell = lambda v: "n/a" if v is None else f"{v:.4g}"
+    cols = ("replica", "requests", "prompt tokens", "hit rate", "preemptions", "busy", "TTFT p50 (s)", "TTFT p99 (s)",
+            "E2E p99 (s)")
+    rows = ["<tr>" + "".join(f"<th>{h}</th>" for h in cols) + "</tr>"]
+    for r in cl["replicas"]:
+        cells = (r["replica"], r["requests_routed"], r["prompt_tokens_routed"], f"{r['prefix_cache_hit_rate']:.3f}",
+                 r["num_preemptions"], f"{r['busy_fraction']:.3f}", cell(r["ttft_s"]["p50"]), cell(r["ttft_s"]["p99"]),
+                 cell(r["e2e_s"]["p99"]))
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in cells) + "</tr>")
+    return head + "</p><table>" + "".join(rows) + "</table>"
+
+
 def write_report(path: Path, metrics: dict, log: RequestLog, timeline: Timeline,
-                 include_plotlyjs: str = "inline") -> None:
+                 include_plotlyjs: str = "inline", replica_timelines: list[Timeline] | None = None) -> None:
+    """`replica_timelines`: a cluster's, one per replica (metrics.json then has `cluster`): the
+    page adds a Replicas section after the cluster-wide latency CDFs."""
     c = metrics.get("config", {})
     title = f"apcsim: {c.get('workload', '?')}, policy={c.get('policy', '?')}, block_size={c.get('block_size', '?')}"
+    if "num_replicas" in c:
+        title += f", {c['num_replicas']} replicas, router={c.get('router', '?')}"
     fig = build_figure(log, timeline)
     plot = fig.to_html(full_html=False, include_plotlyjs=True if include_plotlyjs == "inline" else "cdn")
+    if replica_timelines is not None and "cluster" in metrics:
+        plot += "<h2>Replicas</h2>" + _cluster_table(metrics)
+        plot += build_replica_figure(metrics, replica_timelines).to_html(full_html=False, include_plotlyjs=False)
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title>"

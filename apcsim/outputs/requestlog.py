@@ -42,11 +42,12 @@ def priority_class_of(spec: RequestSpec) -> str:
     return spec.priority_class if spec.priority_class is not None else str(spec.priority)
 
 
-def columns_for(by_class: bool) -> list[str]:
-    if not by_class:
-        return REQUEST_COLUMNS
-    i = REQUEST_COLUMNS.index("priority") + 1
-    return [*REQUEST_COLUMNS[:i], "priority_class", *REQUEST_COLUMNS[i:]]
+def columns_for(by_class: bool, replica: bool = False) -> list[str]:
+    cols = REQUEST_COLUMNS
+    if by_class:
+        i = REQUEST_COLUMNS.index("priority") + 1
+        cols = [*REQUEST_COLUMNS[:i], "priority_class", *REQUEST_COLUMNS[i:]]
+    return [*cols, "replica"] if replica else cols
 
 
 def request_row(r: Request) -> dict:
@@ -75,7 +76,11 @@ class RequestLog:
     i finished (its latency columns are NaN otherwise).
     """
 
-    def __init__(self, sink: TextIO | None = None, *, flush_every: int = 1000, by_class: bool = False) -> None:
+    def __init__(self, sink: TextIO | None = None, *, flush_every: int = 1000, by_class: bool = False,
+                 replica: int | None = None, write_header: bool = True) -> None:
+        """`replica`: the cluster replica whose requests these are (a `replica` column, last: the
+        router's decision); `write_header=False` for a log that shares its sink with another
+        that wrote the header (a cluster's replicas share one requests.csv)."""
         self.index = array("q")  # position in the workload
         self.finished = array("b")
         self.spec_arrival = array("d")  # the workload's arrival time (before the gate)
@@ -92,14 +97,16 @@ class RequestLog:
         self.class_names: list[str] = []
         self.class_priority: list[int] = []
         self._class_ids: dict[str, int] = {}
-        self.fieldnames = columns_for(by_class)
+        self.replica = replica
+        self.fieldnames = columns_for(by_class, replica is not None)
         self.rows: list[dict] | None = None if sink is not None else []
         self._sink = sink
         self._writer = None
         if sink is not None:
             self._writer = csv.DictWriter(sink, fieldnames=self.fieldnames)
-            self._writer.writeheader()
-            sink.flush()
+            if write_header:
+                self._writer.writeheader()
+                sink.flush()
         self._flush_every = flush_every
 
     def __len__(self) -> int:
@@ -131,6 +138,8 @@ class RequestLog:
         row = request_row(r)
         if self.by_class:
             row["priority_class"] = self._add_class(r.spec)
+        if self.replica is not None:
+            row["replica"] = self.replica
         if self._writer is None:
             self.rows.append(row)  # type: ignore[union-attr]
         else:

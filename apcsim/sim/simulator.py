@@ -23,8 +23,9 @@ class SimPyExecutor:
     """Plans run for `cost.step_time(plan)` simulated seconds; `skip_quiet` runs a stretch of
     steps that change nothing but time (no arrival, completion or new block) in one event."""
 
-    def __init__(self, cost: CostModel, *, skip_quiet: bool = True) -> None:
-        self.env = simpy.Environment()
+    def __init__(self, cost: CostModel, *, skip_quiet: bool = True, env: simpy.Environment | None = None) -> None:
+        """`env`: a clock shared with other executors (a cluster's replicas); by default its own."""
+        self.env = env if env is not None else simpy.Environment()
         self.cost = cost
         self.skip_quiet = skip_quiet
         self._arrivals_changed = self.env.event()  # a request finished: follow-ups or the gate moved
@@ -93,12 +94,18 @@ class SimPyExecutor:
         m = 1 + int(np.searchsorted(ends[: k - 1], loop.frontend.next_arrival_time, side="left"))
         if m < 2:
             return
-        # now + (end - now) == end: the subtraction is exact whenever end <= 2 * now (Sterbenz).
-        yield self.env.timeout(float(ends[m - 1]) - now)
+        m = yield from self._wait_stretch(ends, m, now)
         sched.advance(m, self.env.now)
         loop.metrics.record_stretch(self.env.now, times[:m], n)
         if loop.verify_every_step:
             sched.verify()
+
+    def _wait_stretch(self, ends: np.ndarray, m: int, now: float) -> Waits[int]:
+        """Let the first `m` steps of a quiet stretch (ending at `ends`) pass; returns how many
+        did (all of them: nothing reaches this scheduler before the next arrival it knows of)."""
+        # now + (end - now) == end: the subtraction is exact whenever end <= 2 * now (Sterbenz).
+        yield self.env.timeout(float(ends[m - 1]) - now)
+        return m
 
 
 class Simulation(ServingLoop):

@@ -36,6 +36,8 @@ def flatten(metrics: dict, prefix: str = "") -> dict:
     for k, v in metrics.items():
         if isinstance(v, dict):
             out.update(flatten(v, f"{prefix}{k}_" if k != "config" else "config_"))
+        elif isinstance(v, list):
+            continue  # a per-item breakdown (a cluster's replicas) stays in metrics.json
         else:
             out[f"{prefix}{k}"] = v
     return out

@@ -34,6 +34,9 @@ def config_fingerprint(dcfg: DictConfig) -> str:
     data = OmegaConf.to_container(dcfg, resolve=True, enum_to_str=True)
     for key in _NOT_FINGERPRINTED:
         data.pop(key, None)
+    if data.get("num_replicas", 1) == 1:  # a single engine: the cluster's keys change nothing
+        for key in ("num_replicas", "router", "cluster_bound"):
+            data.pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
