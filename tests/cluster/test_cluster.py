@@ -9,7 +9,6 @@ import subprocess
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +18,9 @@ from apcsim.errors import ConfigError
 from apcsim.run import simulate
 from policies.registry import ROUTING_POLICIES
 from policies.routing.base import RouterContext
+from tests.helpers import ROOT
 
-ROOT_CONF = Path(__file__).resolve().parents[1] / "apcsim" / "conf"
+ROOT_CONF = ROOT / "apcsim" / "conf"
 SMALL = ["hardware=a100", "model=llama3_8b", "num_gpu_blocks=600", "progress=off", "+policy=lru"]
 MULTITURN = ["workload=multiturn", "workload.num_conversations=12", "workload.turns=3",
              "workload.output_tokens=32", "workload.think_time_s=0.5"]
