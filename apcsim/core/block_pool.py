@@ -15,6 +15,8 @@ block joins the evictable set in release order, as vLLM did before.
 
 from __future__ import annotations
 
+from itertools import count, islice
+
 from policies.eviction.base import EvictionPolicy
 from policies.types import Block
 
@@ -172,29 +174,35 @@ class BlockPool:
                 d = first_depth + j
                 self.cache(b, keys[d], d, keys[d - 1] if d else None)
             return
-        cached, twins = self.cached, self._twins
-        d = first_depth
-        pk = keys[d - 1] if d else None
-        for b in blocks:
-            key = keys[d]
+        setdefault = self.cached.setdefault
+        pk = keys[first_depth - 1] if first_depth else None
+        for d, b, key in zip(count(first_depth), blocks, islice(keys, first_depth, None)):
             b.key, b.depth, b.parent_key = key, d, pk
-            if cached.setdefault(key, b) is not b:
-                twins.setdefault(key, []).append(b)
+            if setdefault(key, b) is not b:
+                self._twins.setdefault(key, []).append(b)
             pk = key
-            d += 1
 
     def release(self, blocks) -> None:
         """Drop one reference to each block, in the given order (the order they become evictable)."""
         freed = []
         keyless = []
         split = self.free_keyless_first
-        for b in blocks:
-            b.ref_cnt -= 1
-            if b.ref_cnt == 0:
-                if split and b.key is None:
-                    keyless.append(b.block_id)
-                else:
-                    freed.append(b)
+        if not split:
+            append = freed.append
+            for b in blocks:
+                rc = b.ref_cnt - 1
+                b.ref_cnt = rc
+                if not rc:
+                    append(b)
+        else:
+            for b in blocks:
+                rc = b.ref_cnt - 1
+                b.ref_cnt = rc
+                if not rc:
+                    if b.key is None:
+                        keyless.append(b.block_id)
+                    else:
+                        freed.append(b)
         if keyless:
             # vLLM prepends them in order: the first released is the next reused.
             self._keyless.extend(reversed(keyless))
