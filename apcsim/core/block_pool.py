@@ -15,8 +15,6 @@ block joins the evictable set in release order, as vLLM did before.
 
 from __future__ import annotations
 
-from itertools import count, islice
-
 from policies.eviction.base import EvictionPolicy
 from policies.types import Block
 
@@ -174,13 +172,16 @@ class BlockPool:
                 d = first_depth + j
                 self.cache(b, keys[d], d, keys[d - 1] if d else None)
             return
-        setdefault = self.cached.setdefault
-        pk = keys[first_depth - 1] if first_depth else None
-        for d, b, key in zip(count(first_depth), blocks, islice(keys, first_depth, None)):
+        cached, twins = self.cached, self._twins
+        d = first_depth
+        pk = keys[d - 1] if d else None
+        for b in blocks:
+            key = keys[d]
             b.key, b.depth, b.parent_key = key, d, pk
-            if setdefault(key, b) is not b:
-                self._twins.setdefault(key, []).append(b)
+            if cached.setdefault(key, b) is not b:
+                twins.setdefault(key, []).append(b)
             pk = key
+            d += 1
 
     def release(self, blocks) -> None:
         """Drop one reference to each block, in the given order (the order they become evictable)."""

@@ -25,6 +25,7 @@ from policies.eviction.base import EvictionPolicy
 
 _is_block = partial(is_not, None)
 _ref_cnt = attrgetter("ref_cnt")
+_block_id = attrgetter("block_id")
 
 
 def chain_keys(tokens, block_size: int, seed: int, algo: HashAlgo | None = None) -> list[int]:
@@ -139,7 +140,7 @@ class KVCacheManager:
             req.num_computed_tokens += len(computed) * self.block_size
             req.num_cached_blocks = len(req.block_ids)
         if need > 0:
-            req.block_ids.extend(b.block_id for b in self.pool.allocate(need))
+            req.block_ids.extend(map(_block_id, self.pool.allocate(need)))
         self.cache_full_blocks(req, min(req.num_computed_tokens + num_new_tokens, req.num_tokens))
         return True
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from itertools import islice
 from operator import attrgetter
 
 from policies.eviction.base import EvictionConfig, EvictionPolicy
@@ -48,8 +49,8 @@ class LRUPolicy(EvictionPolicy):
         del self._queue[block.block_id]
 
     def evict(self, n: int) -> list[Block]:
-        pop = self._queue.popitem
-        return [pop(last=False)[1] for _ in range(n)]
+        queue = self._queue
+        return list(map(queue.pop, list(islice(queue, n))))  # the n oldest, oldest first
 
     def __len__(self) -> int:
         return len(self._queue)
