@@ -172,7 +172,8 @@ def startup(tree: str, args: list[str]) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"startup case failed in {tree}\n{proc.stderr[-2000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"cpu_s": cpu, "wall_s": wall, "requests": 10, "peak_rss_mib": after.ru_maxrss / 1024}
+    # No peak RSS: RUSAGE_CHILDREN's ru_maxrss is the largest of all children so far, not this one's.
+    return {"cpu_s": cpu, "wall_s": wall, "requests": 10, "peak_rss_mib": None}
 
 
 def run_case(tree: str, name: str, args: list[str]) -> dict:
@@ -233,7 +234,8 @@ def summarise(runs: dict[str, list[dict]], case_args: list[str]) -> dict:
         cpus = [x["cpu_s"] for x in rs]
         out[side] = {"median_cpu_s": statistics.median(cpus), "cpu_s": cpus, "spread": spread(cpus),
                      "requests_per_cpu_s": out["requests"] / statistics.median(cpus),
-                     "median_peak_rss_mib": statistics.median(x["peak_rss_mib"] for x in rs)}
+                     "median_peak_rss_mib": None if rs[0]["peak_rss_mib"] is None
+                     else statistics.median(x["peak_rss_mib"] for x in rs)}
         for k in ("steps", "hit_rate", "preemptions"):
             if k in rs[0]:
                 out[side][k] = rs[0][k]
@@ -249,7 +251,7 @@ def summarise(runs: dict[str, list[dict]], case_args: list[str]) -> dict:
 def print_case(name: str, r: dict) -> None:
     h = r["head"]
     line = (f"{name:9s} {r['requests']:>7d} req  head {h['median_cpu_s']:7.2f} s CPU (spread {h['spread']:.0%})  "
-            f"{h['requests_per_cpu_s']:8.0f} req/s  RSS {h['median_peak_rss_mib']:5.0f} MiB")
+            f"{h['requests_per_cpu_s']:8.0f} req/s  RSS {h['median_peak_rss_mib'] or float('nan'):5.0f} MiB")
     if "base" in r:
         s = r["speedup"]
         line += (f" | base {r['base']['median_cpu_s']:7.2f} s (spread {r['base']['spread']:.0%})  "
