@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import astuple
-from functools import lru_cache
 
 import numpy as np
 
@@ -194,16 +193,28 @@ class CalibratedCostModel:
         return (num_tokens * self._token_slope + attn) * 1e-3
 
 
-@lru_cache(maxsize=8)
-def _load(path: str, mtime_ns: int, model_fields: tuple, cpu_overhead: bool) -> CalibratedCostModel:
-    return CalibratedCostModel(read_profile(path), ModelConfig(*model_fields), cpu_overhead=cpu_overhead)
+# (path, mtime_ns, model fields, cpu_overhead) -> fitted model; a handful of entries (sweeps
+# build one per run, nearly always of the same profile).
+_FITTED: dict[tuple, CalibratedCostModel] = {}
+_FITTED_MAX = 8
 
 
-def load_calibrated(path, model: ModelConfig, *, cpu_overhead: bool = True) -> CalibratedCostModel:
+def load_calibrated(path, model: ModelConfig, *, cpu_overhead: bool = True,
+                    profile: Profile | None = None) -> CalibratedCostModel:
     """A fitted model for the profile at `path`, memoised (fitting takes a fraction of a second,
-    and sweeps build one per run). The model is stateless after construction, so sharing is safe."""
+    and sweeps build one per run). The model is stateless after construction, so sharing is safe.
+    `profile`: the same file already read (`load_matching_profile` reads it to check it), so a
+    first call does not parse the CSV twice."""
     p = os.fspath(path)
-    return _load(p, os.stat(p).st_mtime_ns, astuple(model), cpu_overhead)
+    key = (p, os.stat(p).st_mtime_ns, astuple(model), cpu_overhead)
+    fitted = _FITTED.get(key)
+    if fitted is None:
+        prof = profile if profile is not None and profile.path == p else read_profile(p)
+        fitted = CalibratedCostModel(prof, ModelConfig(*key[2]), cpu_overhead=cpu_overhead)
+        if len(_FITTED) >= _FITTED_MAX:
+            del _FITTED[next(iter(_FITTED))]
+        _FITTED[key] = fitted
+    return fitted
 
 
 def make_cost_model(name: str, hw: HardwareConfig, model: ModelConfig, *, tp: int = 1,
@@ -221,7 +232,7 @@ def make_cost_model(name: str, hw: HardwareConfig, model: ModelConfig, *, tp: in
     prof = load_matching_profile(hw, model, tp, profile)
     try:
         if tp == 1:
-            return load_calibrated(prof.path, model)
+            return load_calibrated(prof.path, model, profile=prof)
         return TensorParallelComm(CalibratedCostModel(prof, per_gpu_model(model, tp)), hw, model, tp)
     except ValueError as e:
         raise ConfigError(f"calibration profile {prof.path}: {e}") from None

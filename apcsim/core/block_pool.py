@@ -188,13 +188,22 @@ class BlockPool:
         freed = []
         keyless = []
         split = self.free_keyless_first
-        for b in blocks:
-            b.ref_cnt -= 1
-            if b.ref_cnt == 0:
-                if split and b.key is None:
-                    keyless.append(b.block_id)
-                else:
-                    freed.append(b)
+        if not split:
+            append = freed.append
+            for b in blocks:
+                rc = b.ref_cnt - 1
+                b.ref_cnt = rc
+                if not rc:
+                    append(b)
+        else:
+            for b in blocks:
+                rc = b.ref_cnt - 1
+                b.ref_cnt = rc
+                if not rc:
+                    if b.key is None:
+                        keyless.append(b.block_id)
+                    else:
+                        freed.append(b)
         if keyless:
             # vLLM prepends them in order: the first released is the next reused.
             self._keyless.extend(reversed(keyless))

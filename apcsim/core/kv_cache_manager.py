@@ -25,6 +25,7 @@ from policies.eviction.base import EvictionPolicy
 
 _is_block = partial(is_not, None)
 _ref_cnt = attrgetter("ref_cnt")
+_block_id = attrgetter("block_id")
 
 
 def chain_keys(tokens, block_size: int, seed: int, algo: HashAlgo | None = None) -> list[int]:
@@ -35,10 +36,10 @@ def chain_keys(tokens, block_size: int, seed: int, algo: HashAlgo | None = None)
     step = block_size * 4  # int32 tokens
     out = []
     if algo is None or algo.name == "xxh3_64":  # inlined: the hot path of every run
-        h = xxhash.xxh3_64_intdigest
-        for i in range(len(tokens) // block_size):
-            seed = h(data[i * step : (i + 1) * step], seed)
-            out.append(seed)
+        h, append = xxhash.xxh3_64_intdigest, out.append
+        for i in range(0, len(tokens) // block_size * step, step):
+            seed = h(data[i : i + step], seed)
+            append(seed)
         return out
     hstep = algo.step
     for i in range(len(tokens) // block_size):
@@ -139,7 +140,7 @@ class KVCacheManager:
             req.num_computed_tokens += len(computed) * self.block_size
             req.num_cached_blocks = len(req.block_ids)
         if need > 0:
-            req.block_ids.extend(b.block_id for b in self.pool.allocate(need))
+            req.block_ids.extend(map(_block_id, self.pool.allocate(need)))
         self.cache_full_blocks(req, min(req.num_computed_tokens + num_new_tokens, req.num_tokens))
         return True
 
@@ -153,7 +154,7 @@ class KVCacheManager:
             return
         keys = self.block_keys(req, num_full)
         blocks = self.pool.blocks
-        self.pool.cache_chain([blocks[i] for i in req.block_ids[first:num_full]], keys, first)
+        self.pool.cache_chain(list(map(blocks.__getitem__, req.block_ids[first:num_full])), keys, first)
         if self.verify_tokens:
             for i in range(first, num_full):
                 self._content[req.block_ids[i]] = self._block_content(req, i)
@@ -164,6 +165,6 @@ class KVCacheManager:
         blocks = self.pool.blocks
         if self._policy_before_release:
             self.pool.policy.before_release(req)
-        self.pool.release([blocks[i] for i in reversed(req.block_ids)])
+        self.pool.release(list(map(blocks.__getitem__, reversed(req.block_ids))))
         req.block_ids = []
         req.num_cached_blocks = 0

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from itertools import islice
+from operator import attrgetter
 
 from policies.eviction.base import EvictionConfig, EvictionPolicy
 from policies.registry import register_eviction
 from policies.types import Block
+
+_block_id = attrgetter("block_id")
 
 
 @dataclass
@@ -33,7 +37,7 @@ class LRUPolicy(EvictionPolicy):
         self._queue[block.block_id] = block
 
     def on_release_many(self, blocks: list[Block]) -> None:
-        self._queue.update((b.block_id, b) for b in blocks)
+        self._queue.update(zip(map(_block_id, blocks), blocks))
 
     def on_acquire(self, block: Block) -> None:
         del self._queue[block.block_id]
@@ -45,8 +49,8 @@ class LRUPolicy(EvictionPolicy):
         del self._queue[block.block_id]
 
     def evict(self, n: int) -> list[Block]:
-        pop = self._queue.popitem
-        return [pop(last=False)[1] for _ in range(n)]
+        queue = self._queue
+        return list(map(queue.pop, list(islice(queue, n))))  # the n oldest, oldest first
 
     def __len__(self) -> int:
         return len(self._queue)
