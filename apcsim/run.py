@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from apcsim.mathutil import cdiv
 from apcsim.outputs.metrics import MetricsCollector
 from apcsim.outputs.progress import make_progress
 from apcsim.outputs.requestlog import RequestLog, uses_priorities
+from apcsim.outputs.rundir import streamed
 from apcsim.sim.cost_model import CostModel
 from apcsim.sim.simulator import Simulation
 from apcsim.workloads import build_workload
@@ -297,10 +297,8 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
     # Rows stream into requests.csv.partial, renamed when the run ends (finished or interrupted):
     # a crashed run leaves the .partial file (and status.json "running"), never a requests.csv
     # that looks complete.
-    partial = None if requests_csv is None else Path(requests_csv).with_name(Path(requests_csv).name + ".partial")
-    sink = open(partial, "w", newline="") if partial is not None else None
     interrupted = None
-    try:
+    with streamed(requests_csv) as sink:
         sim = Simulation(
             specs, run.scheduler, cost, skip_quiet=cfg.skip_quiet, **run.loop_kw(), keep_requests=keep_requests,
             log=RequestLog(sink, by_class=uses_priorities(specs)) if sink is not None else None,
@@ -313,11 +311,6 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
         except RunInterrupted as e:
             interrupted = e
             collector = sim.metrics
-    finally:
-        if sink is not None:
-            sink.close()
-    if partial is not None:
-        os.replace(partial, requests_csv)
     if cfg.verify and interrupted is None:
         run.scheduler.verify()
     extra = {"config": run.metrics_config({"cost_model": cost.name}, config_extra(cfg)), **run_extra(cfg, run.scheduler)}

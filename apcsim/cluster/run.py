@@ -5,7 +5,6 @@ with the cluster's and each replica's metrics (`apcsim.cluster.metrics`)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from apcsim.errors import ConfigError
 from apcsim.interrupt import RunInterrupted
 from apcsim.outputs.progress import make_progress
 from apcsim.outputs.requestlog import RequestLog, uses_priorities
+from apcsim.outputs.rundir import streamed
 from apcsim.sim.cost_model import CostModel
 from policies.registry import ROUTING_POLICIES
 from policies.routing.base import Router, RouterContext
@@ -51,12 +51,10 @@ def run_cluster(cfg: SimConfig, workload: list[list[RequestSpec]], schedulers: l
     here) so that finished requests' specs can be freed unless the pooled bound needs them."""
     specs = workload.pop()
     router = make_router(cfg, [s.kv.pool.num_blocks for s in schedulers])
-    partial = None if requests_csv is None else Path(requests_csv).with_name(Path(requests_csv).name + ".partial")
-    sink = open(partial, "w", newline="") if partial is not None else None
     by_class = uses_priorities(specs)
-    logs = [RequestLog(sink, by_class=by_class, replica=k, write_header=k == 0) for k in range(len(schedulers))]
     interrupted = None
-    try:
+    with streamed(requests_csv) as sink:  # requests.csv.partial until the run ends (see simulate)
+        logs = [RequestLog(sink, by_class=by_class, replica=k, write_header=k == 0) for k in range(len(schedulers))]
         sim = ClusterSimulation(specs, schedulers, router, costs, skip_quiet=cfg.skip_quiet, **loop_kw,
                                 use_timestamps=use_timestamps, on_step=on_step, logs=logs,
                                 progress=make_progress(cfg.progress, len(specs), multirun=multirun))
@@ -66,11 +64,6 @@ def run_cluster(cfg: SimConfig, workload: list[list[RequestSpec]], schedulers: l
             sim.run()
         except RunInterrupted as e:
             interrupted = e
-    finally:
-        if sink is not None:
-            sink.close()
-    if partial is not None:
-        os.replace(partial, requests_csv)
     if cfg.verify and interrupted is None:
         for s in schedulers:
             s.verify()

@@ -18,7 +18,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Iterator
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -39,6 +41,22 @@ def write_text_atomic(path: Path, text: str) -> None:
     with open(tmp, "w", newline="") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+@contextmanager
+def streamed(path: Path | None) -> Iterator[IO[str] | None]:
+    """A text file written as a run goes (requests.csv rows as requests leave): it is `PATH.partial`
+    until the block ends and is renamed to `path` only then, also after an interruption the
+    block handled; an exception leaving the block keeps the `.partial` name, so a crashed run
+    never leaves a file that looks complete. `path=None`: nothing is written (yields None)."""
+    if path is None:
+        yield None
+        return
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", newline="") as f:
+        yield f
+    os.replace(partial, path)
 
 
 def _dir_problem(path: Path, key: str, e: OSError) -> ConfigError:
