@@ -46,10 +46,18 @@ def record_case(overrides: list[str]) -> Recording:
     return record(compose_config(list(overrides) + ["report.enabled=false"]))
 
 
-def replay_all(cases: list[tuple[str, list[str]]], python: Path | None = None) -> list[Replay]:
-    """Record every case in apcsim, replay them all in one vLLM process, compare each."""
+def replay_all(cases: list[tuple[str, list[str]]], python: Path | None = None, *,
+               vllm_settings: dict[str, dict] | None = None) -> list[Replay]:
+    """Record every case in apcsim, replay them all in one vLLM process, compare each.
+    `vllm_settings`: case name -> vLLM engine settings forced on vLLM's side only (negative
+    controls: a rule apcsim drops that vLLM keeps)."""
     recordings = [record_case(ov) for _, ov in cases]
-    results = run_vllm([rec.replay_input() for rec in recordings], python)
+    inputs = []
+    for (name, _), rec in zip(cases, recordings):
+        inp = rec.replay_input()
+        inp["config"] = {**inp["config"], **(vllm_settings or {}).get(name, {})}
+        inputs.append(inp)
+    results = run_vllm(inputs, python)
     out = []
     for (name, ov), rec, res in zip(cases, recordings, results):
         out.append(Replay(name, list(ov), rec, res, compare(rec.steps, res["steps"], res["error"])))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from apcsim.parity.compare import compare
-from apcsim.parity.harness import record_case, run_vllm
+from apcsim.parity.harness import record_case, replay_all
 from apcsim.parity.scenarios import SCENARIOS
 from apcsim.parity.table import markdown, requests_alike
 from apcsim.parity.venv import VllmUnavailable, check, setup, vllm_python
@@ -52,16 +52,9 @@ def vllm() -> Path:
 def replays(vllm):
     """Every scenario and negative control, replayed in one vLLM process (importing vLLM takes
     seconds; the whole matrix replays in about a minute)."""
-    cases = [(n, ov, {}) for n, ov in SCENARIOS.items()] + [(n, ov, force) for n, ov, force, _ in NEGATIVE]
-    recs = [record_case(ov) for _, ov, _ in cases]
-    inputs = []
-    for rec, (_, _, force) in zip(recs, cases):
-        inp = rec.replay_input()
-        inp["config"] = {**inp["config"], **force}
-        inputs.append(inp)
-    results = run_vllm(inputs, vllm)
-    return {name: (rec, res, compare(rec.steps, res["steps"], res["error"]))
-            for (name, _, _), rec, res in zip(cases, recs, results)}
+    cases = list(SCENARIOS.items()) + [(n, ov) for n, ov, _, _ in NEGATIVE]
+    done = replay_all(cases, vllm, vllm_settings={n: force for n, _, force, _ in NEGATIVE})
+    return {r.name: (r.recording, r.vllm, r.comparison) for r in done}
 
 
 @pytest.mark.vllm
