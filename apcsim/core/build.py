@@ -8,7 +8,7 @@ from apcsim.core.block_hash import HashAlgo, get_hash_algo
 from apcsim.core.block_pool import BlockPool
 from apcsim.core.cache_config import CacheConfig
 from apcsim.core.future import FutureOracle
-from apcsim.core.kv_cache_manager import KVCacheManager
+from apcsim.core.kv_cache_manager import KVCacheManager, uses_content_keys
 from apcsim.core.request import RequestSpec
 from apcsim.core.scheduler import Scheduler
 from policies.eviction.base import EvictionConfig
@@ -33,7 +33,7 @@ def make_scheduler(
     """`eviction=None` means prefix caching off, the same as the `none` policy. `specs` (the
     whole workload, in the order the serving loop numbers requests) is needed only by a policy
     that knows the future (`belady`). `kv_options`: keyword arguments of `KVCacheManager`
-    (hash_algo, verify_tokens). `num_blocks` is vLLM's num_gpu_blocks: with `cache.null_block`
+    (hash_algo, verify_tokens, content_keys). `num_blocks` is vLLM's num_gpu_blocks: with `cache.null_block`
     (default: vLLM 0.32's `CacheConfig()`) one of them is reserved and the pool gets the rest."""
     cache = cache if cache is not None else CacheConfig()
     num_blocks = cache.usable_blocks(num_blocks)
@@ -53,7 +53,8 @@ def make_scheduler(
     if entry.cls.needs_future:
         if specs is None:
             raise ValueError(f"eviction policy {name!r} needs the workload's future (the request specs)")
-        future = FutureOracle(specs, block_size, algo)  # keyed exactly as the manager keys blocks
+        content = uses_content_keys(algo, kv_options.get("verify_tokens", False), kv_options.get("content_keys", True))
+        future = FutureOracle(specs, block_size, algo, content)  # keyed exactly as the manager keys blocks
     clock = Clock()
     ctx = PolicyContext(block_size=block_size, num_blocks=num_blocks, recompute_cost=recompute_cost,
                         clock=clock, future=future)

@@ -3,7 +3,7 @@
 The workload is built before the run, so every request's prompt is known up front. A request's
 prompt can hit the blocks whose keys are the first (prompt_len - 1) // block_size keys of its
 chain (the KV cache manager always computes the last prompt token); those keys are computed with
-the manager's own key function (`chain_keys`, same block size, cache salt and hash).
+the manager's own key function (`prompt_keys`, same block size, cache salt, hash and content-id keys).
 
 Time is the request's *arrival rank*: requests sorted by (spec arrival time, workload index).
 A follow-up turn's spec time is only its earliest arrival (it comes after its parent finishes),
@@ -24,12 +24,13 @@ import math
 from typing import Callable, Sequence
 
 from apcsim.core.block_hash import HashAlgo, get_hash_algo
-from apcsim.core.kv_cache_manager import chain_keys
+from apcsim.core.kv_cache_manager import prompt_keys
 from apcsim.core.request import RequestSpec
 
 
 class FutureOracle:
-    def __init__(self, specs: Sequence[RequestSpec], block_size: int, algo: HashAlgo | None = None) -> None:
+    def __init__(self, specs: Sequence[RequestSpec], block_size: int, algo: HashAlgo | None = None,
+                 content_keys: bool = True) -> None:
         algo = algo or get_hash_algo("xxh3_64")  # the manager's default
         order = sorted(range(len(specs)), key=lambda i: (specs[i].arrival_time, i))
         self.rank_of = [0] * len(specs)  # workload index -> arrival rank
@@ -40,8 +41,7 @@ class FutureOracle:
         for rank, i in enumerate(order):
             spec = specs[i]
             n = (spec.prompt_len - 1) // block_size
-            seed = algo.root(spec.cache_salt)
-            keys = chain_keys(spec.prompt_token_ids[: n * block_size], block_size, seed, algo)
+            keys = prompt_keys(spec, n, block_size, algo, content_keys)
             self._keys[rank] = keys
             for k in keys:
                 self._uses.setdefault(k, []).append(rank)

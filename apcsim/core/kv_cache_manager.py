@@ -19,7 +19,8 @@ import xxhash
 from apcsim.mathutil import cdiv
 from apcsim.core.block_hash import HashAlgo, get_hash_algo
 from apcsim.core.block_pool import BlockPool
-from apcsim.core.request import Request
+from apcsim.core.content_ids import content_keys
+from apcsim.core.request import Request, RequestSpec
 from policies.eviction.base import EvictionPolicy
 
 
@@ -48,15 +49,34 @@ def chain_keys(tokens, block_size: int, seed: int, algo: HashAlgo | None = None)
     return out
 
 
+def uses_content_keys(algo: HashAlgo, verify_tokens: bool, requested: bool = True) -> bool:
+    """Content-id keys are 64-bit and never read tokens: they stand in for xxh3_64 token keys only.
+    Another hash algorithm (chosen for its collision odds) and verify_tokens hash tokens."""
+    return requested and algo.name == "xxh3_64" and not verify_tokens
+
+
+def prompt_keys(spec: RequestSpec, num_blocks: int, block_size: int, algo: HashAlgo, content: bool) -> list[int]:
+    """Keys of the first `num_blocks` full blocks of a spec's prompt, exactly as the manager keys
+    them (the future oracle's key function); `content`: `uses_content_keys` of the manager."""
+    seed = algo.root(spec.cache_salt)
+    keys = content_keys(spec.content_ids, block_size, seed)[:num_blocks] if content and spec.content_ids is not None else []
+    if len(keys) < num_blocks:
+        tokens = spec.prompt_token_ids[len(keys) * block_size : num_blocks * block_size]
+        keys.extend(chain_keys(tokens, block_size, keys[-1] if keys else seed, algo))
+    return keys
+
+
 class KVCacheManager:
     def __init__(self, pool: BlockPool, block_size: int, *, hash_algo: str | HashAlgo = "xxh3_64",
-                 verify_tokens: bool = False) -> None:
+                 verify_tokens: bool = False, content_keys: bool = True) -> None:
         self.pool = pool
         self.block_size = block_size
         self.enable_caching = pool.policy.enables_caching
         self._policy_before_release = type(pool.policy).before_release is not EvictionPolicy.before_release
         self.hash_algo = hash_algo if isinstance(hash_algo, HashAlgo) else get_hash_algo(hash_algo)
         self.verify_tokens = verify_tokens
+        # Key blocks of prompts named by content ids from the ids (content_ids.py), not tokens.
+        self.use_content_keys = uses_content_keys(self.hash_algo, verify_tokens, content_keys)
         # verify_tokens: block id -> (salt, token bytes) of what it was cached with. Set only
         # when enabled (it costs block_size * 4 bytes a block); a cached block's entry is always
         # its latest content, since a block is re-keyed only by caching it again.
@@ -64,12 +84,20 @@ class KVCacheManager:
 
     # -- keys ----------------------------------------------------------------------------------
     def block_keys(self, req: Request, num_blocks: int) -> list[int]:
-        """The keys of the request's first `num_blocks` full blocks, computed once and kept."""
+        """The keys of (at least) the request's first `num_blocks` full blocks, computed once and
+        kept: a prompt named by content ids gets all its content keys at once, blocks past them
+        token keys chained from the last."""
         keys = req.block_keys
         if len(keys) < num_blocks:
             bs = self.block_size
+            if not keys:
+                seed = self.hash_algo.root(req.spec.cache_salt)
+                if self.use_content_keys and req.spec.content_ids is not None:
+                    keys.extend(content_keys(req.spec.content_ids, bs, seed))
+                    if len(keys) >= num_blocks:
+                        return keys
             start = len(keys)
-            seed = keys[-1] if keys else self.hash_algo.root(req.spec.cache_salt)
+            seed = keys[-1] if keys else seed
             keys.extend(chain_keys(req.token_slice(start * bs, num_blocks * bs), bs, seed, self.hash_algo))
         return keys
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from apcsim.core.content_ids import ContentIds
+
 
 @dataclass(frozen=True)
 class TokenRetention:
@@ -60,6 +62,9 @@ class RequestSpec:
     # `retention_priority`.
     retention_ranges: tuple[TokenRetention, ...] = ()
     priority_class: str | None = None
+    # The prompt's tokens named by content ids (Mooncake hash ids): the KV cache manager keys
+    # those blocks from the ids without hashing tokens (apcsim/core/content_ids.py).
+    content_ids: ContentIds | None = None
 
     @property
     def prompt_len(self) -> int:

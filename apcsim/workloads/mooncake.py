@@ -30,6 +30,7 @@ from typing import Optional
 
 import numpy as np
 
+from apcsim.core.content_ids import ContentIds
 from apcsim.core.request import RequestSpec
 from apcsim.errors import ConfigError
 from apcsim.mathutil import cdiv
@@ -43,6 +44,7 @@ _KNOWN = _REQUIRED + SALT_FIELDS + PRIORITY_FIELDS
 _UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _HASH_STREAM = 1  # token streams of this module, so they differ from other workloads'
 _PAD_STREAM = 2
+_CONTENT_TABLE = f"mooncake/{_HASH_STREAM}"  # the token table hash ids index (hashed_blocks' stream)
 
 
 @dataclass
@@ -195,8 +197,10 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> list[RequestSpec]:
         pos += n
         if i in pads:
             prompt = np.concatenate([prompt, pads[i]])
+        # The KV cache manager keys these tokens' blocks from the ids (apcsim/core/content_ids.py).
+        ids = ContentIds(np.asarray(r.hash_ids, dtype=np.int64), block, min(lengths[i], n * block), _CONTENT_TABLE)
         specs.append(RequestSpec(
-            request_id=f"mc-{i}", prompt_token_ids=readonly(prompt),
+            request_id=f"mc-{i}", prompt_token_ids=readonly(prompt), content_ids=ids,
             # 0 (strict_lengths=false) or a short output scaled to 0 by length_scale: the prefill's token.
             output_len=max(1, round(r.output_length * ls)),
             arrival_time=(r.t - t0) * scale, cache_salt=r.salt, **r.priorities))
