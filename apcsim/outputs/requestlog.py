@@ -34,7 +34,10 @@ NAN = float("nan")
 
 
 def uses_priorities(specs) -> bool:
-    """Whether a run's requests come in priority classes (any class name or non-zero priority)."""
+    """Whether a run's requests come in priority classes (any class name or non-zero priority).
+    `specs`: a list, or a workload that knows it without making its specs (`by_class`)."""
+    if hasattr(specs, "by_class"):
+        return specs.by_class
     return any(s.priority_class is not None or s.priority != 0 for s in specs)
 
 
