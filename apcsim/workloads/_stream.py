@@ -53,7 +53,7 @@ class SpecOverrides:
     """Per-request values the run-wide rules set, by workload position (None: the spec's own)."""
 
     arrival_times: np.ndarray | None = None  # float64 [count]
-    salts: list[str] | None = None  # tenant names, see base.assign_tenants
+    tenants: np.ndarray | None = None  # tenant number k (salt "tenant-k"), see base.assign_tenants
     classes: list | None = None  # PriorityClass per request, see priorities.assign_priority_classes
 
 
@@ -94,8 +94,8 @@ class Workload:
     def _spec(self, i: int) -> RequestSpec:
         """Spec i of the workload with the run-wide rules applied."""
         over, changes = self._over, {}
-        if over.salts is not None:
-            changes["cache_salt"] = over.salts[i]
+        if over.tenants is not None:
+            changes["cache_salt"] = f"tenant-{int(over.tenants[i])}"
         if over.classes is not None:
             c = over.classes[i]
             changes.update(priority=int(c.priority), priority_class=c.name, retention_priority=c.retention_priority,

@@ -136,11 +136,10 @@ NO_SHARED_PART = ("workload.shared_retention_priority: the {name} workload has n
 def _lazy_workload(src: SpecSource, cfg: WorkloadConfig, arrival_ss, tenant_ss, class_ss) -> Workload:
     """The list path's rules as per-request arrays, drawn from the same streams in the same
     order: a source has no follow-ups, so every request is a root, in workload order."""
-    salts = classes = None
+    tenants = classes = None
     if cfg.num_tenants is not None:
         check_tenants(cfg, src.own_salts)
-        draws = np.random.default_rng(tenant_ss).integers(0, cfg.num_tenants, src.count)
-        salts = [f"tenant-{int(k)}" for k in draws]
+        tenants = np.random.default_rng(tenant_ss).integers(0, cfg.num_tenants, src.count)
     if cfg.shared_retention_priority is not None and not src.has_retention:
         raise ConfigError(NO_SHARED_PART.format(name=cfg.name))
     if cfg.priority_classes:
@@ -148,7 +147,7 @@ def _lazy_workload(src: SpecSource, cfg: WorkloadConfig, arrival_ss, tenant_ss, 
     own = src.arrival_times if src.arrival_times is not None else np.zeros(src.count)
     times = arrival_times(own, np.ones(src.count, dtype=bool), cfg, np.random.default_rng(arrival_ss))
     del own
-    return Workload(source=src, overrides=SpecOverrides(times, salts, classes))
+    return Workload(source=src, overrides=SpecOverrides(times, tenants, classes))
 
 
 # Above this many requests the workload's memory is estimated before it is built.
