@@ -28,12 +28,20 @@ CASES = {
 }
 
 CHILD = r"""
-import json, resource, sys, tempfile, time
+import gc, json, resource, sys, tempfile, time
 from pathlib import Path
 from apcsim.cli.compose import compose_config
 from apcsim.outputs.files import write_outputs
 from apcsim.run import simulate
 cfg = compose_config(sys.argv[1:])
+gc_time, gc_full, gc_t0 = [0.0], [0], [0.0]
+def on_gc(phase, info):  # time in collections: full ones traverse every live object
+    if phase == "start":
+        gc_t0[0] = time.perf_counter()
+    else:
+        gc_time[0] += time.perf_counter() - gc_t0[0]
+        gc_full[0] += info["generation"] == 2
+gc.callbacks.append(on_gc)
 t0 = time.perf_counter()
 c0 = time.process_time()
 with tempfile.TemporaryDirectory() as d:
@@ -48,7 +56,7 @@ m = out.metrics
 print(json.dumps({"wall_s": wall, "cpu_s": cpu, "simulate_wall_s": sim_wall, "requests": m["num_requests"],
                   "finished": m["num_finished"], "csv_rows": rows, "steps": m["num_steps"],
                   "hit_rate": m["prefix_cache_hit_rate"], "simulated_s": m["duration_s"],
-                  "report_mib": report_mib,
+                  "report_mib": report_mib, "gc_s": gc_time[0], "gc_full_collections": gc_full[0],
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
