@@ -19,7 +19,7 @@ POOL_BYTES_PER_BLOCK = 192
 SPEC_BYTES_OVERHEAD = 512
 # Host bytes a request costs a run whose workload is made one request at a time (the request
 # log's columns and their copies for the summary, the arrival times, the step timeline): peak RSS
-# grew ~375 bytes a request from 100k to 1M shared_prefix requests (bench/long_run.py's case,
+# grew 334 bytes a request from 100k to 1M shared_prefix requests (bench/results/long_run_cpu.json,
 # 2026-11-27), rounded up.
 STREAMED_BYTES_PER_REQUEST = 512
 

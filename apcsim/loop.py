@@ -55,8 +55,9 @@ class Frontend:
     benchmark sends everything at once); a follow-up turn is due `think_time_s` after its parent
     ends (at once offline), never before its own trace time. At most `max_concurrency` requests
     are in flight; a due request beyond that waits at the gate, first come first served, and is
-    stamped with the time it passes. Invariant: every request is in exactly one of pending,
-    waiting on its parent, blocked at the gate, in flight, or done.
+    stamped with the time it passes. Invariant: every request is in exactly one of still to
+    come from the workload (a lazy one has not made it yet), released and pending, waiting on
+    its parent, blocked at the gate, in flight, or done.
     """
 
     def __init__(self, specs: Sequence[RequestSpec] | Workload, scheduler: Scheduler, *,
