@@ -17,6 +17,11 @@ POOL_BYTES_PER_BLOCK = 192
 # Host bytes of one request's spec beyond its prompt token ids (4 bytes each): ~400 measured with
 # tracemalloc for 20,000 shared_prefix requests (2026-11-27), rounded up.
 SPEC_BYTES_OVERHEAD = 512
+# Host bytes a request costs a run whose workload is made one request at a time (the request
+# log's columns and their copies for the summary, the arrival times, the step timeline): peak RSS
+# grew 334 bytes a request from 100k to 1M shared_prefix requests (bench/results/long_run_cpu.json,
+# 2026-11-27), rounded up.
+STREAMED_BYTES_PER_REQUEST = 512
 
 
 def available_bytes() -> int:

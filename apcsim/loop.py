@@ -26,7 +26,7 @@ import heapq
 import itertools
 from collections import deque
 from functools import partial
-from typing import Any, Callable, Generator, Iterator, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Protocol, Sequence, TypeVar
 
 from apcsim.core.plan import StepPlan
 from apcsim.core.request import Request, RequestSpec
@@ -34,6 +34,9 @@ from apcsim.core.scheduler import Scheduler, StepResult
 from apcsim.interrupt import deferred, safe_point
 from apcsim.outputs.metrics import MetricsCollector
 from apcsim.outputs.requestlog import RequestLog, uses_priorities
+
+if TYPE_CHECKING:
+    from apcsim.workloads import Workload
 
 T = TypeVar("T")
 # What an executor's time-passing methods return: a generator that yields whatever its clock waits
@@ -52,17 +55,21 @@ class Frontend:
     benchmark sends everything at once); a follow-up turn is due `think_time_s` after its parent
     ends (at once offline), never before its own trace time. At most `max_concurrency` requests
     are in flight; a due request beyond that waits at the gate, first come first served, and is
-    stamped with the time it passes. Invariant: every request is in exactly one of pending,
-    waiting on its parent, blocked at the gate, in flight, or done.
+    stamped with the time it passes. Invariant: every request is in exactly one of still to
+    come from the workload (a lazy one has not made it yet), released and pending, waiting on
+    its parent, blocked at the gate, in flight, or done.
     """
 
-    def __init__(self, specs: list[RequestSpec], scheduler: Scheduler, *, max_concurrency: int | None = None,
+    def __init__(self, specs: Sequence[RequestSpec] | Workload, scheduler: Scheduler, *,
+                 max_concurrency: int | None = None,
                  use_timestamps: bool = True, make_request: Callable[[int, RequestSpec], Request] | None = None,
                  on_done: Callable[[Request], None] | None = None,
                  on_send: Callable[[Request, bool], None] | None = None) -> None:
-        """`make_request(index, spec)` builds a spec's `Request` when it is handed to the scheduler
-        (so only requests in flight exist); `on_done(r)` sees each request once as it leaves;
-        `on_send(r, accepted)` each request as the scheduler takes it (or rejects it), in order."""
+        """`specs`: a list, or a `Workload` whose specs are made as they fall due (one without
+        follow-ups; it yields them in arrival order). `make_request(index, spec)` builds a spec's
+        `Request` when it is handed to the scheduler (so only requests in flight exist);
+        `on_done(r)` sees each request once as it leaves; `on_send(r, accepted)` each request as
+        the scheduler takes it (or rejects it), in order."""
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.scheduler = scheduler
@@ -71,24 +78,51 @@ class Frontend:
         self._make = make_request or (lambda i, s: Request(spec=s, index=i))
         self._on_done = on_done
         self._on_send = on_send
-        ids = {s.request_id for s in specs}
-        if len(ids) != len(specs):
-            raise ValueError("request ids are not unique")
         # Entries are (index, spec) until sent: a RequestSpec is immutable workload data, the
         # mutable Request is made only when the request reaches the scheduler.
-        self._pending: list[tuple[float, int, tuple[int, RequestSpec]]] = []  # due later: (time, seq, entry)
+        self._pending: list[tuple[float, int, tuple[int, RequestSpec]]] = []  # released follow-ups: (due, seq, entry)
         self._seq = itertools.count()
         self._children: dict[str, list[tuple[int, RequestSpec]]] = {}  # parent id -> follow-ups waiting on it
         self._blocked: deque[tuple[int, RequestSpec]] = deque()  # due, waiting for a concurrency slot
         self._in_flight = 0
+        # Requests that start something come from `_roots` in due order (ties: workload order),
+        # one ahead: a lazy workload's are made only then. At equal due times a root goes before a
+        # released follow-up, as when every root was queued before the run.
+        if getattr(specs, "is_lazy", False):
+            if specs.has_followups:  # type: ignore[union-attr]
+                raise ValueError("a lazily made workload has no follow-ups")
+            self._roots: Iterator[tuple[int, RequestSpec]] = specs.entries()  # type: ignore[union-attr]
+        else:
+            self._roots = iter(self._register(specs.specs() if hasattr(specs, "specs") else specs))
+        self._next_root: tuple[int, RequestSpec] | None = None
+        self._root_due = float("inf")
+        self._advance_root()
+
+    def _register(self, specs: Sequence[RequestSpec]) -> list[tuple[int, RequestSpec]]:
+        """Check a list's ids and parents, file its follow-ups under their parents; its roots in due order."""
+        ids = {s.request_id for s in specs}
+        if len(ids) != len(specs):
+            raise ValueError("request ids are not unique")
+        roots = []
         for i, s in enumerate(specs):
             parent = s.parent_id
             if parent is None:
-                self._push(s.arrival_time if use_timestamps else 0.0, (i, s))
+                roots.append((i, s))
             elif parent not in ids:
                 raise ValueError(f"request {s.request_id}: parent {parent!r} is not in the workload")
             else:
                 self._children.setdefault(parent, []).append((i, s))
+        if self.use_timestamps:
+            roots.sort(key=lambda e: e[1].arrival_time)  # stable: ties keep workload order
+        return roots
+
+    def _advance_root(self) -> None:
+        nxt = next(self._roots, None)
+        self._next_root = nxt
+        if nxt is None:
+            self._root_due = float("inf")
+        else:
+            self._root_due = nxt[1].arrival_time if self.use_timestamps else 0.0
 
     def _push(self, t: float, entry: tuple[int, RequestSpec]) -> None:
         heapq.heappush(self._pending, (t, next(self._seq), entry))
@@ -100,7 +134,7 @@ class Frontend:
     @property
     def next_due_time(self) -> float:
         """When the next pending request falls due (it may then wait at the gate); inf if none."""
-        return self._pending[0][0] if self._pending else float("inf")
+        return min(self._root_due, self._pending[0][0]) if self._pending else self._root_due
 
     @property
     def next_arrival_time(self) -> float:
@@ -110,17 +144,25 @@ class Frontend:
     @property
     def has_future_requests(self) -> bool:
         """Requests not yet handed to the scheduler: pending, follow-ups, or blocked at the gate."""
-        return bool(self._pending or self._children or self._blocked)
+        return bool(self._next_root is not None or self._pending or self._children or self._blocked)
 
     def deliver(self, now: float) -> int:
         """Hand every request due by `now` to the scheduler; returns how many it queued."""
         queued = 0
-        while self._pending and self._pending[0][0] <= now:
-            t, _, entry = heapq.heappop(self._pending)
+        pending = self._pending
+        while True:
             # Stamped with its due time: a request that came while the engine was busy has been
             # waiting since then (a wall-clock driver sees it late; SimPy's sees it on time).
-            queued += self._send(entry, t)
-        return queued
+            if pending and pending[0][0] < self._root_due:
+                if pending[0][0] > now:
+                    return queued
+                t, _, entry = heapq.heappop(pending)
+            elif self._root_due <= now:
+                t, entry = self._root_due, self._next_root
+                self._advance_root()
+            else:
+                return queued
+            queued += self._send(entry, t)  # type: ignore[arg-type]
 
     def _send(self, entry: tuple[int, RequestSpec], t: float) -> int:
         if not self.gate_open:
@@ -188,12 +230,13 @@ class Executor(Protocol):
 class ServingLoop:
     """Requests, frontend, scheduler, metrics and the loop's body; the executor supplies the clock."""
 
-    def __init__(self, specs: list[RequestSpec], scheduler: Scheduler, executor: Executor, *,
+    def __init__(self, specs: Sequence[RequestSpec] | Workload, scheduler: Scheduler, executor: Executor, *,
                  max_concurrency: int | None = None, output_seed: int = 0, use_timestamps: bool = True,
                  verify_every_step: bool = False, on_step=None, keep_requests: bool = True,
                  log: RequestLog | None = None, on_arrival: Callable[[Request, bool], None] | None = None,
                  progress=None, frontend: Frontend | None = None) -> None:
-        """`keep_requests=False` is the bounded-memory mode of long runs: a `Request` exists only
+        """`specs`: a list, or a `Workload` (whose specs a lazy one makes only as they fall due).
+        `keep_requests=False` is the bounded-memory mode of long runs: a `Request` exists only
         while it is in flight, its outcome goes to `metrics.log` and `requests` stays None.
         `log` (default: rows kept in memory) may stream requests.csv to a file. `on_arrival(r,
         accepted)` sees each request as it reaches the scheduler (the parity harness replays
@@ -203,13 +246,15 @@ class ServingLoop:
         workload and `specs` only sizes the log's columns."""
         self.scheduler = scheduler
         self.executor = executor
+        if keep_requests and hasattr(specs, "specs"):
+            specs = specs.specs()  # every Request is kept: every spec is needed at once
         if log is None:  # rows in memory; a priority class column when the workload has classes
             log = RequestLog(by_class=uses_priorities(specs))
         self.metrics = MetricsCollector(scheduler, log)
         self.num_requests = len(specs)
         if keep_requests:
             self.requests: list[Request] | None = [Request(spec=s, index=i, output_seed=output_seed)
-                                                   for i, s in enumerate(specs)]
+                                                   for i, s in enumerate(specs)]  # type: ignore[arg-type]
             make = self._kept_request
         else:
             self.requests = None

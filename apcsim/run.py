@@ -14,7 +14,7 @@ import numpy as np
 from apcsim.calibration.cost_model import make_cost_model
 from apcsim.config import SimConfig
 from apcsim.core.block_hash import get_hash_algo
-from apcsim.core.build import make_scheduler
+from apcsim.core.build import NO_CACHING, make_scheduler
 from apcsim.core.request import RequestSpec
 from apcsim.core.scheduler import Scheduler
 from apcsim.errors import ConfigError
@@ -29,7 +29,8 @@ from apcsim.outputs.requestlog import RequestLog, uses_priorities
 from apcsim.outputs.rundir import streamed
 from apcsim.sim.cost_model import CostModel
 from apcsim.sim.simulator import Simulation
-from apcsim.workloads import build_workload
+from apcsim.workloads import Workload, open_workload
+from policies.registry import EVICTION_POLICIES
 from policies.scheduling.preemption import PREEMPTION_MODES
 
 
@@ -150,9 +151,11 @@ def kv_cache_warning(cfg: SimConfig, num_blocks: int) -> str | None:
 def check_some_request_fits(specs, num_blocks: int, block_size: int, usable: int | None = None) -> None:
     """A cache that no request fits in is a config error; one that only some requests overflow is
     not: the scheduler rejects those (with the reason in requests.csv) and serves the rest.
+    `specs`: a list, or a `Workload` (which knows its smallest request without making it).
     `usable`: the blocks requests can hold (num_blocks less the null block, see CacheConfig)."""
     usable = num_blocks if usable is None else usable
-    need = min(cdiv(s.prompt_len + s.output_len, block_size) for s in specs)
+    fewest = specs.min_tokens if isinstance(specs, Workload) else min(s.prompt_len + s.output_len for s in specs)
+    need = cdiv(fewest, block_size)
     if need > usable:
         held = "" if usable == num_blocks else f", {usable} usable besides the null block"
         raise ConfigError(f"the KV cache ({num_blocks} blocks of {block_size} tokens{held}) is too small for any "
@@ -206,33 +209,44 @@ class RunParts:
         }
 
 
-def build_run(cfg: SimConfig, cost: CostModel, *,
-              num_blocks: Callable[[list[RequestSpec]], int] | None = None) -> tuple[RunParts, list[RequestSpec]]:
+def build_run(cfg: SimConfig, cost: CostModel, *, num_blocks: Callable[[list[RequestSpec]], int] | None = None,
+              lazy: bool = False) -> tuple[RunParts, list[RequestSpec] | Workload]:
     """The parts of a run of a checked config, and its workload. Seeds: one SeedSequence(seed),
     spawned into the workload's stream and the outputs'. `cost`: the cost model whose recompute
     estimate the eviction policies use. `num_blocks(specs)`: the KV cache's size (the engine
     measures its device); by default the configured GPU's (`num_blocks_for`), which some
-    request must fit."""
+    request must fit. `lazy`: the workload as a `Workload`, whose specs a streamed workload
+    makes only as the run reaches them (one replica, no policy that reads the future: those
+    need every spec at once); otherwise the list of specs."""
     workload_ss, output_ss = np.random.SeedSequence(cfg.seed).spawn(2)
-    specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
+    lazy = lazy and cfg.num_replicas == 1 and not needs_future(cfg)
+    workload = open_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss, materialise=not lazy)
+    specs = workload if lazy else workload.specs()
     bs = cfg.block_size
     if num_blocks is None:
         n = num_blocks_for(cfg)
-        check_some_request_fits(specs, n, bs, cfg.cache.usable_blocks(n))
+        check_some_request_fits(workload, n, bs, cfg.cache.usable_blocks(n))
     else:
-        n = num_blocks(specs)
+        n = num_blocks(workload.specs() if lazy else specs)
     scheduler = scheduler_for(cfg, cost, n, specs)
     return RunParts(cfg, int(output_ss.generate_state(1)[0]), n, scheduler), specs
 
 
-def scheduler_for(cfg: SimConfig, cost: CostModel, num_blocks: int, specs: list[RequestSpec]) -> Scheduler:
+def needs_future(cfg: SimConfig) -> bool:
+    """Whether the eviction policy reads the workload's future (Belady): it needs every spec."""
+    entry = EVICTION_POLICIES.get(NO_CACHING if cfg.policy is None else cfg.policy.name)
+    return entry is not None and entry.cls.needs_future
+
+
+def scheduler_for(cfg: SimConfig, cost: CostModel, num_blocks: int, specs: list[RequestSpec] | Workload) -> Scheduler:
     """A serving core (scheduler, KV cache manager, block pool, policies) of `num_blocks` blocks
-    as the config sets it up; a cluster builds one per replica."""
+    as the config sets it up; a cluster builds one per replica. `specs` is read only by a
+    policy that knows the future (never a lazy `Workload`, see `build_run`)."""
     bs = cfg.block_size
     return make_scheduler(
         cfg.policy, cfg.scheduler, num_blocks=num_blocks, block_size=bs,
-        recompute_cost=lambda depth: cost.recompute_time(bs, depth * bs), specs=specs, kv_options=kv_options(cfg),
-        cache=cfg.cache,
+        recompute_cost=lambda depth: cost.recompute_time(bs, depth * bs),
+        specs=specs if isinstance(specs, list) else None, kv_options=kv_options(cfg), cache=cfg.cache,
     )
 
 
@@ -269,7 +283,7 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
     t0 = time.perf_counter()
     if cost is None:
         cost = build_cost_model(cfg)
-    run, specs = build_run(cfg, cost)
+    run, specs = build_run(cfg, cost, lazy=True)
     warnings = tuple(w for w in (kv_cache_warning(cfg, run.num_blocks),) if w)
     for w in warnings:
         print(f"apcsim: warning: {w}", file=sys.stderr)

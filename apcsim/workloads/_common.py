@@ -73,7 +73,15 @@ def hashed_blocks(seed: int, stream: int, keys: np.ndarray, length: int, vocab_s
     Generator costs ~50-80 us to create; the Mooncake trace has 43,924 block ids). Everything
     stays in uint32 because numpy's uint64 multiply is not vectorised.
     """
-    mult = np.random.default_rng([seed, stream]).integers(0, 2**32, (length, 3), dtype=np.uint32)
+    return _hash_keys(block_multipliers(seed, stream, length), keys, vocab_size)
+
+
+def block_multipliers(seed: int, stream: int, length: int) -> np.ndarray:
+    """hashed_blocks' per-position multipliers (uint32 [length, 3]), drawn from (seed, stream)."""
+    return np.random.default_rng([seed, stream]).integers(0, 2**32, (length, 3), dtype=np.uint32)
+
+
+def _hash_keys(mult: np.ndarray, keys: np.ndarray, vocab_size: int) -> np.ndarray:
     k = _mix64(np.asarray(keys, dtype=np.int64).astype(np.uint64))  # astype wraps negatives
     lo = (k & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     hi = (k >> np.uint64(32)).astype(np.uint32)
@@ -106,3 +114,16 @@ def unique_tokens(seed: int, stream: int, row_keys, lengths, vocab_size: int) ->
     within = np.arange(starts[-1]) - np.repeat(starts[:-1], nb)
     table = readonly(hashed_blocks(seed, stream, (np.repeat(row_keys, nb) << 24) | within, UNIQUE_BLOCK, vocab_size))
     return [table[starts[i] : starts[i + 1]].reshape(-1)[: lengths[i]] for i in range(lengths.shape[0])]
+
+
+class RowTokens:
+    """`unique_tokens` one row at a time, for a request made when it is due: row(key, length)
+    is unique_tokens(seed, stream, [key], [length], vocab)[0], the multipliers drawn once."""
+
+    def __init__(self, seed: int, stream: int, vocab_size: int) -> None:
+        self._mult = block_multipliers(seed, stream, UNIQUE_BLOCK)
+        self._vocab = vocab_size
+
+    def row(self, key: int, length: int) -> np.ndarray:
+        keys = (np.int64(key) << np.int64(24)) | np.arange(cdiv(length, UNIQUE_BLOCK), dtype=np.int64)
+        return readonly(_hash_keys(self._mult, keys, self._vocab)).reshape(-1)[:length]

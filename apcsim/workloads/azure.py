@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import csv
 import datetime
+from array import array
 from dataclasses import dataclass
 
+import numpy as np
+
 from apcsim.core.request import RequestSpec
-from apcsim.workloads._common import check_float, unique_tokens
+from apcsim.workloads._common import RowTokens, check_float
+from apcsim.workloads._stream import SpecSource
 from apcsim.workloads.base import BuildContext, WorkloadConfig, register_workload
 from apcsim.workloads.priorities import PRIORITY_FIELDS, trace_priorities
 from apcsim.workloads.tracefile import SALT_FIELDS, resolve_trace_path, salt_value, trace_error
 
 _TOKEN_STREAM = 3
+_NO_PRIORITIES: dict = {}  # one shared empty dict for the rows without priorities (never mutated)
 _COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 
 
@@ -41,7 +46,7 @@ def parse_timestamp(text: str) -> float:
 
 
 @register_workload("azure", AzureConfig)
-def build(cfg: AzureConfig, ctx: BuildContext) -> list[RequestSpec]:
+def build(cfg: AzureConfig, ctx: BuildContext) -> SpecSource:
     scale = check_float(cfg, "time_scale", 0.0, inclusive=False)
     path = resolve_trace_path(cfg.path)
     try:
@@ -52,8 +57,10 @@ def build(cfg: AzureConfig, ctx: BuildContext) -> list[RequestSpec]:
         raise trace_error(path, None, f"malformed CSV ({e})") from None
 
 
-def _read(cfg: AzureConfig, ctx: BuildContext, path, scale: float) -> list[RequestSpec]:
-    times, inputs, outputs = [], [], []
+def _read(cfg: AzureConfig, ctx: BuildContext, path, scale: float) -> SpecSource:
+    """One pass over the rows, checking each and keeping its numbers (a few bytes a row: the
+    run needs the count and the order before it starts); prompts are made when requests are due."""
+    times, inputs, outputs = array("d"), array("q"), array("q")
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -90,13 +97,26 @@ def _read(cfg: AzureConfig, ctx: BuildContext, path, scale: float) -> list[Reque
             cells = {k: row[i].strip() for k, i in salt_cols.items() if i < len(row)}
             salts.append(salt_value(cells, lambda msg, _l=line: trace_error(path, _l, msg)))
             cells = {k: row[i] for k, i in prio_cols.items() if i < len(row)}
-            priorities.append(trace_priorities(cells, lambda msg, _l=line: trace_error(path, _l, msg), cells=True))
+            priorities.append(trace_priorities(cells, lambda msg, _l=line: trace_error(path, _l, msg), cells=True)
+                              or _NO_PRIORITIES)
     if not times:
         raise trace_error(path, None, "no requests in trace")
-    prompts = unique_tokens(ctx.seed, _TOKEN_STREAM, range(len(inputs)), inputs, ctx.vocab_size)
-    t0 = times[0]
-    return [
-        RequestSpec(request_id=f"az-{i}", prompt_token_ids=p, output_len=o, arrival_time=(t - t0) * scale,
-                    cache_salt=salt, **prio)
-        for i, (t, p, o, salt, prio) in enumerate(zip(times, prompts, outputs, salts, priorities))
-    ]
+    arrivals = (np.frombuffer(times, dtype=np.float64) - times[0]) * scale
+    tokens = RowTokens(ctx.seed, _TOKEN_STREAM, ctx.vocab_size)
+    own_salts = any(salt is not None for salt in salts)
+    own_prio = next((i for i, p in enumerate(priorities)  # as assign_priority_classes tells a conflict
+                     if p.get("priority", 0) != 0 or p.get("retention_priority") is not None), None)
+
+    def make(i: int, **fields) -> RequestSpec:
+        own = {"arrival_time": float(arrivals[i])}
+        if own_salts:
+            own["cache_salt"] = salts[i]
+        own.update(priorities[i])
+        own.update(fields)  # the run's rules (Poisson times, tenants, classes) over the trace's
+        return RequestSpec(request_id=f"az-{i}", prompt_token_ids=tokens.row(i, inputs[i]), output_len=outputs[i],
+                           **own)
+
+    return SpecSource(count=len(times), make=make, min_tokens=min(a + b for a, b in zip(inputs, outputs)),
+                      arrival_times=arrivals, own_salts=own_salts,
+                      own_priority_id=None if own_prio is None else f"az-{own_prio}",
+                      nonzero_priority=any(p.get("priority", 0) != 0 for p in priorities))

@@ -105,15 +105,10 @@ def check_classes(classes) -> list[PriorityClass]:
 
 def assign_priority_classes(specs: list[RequestSpec], cfg, rng: np.random.Generator) -> list[RequestSpec]:
     """Each conversation draws a class from `cfg.priority_classes`; follow-ups keep the parent's."""
-    classes = check_classes(cfg.priority_classes)
     own = next((s for s in specs if s.priority != 0 or s.retention_priority is not None), None)
-    if own is not None:
-        raise ConfigError(f"workload.priority_classes conflicts with the priorities the {cfg.name} workload already "
-                          f"has (request {own.request_id}: a trace's priority/retention_priority field); drop one")
-    shares = np.array([c.share for c in classes], dtype=np.float64)
     roots = [s for s in specs if s.parent_id is None]
-    draws = rng.choice(len(classes), size=len(roots), p=shares / shares.sum())
-    class_of = {s.request_id: classes[int(k)] for s, k in zip(roots, draws)}
+    drawn = draw_classes(cfg, len(roots), rng, None if own is None else own.request_id)
+    class_of = {s.request_id: c for s, c in zip(roots, drawn)}
     out = []
     for s in specs:  # parents precede their follow-ups in every workload's order
         c = class_of[s.request_id] if s.parent_id is None else class_of[s.parent_id]
@@ -122,6 +117,18 @@ def assign_priority_classes(specs: list[RequestSpec], cfg, rng: np.random.Genera
                                        retention_priority=c.retention_priority,
                                        retention_duration_s=c.retention_duration_s))
     return out
+
+
+def draw_classes(cfg, num_roots: int, rng: np.random.Generator, own: str | None) -> list[PriorityClass]:
+    """One class per conversation, in workload order. `own`: a request that has priorities of
+    its own (a conflict), None if none has."""
+    classes = check_classes(cfg.priority_classes)
+    if own is not None:
+        raise ConfigError(f"workload.priority_classes conflicts with the priorities the {cfg.name} workload already "
+                          f"has (request {own}: a trace's priority/retention_priority field); drop one")
+    shares = np.array([c.share for c in classes], dtype=np.float64)
+    draws = rng.choice(len(classes), size=num_roots, p=shares / shares.sum())
+    return [classes[int(k)] for k in draws]
 
 
 def shared_retention(cfg, shared_tokens: int) -> tuple[TokenRetention, ...]:

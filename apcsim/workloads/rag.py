@@ -18,6 +18,7 @@ import numpy as np
 from apcsim.core.request import RequestSpec
 from apcsim.errors import ConfigError
 from apcsim.workloads._common import check_float, check_int, distinct_tokens, readonly
+from apcsim.workloads._stream import SpecSource
 from apcsim.workloads.base import BuildContext, WorkloadConfig, register_workload
 from apcsim.workloads.priorities import shared_retention
 
@@ -37,7 +38,7 @@ class RagConfig(WorkloadConfig):
 
 
 @register_workload("rag", RagConfig)
-def build(cfg: RagConfig, ctx: BuildContext) -> list[RequestSpec]:
+def build(cfg: RagConfig, ctx: BuildContext) -> SpecSource:
     n = check_int(cfg, "num_requests", 1)
     n_docs = check_int(cfg, "num_documents", 1)
     chunk = check_int(cfg, "chunk_tokens", 1)
@@ -56,15 +57,42 @@ def build(cfg: RagConfig, ctx: BuildContext) -> list[RequestSpec]:
     weights = 1.0 / np.arange(1, n_docs + 1, dtype=np.float64) ** alpha
     weights /= weights.sum()
     first_q = distinct_tokens(rng, n, v)
-    specs = []
-    for i in range(n):
-        picked = rng.choice(n_docs, size=k, replace=False, p=weights)
-        if cfg.sort_chunks:
-            picked = np.sort(picked)
-        question = rng.integers(0, v, q, dtype=np.int32)
+    draws = _Draws(rng, n_docs, k, weights, q, v, cfg.sort_chunks)
+    shared_len = sys_len + k * chunk  # the system prompt and the retrieved chunks: all but the question
+    keep = shared_retention(cfg, shared_len)
+
+    def make(i: int, **fields) -> RequestSpec:
+        picked, question = draws.of(i)
         question[0] = first_q[i]
         prompt = readonly(np.concatenate([system, docs[picked].reshape(-1), question]))
-        # The shared part: the system prompt and the retrieved chunks, everything but the question.
-        specs.append(RequestSpec(request_id=f"rag-{i}", prompt_token_ids=prompt, output_len=out,
-                                 retention_ranges=shared_retention(cfg, prompt.shape[0] - q)))
-    return specs
+        return RequestSpec(request_id=f"rag-{i}", prompt_token_ids=prompt, output_len=out, retention_ranges=keep,
+                           **fields)
+
+    return SpecSource(count=n, make=make, min_tokens=shared_len + q + out, has_retention=bool(keep))
+
+
+class _Draws:
+    """Each request's chunks and question, drawn one request after another from the workload's
+    stream. Requests are asked for in order (a run's arrival order is workload order here); an
+    earlier one replays the stream from the first request, so any order gives the same draws."""
+
+    def __init__(self, rng: np.random.Generator, n_docs: int, k: int, weights: np.ndarray, q: int, vocab: int,
+                 sort_chunks: bool) -> None:
+        self._rng, self._n_docs, self._k, self._weights = rng, n_docs, k, weights
+        self._q, self._vocab, self._sort = q, vocab, sort_chunks
+        self._first_state = rng.bit_generator.state
+        self._next = 0  # the request the stream is positioned at
+
+    def of(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = self._rng
+        if i < self._next:
+            rng.bit_generator.state = self._first_state
+            self._next = 0
+        while True:
+            picked = rng.choice(self._n_docs, size=self._k, replace=False, p=self._weights)
+            if self._sort:
+                picked = np.sort(picked)
+            question = rng.integers(0, self._vocab, self._q, dtype=np.int32)
+            self._next += 1
+            if self._next > i:
+                return picked, question

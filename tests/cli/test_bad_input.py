@@ -149,7 +149,10 @@ CASES = [
     ("huge_num_gpu_blocks", None, None, ["num_gpu_blocks=1000000000000"],
      "the block pool of num_gpu_blocks=1000000000000 (192 bytes a block) needs about 174.6 tib of memory, this "
      "machine has"),
-    ("huge_num_requests", None, None, ["workload.num_requests=1000000000"],
+    ("huge_num_requests", None, None, ["workload.num_requests=10000000000"],
+     "workload.num_requests=10000000000 (512 bytes a request, streamed) needs about 4.7 tib of memory, this machine has"),
+    # Belady reads the whole future: every spec, prompt included, exists at once.
+    ("huge_num_requests_materialised", None, None, ["workload.num_requests=1000000000", "+policy=belady"],
      "workload.num_requests=1000000000 (4.5 kib a request) needs about 4.2 tib of memory, this machine has"),
     ("synthetic_fewer_than_asked", None, None, ["workload=multiturn", "workload.num_requests=1000"],
      "workload.num_requests=1000 but the multiturn workload has only 256 requests; ask for at most 256"),
