@@ -9,10 +9,9 @@ a stale hit. An entry holds the profile's identity as read from its rows (hardwa
 which the caller checks against the run exactly as for a freshly read profile, and the fitted
 model. An entry that cannot be read or unpickled (corrupt, truncated, an older layout) is a miss
 and is rewritten; a cache directory that cannot be written leaves the run uncached, with the same
-results. Entries are written to a temporary file and renamed into place, so concurrent runs never
-read half an entry. The cache is the user's own directory, trusted like the installed code.
+results (apcsim.cachedir.store_atomic).
 
-Where: $APCSIM_CACHE_DIR, else $XDG_CACHE_HOME/apcsim, else ~/.cache/apcsim; entries in `fits/`.
+Where: `fits/` in apcsim.cachedir.cache_dir() (~/.cache/apcsim unless set otherwise).
 """
 
 from __future__ import annotations
@@ -21,26 +20,19 @@ import hashlib
 import os
 import pickle
 import sys
-import tempfile
 from dataclasses import astuple
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from apcsim.cachedir import cache_dir, store_atomic
 from apcsim.calibration import attention, decode_buckets, fit, profile
 from apcsim.hardware import ModelConfig
 
 # (hardware, model, tp) of a profile, as read from its rows.
 Identity = tuple[str, str, int]
 _LAYOUT = 1  # bump when an entry's pickled layout changes
-
-
-def cache_dir() -> Path:
-    if os.environ.get("APCSIM_CACHE_DIR"):
-        return Path(os.environ["APCSIM_CACHE_DIR"])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "apcsim"
 
 
 def _code_version() -> bytes:
@@ -69,21 +61,6 @@ def _load(entry: Path) -> tuple[Identity, Any] | None:
     return identity, fitted
 
 
-def _store(entry: Path, value: tuple[Identity, Any]) -> None:
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=entry.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, entry)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError:
-        pass  # a read-only or full cache directory: the run goes on uncached
-
-
 def cached_fit(path: Path, model: ModelConfig, fit_profile: Callable[[], tuple[Identity, Any]]) -> tuple[Identity, Any]:
     """The cached (identity, fitted model) of the profile at `path` for `model`, else
     `fit_profile()`'s, which is then stored. Errors of `fit_profile` pass through uncached."""
@@ -92,5 +69,5 @@ def cached_fit(path: Path, model: ModelConfig, fit_profile: Callable[[], tuple[I
     if hit is not None:
         return hit
     value = fit_profile()
-    _store(entry, value)
+    store_atomic(entry, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
     return value
