@@ -1,0 +1,83 @@
+"""A plain `python -m apcsim ...` run with its config composed once instead of twice.
+
+Hydra's entry point (hydra.main, 1.3) composes the whole config twice for every run: once only to
+read `hydra.mode` (a preset may turn any command line into a multirun) and once to run it. For a
+short run that second composition is a tenth of the process's CPU time. This takes Hydra's own
+steps (the same argument parser, search path, Hydra object, composition, callbacks and job runner)
+but composes once, in run mode, and reads the mode off that config:
+
+- the config sets no mode: Hydra would compose again with `hydra.mode=RUN` appended to the
+  overrides; that override only sets `hydra.mode` and is the last of `hydra.overrides.hydra`, so
+  it is applied to the composed config instead (tests compare the two over many command lines);
+- the config says RUN: it is the config Hydra runs;
+- anything else goes through hydra.main untouched: a multirun (by flag or by a preset), every
+  other Hydra flag (--cfg, --info, --config-dir, ...), a composition that fails (Hydra words
+  the error), verbose Hydra logging.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import (
+    create_automatic_config_search_path,
+    detect_calling_file_or_module_from_task_function,
+    detect_task_name,
+    get_args_parser,
+    run_and_report,
+)
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.utils import configure_log
+from hydra.types import RunMode, TaskFunction
+from omegaconf import DictConfig
+
+# Flags of Hydra's argument parser that make a command line more than a plain run (--run is one).
+_NOT_PLAIN = ("help", "hydra_help", "cfg", "resolve", "package", "multirun", "shell_completion", "config_path",
+              "config_name", "config_dir", "experimental_rerun", "info")
+
+
+def compose_for_run(hydra: Hydra, config_name: str, overrides: list[str]) -> DictConfig | None:
+    """The config `Hydra.run` would compose for these overrides, or None where only Hydra's own
+    path (get_mode, then run or multirun) gives the right behaviour."""
+    try:
+        cfg = hydra.compose_config(config_name=config_name, overrides=list(overrides), run_mode=RunMode.RUN)
+    except Exception:  # Hydra's path composes it again and reports the error its way
+        return None
+    if cfg.hydra.verbose:  # Hydra's debug log lists the overrides it composed with
+        return None
+    if cfg.hydra.mode is None:
+        cfg.hydra.mode = RunMode.RUN
+        cfg.hydra.overrides.hydra.append("hydra.mode=RUN")
+    return cfg if cfg.hydra.mode == RunMode.RUN else None
+
+
+def _run_composed(hydra: Hydra, config_name: str, task_function: TaskFunction, cfg: DictConfig) -> None:
+    def composed(**_kw) -> DictConfig:  # what Hydra.run composes, with its logging set up as it would
+        configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
+        return cfg
+
+    hydra.compose_config = composed  # type: ignore[method-assign]  # this Hydra object only
+    hydra.run(config_name=config_name, task_function=task_function, overrides=[])
+
+
+def run_main(decorated_main: Callable[[], None], task_function: TaskFunction, config_path: str,
+             config_name: str) -> None:
+    """`decorated_main` is `task_function` under `@hydra.main(config_path=..., config_name=...)`."""
+    args = get_args_parser().parse_args()
+    if any(getattr(args, flag) for flag in _NOT_PLAIN):
+        decorated_main()
+        return
+    # As hydra._internal.utils._run_hydra sets up a run.
+    calling_file, calling_module = detect_calling_file_or_module_from_task_function(task_function)
+    search_path = create_automatic_config_search_path(calling_file, calling_module, config_path)
+    task_name = detect_task_name(calling_file, calling_module)
+    hydra = run_and_report(lambda: Hydra.create_main_hydra2(task_name=task_name, config_search_path=search_path))
+    try:
+        cfg = compose_for_run(hydra, config_name, args.overrides)
+        if cfg is not None:
+            run_and_report(lambda: _run_composed(hydra, config_name, task_function, cfg))
+            return
+    finally:
+        GlobalHydra.instance().clear()
+    decorated_main()
