@@ -13,6 +13,9 @@ but composes once, in run mode, and reads the mode off that config:
 - anything else goes through hydra.main untouched: a multirun (by flag or by a preset), every
   other Hydra flag (--cfg, --info, --config-dir, ...), a composition that fails (Hydra words
   the error), verbose Hydra logging.
+
+A plain run's config is cached on disk (apcsim.cli.compose_cache), so a repeated command line
+does not compose at all.
 """
 
 from __future__ import annotations
@@ -73,8 +76,10 @@ def run_main(decorated_main: Callable[[], None], task_function: TaskFunction, co
     search_path = create_automatic_config_search_path(calling_file, calling_module, config_path)
     task_name = detect_task_name(calling_file, calling_module)
     hydra = run_and_report(lambda: Hydra.create_main_hydra2(task_name=task_name, config_search_path=search_path))
+    from apcsim.cli.compose_cache import compose_cached  # it composes through compose_for_run
+
     try:
-        cfg = compose_for_run(hydra, config_name, args.overrides)
+        cfg = compose_cached(hydra, search_path, task_name, config_name, args.overrides)
         if cfg is not None:
             run_and_report(lambda: _run_composed(hydra, config_name, task_function, cfg))
             return

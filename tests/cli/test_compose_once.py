@@ -13,19 +13,14 @@ import sys
 
 import pytest
 from hydra._internal.hydra import Hydra
-from hydra._internal.utils import (
-    create_automatic_config_search_path,
-    detect_calling_file_or_module_from_task_function,
-    detect_task_name,
-)
 from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from apcsim.cli.compose_once import compose_for_run
-from apcsim.cli.main import CONFIG_NAME, CONFIG_PATH, main
-from apcsim.config import register_configs
+from apcsim.cli.main import CONFIG_NAME
 from tests.helpers import ROOT
+from tests.helpers.hydra_app import make_hydra
 from tests.helpers.sweeptools import TINY, apcsim
 
 RUNS_ONCE = [
@@ -55,12 +50,7 @@ NOT_ONCE = [
 
 @pytest.fixture
 def hydra():
-    register_configs()
-    task = main.__wrapped__
-    calling_file, calling_module = detect_calling_file_or_module_from_task_function(task)
-    search_path = create_automatic_config_search_path(calling_file, calling_module, CONFIG_PATH)
-    yield Hydra.create_main_hydra2(task_name=detect_task_name(calling_file, calling_module),
-                                   config_search_path=search_path)
+    yield make_hydra()[0]
     GlobalHydra.instance().clear()
 
 
@@ -92,28 +82,35 @@ def test_multiruns_and_errors_go_through_hydra(hydra, overrides):
     assert compose_for_run(hydra, CONFIG_NAME, list(overrides)) is None
 
 
-def _files(run_dir, *, other_dir):
-    """Every file of a run, its own directory's name replaced (it is in hydra.yaml), report.html's
-    random plot id masked."""
+def _files(run_dir, cwd, *, as_dir, as_cwd):
+    """Every file of a run, its own directory and working directory renamed (they are in
+    hydra.yaml), report.html's random plot id masked."""
     out = {}
     for p in sorted(run_dir.rglob("*")):
         if p.is_file() and p.name not in ("run_info.json", ".apcsim.lock"):  # wall time, pid
-            text = p.read_text().replace(str(run_dir), str(other_dir))
+            text = p.read_text().replace(str(run_dir), str(as_dir)).replace(f"cwd: {cwd}\n", f"cwd: {as_cwd}\n")
             out[str(p.relative_to(run_dir))] = re.sub(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", "ID", text)
     return out
 
 
 def test_run_files_are_hydras(tmp_path):
-    """`--config-name config` (the same config) takes Hydra's own path: same files, same bytes."""
+    """`--config-name config` (the same config) takes Hydra's own path: same files, same bytes;
+    so does a run whose config comes from the compose cache, from another directory."""
     args = ["+policy=lru", "block_size=16", *TINY]
-    once, twice = tmp_path / "once", tmp_path / "twice"
-    p1 = apcsim(tmp_path, *args, f"hydra.run.dir={once}")
-    p2 = apcsim(tmp_path, "--config-name", "config", *args, f"hydra.run.dir={twice}")
-    assert p1.returncode == 0 and p2.returncode == 0, p1.stderr[-2000:] + p2.stderr[-2000:]
-    assert p1.stdout.replace(str(once), str(twice)) == p2.stdout
-    files = _files(once, other_dir=twice)
-    assert {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "report.html"} <= set(files)
-    assert files == _files(twice, other_dir=twice)
+    env = {"APCSIM_CACHE_DIR": str(tmp_path / "cache")}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    runs = {"composed": elsewhere, "cached": tmp_path, "hydra": tmp_path}
+    for name, cwd in runs.items():
+        flags = ["--config-name", "config"] if name == "hydra" else []
+        p = apcsim(cwd, *flags, *args, f"hydra.run.dir={tmp_path / name}", env=env)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert p.stdout.endswith(f"outputs in {tmp_path / name}\n")
+    assert len(list((tmp_path / "cache" / "compose").glob("*.pickle"))) == 1
+    files = {name: _files(tmp_path / name, cwd, as_dir=tmp_path / "hydra", as_cwd=tmp_path) for name, cwd in runs.items()}
+    assert {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "report.html"} <= set(files["hydra"])
+    assert files["composed"] == files["hydra"]
+    assert files["cached"] == files["hydra"]
 
 
 HEAVY = ("plotly.graph_objs._figure", "plotly.subplots", "scipy", "torch", "triton", "pandas")
