@@ -4,7 +4,9 @@ time, and a sweep script runs the same few command lines over and over.
 An entry is the config `compose_once.compose_for_run` returns (before anything in it is resolved:
 `${now:}` and `${pid:}` resolve when the run starts), keyed by everything composition reads:
 
-- the command line's overrides, the config name, Hydra's search path and the task name; but
+- the command line's overrides and the application (`App`: where its conf/ is, its config and
+  task names; with the files below they fix Hydra's search path, so a hit needs neither the
+  search path nor Hydra's scan of its plugins, which imports every installed plugin); but
   not the working directory and a plain `hydra.run.dir=PATH` (a sweep script gives each job its
   own): composition puts them in `hydra.runtime.cwd`, `hydra.run.dir` and the override's entry in
   `hydra.overrides.hydra` only, and a hit gets this run's there (tests compare a hit from
@@ -29,22 +31,33 @@ import os
 import pickle
 import re
 import sys
+from dataclasses import astuple, dataclass
 from pathlib import Path
+from typing import Callable
 
 import hydra
 import omegaconf
-from hydra._internal.hydra import Hydra
-from hydra.core.config_search_path import ConfigSearchPath
 from omegaconf import DictConfig, OmegaConf
 
 from apcsim.cachedir import cache_dir, store_atomic
-from apcsim.cli.compose_once import compose_for_run
 
-_LAYOUT = 1  # bump when an entry's layout changes
+_LAYOUT = 2  # bump when an entry's layout changes
 # A run directory Hydra's override parser reads as exactly this string (a path with a '/' in it,
 # no quoting, interpolation or sweep syntax).
 _RUN_DIR = re.compile(r"hydra\.run\.dir=([\w.-]*/[\w./-]*)")
 _RUN_DIR_KEY = "hydra.run.dir=<this run's>"
+
+
+@dataclass(frozen=True)
+class App:
+    """The Hydra application, as hydra.main derives it from the task function and its decorator:
+    with the installed files it fixes the search path (which Hydra's plugins extend)."""
+
+    calling_file: str | None
+    calling_module: str | None
+    config_path: str
+    config_name: str
+    task_name: str
 
 
 def _packages() -> list[Path]:
@@ -76,27 +89,26 @@ def _run_dir(overrides: list[str]) -> str | None:
     return dirs[0] if len(dirs) == 1 and _RUN_DIR.fullmatch(dirs[0]) else None
 
 
-def entry_key(search_path: ConfigSearchPath, task_name: str, config_name: str, overrides: list[str]) -> str:
+def entry_key(app: App, overrides: list[str]) -> str:
     run_dir = _run_dir(overrides)
     overrides = [_RUN_DIR_KEY if o == run_dir else o for o in overrides]
-    h = hashlib.sha256(json.dumps([_LAYOUT, hydra.__version__, omegaconf.__version__, sys.version, config_name,
-                                   overrides, task_name,
-                                   [(e.provider, e.path) for e in search_path.get_path()]]).encode())
+    h = hashlib.sha256(json.dumps([_LAYOUT, hydra.__version__, omegaconf.__version__, sys.version, astuple(app),
+                                   overrides]).encode())
     _fingerprint(h)
     return h.hexdigest()
 
 
-def compose_cached(hydra_app: Hydra, search_path: ConfigSearchPath, task_name: str, config_name: str,
-                   overrides: list[str]) -> DictConfig | None:
-    """`compose_for_run(hydra_app, config_name, overrides)`, from the cache when it has it."""
-    entry = cache_dir() / "compose" / f"{entry_key(search_path, task_name, config_name, overrides)}.pickle"
+def cached(app: App, overrides: list[str], compose: Callable[[], DictConfig | None]) -> DictConfig | None:
+    """The config `compose()` returns for this command line (compose_once.compose_for_run's),
+    from the cache when it has it; `compose()` runs only on a miss."""
+    entry = cache_dir() / "compose" / f"{entry_key(app, overrides)}.pickle"
     try:
         cfg = pickle.loads(entry.read_bytes())
         if isinstance(cfg, DictConfig):
             return _as_this_run(cfg, _run_dir(overrides))
     except Exception:  # absent, corrupt or of another layout: composed again
         pass
-    cfg = compose_for_run(hydra_app, config_name, overrides)
+    cfg = compose()
     if cfg is not None and not cfg.hydra.job.env_copy:  # env_copy: composition read the environment
         OmegaConf.clear_cache(cfg)  # nothing resolved may be kept (resolvers that cache, like ${pid:})
         store_atomic(entry, pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL))

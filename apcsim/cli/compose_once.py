@@ -15,13 +15,15 @@ but composes once, in run mode, and reads the mode off that config:
   the error), verbose Hydra logging.
 
 A plain run's config is cached on disk (apcsim.cli.compose_cache), so a repeated command line
-does not compose at all.
+does not compose at all, nor create Hydra's config loader (whose search path scans every
+installed Hydra plugin).
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+from hydra._internal.callbacks import Callbacks
 from hydra._internal.hydra import Hydra
 from hydra._internal.utils import (
     create_automatic_config_search_path,
@@ -31,9 +33,11 @@ from hydra._internal.utils import (
     run_and_report,
 )
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.utils import configure_log
-from hydra.types import RunMode, TaskFunction
+from hydra.core.utils import JobRuntime, configure_log, run_job, setup_globals
+from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig
+
+from apcsim.cli.compose_cache import App, cached
 
 # Flags of Hydra's argument parser that make a command line more than a plain run (--run is one).
 _NOT_PLAIN = ("help", "hydra_help", "cfg", "resolve", "package", "multirun", "shell_completion", "config_path",
@@ -55,13 +59,21 @@ def compose_for_run(hydra: Hydra, config_name: str, overrides: list[str]) -> Dic
     return cfg if cfg.hydra.mode == RunMode.RUN else None
 
 
-def _run_composed(hydra: Hydra, config_name: str, task_function: TaskFunction, cfg: DictConfig) -> None:
-    def composed(**_kw) -> DictConfig:  # what Hydra.run composes, with its logging set up as it would
-        configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
-        return cfg
-
-    hydra.compose_config = composed  # type: ignore[method-assign]  # this Hydra object only
-    hydra.run(config_name=config_name, task_function=task_function, overrides=[])
+def run_composed(cfg: DictConfig, app: App, task_function: TaskFunction) -> None:
+    """What Hydra (1.3) does with a run's composed config: its globals and job name as the Hydra
+    object sets them, logging as composition sets it up, then `Hydra.run` (callbacks around
+    `run_job`). No Hydra object: it would scan every installed plugin, which a run does not use
+    (its launcher and sweeper are a multirun's)."""
+    setup_globals()
+    JobRuntime().set("name", app.task_name)
+    configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
+    callbacks = Callbacks(cfg)
+    callbacks.on_run_start(config=cfg, config_name=app.config_name)
+    ret = run_job(hydra_context=HydraContext(config_loader=None, callbacks=callbacks),  # type: ignore[arg-type]
+                  task_function=task_function, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None,
+                  configure_logging=True)
+    callbacks.on_run_end(config=cfg, config_name=app.config_name, job_return=ret)
+    _ = ret.return_value  # raises the job's exception, as Hydra.run does
 
 
 def run_main(decorated_main: Callable[[], None], task_function: TaskFunction, config_path: str,
@@ -73,15 +85,17 @@ def run_main(decorated_main: Callable[[], None], task_function: TaskFunction, co
         return
     # As hydra._internal.utils._run_hydra sets up a run.
     calling_file, calling_module = detect_calling_file_or_module_from_task_function(task_function)
-    search_path = create_automatic_config_search_path(calling_file, calling_module, config_path)
-    task_name = detect_task_name(calling_file, calling_module)
-    hydra = run_and_report(lambda: Hydra.create_main_hydra2(task_name=task_name, config_search_path=search_path))
-    from apcsim.cli.compose_cache import compose_cached  # it composes through compose_for_run
+    app = App(calling_file, calling_module, config_path, config_name, detect_task_name(calling_file, calling_module))
+
+    def compose() -> DictConfig | None:  # a cache miss
+        search_path = create_automatic_config_search_path(calling_file, calling_module, config_path)
+        hydra = run_and_report(lambda: Hydra.create_main_hydra2(task_name=app.task_name, config_search_path=search_path))
+        return compose_for_run(hydra, config_name, args.overrides)
 
     try:
-        cfg = compose_cached(hydra, search_path, task_name, config_name, args.overrides)
+        cfg = cached(app, args.overrides, compose)
         if cfg is not None:
-            run_and_report(lambda: _run_composed(hydra, config_name, task_function, cfg))
+            run_and_report(lambda: run_composed(cfg, app, task_function))
             return
     finally:
         GlobalHydra.instance().clear()

@@ -31,8 +31,8 @@ def _entries(tmp_path):
 
 
 def _cached(app, overrides):
-    hydra, search_path, task_name = app
-    return compose_cache.compose_cached(hydra, search_path, task_name, CONFIG_NAME, list(overrides))
+    hydra, application = app
+    return compose_cache.cached(application, list(overrides), lambda: compose_for_run(hydra, CONFIG_NAME, list(overrides)))
 
 
 @pytest.mark.parametrize("overrides", RUNS_ONCE + [["+policy=lru", "hydra.run.dir=out/a-1.b/x"]], ids=" ".join)
@@ -67,13 +67,13 @@ def test_a_changed_config_file_misses(app, tmp_path, monkeypatch):
     conf.mkdir()
     (conf / "x.yaml").write_text("a: 1\n")
     monkeypatch.setattr(compose_cache, "_packages", lambda: [conf])
-    key = compose_cache.entry_key(app[1], app[2], CONFIG_NAME, [])
+    key = compose_cache.entry_key(app[1], [])
     (conf / "x.yaml").write_text("a: 22\n")
-    assert compose_cache.entry_key(app[1], app[2], CONFIG_NAME, []) != key
+    assert compose_cache.entry_key(app[1], []) != key
     os.utime(conf / "x.yaml", ns=(1, 1))
-    changed = compose_cache.entry_key(app[1], app[2], CONFIG_NAME, [])
+    changed = compose_cache.entry_key(app[1], [])
     os.utime(conf / "x.yaml", ns=(2, 2))
-    assert compose_cache.entry_key(app[1], app[2], CONFIG_NAME, []) != changed
+    assert compose_cache.entry_key(app[1], []) != changed
 
 
 def test_corrupt_entry_is_composed_again(app, tmp_path):

@@ -1,7 +1,8 @@
 """A plain run composes its config once (apcsim.cli.compose_once) instead of Hydra's twice: the
 config it runs must be the one Hydra's own path runs, over many command lines; a multirun, a
 failing composition or any other Hydra flag must go through Hydra; the files a run writes must be
-the same bytes either way; and a plain run must not import plotly's figure classes, scipy or torch."""
+the same bytes either way; and a plain run must not import plotly's figure classes, scipy, torch
+or (its config cached) Hydra's plugins."""
 
 from __future__ import annotations
 
@@ -136,4 +137,6 @@ def test_plain_run_imports_no_heavy_modules(tmp_path):
     assert "plotly.graph_objs._figure" in loaded[0]  # the check can see plotly's figure classes
     heavy = sorted(m for m in loaded[1] if m.split(".")[0] in HEAVY or m in HEAVY)
     assert heavy == []
+    # The second run's config came from the compose cache: Hydra did not scan (import) its plugins.
+    assert not any(m.startswith("hydra_plugins.") for m in loaded[1])
 
