@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from apcsim.outputs.metrics import Timeline
+from apcsim.outputs.plotly_html import figure_html
 from apcsim.outputs.report_dict import PANELS, SERIES, cdf, figure_dict, thin
 from apcsim.outputs.requestlog import RequestLog
 
@@ -196,10 +197,8 @@ def write_report(path: Path, metrics: dict, log: RequestLog, timeline: Timeline,
     title = f"apcsim: {c.get('workload', '?')}, policy={c.get('policy', '?')}, block_size={c.get('block_size', '?')}"
     if "num_replicas" in c:
         title += f", {c['num_replicas']} replicas, router={c.get('router', '?')}"
-    import plotly.io as pio  # not plotly.graph_objects: the main figure is a plain dict (report_dict)
-
-    plot = pio.to_html(figure_dict(log, timeline), validate=False, full_html=False,
-                       include_plotlyjs=True if include_plotlyjs == "inline" else "cdn")
+    # The main figure as a plain dict in a cached page shell: no plotly import (report_dict, plotly_html).
+    plot = figure_html(figure_dict(log, timeline), include_plotlyjs=True if include_plotlyjs == "inline" else "cdn")
     if replica_timelines is not None and "cluster" in metrics:
         plot += "<h2>Replicas</h2>" + _cluster_table(metrics)
         plot += build_replica_figure(metrics, replica_timelines).to_html(full_html=False, include_plotlyjs=False)

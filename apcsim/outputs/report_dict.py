@@ -90,7 +90,7 @@ def scatter(x, y, name: str, row: int, col: int, *, line_shape: str | None = Non
     return trace
 
 
-def _plotly_stamp() -> str:
+def plotly_stamp() -> str:
     """The installed plotly (its package's path and modification time: an upgrade changes them)."""
     spec = find_spec("plotly")
     st = os.stat(spec.origin)
@@ -99,7 +99,7 @@ def _plotly_stamp() -> str:
 
 def layout(showlegend: bool) -> dict:
     """`report.layout_figure(showlegend).to_dict()["layout"]`, from the cache when it has it."""
-    h = hashlib.sha256(f"{_plotly_stamp()} {showlegend}".encode())
+    h = hashlib.sha256(f"{plotly_stamp()} {showlegend}".encode())
     for code in ("report.py", "report_dict.py"):  # the layout's code: PANELS here, layout_figure there
         h.update(Path(__file__).with_name(code).read_bytes())
     key = h.hexdigest()

@@ -1,11 +1,14 @@
-"""report.html's main figure is written from a plain dict (apcsim.outputs.report_dict) instead of
-plotly's graph objects: the dict, and so the page, must be what plotly makes of the same figure,
-key order included, with and without priority classes, timelines and thinned arrays; the cached
-layout must be plotly's, and a corrupt cache entry is made again."""
+"""report.html's main figure is written from a plain dict (apcsim.outputs.report_dict) in a cached
+page shell (apcsim.outputs.plotly_html) instead of plotly's graph objects and to_html: the dict,
+and so the page, must be what plotly makes of the same figure, key order included, with and
+without priority classes, timelines and thinned arrays, with either JSON engine and either way
+of including plotly.js; the cached layout and shell must be plotly's, and a corrupt cache entry
+is made again."""
 
 from __future__ import annotations
 
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from plotly.io.json import to_json_plotly
 
 from apcsim.cli.compose import compose_config
 from apcsim.outputs import report_dict
+from apcsim.outputs.plotly_html import figure_html, plotly_json
 from apcsim.outputs.report import build_figure, write_report
 from apcsim.run import simulate
 
@@ -77,3 +81,31 @@ def test_typed_arrays_as_plotly_encodes_them(values):
 
     got, want = report_dict.typed_array(values), to_typed_array_spec(values)
     assert to_json_plotly(got) == to_json_plotly(want)
+
+
+DATA = [{"name": "a/b <c> \u2028 d", "x": np.array([], dtype=np.float64), "y": [1, 2.5, None], "type": "scatter"},
+        {"x": report_dict.typed_array(np.array([1, 2, 3])), "legendgroup": "é", "showlegend": False}]
+
+
+@pytest.mark.parametrize("engine", ["orjson", "json"])
+def test_data_json_is_plotlys(engine, monkeypatch):
+    if engine == "json":
+        monkeypatch.setitem(sys.modules, "orjson", None)  # not installed: both fall back to json
+    assert plotly_json(DATA) == to_json_plotly(DATA, engine=engine if engine == "json" else "auto")
+
+
+@pytest.mark.parametrize("include", [True, "cdn"])
+def test_figure_html_is_plotlys_and_its_shell_is_cached(outcomes, cache, include):
+    out = outcomes["plain"]
+    fig = report_dict.figure_dict(out.collector.log, out.collector.timeline)
+    uuid = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+    want = uuid.sub("ID", build_figure(out.collector.log, out.collector.timeline).to_html(full_html=False,
+                                                                                     include_plotlyjs=include))
+    first = figure_html(fig, include)
+    assert uuid.sub("ID", first) == want
+    shell, = cache.glob("shell-*.html")
+    second = figure_html(fig, include)
+    assert uuid.sub("ID", second) == want and second != first  # a fresh div id each time
+    shell.write_text("truncated")
+    assert uuid.sub("ID", figure_html(fig, include)) == want
+    assert shell.read_text() != "truncated"
