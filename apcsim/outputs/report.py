@@ -7,6 +7,9 @@ stays small for long runs. The page states the title once (the heading, not agai
 figure), the run's config under it, and the metrics table with a unit for each metric.
 plotly.js is embedded once (`report.plotlyjs=inline`, a page that opens offline) or linked from
 plotly's CDN (`report.plotlyjs=cdn`, a small page that needs the network).
+The main figure is written as the dict plotly makes of `build_figure`'s figure (report_dict) in a
+page shell plotly writes once (plotly_html), so a run without a cluster imports no plotly: the
+same page (tests hold them equal) without the cost of importing plotly and validating a figure.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from apcsim.outputs.requestlog import RequestLog
 
 if TYPE_CHECKING:  # plotly's graph objects are imported where a figure is built: a plain report needs none
     import plotly.graph_objects as go
+
 
 def layout_figure(showlegend: bool) -> go.Figure:
     """The main figure without its traces: the grid, titles and template (its whole layout)."""
