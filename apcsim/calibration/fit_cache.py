@@ -1,6 +1,6 @@
 """An on-disk cache of fitted calibrated cost models, so that a short run (a sweep's small job)
-neither re-reads its 2 MB profile nor re-fits it: together about a quarter of a 10-request run's
-CPU time before this cache.
+neither re-reads its 2 MB profile nor re-fits it: 0.12 s of CPU for the bundled a100/llama3_8b
+profile, 0.005 s from the cache (2-CPU dev VM, 2026-11-27).
 
 An entry is keyed by the profile's bytes (sha256), the path the run names it by (the model keeps
 it), the model's fields, and the code that reads and fits profiles (the sources of those modules,
