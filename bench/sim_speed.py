@@ -9,7 +9,11 @@ CPU seconds of the child (`time.process_time` around the run), not wall time. Ca
   mooncake   the bundled Mooncake FAST'25 synthetic trace (3,993 requests), +policy=lru block_size=16
   synth100k  100,000 shared_prefix requests (1,024-token prompts, half shared, 128 output tokens),
              Poisson arrivals at 40 req/s, +policy=lru block_size=16
-  startup    `python -m apcsim` of a 10-request run, the whole process (user + system CPU)
+  startup    `python -m apcsim` of a 10-request run, the whole process (user + system CPU), apcsim's
+             caches (fitted cost model, composed config, report layout and shell) warm, as for
+             every job of a sweep after the first
+  startup_cold  the same with an empty cache directory (APCSIM_CACHE_DIR) for every run: a
+             first run
 
 The floor (same run, same trace): a plain OrderedDict LRU over the prompt blocks of the requests
 in arrival order, as large as the run's KV cache; no scheduler, no timing, no decode. Two key
@@ -47,6 +51,7 @@ CASES = {
                   "workload.input_tokens=1024", "workload.shared_fraction=0.5", "workload.output_tokens=128",
                   "workload.arrival=poisson", "workload.request_rate=40"],
     "startup": ["+policy=lru", "block_size=16", "workload.num_requests=10"],
+    "startup_cold": ["+policy=lru", "block_size=16", "workload.num_requests=10"],
 }
 QUICK = {"azure": ["workload.num_requests=1000"], "synth100k": ["workload.num_requests=10000"]}
 FLOOR_CASES = ("azure", "mooncake", "synth100k")
@@ -160,13 +165,15 @@ def child(tree: str, code: str, args: list[str]) -> dict:
     return out
 
 
-def startup(tree: str, args: list[str]) -> dict:
-    """CPU seconds (user + system) of a whole `python -m apcsim` process run in a scratch dir."""
+def startup(tree: str, args: list[str], *, cold: bool = False) -> dict:
+    """CPU seconds (user + system) of a whole `python -m apcsim` process run in a scratch dir;
+    `cold`: with an empty cache directory of its own."""
     with tempfile.TemporaryDirectory() as scratch:
+        env = {**os.environ, "PYTHONPATH": tree, **({"APCSIM_CACHE_DIR": f"{scratch}/cache"} if cold else {})}
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "apcsim", *args, f"hydra.run.dir={scratch}/out"],
-                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": tree}, cwd=scratch)
+                              capture_output=True, text=True, env=env, cwd=scratch)
         wall = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -177,7 +184,9 @@ def startup(tree: str, args: list[str]) -> dict:
 
 
 def run_case(tree: str, name: str, args: list[str]) -> dict:
-    return startup(tree, args) if name == "startup" else child(tree, SIM_CHILD, args)
+    if name.startswith("startup"):
+        return startup(tree, args, cold=name == "startup_cold")
+    return child(tree, SIM_CHILD, args)
 
 
 def spread(xs: list[float]) -> float:
@@ -207,6 +216,9 @@ def main() -> None:
         for name in args.cases:
             case_args = CASES[name] + (QUICK.get(name, []) if args.quick else [])
             runs: dict[str, list[dict]] = {"head": [], "base": []}
+            if name == "startup":  # one untimed run each: the OS file cache and apcsim's caches warm
+                for tree in ([scratch] if base is not None else []) + [ROOT]:
+                    run_case(tree, name, case_args)
             for _ in range(args.repeats):
                 if base is not None:
                     runs["base"].append(run_case(scratch, name, case_args))

@@ -55,7 +55,8 @@ import numpy as np
 from apcsim.calibration.attention import DecodeAttention, PrefillAttention
 from apcsim.calibration.decode_buckets import bucket_of
 from apcsim.calibration.fit import Curve, affine_fit
-from apcsim.calibration.match import load_matching_profile
+from apcsim.calibration.fit_cache import cached_fit
+from apcsim.calibration.match import check_identity, find_profile, load_matching_profile
 from apcsim.calibration.profile import OPS, Profile, read_profile
 from apcsim.core.plan import StepPlan
 from apcsim.errors import ConfigError
@@ -229,13 +230,30 @@ def make_cost_model(name: str, hw: HardwareConfig, model: ModelConfig, *, tp: in
     if name != "calibrated":
         raise ConfigError(f"cost_model must be one of {', '.join(COST_MODELS)}, got {name!r}")
     check_tp(hw, model, tp)
+    if tp == 1:
+        return _cached_calibrated(hw, model, profile)
     prof = load_matching_profile(hw, model, tp, profile)
     try:
-        if tp == 1:
-            return load_calibrated(prof.path, model, profile=prof)
         return TensorParallelComm(CalibratedCostModel(prof, per_gpu_model(model, tp)), hw, model, tp)
     except ValueError as e:
         raise ConfigError(f"calibration profile {prof.path}: {e}") from None
+
+
+def _cached_calibrated(hw: HardwareConfig, model: ModelConfig, profile: str | None) -> CalibratedCostModel:
+    """The tp=1 calibrated model from the on-disk fit cache (apcsim.calibration.fit_cache), or
+    read, checked and fitted (then cached); checked against the run either way."""
+    path = find_profile(hw, model, 1, profile)
+
+    def fit_profile():
+        prof = load_matching_profile(hw, model, 1, profile)
+        try:
+            return (prof.hardware, prof.model, prof.tp), load_calibrated(prof.path, model, profile=prof)
+        except ValueError as e:
+            raise ConfigError(f"calibration profile {prof.path}: {e}") from None
+
+    identity, fitted = cached_fit(path, model, fit_profile)
+    check_identity(path, identity, hw, model, 1)
+    return fitted
 
 
 class TensorParallelComm:

@@ -70,10 +70,16 @@ def load_matching_profile(hw: HardwareConfig, model: ModelConfig, tp: int = 1, p
         prof = read_profile(p)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if (prof.hardware, prof.model) != (hw.name, model.name):
-        raise ConfigError(f"profile {p} is for hardware={prof.hardware} model={prof.model}, "
-                          f"not hardware={hw.name} model={model.name}")
-    if prof.tp != tp:
-        raise ConfigError(f"profile {p} was measured at tp={prof.tp}, this run has tp={tp}")
-    check_meta(p, hw, model, tp)  # the CSV can be right and its metadata say otherwise (a renamed copy)
+    check_identity(p, (prof.hardware, prof.model, prof.tp), hw, model, tp)
     return prof
+
+
+def check_identity(p: Path, identity: tuple[str, str, int], hw: HardwareConfig, model: ModelConfig, tp: int) -> None:
+    """The profile's (hardware, model, tp), as read from its rows, and its .meta.json are the run's."""
+    hardware, model_name, profile_tp = identity
+    if (hardware, model_name) != (hw.name, model.name):
+        raise ConfigError(f"profile {p} is for hardware={hardware} model={model_name}, "
+                          f"not hardware={hw.name} model={model.name}")
+    if profile_tp != tp:
+        raise ConfigError(f"profile {p} was measured at tp={profile_tp}, this run has tp={tp}")
+    check_meta(p, hw, model, tp)  # the CSV can be right and its metadata say otherwise (a renamed copy)

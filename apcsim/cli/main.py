@@ -32,7 +32,10 @@ log = logging.getLogger("apcsim")
 register_configs()
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
+CONFIG_PATH, CONFIG_NAME = "../conf", "config"
+
+
+@hydra.main(version_base=None, config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def main(dcfg: DictConfig) -> float | None:
     from apcsim.outputs.files import write_outputs
     from apcsim.outputs.status import write_status
@@ -82,9 +85,11 @@ def main(dcfg: DictConfig) -> float | None:
 
 
 def entry() -> None:
+    from apcsim.cli.compose_once import run_main
     from apcsim.cli.listing import listing, wants_listing
 
     if wants_listing(sys.argv[1:]):  # `--help` / `list`: keys and registered options, not Hydra's dump
         print(listing(), end="")
         return
-    run_with_one_line_errors(main, "apcsim")
+    # A plain run composes its config once; anything else goes through hydra.main (see compose_once).
+    run_with_one_line_errors(lambda: run_main(main, main.__wrapped__, CONFIG_PATH, CONFIG_NAME), "apcsim")

@@ -7,74 +7,71 @@ stays small for long runs. The page states the title once (the heading, not agai
 figure), the run's config under it, and the metrics table with a unit for each metric.
 plotly.js is embedded once (`report.plotlyjs=inline`, a page that opens offline) or linked from
 plotly's CDN (`report.plotlyjs=cdn`, a small page that needs the network).
+The main figure is written as the dict plotly makes of `build_figure`'s figure (report_dict) in a
+page shell plotly writes once (plotly_html), so a run without a cluster imports no plotly: the
+same page (tests hold them equal) without the cost of importing plotly and validating a figure.
 """
 
 from __future__ import annotations
 
 import html
 from pathlib import Path
-
-import numpy as np
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
+from typing import TYPE_CHECKING
 
 from apcsim.outputs.metrics import Timeline
+from apcsim.outputs.plotly_html import figure_html
+from apcsim.outputs.report_dict import PANELS, SERIES, cdf, figure_dict, thin
 from apcsim.outputs.requestlog import RequestLog
 
-_MAX_POINTS = 4000  # per trace; more adds bytes, not information
+if TYPE_CHECKING:  # plotly's graph objects are imported where a figure is built: a plain report needs none
+    import plotly.graph_objects as go
 
 
-def _thin(*arrays: np.ndarray):
-    n = len(arrays[0])
-    if n <= _MAX_POINTS:
-        return arrays
-    idx = np.unique(np.linspace(0, n - 1, _MAX_POINTS).astype(np.int64))
-    return tuple(a[idx] for a in arrays)
+def layout_figure(showlegend: bool) -> go.Figure:
+    """The main figure without its traces: the grid, titles and template (its whole layout)."""
+    from plotly.subplots import make_subplots
 
-
-def _cdf(values) -> tuple[np.ndarray, np.ndarray]:
-    v = np.sort(np.asarray(values, dtype=np.float64))
-    return _thin(v, np.arange(1, len(v) + 1) / max(len(v), 1))
+    fig = make_subplots(rows=3, cols=2, vertical_spacing=0.09, subplot_titles=[p[0] for p in PANELS])
+    for k, (_, xt, yt) in enumerate(PANELS):
+        fig.update_xaxes(title_text=xt, row=k // 2 + 1, col=k % 2 + 1)
+        fig.update_yaxes(title_text=yt, row=k // 2 + 1, col=k % 2 + 1)
+    fig.update_layout(height=1100, showlegend=showlegend, template="plotly_white", margin={"t": 40})
+    return fig
 
 
 def build_figure(log: RequestLog, timeline: Timeline) -> go.Figure:
-    """From the run's per-request columns (not Request objects: a long run does not keep them)."""
+    """From the run's per-request columns (not Request objects: a long run does not keep them).
+    report.html is written from `apcsim.outputs.report_dict.figure_dict`, this figure's dict made
+    without plotly's graph objects; tests hold the two equal."""
+    import plotly.graph_objects as go
+
     c = log.columns()
-    fig = make_subplots(
-        rows=3, cols=2, vertical_spacing=0.09,
-        subplot_titles=("TTFT CDF", "End-to-end latency CDF", "Prefix-cache hit rate (cumulative)",
-                        "KV-cache usage", "Running batch size", "Preemptions (cumulative)"),
-    )
-    x, y = _cdf(c["ttft"][c["finished"]])
+    fig = layout_figure(log.by_class)
+    x, y = cdf(c["ttft"][c["finished"]])
     fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="TTFT"), row=1, col=1)
-    x, y = _cdf(c["e2e"][c["finished"]])
+    x, y = cdf(c["e2e"][c["finished"]])
     fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="E2E"), row=1, col=2)
     if log.by_class:
         _class_cdfs(fig, log, c)
     t = timeline.as_arrays()
     if len(t["time"]):
-        series = [("hit_rate", 2, 1), ("kv_usage", 2, 2), ("batch", 3, 1), ("preemptions", 3, 2)]
-        for key, row, col in series:
-            xs, ys = _thin(t["time"], t[key])
+        for key, row, col in SERIES:
+            xs, ys = thin(t["time"], t[key])
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=key, line_shape="hv"), row=row, col=col)
-    for row, col, xt, yt in [(1, 1, "TTFT (s)", "fraction of requests"), (1, 2, "latency (s)", "fraction of requests"),
-                             (2, 1, "time (s)", "hits / queries"), (2, 2, "time (s)", "blocks in use / all"),
-                             (3, 1, "time (s)", "requests per step"), (3, 2, "time (s)", "preemptions")]:
-        fig.update_xaxes(title_text=xt, row=row, col=col)
-        fig.update_yaxes(title_text=yt, row=row, col=col)
-    fig.update_layout(height=1100, showlegend=log.by_class, template="plotly_white", margin={"t": 40})
     return fig
 
 
 def _class_cdfs(fig: go.Figure, log: RequestLog, c: dict) -> None:
     """TTFT and E2E CDFs of each priority class, one legend entry per class."""
+    import plotly.graph_objects as go
+
     fig.data[0].name = fig.data[1].name = "all requests"
     fig.data[1].showlegend = False
     for k in sorted(range(len(log.class_names)), key=lambda k: (log.class_priority[k], log.class_names[k])):
         ok = c["finished"] & (c["class_index"] == k)
         name = f"{log.class_names[k]} (priority {log.class_priority[k]})"
         for col, key in ((1, "ttft"), (2, "e2e")):
-            x, y = _cdf(c[key][ok])
+            x, y = cdf(c[key][ok])
             fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, legendgroup=name, showlegend=col == 1),
                           row=1, col=col)
 
@@ -138,6 +135,9 @@ def _class_table(m: dict) -> str:
 def build_replica_figure(metrics: dict, timelines: list[Timeline]) -> go.Figure:
     """A cluster's replicas side by side: what the router sent each, their latency, and their
     caches over time (one line per replica)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
     reps = metrics["cluster"]["replicas"]
     fig = make_subplots(
         rows=3, cols=2, vertical_spacing=0.1,
@@ -158,7 +158,7 @@ def build_replica_figure(metrics: dict, timelines: list[Timeline]) -> go.Figure:
         if not len(t["time"]):
             continue
         for key, col in (("kv_usage", 1), ("hit_rate", 2)):
-            xs, ys = _thin(t["time"], t[key])
+            xs, ys = thin(t["time"], t[key])
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name, legendgroup=name, showlegend=col == 1,
                                      line_shape="hv"), row=3, col=col)
     for row, col, xt, yt in [(1, 2, "", "s"), (2, 1, "", "hits / queries"), (2, 2, "", "preemptions"),
@@ -201,8 +201,8 @@ def write_report(path: Path, metrics: dict, log: RequestLog, timeline: Timeline,
     title = f"apcsim: {c.get('workload', '?')}, policy={c.get('policy', '?')}, block_size={c.get('block_size', '?')}"
     if "num_replicas" in c:
         title += f", {c['num_replicas']} replicas, router={c.get('router', '?')}"
-    fig = build_figure(log, timeline)
-    plot = fig.to_html(full_html=False, include_plotlyjs=True if include_plotlyjs == "inline" else "cdn")
+    # The main figure as a plain dict in a cached page shell: no plotly import (report_dict, plotly_html).
+    plot = figure_html(figure_dict(log, timeline), include_plotlyjs=True if include_plotlyjs == "inline" else "cdn")
     if replica_timelines is not None and "cluster" in metrics:
         plot += "<h2>Replicas</h2>" + _cluster_table(metrics)
         plot += build_replica_figure(metrics, replica_timelines).to_html(full_html=False, include_plotlyjs=False)

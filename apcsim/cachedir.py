@@ -1,0 +1,34 @@
+"""Where apcsim keeps what it can recompute (fitted cost models, report layouts): the user's own
+directory, trusted like the installed code. $APCSIM_CACHE_DIR, else $XDG_CACHE_HOME/apcsim, else
+~/.cache/apcsim."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    if os.environ.get("APCSIM_CACHE_DIR"):
+        return Path(os.environ["APCSIM_CACHE_DIR"])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "apcsim"
+
+
+def store_atomic(entry: Path, data: bytes) -> None:
+    """Write an entry through a temporary file and a rename, so that concurrent runs never read
+    half of one; a directory that cannot be written leaves the entry unwritten (runs go on
+    uncached)."""
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=entry.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, entry)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError:
+        pass

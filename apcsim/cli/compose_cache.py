@@ -1,0 +1,127 @@
+"""A plain run's composed config, cached on disk: composing it is a tenth of a short run's CPU
+time, and a sweep script runs the same few command lines over and over.
+
+An entry is the config `compose_once.compose_for_run` returns (before anything in it is resolved:
+`${now:}` and `${pid:}` resolve when the run starts), keyed by everything composition reads:
+
+- the command line's overrides and the application (`App`: where its conf/ is, its config and
+  task names; with the files below they fix Hydra's search path, so a hit needs neither the
+  search path nor Hydra's scan of its plugins, which imports every installed plugin); but
+  not the working directory and a plain `hydra.run.dir=PATH` (a sweep script gives each job its
+  own): composition puts them in `hydra.runtime.cwd`, `hydra.run.dir` and the override's entry in
+  `hydra.overrides.hydra` only, and a hit gets this run's there (tests compare a hit from
+  another directory with a fresh composition);
+- the code and files that define the config: every .py and .yaml file of apcsim (its conf/ and
+  the dataclass schemas) and of policies (the policies' registered configs), and of the installed
+  Hydra plugins (their registered configs and search paths), by path, size and modification
+  time; Hydra, OmegaConf and Python versions (Hydra's own conf/ ships with Hydra).
+
+Any change to these is a miss, never a stale config. A command line Hydra must handle itself (a
+multirun, an error, see compose_once) is never cached, nor one that copies environment variables
+into the config (`hydra.job.env_copy`): they compose through Hydra each time. An
+entry that cannot be read (corrupt, from another layout) is composed again and rewritten; a
+cache directory that cannot be written leaves runs uncached (apcsim.cachedir).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import sys
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Callable
+
+import hydra
+import omegaconf
+from omegaconf import DictConfig, OmegaConf
+
+from apcsim.cachedir import cache_dir, store_atomic
+
+_LAYOUT = 2  # bump when an entry's layout changes
+# A run directory Hydra's override parser reads as exactly this string (a path with a '/' in it,
+# no quoting, interpolation or sweep syntax).
+_RUN_DIR = re.compile(r"hydra\.run\.dir=([\w.-]*/[\w./-]*)")
+_RUN_DIR_KEY = "hydra.run.dir=<this run's>"
+
+
+@dataclass(frozen=True)
+class App:
+    """The Hydra application, as hydra.main derives it from the task function and its decorator:
+    with the installed files it fixes the search path (which Hydra's plugins extend)."""
+
+    calling_file: str | None
+    calling_module: str | None
+    config_path: str
+    config_name: str
+    task_name: str
+
+
+def _packages() -> list[Path]:
+    """The directories whose files define the config."""
+    import apcsim
+    import policies
+
+    dirs = [Path(apcsim.__file__).parent, Path(policies.__file__).parent]
+    try:
+        import hydra_plugins  # a namespace package: every installed plugin's directory
+    except ImportError:  # no plugin installed
+        return dirs
+    return dirs + [Path(p) for p in hydra_plugins.__path__]
+
+
+def _fingerprint(h: "hashlib._Hash") -> None:
+    for top in _packages():
+        for d, dirs, files in os.walk(top):
+            dirs[:] = sorted(x for x in dirs if x != "__pycache__")  # a fixed order, and no bytecode
+            for f in sorted(files):
+                if f.endswith((".py", ".yaml")):
+                    st = os.stat(os.path.join(d, f))
+                    h.update(f"{d}/{f} {st.st_size} {st.st_mtime_ns}\n".encode())
+
+
+def _run_dir(overrides: list[str]) -> str | None:
+    """The command line's one plain `hydra.run.dir=PATH` override, if it has one."""
+    dirs = [o for o in overrides if o.startswith("hydra.run.dir=")]
+    return dirs[0] if len(dirs) == 1 and _RUN_DIR.fullmatch(dirs[0]) else None
+
+
+def entry_key(app: App, overrides: list[str]) -> str:
+    run_dir = _run_dir(overrides)
+    overrides = [_RUN_DIR_KEY if o == run_dir else o for o in overrides]
+    h = hashlib.sha256(json.dumps([_LAYOUT, hydra.__version__, omegaconf.__version__, sys.version, astuple(app),
+                                   overrides]).encode())
+    _fingerprint(h)
+    return h.hexdigest()
+
+
+def cached(app: App, overrides: list[str], compose: Callable[[], DictConfig | None]) -> DictConfig | None:
+    """The config `compose()` returns for this command line (compose_once.compose_for_run's),
+    from the cache when it has it; `compose()` runs only on a miss."""
+    entry = cache_dir() / "compose" / f"{entry_key(app, overrides)}.pickle"
+    try:
+        cfg = pickle.loads(entry.read_bytes())
+        if isinstance(cfg, DictConfig):
+            return _as_this_run(cfg, _run_dir(overrides))
+    except Exception:  # absent, corrupt or of another layout: composed again
+        pass
+    cfg = compose()
+    if cfg is not None and not cfg.hydra.job.env_copy:  # env_copy: composition read the environment
+        OmegaConf.clear_cache(cfg)  # nothing resolved may be kept (resolvers that cache, like ${pid:})
+        store_atomic(entry, pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL))
+    return cfg
+
+
+def _as_this_run(cfg: DictConfig, run_dir_override: str | None) -> DictConfig:
+    """A cached config with this run's working directory and `hydra.run.dir=` override, where
+    composition puts them."""
+    cfg.hydra.runtime.cwd = os.getcwd()
+    if run_dir_override is not None:
+        entries = cfg.hydra.overrides.hydra
+        k, = (i for i, o in enumerate(entries) if o.startswith("hydra.run.dir="))
+        entries[k] = run_dir_override
+        cfg.hydra.run.dir = run_dir_override.split("=", 1)[1]
+    return cfg
