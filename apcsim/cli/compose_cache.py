@@ -18,7 +18,8 @@ An entry is the config `compose_once.compose_for_run` returns (before anything i
 
 Any change to these is a miss, never a stale config. A command line Hydra must handle itself (a
 multirun, an error, see compose_once) is never cached, nor one that copies environment variables
-into the config (`hydra.job.env_copy`): they compose through Hydra each time. An
+into the config (`hydra.job.env_copy`), nor one that adds to the search path (`hydra.searchpath`:
+a user's preset directory, whose files the key does not cover): they compose each time. An
 entry that cannot be read (corrupt, from another layout) is composed again and rewritten; a
 cache directory that cannot be written leaves runs uncached (apcsim.cachedir).
 """
@@ -89,6 +90,10 @@ def _run_dir(overrides: list[str]) -> str | None:
     return dirs[0] if len(dirs) == 1 and _RUN_DIR.fullmatch(dirs[0]) else None
 
 
+def _extends_search_path(override: str) -> bool:
+    return override.lstrip("+~").startswith("hydra.searchpath")
+
+
 def entry_key(app: App, overrides: list[str]) -> str:
     run_dir = _run_dir(overrides)
     overrides = [_RUN_DIR_KEY if o == run_dir else o for o in overrides]
@@ -101,6 +106,8 @@ def entry_key(app: App, overrides: list[str]) -> str:
 def cached(app: App, overrides: list[str], compose: Callable[[], DictConfig | None]) -> DictConfig | None:
     """The config `compose()` returns for this command line (compose_once.compose_for_run's),
     from the cache when it has it; `compose()` runs only on a miss."""
+    if any(_extends_search_path(o) for o in overrides):
+        return compose()
     entry = cache_dir() / "compose" / f"{entry_key(app, overrides)}.pickle"
     try:
         cfg = pickle.loads(entry.read_bytes())

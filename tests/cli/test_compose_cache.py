@@ -89,3 +89,22 @@ def test_corrupt_entry_is_composed_again(app, tmp_path):
 def test_what_hydra_handles_is_not_cached(app, tmp_path, overrides):
     assert _cached(app, overrides) is None
     assert _entries(tmp_path) == []
+
+
+def test_a_user_search_path_is_never_cached(app, tmp_path):
+    """A preset directory added with hydra.searchpath is outside the key's files: editing a
+    preset there must change the next run's config, so such a command line always composes."""
+    presets = tmp_path / "presets" / "hardware"
+    presets.mkdir(parents=True)
+    (presets / "mine.yaml").write_text("name: mine\n")
+    overrides = [f"hydra.searchpath=[file://{tmp_path / 'presets'}]", "hardware=mine"]
+    calls = []
+
+    def compose():
+        calls.append(1)
+        return compose_for_run(app[0], CONFIG_NAME, list(overrides))
+
+    for _ in range(2):
+        compose_cache.cached(app[1], list(overrides), compose)
+    assert len(calls) == 2 and _entries(tmp_path) == []
+    assert compose() is not None  # a composable run: without the rule it would have been cached
