@@ -71,6 +71,12 @@ class Scheduler(SchedulerInterface):
         self.cohort = DecodeCohort(kv.block_size)
         self._scheduled: dict[Request, int] = {}  # explicit requests -> new tokens this step
         self._num_cohort_scheduled = 0
+        # The host KV tier (apcsim.core.host_tier; set by apcsim.core.build when cpu_tier is on)
+        # and the requests whose load from it is in flight -> the step that issued it: they hold
+        # blocks, are neither waiting in the policy's queue nor running (vLLM's
+        # WAITING_FOR_REMOTE_KVS), and resume at the front of the waiting queue a step later.
+        self.host_tier = None
+        self.loading: dict[Request, int] = {}
 
     # -- arrivals ------------------------------------------------------------------------------
     def add_request(self, req: Request, now: float) -> bool:
@@ -98,7 +104,7 @@ class Scheduler(SchedulerInterface):
 
     @property
     def has_work(self) -> bool:
-        return bool(self.running) or len(self.policy) > 0
+        return bool(self.running) or len(self.policy) > 0 or bool(self.loading)
 
     @property
     def cohort_context_sum(self) -> int:
@@ -131,6 +137,8 @@ class Scheduler(SchedulerInterface):
 
     # -- one step ------------------------------------------------------------------------------
     def schedule(self, now: float) -> StepPlan:
+        if self.host_tier is not None:
+            self.host_tier.begin_step()
         plan = self._schedule_pass(now)
         preempted = plan.preempted
         while plan.is_empty and plan.preempted:
@@ -217,15 +225,29 @@ class Scheduler(SchedulerInterface):
         hashed and looked up."""
         cfg, kv, stats = self.cfg, self.kv, self.stats
         num_hashed = 0
+        tier = self.host_tier
+        if self.loading:
+            remaining, blocked = self._resume_loaded(remaining, prefill_cap)
+            if blocked:
+                return 0
         while len(self.policy) and remaining > 0 and len(self.running) < cfg.max_num_seqs:
             r = self.policy.peek()
             terms = admission_terms(cfg, kv, r, remaining, prefill_cap)
             if terms is None:
                 break
             new, charged, computed = terms
+            if tier is not None:
+                hits = tier.load_plan(kv, r, computed)
+                if hits:
+                    if not self._admit_loading(r, computed, hits, now):
+                        break
+                    num_hashed += r.num_tokens
+                    continue
             if not fits(cfg, kv, r, new, computed) or not kv.allocate_slots(r, new, computed):
                 break
             self.policy.pop()
+            if tier is not None and r.num_cached_tokens < 0:
+                tier.count_lookup(r, len(computed), 0)
             if kv.enable_caching:
                 num_hashed += r.num_tokens  # with caching off nothing is hashed or looked up
             cached = len(computed) * self.block_size
@@ -245,15 +267,65 @@ class Scheduler(SchedulerInterface):
             elif counts:
                 stats.preempted_prefix_cache_queries += r.num_tokens
                 stats.preempted_prefix_cache_hits += cached
-            r.status = Status.RUNNING
-            r.admit_seq = self._admit_counter
-            self._admit_counter += 1
-            self.running.append(r)
-            self._running_seqs.append(r.admit_seq)
-            self._explicit.add(r)
-            self._scheduled[r] = new
+            self._start_running(r, new)
             remaining -= charged
         return num_hashed
+
+    def _start_running(self, r: Request, new: int) -> None:
+        r.status = Status.RUNNING
+        r.admit_seq = self._admit_counter
+        self._admit_counter += 1
+        self.running.append(r)
+        self._running_seqs.append(r.admit_seq)
+        self._explicit.add(r)
+        self._scheduled[r] = new
+
+    # -- the host tier's loading requests -------------------------------------------------------
+    def _admit_loading(self, r: Request, computed: list, hits: list, now: float) -> bool:
+        """Admit the head of the queue loading its host hits (see apcsim.core.host_tier); False
+        if the pool cannot give the blocks (admission stops, as for any request)."""
+        if not self.host_tier.start_load(self.kv, r, computed, hits):
+            return False
+        self.policy.pop()
+        cached = len(computed) * self.block_size
+        if r.num_cached_tokens < 0:
+            r.num_cached_tokens = r.num_computed_tokens  # vLLM counts local and external hits
+            r.first_scheduled_time = now
+            self.stats.prefix_cache_queries += r.prompt_len
+            self.stats.prefix_cache_hits += cached
+            self.host_tier.count_lookup(r, len(computed), len(hits))
+            if self.future is not None:
+                self.future.consume(r.index)
+        else:
+            self.stats.preempted_prefix_cache_queries += r.num_tokens
+            self.stats.preempted_prefix_cache_hits += cached
+        if r.lookup_collided:
+            self.stats.hash_collisions += 1
+            r.lookup_collided = False
+        self.loading[r] = self.step
+        return True
+
+    def _resume_loaded(self, remaining: int, prefill_cap: int) -> tuple[int, bool]:
+        """Requests whose load was issued in an earlier step have it done: they go first, as
+        vLLM puts them at the front of the waiting queue. Returns the budget left and whether
+        admission stops here (the first that does not fit stops it)."""
+        cfg, kv = self.cfg, self.kv
+        for r, issued in list(self.loading.items()):
+            if issued >= self.step:
+                break  # issued in this step (the dict is in issue order)
+            if remaining <= 0 or len(self.running) >= cfg.max_num_seqs:
+                return remaining, True
+            new = r.num_tokens - r.num_computed_tokens
+            if cfg.chunked_prefill:
+                new = min(new, prefill_cap, remaining) if prefill_cap > 0 else min(new, remaining)
+            elif new > remaining:
+                return remaining, True
+            if not fits(cfg, kv, r, new, []) or not kv.allocate_slots(r, new):
+                return remaining, True
+            del self.loading[r]
+            self._start_running(r, new)
+            remaining -= new
+        return remaining, False
 
     def _build_plan(self, num_hashed: int, preempted: tuple[str, ...]) -> StepPlan:
         chunks = tuple([
@@ -263,8 +335,9 @@ class Scheduler(SchedulerInterface):
             if new > 0
         ])
         cohort = self.cohort
+        transfers = self.host_tier.take_transfers() if self.host_tier is not None else None
         return StepPlan(self.step, chunks, self._num_cohort_scheduled, cohort.context_sum(self.step), num_hashed,
-                        preempted, cohort.snapshot() if len(cohort) else None)
+                        preempted, cohort.snapshot() if len(cohort) else None, transfers)
 
     def update(self, plan: StepPlan, now: float) -> StepResult:
         s = self.step
@@ -321,7 +394,7 @@ class Scheduler(SchedulerInterface):
 
     # -- skipping quiet stretches (simulator only) ----------------------------------------------
     def quiet_steps(self) -> int:
-        if self._explicit or not len(self.cohort):
+        if self._explicit or not len(self.cohort) or self.loading:
             return 0
         if len(self.policy) and len(self.running) < self.cfg.max_num_seqs:
             self.policy.refresh()
@@ -355,6 +428,12 @@ class Scheduler(SchedulerInterface):
             assert len(r.block_ids) == cdiv(c, self.block_size), f"{r.request_id}: {len(r.block_ids)} blocks for {c} tokens"
             for b in r.block_ids:
                 refs[b] = refs.get(b, 0) + 1
+        for r in self.loading:
+            assert len(r.block_ids) * self.block_size == r.num_computed_tokens, f"loading {r.request_id}: blocks != tokens"
+            for b in r.block_ids:
+                refs[b] = refs.get(b, 0) + 1
+        if self.host_tier is not None:
+            self.host_tier.verify()
         for b in pool.blocks:
             assert b.ref_cnt == refs.get(b.block_id, 0), f"block {b.block_id}: ref {b.ref_cnt} != holders {refs.get(b.block_id, 0)}"
         for r in self.policy:
