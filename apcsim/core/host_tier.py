@@ -92,6 +92,7 @@ class HostTierStats:
     blocks_loaded: int = 0  # host -> GPU copies
     loads: int = 0  # requests admitted loading
     reloads_skipped: int = 0  # host hits recomputed instead (reload=if_faster)
+    loads_abandoned: int = 0  # loaded requests that gave their blocks back (deadlock, see Scheduler)
     host_evictions: int = 0
     peak_used_blocks: int = 0
 
@@ -128,6 +129,7 @@ class HostTier:
         self.stats = HostTierStats()
         self._copies: list[Copy] = []
         self._through: list[tuple[Block, int]] = []  # write-through: (GPU block, its key) to copy
+        self._skipped: Request | None = None  # the last request whose reload `load_plan` skipped
         self._loaded = self._load_transfers = self._stored = self._store_transfers = 0
 
     @property
@@ -209,10 +211,17 @@ class HostTier:
             return []
         hits = self.host_hits(kv.block_keys(r, max_blocks), g, max_blocks)
         if hits and not self.reload_pays(g, len(hits)):
-            if r.num_cached_tokens < 0:
-                self.stats.reloads_skipped += 1
+            self._skipped = r
             return []
         return hits
+
+    def admitted_without_load(self, r: Request, num_gpu_hits: int) -> None:
+        """r was admitted computing whatever the GPU did not hold (no host hit, or a skipped one)."""
+        if self._skipped is r:
+            self.stats.reloads_skipped += 1
+        self._skipped = None
+        if r.num_cached_tokens < 0:
+            self.count_lookup(r, num_gpu_hits, 0)
 
     def count_lookup(self, r: Request, num_gpu_hits: int, num_host_hits: int) -> None:
         """A first admission's lookup past the GPU prefix (vLLM counts the connector's alike)."""
@@ -282,6 +291,7 @@ class HostTier:
             "kv_offload_bytes_cpu_to_gpu": s.blocks_loaded * bb,
             "loads": s.loads,
             "reloads_skipped": s.reloads_skipped,
+            "loads_abandoned": s.loads_abandoned,
             "host_evictions": s.host_evictions,
             "used_blocks": self.used_blocks,
             "peak_used_blocks": s.peak_used_blocks,

@@ -140,6 +140,8 @@ class Scheduler(SchedulerInterface):
         if self.host_tier is not None:
             self.host_tier.begin_step()
         plan = self._schedule_pass(now)
+        if plan.is_empty and self.loading and not self.running:
+            plan = self._unload_stuck(now)
         preempted = plan.preempted
         while plan.is_empty and plan.preempted:
             # Every request left running preempted itself or stood after one that did (vLLM V1
@@ -239,15 +241,15 @@ class Scheduler(SchedulerInterface):
             if tier is not None:
                 hits = tier.load_plan(kv, r, computed)
                 if hits:
-                    if not self._admit_loading(r, computed, hits, now):
+                    if not fits(cfg, kv, r, new, computed) or not self._admit_loading(r, computed, hits, now):
                         break
                     num_hashed += r.num_tokens
                     continue
             if not fits(cfg, kv, r, new, computed) or not kv.allocate_slots(r, new, computed):
                 break
             self.policy.pop()
-            if tier is not None and r.num_cached_tokens < 0:
-                tier.count_lookup(r, len(computed), 0)
+            if tier is not None:
+                tier.admitted_without_load(r, len(computed))
             if kv.enable_caching:
                 num_hashed += r.num_tokens  # with caching off nothing is hashed or looked up
             cached = len(computed) * self.block_size
@@ -304,6 +306,26 @@ class Scheduler(SchedulerInterface):
             r.lookup_collided = False
         self.loading[r] = self.step
         return True
+
+    def _unload_stuck(self, now: float) -> StepPlan:
+        """Nothing runs and the loaded requests cannot resume: each holds blocks another needs.
+        The newest gives its blocks back and waits again (a preemption by recompute; its host
+        copies stay), until a plan is not empty."""
+        unloaded: list[str] = []
+        plan = None
+        while self.loading and (plan is None or plan.is_empty):
+            r = next(reversed(self.loading))
+            del self.loading[r]
+            self.kv.free(r)
+            r.num_computed_tokens = 0
+            r.status = Status.PREEMPTED
+            r.num_preemptions += 1
+            self.stats.num_preemptions += 1
+            self.policy.readd_preempted(r)
+            self.host_tier.stats.loads_abandoned += 1
+            unloaded.append(r.request_id)
+            plan = self._schedule_pass(now)
+        return replace(plan, preempted=tuple(unloaded) + plan.preempted)
 
     def _resume_loaded(self, remaining: int, prefill_cap: int) -> tuple[int, bool]:
         """Requests whose load was issued in an earlier step have it done: they go first, as
