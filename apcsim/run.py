@@ -95,7 +95,7 @@ def validate_cpu_tier(cfg: SimConfig) -> None:
         raise ConfigError("cpu_tier needs prefix caching on the GPU: add +policy=... (e.g. +policy=lru)")
     if cfg.num_replicas > 1:
         raise ConfigError("cpu_tier is modelled for one engine (num_replicas=1)")
-    if not cfg.hardware.host_link_bw_gbps > 0 or cfg.hardware.host_link_latency_us < 0:
+    if t.link_profile is None and (not cfg.hardware.host_link_bw_gbps > 0 or cfg.hardware.host_link_latency_us < 0):
         raise ConfigError(f"cpu_tier needs hardware.host_link_bw_gbps > 0 and host_link_latency_us >= 0 "
                           f"(hardware {cfg.hardware.name} gives {cfg.hardware.host_link_bw_gbps} and "
                           f"{cfg.hardware.host_link_latency_us})")
@@ -113,7 +113,15 @@ def host_tier_parts(cfg: SimConfig, cost: CostModel) -> TierParts | None:
     check_fits(f"the host tier's bookkeeping of {n} blocks ({POOL_BYTES_PER_BLOCK} bytes a block)",
                n * POOL_BYTES_PER_BLOCK, "lower cpu_tier.num_blocks or cpu_tier.gib")
     hw = cfg.hardware
-    return TierParts(t, n, HostLink(hw.host_link_bw_gbps, hw.host_link_latency_us, block_bytes), cost.recompute_time)
+    if t.link_profile is not None:
+        from apcsim.calibration.host_link import read_link_profile
+
+        fit = read_link_profile(t.link_profile)
+        link = HostLink(fit["load"].bw_gbps, fit["load"].latency_us, block_bytes,
+                        fit["store"].bw_gbps, fit["store"].latency_us)
+    else:
+        link = HostLink(hw.host_link_bw_gbps, hw.host_link_latency_us, block_bytes)
+    return TierParts(t, n, link, cost.recompute_time)
 
 
 def kv_options(cfg: SimConfig) -> dict:

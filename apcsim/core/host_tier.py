@@ -54,6 +54,9 @@ class HostTierConfig:
     # Also replay the requests through one timing-free cache of the GPU's and of the GPU's plus
     # the host's capacity (LRU and Belady; apcsim/cluster/bound.py): metrics.json host_tier.bound.
     bound: bool = False
+    # A measured link (`python -m engine.host_link`): its fit replaces the hardware preset's
+    # host_link_bw_gbps / host_link_latency_us, per direction.
+    link_profile: Optional[str] = None
 
     @property
     def enabled(self) -> bool:
@@ -99,16 +102,23 @@ class HostTierStats:
 
 @dataclass
 class HostLink:
-    """The host <-> GPU link: bytes / bandwidth plus a fixed cost per transfer."""
+    """The host <-> GPU link: bytes / bandwidth plus a fixed cost per transfer. `bw_gbps` and
+    `latency_us` are the load direction's (host -> GPU), and the store direction's too unless
+    `store_bw_gbps` / `store_latency_us` are given (a measured link)."""
 
     bw_gbps: float
     latency_us: float
     block_bytes: int
+    store_bw_gbps: Optional[float] = None
+    store_latency_us: Optional[float] = None
 
-    def seconds(self, num_blocks: int, num_transfers: int) -> float:
+    def seconds(self, num_blocks: int, num_transfers: int, *, store: bool = False) -> float:
         if num_blocks == 0:
             return 0.0
-        return num_transfers * self.latency_us * 1e-6 + num_blocks * self.block_bytes / (self.bw_gbps * 1e9)
+        bw, lat = self.bw_gbps, self.latency_us
+        if store and self.store_bw_gbps is not None:
+            bw, lat = self.store_bw_gbps, self.store_latency_us
+        return num_transfers * lat * 1e-6 + num_blocks * self.block_bytes / (bw * 1e9)
 
 
 class HostTier:
@@ -263,7 +273,7 @@ class HostTier:
         link = self.link
         out = StepTransfers(tuple(self._copies),
                             link.seconds(self._loaded, self._load_transfers),
-                            link.seconds(self._stored, self._store_transfers))
+                            link.seconds(self._stored, self._store_transfers, store=True))
         self.stats.blocks_loaded += self._loaded
         self.stats.blocks_offloaded += self._stored
         self._copies = []
