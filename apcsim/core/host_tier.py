@@ -91,6 +91,7 @@ class HostTierStats:
     # prefix at first admission, and those found on the host.
     external_prefix_cache_queries: int = 0
     external_prefix_cache_hits: int = 0
+    preempted_external_prefix_cache_hits: int = 0  # host hits of re-admitted (preempted) requests
     blocks_offloaded: int = 0  # GPU -> host copies
     blocks_loaded: int = 0  # host -> GPU copies
     loads: int = 0  # requests admitted loading
@@ -294,6 +295,7 @@ class HostTier:
             "external_prefix_cache_queries": q,
             "external_prefix_cache_hits": s.external_prefix_cache_hits,
             "external_prefix_cache_hit_rate": s.external_prefix_cache_hits / q if q else 0.0,
+            "preempted_external_prefix_cache_hits": s.preempted_external_prefix_cache_hits,
             "combined_prefix_cache_hit_rate": (gpu_hits + s.external_prefix_cache_hits) / gpu_queries if gpu_queries else 0.0,
             "blocks_offloaded": s.blocks_offloaded,
             "blocks_loaded": s.blocks_loaded,

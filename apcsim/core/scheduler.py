@@ -301,6 +301,7 @@ class Scheduler(SchedulerInterface):
         else:
             self.stats.preempted_prefix_cache_queries += r.num_tokens
             self.stats.preempted_prefix_cache_hits += cached
+            self.host_tier.stats.preempted_external_prefix_cache_hits += len(hits) * self.block_size
         if r.lookup_collided:
             self.stats.hash_collisions += 1
             r.lookup_collided = False
