@@ -192,3 +192,13 @@ def test_loaded_requests_that_block_each_other_give_blocks_back():
     # the other needs with nothing running: the newest gives its blocks back and the run ends.
     m = simulate(compose_config([*MULTITURN, "scheduler.reserve_full_sequence=false"]), use_timestamps=False).metrics
     assert m["host_tier"]["loads_abandoned"] >= 1 and m["num_finished"] == m["num_requests"]
+
+
+def test_host_tier_takes_any_registered_policy_belady_included():
+    base = ["+policy=lru", "workload=multiturn", "workload.num_conversations=16", "num_gpu_blocks=256",
+            "cpu_tier.num_blocks=512", "report.enabled=false"]
+    lru = simulate(compose_config(base)).metrics["host_tier"]
+    belady = simulate(compose_config([*base, "cpu_tier.policy=belady", "verify=true"])).metrics["host_tier"]
+    assert belady["policy"] == "belady" and belady["loads"] > 0
+    # The offline policy keeps what is used next: it hits at least as often as LRU here.
+    assert belady["combined_prefix_cache_hit_rate"] >= lru["combined_prefix_cache_hit_rate"]
