@@ -15,7 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from apcsim.core.cache_config import CacheConfig
-from apcsim.core.host_tier import HostTierConfig
+from apcsim.core.tier_values import HostTierConfig
 from apcsim.hardware import HardwareConfig, ModelConfig
 from apcsim.outputs.progress import Progress
 from apcsim.workloads import WORKLOADS, WorkloadConfig
