@@ -74,6 +74,10 @@ class HostTier:
         return self.pool.num_blocks
 
     @property
+    def has_pending_copies(self) -> bool:
+        return bool(self._through or self._copies)
+
+    @property
     def used_blocks(self) -> int:
         return len(self.pool.cached)  # every used host block holds a key, no two the same
 

@@ -15,6 +15,11 @@ from apcsim.core.request import Request, Status
 
 
 class HostTierLoading:
+    def _tier_busy(self) -> bool:
+        """A load or a write-through copy is pending: the next step is not a quiet one (skipping
+        it would move the copies to another step)."""
+        return bool(self.loading) or (self.host_tier is not None and self.host_tier.has_pending_copies)
+
     def _admit_loading(self, r: Request, computed: list, hits: list, now: float) -> bool:
         """Admit the head of the queue loading its host hits (see apcsim.core.host_tier); False
         if the pool cannot give the blocks (admission stops, as for any request)."""

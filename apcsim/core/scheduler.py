@@ -350,7 +350,7 @@ class Scheduler(HostTierLoading, SchedulerInterface):
 
     # -- skipping quiet stretches (simulator only) ----------------------------------------------
     def quiet_steps(self) -> int:
-        if self._explicit or not len(self.cohort) or self.loading:
+        if self._explicit or not len(self.cohort) or self._tier_busy():
             return 0
         if len(self.policy) and len(self.running) < self.cfg.max_num_seqs:
             self.policy.refresh()

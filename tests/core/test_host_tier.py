@@ -202,3 +202,13 @@ def test_host_tier_takes_any_registered_policy_belady_included():
     assert belady["policy"] == "belady" and belady["loads"] > 0
     # The offline policy keeps what is used next: it hits at least as often as LRU here.
     assert belady["combined_prefix_cache_hit_rate"] >= lru["combined_prefix_cache_hit_rate"]
+
+
+@pytest.mark.parametrize("write", ["back", "through"])
+def test_skipping_quiet_steps_changes_nothing_with_a_tier(write):
+    base = [*MULTITURN, "verify=false", f"cpu_tier.write={write}", "cpu_tier.num_blocks=48"]
+    stepped = simulate(compose_config([*base, "skip_quiet=false"])).metrics
+    skipped = simulate(compose_config([*base, "skip_quiet=true"])).metrics
+    assert stepped["host_tier"]["blocks_offloaded"] > 0
+    for key in ("host_tier", "ttft_s", "prompt_tokens_computed", "duration_s", "num_steps"):
+        assert skipped[key] == stepped[key], key
