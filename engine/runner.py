@@ -149,7 +149,13 @@ def build_engine(cfg: EngineConfig, *, capture_logits: bool = False, on_step=Non
     executor = WallClockExecutor(model, ops, num_blocks=run.num_blocks, block_size=cfg.block_size,
                                  capture_logits=capture_logits)
     if run.scheduler.host_tier is not None:
-        executor.enable_host_tier(run.scheduler.host_tier.num_blocks)
+        from apcsim.hostmem import check_fits
+        from engine.executor import kv_block_bytes
+
+        n = run.scheduler.host_tier.num_blocks
+        check_fits(f"the host tier's KV buffer of cpu_tier {n} blocks", n * kv_block_bytes(cfg.model, cfg.block_size, dtype),
+                   "lower cpu_tier.num_blocks or cpu_tier.gib")
+        executor.enable_host_tier(n)
     if graph_mode is not None and specs:
         executor.enable_decode_graphs(graph_mode, max_batch=graph_batch,
                                       max_blocks_per_seq=_widest(specs, cfg.block_size))
