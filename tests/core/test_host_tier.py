@@ -212,3 +212,18 @@ def test_skipping_quiet_steps_changes_nothing_with_a_tier(write):
     assert stepped["host_tier"]["blocks_offloaded"] > 0
     for key in ("host_tier", "ttft_s", "prompt_tokens_computed", "duration_s", "num_steps"):
         assert skipped[key] == stepped[key], key
+
+
+def test_report_and_summary_line_split_hits_by_tier():
+    from apcsim.outputs.metrics import summary_line
+    from apcsim.outputs.report import _tier_table
+
+    m = simulate(compose_config(["+policy=lru", "workload=shared_prefix", "workload.num_requests=30",
+                                 "num_gpu_blocks=300", "cpu_tier.num_blocks=1200"])).metrics
+    t = m["host_tier"]
+    table = _tier_table(m)
+    assert "<h2>KV tiers</h2>" in table and f"<td>{t['num_blocks']}</td>" in table and "<td>GPU</td>" in table
+    assert f"{t['used_blocks']} ({t['peak_used_blocks']})" in table
+    assert f"both {t['combined_prefix_cache_hit_rate']:.3f}, {t['loads']} loads" in summary_line(m, clock="simulated")
+    off = simulate(compose_config(["+policy=lru", "workload=shared_prefix", "workload.num_requests=4"])).metrics
+    assert _tier_table(off) == "" and "host tier" not in summary_line(off, clock="simulated")
