@@ -15,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from apcsim.core.cache_config import CacheConfig
+from apcsim.core.tier_values import HostTierConfig
 from apcsim.hardware import HardwareConfig, ModelConfig
 from apcsim.outputs.progress import Progress
 from apcsim.workloads import WORKLOADS, WorkloadConfig
@@ -72,6 +73,9 @@ class SimConfig:
     # The `vllm=` preset group (conf/vllm/) sets both to one release's and names it here.
     cache: CacheConfig = field(default_factory=CacheConfig)
     semantics: str = "vllm-0.32"
+    # A host-memory KV tier below the GPU pool (apcsim/core/host_tier.py, docs/tiers.md); off by
+    # default: cpu_tier.num_blocks=... or cpu_tier.gib=... turns it on.
+    cpu_tier: HostTierConfig = field(default_factory=HostTierConfig)
     workload: WorkloadConfig = MISSING
     hardware: HardwareConfig = MISSING
     model: ModelConfig = MISSING

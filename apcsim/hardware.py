@@ -21,6 +21,10 @@ class HardwareConfig:
     # a datasheet's bidirectional NVLink figure) and a fixed cost per all-reduce (microseconds).
     interconnect_bw_gbps: float = 0.0
     interconnect_latency_us: float = 0.0
+    # The GPU's link to host memory (the host KV tier's copies): bandwidth one way (GB/s; half a
+    # datasheet's bidirectional PCIe figure) and a fixed cost per transfer (microseconds).
+    host_link_bw_gbps: float = 0.0
+    host_link_latency_us: float = 0.0
 
 
 @dataclass

@@ -60,6 +60,14 @@ class Executor:
         self.capture_logits = capture_logits
         self.logits: dict[tuple[str, int], torch.Tensor] = {}  # (request id, output index) -> fp32 [V]
         self.decode_graphs: DecodeGraphs | None = None
+        self.host_kv = None  # engine.host_kv.HostKVBuffer when the host tier is on
+
+    def enable_host_tier(self, num_blocks: int):
+        """A host KV buffer of `num_blocks` blocks for the scheduler's host tier's copies."""
+        from engine.host_kv import HostKVBuffer
+
+        self.host_kv = HostKVBuffer(self.k_caches, self.v_caches, num_blocks)
+        return self.host_kv
 
     def enable_decode_graphs(self, mode: str, *, max_batch: int, max_blocks_per_seq: int,
                              capture_only: list[int] | None = None) -> DecodeGraphs:
@@ -147,6 +155,8 @@ class Executor:
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> None:
         """Run the plan's forward pass and store the sampled tokens; returns after the device is done."""
+        if plan.transfers is not None:  # host-tier copies: evicted blocks out and loads in, first
+            self.host_kv.run(plan.transfers.copies)
         inp = self.prepare(plan)
         if inp is None:
             return

@@ -148,6 +148,14 @@ def build_engine(cfg: EngineConfig, *, capture_logits: bool = False, on_step=Non
     run, specs = build_run(cfg, _recompute_cost_model(cfg, cost), num_blocks=num_blocks)
     executor = WallClockExecutor(model, ops, num_blocks=run.num_blocks, block_size=cfg.block_size,
                                  capture_logits=capture_logits)
+    if run.scheduler.host_tier is not None:
+        from apcsim.hostmem import check_fits
+        from engine.executor import kv_block_bytes
+
+        n = run.scheduler.host_tier.num_blocks
+        check_fits(f"the host tier's KV buffer of cpu_tier {n} blocks", n * kv_block_bytes(cfg.model, cfg.block_size, dtype),
+                   "lower cpu_tier.num_blocks or cpu_tier.gib")
+        executor.enable_host_tier(n)
     if graph_mode is not None and specs:
         executor.enable_decode_graphs(graph_mode, max_batch=graph_batch,
                                       max_blocks_per_seq=_widest(specs, cfg.block_size))
@@ -173,7 +181,13 @@ def run_engine(cfg: EngineConfig, **kw) -> EngineOutcome:
         "weights": cfg.weights or f"random(seed={cfg.seed if cfg.weights_seed is None else cfg.weights_seed})",
         "online": cfg.online,
     }, {"num_params": sum(p.numel() for p in ex.model.parameters())})
-    metrics = collector.summary(loop.num_requests, {"config": config})
+    extra = {"config": config}
+    tier = loop.scheduler.host_tier
+    if tier is not None:
+        stats = loop.scheduler.stats
+        extra["host_tier"] = {**tier.summary(stats.prefix_cache_queries, stats.prefix_cache_hits),
+                              "copy_s": ex.host_kv.copy_s}  # measured: the copies ran synchronously
+    metrics = collector.summary(loop.num_requests, extra)
     return EngineOutcome(metrics, loop, collector, time.perf_counter() - t0)
 
 

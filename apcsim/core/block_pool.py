@@ -39,6 +39,9 @@ class BlockPool:
         self.children_of: dict[int, int] = {}  # key -> cached blocks whose parent_key it is
         self.num_evictions = 0  # keyed blocks evicted so far: lookups change only when this does
         self._policy_on_insert = type(policy).on_insert is not EvictionPolicy.on_insert
+        # The host tier's write-back hook (apcsim.core.host_tier): called with the victims of an
+        # allocation before their keys are dropped. None without a host tier.
+        self.on_evict_keyed = None
 
     @property
     def num_free(self) -> int:
@@ -83,11 +86,15 @@ class BlockPool:
                 # Each eviction may make its parent a leaf, a candidate for the next victim.
                 for _ in range(n - k):
                     (b,) = policy.evict(1)
+                    if self.on_evict_keyed is not None:
+                        self.on_evict_keyed((b,))
                     evict(b)
                     b.ref_cnt = 1
                     out.append(b)
             else:
                 victims = policy.evict(n - k)
+                if self.on_evict_keyed is not None:
+                    self.on_evict_keyed(victims)
                 self._take_victims(victims)
                 out.extend(victims)
         return out

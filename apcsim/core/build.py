@@ -8,6 +8,7 @@ from apcsim.core.block_hash import HashAlgo, get_hash_algo
 from apcsim.core.block_pool import BlockPool
 from apcsim.core.cache_config import CacheConfig
 from apcsim.core.future import FutureOracle
+from apcsim.core.host_tier import HostTier, TierParts
 from apcsim.core.kv_cache_manager import KVCacheManager, uses_content_keys
 from apcsim.core.request import RequestSpec
 from apcsim.core.scheduler import Scheduler
@@ -29,12 +30,15 @@ def make_scheduler(
     specs: Sequence[RequestSpec] | None = None,
     kv_options: dict | None = None,
     cache: CacheConfig | None = None,
+    host_tier: TierParts | None = None,
 ) -> Scheduler:
     """`eviction=None` means prefix caching off, the same as the `none` policy. `specs` (the
     whole workload, in the order the serving loop numbers requests) is needed only by a policy
     that knows the future (`belady`). `kv_options`: keyword arguments of `KVCacheManager`
     (hash_algo, verify_tokens, content_keys). `num_blocks` is vLLM's num_gpu_blocks: with `cache.null_block`
-    (default: vLLM 0.32's `CacheConfig()`) one of them is reserved and the pool gets the rest."""
+    (default: vLLM 0.32's `CacheConfig()`) one of them is reserved and the pool gets the rest.
+    `host_tier`: a host-memory KV tier below the pool (apcsim.core.host_tier), with its own
+    eviction policy."""
     cache = cache if cache is not None else CacheConfig()
     num_blocks = cache.usable_blocks(num_blocks)
     if num_blocks < 1:
@@ -49,8 +53,16 @@ def make_scheduler(
     kv_options = dict(kv_options or {})
     algo = kv_options.get("hash_algo", "xxh3_64")
     kv_options["hash_algo"] = algo = algo if isinstance(algo, HashAlgo) else get_hash_algo(algo)
+    host_entry = None
+    if host_tier is not None:
+        host_entry = EVICTION_POLICIES.get(host_tier.cfg.policy)
+        if host_entry is None or not host_entry.cls.enables_caching:
+            raise KeyError(f"cpu_tier.policy must be a caching eviction policy; known: "
+                           f"{', '.join(sorted(n for n, e in EVICTION_POLICIES.items() if e.cls.enables_caching))}")
+        if not entry.cls.enables_caching:
+            raise ValueError("cpu_tier needs prefix caching on the GPU (+policy=...)")
     future = None
-    if entry.cls.needs_future:
+    if entry.cls.needs_future or (host_entry is not None and host_entry.cls.needs_future):
         if specs is None:
             raise ValueError(f"eviction policy {name!r} needs the workload's future (the request specs)")
         content = uses_content_keys(algo, kv_options.get("verify_tokens", False), kv_options.get("content_keys", True))
@@ -61,4 +73,15 @@ def make_scheduler(
     policy = entry.cls(eviction if eviction is not None else entry.config_cls(), ctx)
     pool = BlockPool(num_blocks, policy, free_keyless_first=cache.free_keyless_first)
     kv = KVCacheManager(pool, block_size, **kv_options)
-    return Scheduler(scheduling, sched_entry.cls(scheduling), kv, clock=clock, future=future)
+    scheduler = Scheduler(scheduling, sched_entry.cls(scheduling), kv, clock=clock, future=future)
+    if host_tier is not None:
+        hctx = PolicyContext(block_size=block_size, num_blocks=host_tier.num_blocks, recompute_cost=recompute_cost,
+                             clock=clock, future=future)
+        hpool = BlockPool(host_tier.num_blocks, host_entry.cls(host_entry.config_cls(), hctx))
+        tier = HostTier(host_tier.cfg, hpool, host_tier.link, block_size, host_tier.recompute_time)
+        if tier.write_through:
+            kv.on_cached = tier.on_gpu_cache
+        else:
+            pool.on_evict_keyed = tier.on_gpu_evict
+        scheduler.host_tier = tier
+    return scheduler

@@ -81,6 +81,9 @@ class KVCacheManager:
         # when enabled (it costs block_size * 4 bytes a block); a cached block's entry is always
         # its latest content, since a block is re-keyed only by caching it again.
         self._content: dict[int, tuple[str | None, bytes]] = {}
+        # The host tier's write-through hook (apcsim.core.host_tier): called with blocks that
+        # just got their keys. None unless cpu_tier.write=through.
+        self.on_cached = None
 
     # -- keys ----------------------------------------------------------------------------------
     def block_keys(self, req: Request, num_blocks: int) -> list[int]:
@@ -182,7 +185,10 @@ class KVCacheManager:
             return
         keys = self.block_keys(req, num_full)
         blocks = self.pool.blocks
-        self.pool.cache_chain(list(map(blocks.__getitem__, req.block_ids[first:num_full])), keys, first)
+        new = list(map(blocks.__getitem__, req.block_ids[first:num_full]))
+        self.pool.cache_chain(new, keys, first)
+        if self.on_cached is not None:
+            self.on_cached(new)
         if self.verify_tokens:
             for i in range(first, num_full):
                 self._content[req.block_ids[i]] = self._block_content(req, i)

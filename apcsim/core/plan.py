@@ -87,6 +87,9 @@ class StepPlan:
     num_hashed_tokens: int = 0  # tokens of requests admitted this step, hashed and looked up (0 without caching)
     preempted: tuple[str, ...] = ()
     cohort: CohortSnapshot | None = None  # None: no cohort, or a plan made by hand (cost-model tests)
+    # Host-tier copies to run before the forward pass (apcsim.core.host_tier.StepTransfers);
+    # None without a host tier or when the step moves nothing.
+    transfers: object | None = None
 
     def __post_init__(self) -> None:
         # Plans made by hand may pass lists; store tuples so that a plan cannot be changed.
@@ -112,4 +115,4 @@ class StepPlan:
 
     @property
     def is_empty(self) -> bool:
-        return not self.chunks and self.num_cohort == 0
+        return not self.chunks and self.num_cohort == 0 and self.transfers is None

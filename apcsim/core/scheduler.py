@@ -26,6 +26,7 @@ from apcsim.core.admission import (
 from apcsim.core.cohort import DecodeCohort
 from apcsim.core.interface import SchedulerInterface, SchedulerStats, StepResult
 from apcsim.core.kv_cache_manager import KVCacheManager
+from apcsim.core.loading import HostTierLoading
 from apcsim.core.plan import ScheduledChunk, StepPlan
 from apcsim.core.request import Request, Status
 from apcsim.mathutil import cdiv
@@ -38,7 +39,7 @@ __all__ = ["Scheduler", "SchedulerStats", "StepResult"]
 _admit_seq = attrgetter("admit_seq")
 
 
-class Scheduler(SchedulerInterface):
+class Scheduler(HostTierLoading, SchedulerInterface):
     def __init__(self, cfg: SchedulerConfig, policy: SchedulingPolicy, kv: KVCacheManager, *,
                  clock: Clock | None = None, future=None) -> None:
         """`clock` is shared with the eviction policy (set here at every schedule and update);
@@ -71,6 +72,12 @@ class Scheduler(SchedulerInterface):
         self.cohort = DecodeCohort(kv.block_size)
         self._scheduled: dict[Request, int] = {}  # explicit requests -> new tokens this step
         self._num_cohort_scheduled = 0
+        # The host KV tier (apcsim.core.host_tier; set by apcsim.core.build when cpu_tier is on)
+        # and the requests whose load from it is in flight -> the step that issued it: they hold
+        # blocks, are neither waiting in the policy's queue nor running (vLLM's
+        # WAITING_FOR_REMOTE_KVS), and resume at the front of the waiting queue a step later.
+        self.host_tier = None
+        self.loading: dict[Request, int] = {}
 
     # -- arrivals ------------------------------------------------------------------------------
     def add_request(self, req: Request, now: float) -> bool:
@@ -98,7 +105,7 @@ class Scheduler(SchedulerInterface):
 
     @property
     def has_work(self) -> bool:
-        return bool(self.running) or len(self.policy) > 0
+        return bool(self.running) or len(self.policy) > 0 or bool(self.loading)
 
     @property
     def cohort_context_sum(self) -> int:
@@ -131,7 +138,11 @@ class Scheduler(SchedulerInterface):
 
     # -- one step ------------------------------------------------------------------------------
     def schedule(self, now: float) -> StepPlan:
+        if self.host_tier is not None:
+            self.host_tier.begin_step()
         plan = self._schedule_pass(now)
+        if plan.is_empty and self.loading and not self.running:
+            plan = self._unload_stuck(now)
         preempted = plan.preempted
         while plan.is_empty and plan.preempted:
             # Every request left running preempted itself or stood after one that did (vLLM V1
@@ -217,15 +228,29 @@ class Scheduler(SchedulerInterface):
         hashed and looked up."""
         cfg, kv, stats = self.cfg, self.kv, self.stats
         num_hashed = 0
+        tier = self.host_tier
+        if self.loading:
+            remaining, blocked = self._resume_loaded(remaining, prefill_cap)
+            if blocked:
+                return 0
         while len(self.policy) and remaining > 0 and len(self.running) < cfg.max_num_seqs:
             r = self.policy.peek()
             terms = admission_terms(cfg, kv, r, remaining, prefill_cap)
             if terms is None:
                 break
             new, charged, computed = terms
+            if tier is not None:
+                hits = tier.load_plan(kv, r, computed)
+                if hits:
+                    if not fits(cfg, kv, r, new, computed) or not self._admit_loading(r, computed, hits, now):
+                        break
+                    num_hashed += r.num_tokens
+                    continue
             if not fits(cfg, kv, r, new, computed) or not kv.allocate_slots(r, new, computed):
                 break
             self.policy.pop()
+            if tier is not None:
+                tier.admitted_without_load(r, len(computed))
             if kv.enable_caching:
                 num_hashed += r.num_tokens  # with caching off nothing is hashed or looked up
             cached = len(computed) * self.block_size
@@ -245,15 +270,18 @@ class Scheduler(SchedulerInterface):
             elif counts:
                 stats.preempted_prefix_cache_queries += r.num_tokens
                 stats.preempted_prefix_cache_hits += cached
-            r.status = Status.RUNNING
-            r.admit_seq = self._admit_counter
-            self._admit_counter += 1
-            self.running.append(r)
-            self._running_seqs.append(r.admit_seq)
-            self._explicit.add(r)
-            self._scheduled[r] = new
+            self._start_running(r, new)
             remaining -= charged
         return num_hashed
+
+    def _start_running(self, r: Request, new: int) -> None:
+        r.status = Status.RUNNING
+        r.admit_seq = self._admit_counter
+        self._admit_counter += 1
+        self.running.append(r)
+        self._running_seqs.append(r.admit_seq)
+        self._explicit.add(r)
+        self._scheduled[r] = new
 
     def _build_plan(self, num_hashed: int, preempted: tuple[str, ...]) -> StepPlan:
         chunks = tuple([
@@ -263,8 +291,9 @@ class Scheduler(SchedulerInterface):
             if new > 0
         ])
         cohort = self.cohort
+        transfers = self.host_tier.take_transfers() if self.host_tier is not None else None
         return StepPlan(self.step, chunks, self._num_cohort_scheduled, cohort.context_sum(self.step), num_hashed,
-                        preempted, cohort.snapshot() if len(cohort) else None)
+                        preempted, cohort.snapshot() if len(cohort) else None, transfers)
 
     def update(self, plan: StepPlan, now: float) -> StepResult:
         s = self.step
@@ -321,7 +350,7 @@ class Scheduler(SchedulerInterface):
 
     # -- skipping quiet stretches (simulator only) ----------------------------------------------
     def quiet_steps(self) -> int:
-        if self._explicit or not len(self.cohort):
+        if self._explicit or not len(self.cohort) or self._tier_busy():
             return 0
         if len(self.policy) and len(self.running) < self.cfg.max_num_seqs:
             self.policy.refresh()
@@ -355,6 +384,12 @@ class Scheduler(SchedulerInterface):
             assert len(r.block_ids) == cdiv(c, self.block_size), f"{r.request_id}: {len(r.block_ids)} blocks for {c} tokens"
             for b in r.block_ids:
                 refs[b] = refs.get(b, 0) + 1
+        for r in self.loading:
+            assert len(r.block_ids) * self.block_size == r.num_computed_tokens, f"loading {r.request_id}: blocks != tokens"
+            for b in r.block_ids:
+                refs[b] = refs.get(b, 0) + 1
+        if self.host_tier is not None:
+            self.host_tier.verify()
         for b in pool.blocks:
             assert b.ref_cnt == refs.get(b.block_id, 0), f"block {b.block_id}: ref {b.ref_cnt} != holders {refs.get(b.block_id, 0)}"
         for r in self.policy:

@@ -232,9 +232,12 @@ def summary_line(m: dict, *, clock: str, where: str = "") -> str:
     c = m["config"]
     ttft = m["ttft_s"]["p50"]
     rejected = f", {m['num_rejected']} rejected" if m["num_rejected"] else ""
+    t = m.get("host_tier")
+    tier = (f" (host tier: hit rate {t['external_prefix_cache_hit_rate']:.3f}, both {t['combined_prefix_cache_hit_rate']:.3f},"
+            f" {t['loads']} loads)" if t else "")
     return (
         f"{c['workload']} policy={c['policy']} block_size={c['block_size']}{where}: "
-        f"{m['num_finished']}/{m['num_requests']} finished{rejected}, hit rate {m['prefix_cache_hit_rate']:.3f}, "
+        f"{m['num_finished']}/{m['num_requests']} finished{rejected}, hit rate {m['prefix_cache_hit_rate']:.3f}{tier}, "
         f"{m['prompt_tokens_computed']} prompt tokens computed, {m['num_preemptions']} preemptions, "
         f"TTFT p50 {'n/a' if ttft is None else f'{ttft:.3f}s'}, {m['output_throughput_tok_s']:.0f} output tok/s "
         f"over {m['duration_s']:.2f}s {clock}"

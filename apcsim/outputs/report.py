@@ -193,6 +193,26 @@ def _cluster_table(m: dict) -> str:
     return head + "</p><table>" + "".join(rows) + "</table>"
 
 
+def _tier_table(m: dict) -> str:
+    """The GPU and host tiers side by side (metrics.json `host_tier`; empty without one)."""
+    t = m.get("host_tier")
+    if not t:
+        return ""
+    gb = lambda n: f"{n / 1e9:.3g} GB"
+    cols = ("tier", "blocks", "blocks used (peak)", "occupancy", "hit tokens", "hit rate", "moved in", "moved out")
+    gpu = ("GPU", m["config"]["num_gpu_blocks"], "", "", m["prefix_cache_hits"], f"{m['prefix_cache_hit_rate']:.3f}",
+           gb(t["kv_offload_bytes_cpu_to_gpu"]), gb(t["kv_offload_bytes_gpu_to_cpu"]))
+    host = (f"host ({t['policy']}, write-{t['write']})", t["num_blocks"], f"{t['used_blocks']} ({t['peak_used_blocks']})",
+            f"{t['occupancy']:.3f}", t["external_prefix_cache_hits"], f"{t['external_prefix_cache_hit_rate']:.3f}",
+            gb(t["kv_offload_bytes_gpu_to_cpu"]), gb(t["kv_offload_bytes_cpu_to_gpu"]))
+    rows = ["<tr>" + "".join(f"<th>{h}</th>" for h in cols) + "</tr>"]
+    rows += ["<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in r) + "</tr>" for r in (gpu, host)]
+    stall = f", steps waited {t['transfer_stall_s']:.4g} s on copies" if "transfer_stall_s" in t else ""
+    return (f"<h2>KV tiers</h2><p>both tiers' hit rate {t['combined_prefix_cache_hit_rate']:.3f}; {t['loads']} loads, "
+            f"{t['reloads_skipped']} reloads skipped (reload={html.escape(t['reload'])}){stall}</p>"
+            "<table>" + "".join(rows) + "</table>")
+
+
 def write_report(path: Path, metrics: dict, log: RequestLog, timeline: Timeline,
                  include_plotlyjs: str = "inline", replica_timelines: list[Timeline] | None = None) -> None:
     """`replica_timelines`: a cluster's, one per replica (metrics.json then has `cluster`): the
@@ -212,7 +232,7 @@ def write_report(path: Path, metrics: dict, log: RequestLog, timeline: Timeline,
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 12px;border-bottom:1px solid #ddd;text-align:left}"
         "</style>"
         f"</head><body><h1>{html.escape(title)}</h1><p><b>{html.escape(config_line(c))}</b></p>{plot}"
-        f"{_class_table(metrics)}<h2>Metrics</h2>{_metrics_table(metrics)}</body></html>"
+        f"{_class_table(metrics)}{_tier_table(metrics)}<h2>Metrics</h2>{_metrics_table(metrics)}</body></html>"
     )
     from apcsim.outputs.rundir import write_text_atomic
 

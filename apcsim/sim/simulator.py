@@ -30,6 +30,8 @@ class SimPyExecutor:
         self.skip_quiet = skip_quiet
         self._arrivals_changed = self.env.event()  # a request finished: follow-ups or the gate moved
         self._work = self.env.event()  # the scheduler got work while the loop was idle
+        # Seconds steps waited on host-tier copies beyond their compute (apcsim.core.host_tier).
+        self.transfer_stall_s = 0.0
 
     def now(self) -> float:
         return self.env.now
@@ -39,7 +41,13 @@ class SimPyExecutor:
         self.env.run(until=self.env.process(loop.body()))
 
     def run_plan(self, plan: StepPlan) -> Waits[float]:
-        duration = self.cost.step_time(plan)
+        transfers = plan.transfers
+        if transfers is None:
+            duration = self.cost.step_time(plan)
+        else:  # copies overlap the step's compute; the step ends when both are done
+            compute = self.cost.step_time(plan) if plan.num_requests else 0.0
+            duration = max(compute, transfers.seconds)
+            self.transfer_stall_s += duration - compute
         yield self.env.timeout(duration)
         return duration
 

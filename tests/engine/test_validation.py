@@ -258,3 +258,33 @@ def test_online_engine_follows_the_trace_clock_and_validates(tiny_profile):
     # so it is busy a small part of the run, as the simulator says too.
     assert m["busy_fraction"] < 0.5 and out.sim.metrics["busy_fraction"] < 0.5
     assert set(out.comparison) >= {"ttft_s.p50", "tpot_s.p50", "output_throughput_tok_s", "prefix_cache_hit_rate"}
+
+
+# Earlier turns evicted from a small GPU cache and reloaded from the host tier (see
+# tests/core/test_host_tier.py for the same case in the simulator).
+TIER_CASE = ["+policy=lru", "block_size=4", "workload=multiturn", "workload.num_conversations=4", "workload.turns=3",
+             "workload.system_prompt_tokens=32", "workload.message_tokens=16", "workload.output_tokens=8",
+             "num_gpu_blocks=32", "scheduler.max_num_batched_tokens=48", "scheduler.max_num_seqs=8"]
+TIER_DECISIONS = ("blocks_offloaded", "blocks_loaded", "loads", "loads_abandoned", "reloads_skipped",
+                  "external_prefix_cache_queries", "external_prefix_cache_hits", "host_evictions", "used_blocks")
+
+
+@pytest.mark.parametrize("tier", [["cpu_tier.num_blocks=128"],
+                                  ["cpu_tier.num_blocks=48", "cpu_tier.write=through", "cpu_tier.policy=lfu"]])
+def test_offline_engine_and_simulator_make_the_same_host_tier_decisions(tiny_profile, tier):
+    out = _validate(tiny_profile, *TIER_CASE, *tier, "skip_quiet=false")
+    d = out.info["decisions"]
+    assert d["plans_identical"] is True and d["requests_differing"] == 0, d
+    eng, sim = out.engine.metrics["host_tier"], out.sim.metrics["host_tier"]
+    assert {k: eng[k] for k in TIER_DECISIONS} == {k: sim[k] for k in TIER_DECISIONS}
+    assert eng["loads"] > 0 and eng["blocks_offloaded"] > 0
+    ex = out.engine.loop.executor
+    assert ex.host_kv.blocks_copied == {"store": eng["blocks_offloaded"], "load": eng["blocks_loaded"]}
+    # The copies are real: every request samples what it samples when its GPU cache never evicts.
+    from engine.runner import run_engine
+
+    roomy = run_engine(compose_config([*TINY, "hardware=cpu", "report.enabled=false", *TIER_CASE,
+                                       "num_gpu_blocks=512"], config_name="engine"))
+    assert roomy.metrics["num_preemptions"] == 0
+    for r in out.engine.loop.requests:
+        assert (ex.generated(r.request_id) == roomy.loop.executor.generated(r.request_id)).all(), r.request_id
