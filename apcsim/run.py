@@ -275,7 +275,10 @@ def build_run(cfg: SimConfig, cost: CostModel, *, num_blocks: Callable[[list[Req
     makes only as the run reaches them (one replica, no policy that reads the future: those
     need every spec at once); otherwise the list of specs."""
     workload_ss, output_ss = np.random.SeedSequence(cfg.seed).spawn(2)
-    lazy = lazy and cfg.num_replicas == 1 and not needs_future(cfg)
+    # Streamed only where nothing reads the whole workload: a cluster's router, Belady's future,
+    # and the host tier's offline bound (a replay of every spec after the run) all do.
+    tier_bound = cfg.cpu_tier.enabled and cfg.cpu_tier.bound
+    lazy = lazy and cfg.num_replicas == 1 and not needs_future(cfg) and not tier_bound
     workload = open_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss, materialise=not lazy)
     specs = workload if lazy else workload.specs()
     bs = cfg.block_size
