@@ -107,6 +107,29 @@ class DecodeCohort:
         bounds = [e for e in (_next_event(self._alloc_events), _next_event(self._finish_events)) if e is not None]
         return min(bounds) if bounds else None
 
+    def next_finish_step(self) -> int | None:
+        """The earliest step in which a member samples its last token, None if none does."""
+        return _next_event(self._finish_events)
+
+    def next_alloc_step(self) -> int | None:
+        """The earliest step in which a member needs a new block, None if none does."""
+        return _next_event(self._alloc_events)
+
+    def take_alloc_events(self, upto_step: int) -> list[tuple[int, Request]]:
+        """(step, member) of the allocation events at steps <= upto_step, in the order the
+        scheduler meets them (step, then admission order); they leave the heap."""
+        heap, out = self._alloc_events, []
+        while heap and heap[0][0] <= upto_step:
+            step, _, version, r = heapq.heappop(heap)
+            if version == r.event_version and r.anchor_step >= 0:
+                out.append((step, r))
+        return out
+
+    def give_back_alloc_events(self, events: list[tuple[int, Request]]) -> None:
+        """Undo `take_alloc_events` for events not acted on (their members are unchanged)."""
+        for step, r in events:
+            heapq.heappush(self._alloc_events, (step, r.admit_seq, r.event_version, r))
+
     def verify(self, running: list[Request], step: int) -> None:
         """Check the members against the running requests (call between steps)."""
         members = {r.admit_seq for r in running if r.anchor_step >= 0}
