@@ -90,6 +90,29 @@ class DecodeCohort:
         r.anchor_step = -1
         r.event_version += 1
 
+    def pass_boundary(self, r: Request, step: int, end: float) -> None:
+        """r's token at `step`, ending at `end`, went into the new block its table ends with:
+        what `leave(r, step, ·)`, sampling that token and `join(r, step + 1, table)` do, in one.
+        The member moves to the end of the join order (as rejoining does); its context minus its
+        anchor step stays the same, so `_base` does too; its finish step stays too, so its finish
+        event stays valid (no version bump)."""
+        seq = r.admit_seq
+        del self._members[seq]
+        k = step + 1 - r.anchor_step  # tokens decoded since the anchor, this step's included
+        c = r.num_computed_tokens + k
+        r.num_computed_tokens = c
+        r.num_output_tokens += k
+        r.last_token_time = end
+        r.anchor_step = step + 1
+        member = (seq, r.request_id, c, step + 1, tuple(r.block_ids))
+        self._members[seq] = member
+        changes = self._history.changes
+        changes.append((seq, None))
+        changes.append((seq, member))
+        if len(changes) > _MIN_HISTORY and len(changes) > len(self._members):
+            self._history = CohortHistory(dict(self._members))
+        heapq.heappush(self._alloc_events, (step + self.block_size, seq, r.event_version, r))
+
     def snapshot(self) -> CohortSnapshot:
         return CohortSnapshot(self._history, len(self._history.changes))
 

@@ -144,6 +144,14 @@ class KVCacheManager:
         self.cache_full_blocks(req, min(req.num_computed_tokens + num_new_tokens, req.num_tokens))
         return True
 
+    def append_decode_blocks(self, reqs: list[Request]) -> None:
+        """One new block for each request whose next token starts a block (a decode at a block
+        boundary; the caller made sure the pool has them): `allocate_slots(r, 1)` for each in
+        turn, in one pool call (the pool hands out and evicts blocks in the same order either way,
+        by the eviction policy's contract; nothing is keyed, the new blocks are empty)."""
+        for r, b in zip(reqs, self.pool.allocate(len(reqs))):
+            r.block_ids.append(b.block_id)
+
     def cache_full_blocks(self, req: Request, num_tokens: int) -> None:
         """Give keys to the request's blocks that are full within its first `num_tokens` tokens."""
         if not self.enable_caching:

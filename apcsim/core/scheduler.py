@@ -382,26 +382,20 @@ class Scheduler(SchedulerInterface):
 
     def _allocate_decode_blocks(self, members: list[Request], step: int, start: float, end: float) -> None:
         """What stepping does for members whose token at `step` (from `start` to `end`) starts a new
-        block, in the same order: all leave the cohort and key their filled block, then each takes
-        a block in admission order (`stretch_fit` made sure the pool has them), then each samples
-        its token and rejoins. A member's context is past its prompt, so no prompt is computed."""
+        block, in the same order: each keys its filled block (the cohort's deferred key), then each
+        takes a block in admission order (`stretch_fit` made sure the pool has them), then each
+        samples its token and stays in the cohort with its new table. A member's context is past
+        its prompt, so no prompt token is computed."""
         self.clock.now = start
-        cohort, kv = self.cohort, self.kv
+        kv, cohort, stats = self.kv, self.cohort, self.stats
         for r in members:
-            cohort.leave(r, step, start)
-            kv.cache_full_blocks(r, r.num_computed_tokens)
-        for r in members:
-            if not kv.allocate_slots(r, 1):
-                raise AssertionError(f"{r.request_id}: no block at step {step} inside a quiet stretch")
+            kv.cache_full_blocks(r, r.num_computed_tokens + step - r.anchor_step)
+        kv.append_decode_blocks(members)
         self.clock.now = end
-        stats = self.stats
         for r in members:
-            c = r.num_computed_tokens
+            c = r.num_computed_tokens + step - r.anchor_step
             stats.recomputed_tokens += max(0, min(c + 1, r.computed_high_water) - c)
-            r.num_computed_tokens = c + 1
-            r.num_output_tokens += 1
-            r.last_token_time = end
-            cohort.join(r, step + 1, tuple(r.block_ids))
+            cohort.pass_boundary(r, step, end)
 
     # -- invariants ----------------------------------------------------------------------------
     def verify(self) -> None:
