@@ -129,7 +129,19 @@ class KVCacheManager:
         """Take the hit blocks and enough new blocks for `num_new_tokens` more tokens; False (and
         nothing changed) if the pool cannot. Full blocks are cached right away, as vLLM does at
         schedule time, so a request scheduled later in the same step already hits them."""
-        computed = computed or []
+        if not computed:  # running requests and admissions without a hit: can_allocate inlined
+            bs = self.block_size
+            total = req.num_computed_tokens + num_new_tokens
+            need = -(-total // bs) - len(req.block_ids)
+            if need > self.pool.num_free:
+                return False
+            req.hit_memo = None
+            if need > 0:
+                req.block_ids.extend(map(_block_id, self.pool.allocate(need)))
+            full = min(total, req.num_tokens)
+            if full // bs > req.num_cached_blocks:
+                self.cache_full_blocks(req, full)
+            return True
         need = self.can_allocate(req, num_new_tokens, computed)
         if need < 0:
             return False
