@@ -6,6 +6,7 @@ head, ...) so that a busy machine slows both alike; medians of `--repeats` (>= 3
 CPU seconds of the child (`time.process_time` around the run), not wall time. Cases:
 
   azure      Azure LLM inference trace 2023, conversation (19,366 requests), +policy=lru block_size=16
+  azure_nocache  the same with +policy=none (caching off): azure / azure_nocache is caching's cost at 0 hits
   mooncake   the bundled Mooncake FAST'25 synthetic trace (3,993 requests), +policy=lru block_size=16
   synth100k  100,000 shared_prefix requests (1,024-token prompts, half shared, 128 output tokens),
              Poisson arrivals at 40 req/s, +policy=lru block_size=16
@@ -46,6 +47,9 @@ from _bench import ROOT, describe_run, write_results
 AZURE = ["+policy=lru", "block_size=16", "workload=azure", "workload.path=azure_llm_2023/AzureLLMInferenceTrace_conv.csv"]
 CASES = {
     "azure": AZURE,
+    # The same run with prefix caching off (its hit rate is 0 anyway): azure / azure_nocache CPU
+    # time is what prefix caching costs on a trace where it never hits.
+    "azure_nocache": ["+policy=none", *AZURE[1:]],
     "mooncake": ["+policy=lru", "block_size=16", "workload=mooncake"],
     "synth100k": ["+policy=lru", "block_size=16", "workload=shared_prefix", "workload.num_requests=100000",
                   "workload.input_tokens=1024", "workload.shared_fraction=0.5", "workload.output_tokens=128",
@@ -53,7 +57,8 @@ CASES = {
     "startup": ["+policy=lru", "block_size=16", "workload.num_requests=10"],
     "startup_cold": ["+policy=lru", "block_size=16", "workload.num_requests=10"],
 }
-QUICK = {"azure": ["workload.num_requests=1000"], "synth100k": ["workload.num_requests=10000"]}
+QUICK = {"azure": ["workload.num_requests=1000"], "azure_nocache": ["workload.num_requests=1000"],
+         "synth100k": ["workload.num_requests=10000"]}
 FLOOR_CASES = ("azure", "mooncake", "synth100k")
 
 # The simulator child: CPU time of `simulate` (workload building included), peak RSS.
@@ -233,9 +238,20 @@ def main() -> None:
                               for kind in ("xxh3", "ids") if kind in floors[0]}
             doc["results"][name] = r
             print_case(name, r)
+        if {"azure", "azure_nocache"} <= set(doc["results"]):
+            doc["caching_overhead_at_zero_hits"] = caching_overhead(doc["results"])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     write_results(doc, args.out, echo=False)
+
+
+def caching_overhead(results: dict) -> dict:
+    """azure / azure_nocache median CPU time, per side: what prefix caching costs where it never
+    hits (1.10 would be 10 % more CPU than with caching off)."""
+    lru, off = results["azure"], results["azure_nocache"]
+    out = {side: lru[side]["median_cpu_s"] / off[side]["median_cpu_s"] for side in ("head", "base") if side in lru}
+    print("caching overhead at 0 hits (azure / azure_nocache): " + "  ".join(f"{k} x{v:.2f}" for k, v in out.items()))
+    return out
 
 
 def summarise(runs: dict[str, list[dict]], case_args: list[str]) -> dict:

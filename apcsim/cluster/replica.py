@@ -35,6 +35,10 @@ class ClusterClock:
 
 
 class ReplicaExecutor(SimPyExecutor):
+    # A router probes this replica's pool at any time, also in the middle of a skipped stretch,
+    # so a stretch must not change the pool: decode block allocations are stepped.
+    allocating_stretches = False
+
     def __init__(self, cost: CostModel, clock: ClusterClock, *, skip_quiet: bool = True) -> None:
         super().__init__(cost, skip_quiet=skip_quiet, env=clock.env)
         self.clock = clock

@@ -11,7 +11,9 @@ Invariants (checked by `Scheduler.verify`):
   exact. A request is a member exactly when `anchor_step >= 0`.
 - A member's block table does not change while it is a member: its allocation event is the first
   step whose token starts a new block, and the scheduler makes it leave at the start of that
-  step, before allocating. So a member's table can be recorded once, when it joins.
+  step, before allocating. So a member's table can be recorded once, when it joins. (Inside a
+  skipped quiet stretch `pass_boundary` does that leave, allocation and rejoin in one move,
+  recorded in the history as a leave and a join.)
 - `context_sum(step)` is the members' total context at `step`: `base + len * step`, where `base`
   is the sum over members of (context at anchor - anchor step), kept as members join and leave.
 - The event heaps are lazy: an entry is (step, admit_seq, version, request) and counts only while
@@ -90,6 +92,29 @@ class DecodeCohort:
         r.anchor_step = -1
         r.event_version += 1
 
+    def pass_boundary(self, r: Request, step: int, end: float) -> None:
+        """r's token at `step`, ending at `end`, went into the new block its table ends with:
+        what `leave(r, step, ·)`, sampling that token and `join(r, step + 1, table)` do, in one.
+        The member moves to the end of the join order (as rejoining does); its context minus its
+        anchor step stays the same, so `_base` does too; its finish step stays too, so its finish
+        event stays valid (no version bump)."""
+        seq = r.admit_seq
+        del self._members[seq]
+        k = step + 1 - r.anchor_step  # tokens decoded since the anchor, this step's included
+        c = r.num_computed_tokens + k
+        r.num_computed_tokens = c
+        r.num_output_tokens += k
+        r.last_token_time = end
+        r.anchor_step = step + 1
+        member = (seq, r.request_id, c, step + 1, tuple(r.block_ids))
+        self._members[seq] = member
+        changes = self._history.changes
+        changes.append((seq, None))
+        changes.append((seq, member))
+        if len(changes) > _MIN_HISTORY and len(changes) > len(self._members):
+            self._history = CohortHistory(dict(self._members))
+        heapq.heappush(self._alloc_events, (step + self.block_size, seq, r.event_version, r))
+
     def snapshot(self) -> CohortSnapshot:
         return CohortSnapshot(self._history, len(self._history.changes))
 
@@ -106,6 +131,29 @@ class DecodeCohort:
         """The earliest step with a member's event, None if there is none."""
         bounds = [e for e in (_next_event(self._alloc_events), _next_event(self._finish_events)) if e is not None]
         return min(bounds) if bounds else None
+
+    def next_finish_step(self) -> int | None:
+        """The earliest step in which a member samples its last token, None if none does."""
+        return _next_event(self._finish_events)
+
+    def next_alloc_step(self) -> int | None:
+        """The earliest step in which a member needs a new block, None if none does."""
+        return _next_event(self._alloc_events)
+
+    def take_alloc_events(self, upto_step: int) -> list[tuple[int, Request]]:
+        """(step, member) of the allocation events at steps <= upto_step, in the order the
+        scheduler meets them (step, then admission order); they leave the heap."""
+        heap, out = self._alloc_events, []
+        while heap and heap[0][0] <= upto_step:
+            step, _, version, r = heapq.heappop(heap)
+            if version == r.event_version and r.anchor_step >= 0:
+                out.append((step, r))
+        return out
+
+    def give_back_alloc_events(self, events: list[tuple[int, Request]]) -> None:
+        """Undo `take_alloc_events` for events not acted on (their members are unchanged)."""
+        for step, r in events:
+            heapq.heappush(self._alloc_events, (step, r.admit_seq, r.event_version, r))
 
     def verify(self, running: list[Request], step: int) -> None:
         """Check the members against the running requests (call between steps)."""

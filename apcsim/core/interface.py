@@ -89,11 +89,12 @@ class SchedulerInterface(ABC):
     def num_waiting(self) -> int:
         """Requests queued and not running (new, or preempted and not yet resumed)."""
 
-    def quiet_steps(self) -> int:
+    def quiet_steps(self, *, allocating: bool = False) -> int:
         """How many steps from now on would change nothing but the counters of requests that
         decode one token each: no chunk, allocation, finish, admission or preemption. 0 if the
         next step may do anything else; a scheduler that cannot tell returns 0 (the default), and
-        the driver then runs every step."""
+        the driver then runs every step. `allocating`: the driver lets `advance` make the decodes'
+        block allocations (see `Scheduler.quiet_steps`); a scheduler may ignore it."""
         return 0
 
     @property
@@ -103,9 +104,15 @@ class SchedulerInterface(ABC):
         adds one token per request. The driver prices a skipped stretch with it."""
         raise NotImplementedError(f"{type(self).__name__} has no quiet steps to skip")
 
-    def advance(self, k: int, now: float) -> None:
+    def stretch_fit(self, m: int) -> int:
+        """How many of the next m steps of an allocating stretch the scheduler can skip (see
+        `Scheduler.stretch_fit`); all of them by default."""
+        return m
+
+    def advance(self, k: int, now: float, step_ends=None) -> list[tuple[int, int]]:
         """Skip k >= 1 steps that `quiet_steps()` (called just before) promised quiet; `now` is
-        the end time of the last of them. Only called with k <= quiet_steps()."""
+        the end time of the last of them. Only called with k <= quiet_steps(). `step_ends` and
+        the result: see `Scheduler.advance` (a scheduler that ignores `allocating` returns [])."""
         raise NotImplementedError(f"{type(self).__name__} has no quiet steps to skip")
 
     def verify(self) -> None:

@@ -160,7 +160,19 @@ class KVCacheManager:
         """Take the hit blocks and enough new blocks for `num_new_tokens` more tokens; False (and
         nothing changed) if the pool cannot. Full blocks are cached right away, as vLLM does at
         schedule time, so a request scheduled later in the same step already hits them."""
-        computed = computed or []
+        if not computed:  # running requests and admissions without a hit: can_allocate inlined
+            bs = self.block_size
+            total = req.num_computed_tokens + num_new_tokens
+            need = -(-total // bs) - len(req.block_ids)
+            if need > self.pool.num_free:
+                return False
+            req.hit_memo = None
+            if need > 0:
+                req.block_ids.extend(map(_block_id, self.pool.allocate(need)))
+            full = min(total, req.num_tokens)
+            if full // bs > req.num_cached_blocks:
+                self.cache_full_blocks(req, full)
+            return True
         need = self.can_allocate(req, num_new_tokens, computed)
         if need < 0:
             return False
@@ -174,6 +186,14 @@ class KVCacheManager:
             req.block_ids.extend(map(_block_id, self.pool.allocate(need)))
         self.cache_full_blocks(req, min(req.num_computed_tokens + num_new_tokens, req.num_tokens))
         return True
+
+    def append_decode_blocks(self, reqs: list[Request]) -> None:
+        """One new block for each request whose next token starts a block (a decode at a block
+        boundary; the caller made sure the pool has them): `allocate_slots(r, 1)` for each in
+        turn, in one pool call (the pool hands out and evicts blocks in the same order either way,
+        by the eviction policy's contract; nothing is keyed, the new blocks are empty)."""
+        for r, b in zip(reqs, self.pool.allocate(len(reqs))):
+            r.block_ids.append(b.block_id)
 
     def cache_full_blocks(self, req: Request, num_tokens: int) -> None:
         """Give keys to the request's blocks that are full within its first `num_tokens` tokens."""

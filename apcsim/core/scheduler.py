@@ -29,6 +29,7 @@ from apcsim.core.kv_cache_manager import KVCacheManager
 from apcsim.core.loading import HostTierLoading
 from apcsim.core.plan import ScheduledChunk, StepPlan
 from apcsim.core.request import Request, Status
+from apcsim.core.stretch import QuietStretches
 from apcsim.mathutil import cdiv
 from policies.scheduling.base import SchedulerConfig, SchedulingPolicy
 from policies.scheduling.preemption import PREEMPTION_CHOOSERS, PREEMPTION_MODES
@@ -39,7 +40,7 @@ __all__ = ["Scheduler", "SchedulerStats", "StepResult"]
 _admit_seq = attrgetter("admit_seq")
 
 
-class Scheduler(HostTierLoading, SchedulerInterface):
+class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
     def __init__(self, cfg: SchedulerConfig, policy: SchedulingPolicy, kv: KVCacheManager, *,
                  clock: Clock | None = None, future=None) -> None:
         """`clock` is shared with the eviction policy (set here at every schedule and update);
@@ -347,25 +348,6 @@ class Scheduler(HostTierLoading, SchedulerInterface):
         r.finish_time = now
         r.release_outputs()
         res.finished.append(r)
-
-    # -- skipping quiet stretches (simulator only) ----------------------------------------------
-    def quiet_steps(self) -> int:
-        if self._explicit or not len(self.cohort) or self._tier_busy():
-            return 0
-        if len(self.policy) and len(self.running) < self.cfg.max_num_seqs:
-            self.policy.refresh()
-            head = self.policy.peek()
-            cap = long_prefill_cap(self.cfg, len(self.running) + len(self.policy))
-            terms = admission_terms(self.cfg, self.kv, head, self.cfg.max_num_batched_tokens - len(self.cohort), cap)
-            if terms is not None and fits(self.cfg, self.kv, head, terms[0], terms[2]):
-                return 0  # the head of the queue would be admitted
-        event = self.cohort.next_event_step()
-        return max(0, event - self.step) if event is not None else 0
-
-    def advance(self, k: int, now: float) -> None:
-        assert k > 0 and not self._explicit, "advance() outside a quiet stretch"
-        self.step += k
-        self.last_end_time = now
 
     # -- invariants ----------------------------------------------------------------------------
     def verify(self) -> None:

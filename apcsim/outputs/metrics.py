@@ -98,14 +98,36 @@ class MetricsCollector:
             self._itl_weights.extend([1.0] * len(result.itl_samples))
         self._row(now, 1, num_requests, num_tokens)
 
-    def record_stretch(self, now: float, durations: np.ndarray, num_seqs: int) -> None:
-        """k quiet decode steps of `num_seqs` requests each; durations is float64 [k]."""
+    def record_stretch(self, now: float, durations: np.ndarray, num_seqs: int,
+                       allocated: list[tuple[int, int]] = (), ends: np.ndarray | None = None,
+                       start: float = 0.0) -> None:
+        """k quiet decode steps of `num_seqs` requests each; durations is float64 [k].
+        `allocated`: (step offset j, a) for steps in which a of the requests took a new block
+        (`Scheduler.advance`); stepping reports those a requests' gaps one by one, as
+        `ends[j] - ends[j - 1]` (`start` for j = 0), and so does this, in the same order."""
         k = len(durations)
         self.num_steps += k
-        for d in durations.tolist():  # one at a time, as record_step would: bit-identical sums
+        ds = durations.tolist()
+        for d in ds:  # one at a time, as record_step would: bit-identical sums
             self.busy_time += d
-        self._itl_values.extend(durations.tolist())
-        self._itl_weights.extend([float(num_seqs)] * k)
+        if not allocated:
+            self._itl_values.extend(ds)
+            self._itl_weights.extend([float(num_seqs)] * k)
+        else:
+            values, weights = self._itl_values, self._itl_weights
+            done = 0
+            for j, a in allocated:
+                values.extend(ds[done:j])
+                weights.extend([float(num_seqs)] * (j - done))
+                if num_seqs > a:
+                    values.append(ds[j])
+                    weights.append(float(num_seqs - a))
+                gap = float(ends[j]) - (start if j == 0 else float(ends[j - 1]))
+                values.extend([gap] * a)
+                weights.extend([1.0] * a)
+                done = j + 1
+            values.extend(ds[done:])
+            weights.extend([float(num_seqs)] * (k - done))
         self._row(now, k, num_seqs, num_seqs)
 
     def _row(self, now: float, steps: int, batch: int, tokens: int) -> None:

@@ -21,7 +21,13 @@ from apcsim.sim.cost_model import CostModel
 
 class SimPyExecutor:
     """Plans run for `cost.step_time(plan)` simulated seconds; `skip_quiet` runs a stretch of
-    steps that change nothing but time (no arrival, completion or new block) in one event."""
+    steps that change nothing but time and the decodes' new blocks (no arrival, completion,
+    admission or preemption) in one event."""
+
+    # Whether a skipped stretch may allocate the decodes' new blocks (`Scheduler.advance`): the
+    # pool then changes only when the stretch is applied, which is right only if nobody looks at
+    # the pool while the stretch runs (a cluster's router does: `apcsim.cluster.replica`).
+    allocating_stretches = True
 
     def __init__(self, cost: CostModel, *, skip_quiet: bool = True, env: simpy.Environment | None = None) -> None:
         """`env`: a clock shared with other executors (a cluster's replicas); by default its own."""
@@ -88,7 +94,8 @@ class SimPyExecutor:
 
     def _skip_quiet_stretch(self, loop: ServingLoop):
         sched = loop.scheduler
-        k = sched.quiet_steps()
+        allocating = self.allocating_stretches
+        k = sched.quiet_steps(allocating=allocating)
         if k < 2:
             return
         n = len(sched.running)
@@ -100,11 +107,13 @@ class SimPyExecutor:
         # Step j >= 1 starts at ends[j-1]; only steps that start before the next arrival are quiet
         # for sure (an arrival at a step's start is seen by that step's schedule).
         m = 1 + int(np.searchsorted(ends[: k - 1], loop.frontend.next_arrival_time, side="left"))
+        if m >= 2 and allocating:
+            m = sched.stretch_fit(m)
         if m < 2:
             return
         m = yield from self._wait_stretch(ends, m, now)
-        sched.advance(m, self.env.now)
-        loop.metrics.record_stretch(self.env.now, times[:m], n)
+        allocated = sched.advance(m, self.env.now, ends[:m] if allocating else None)
+        loop.metrics.record_stretch(self.env.now, times[:m], n, allocated, ends, now)
         if loop.verify_every_step:
             sched.verify()
 

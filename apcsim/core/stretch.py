@@ -1,0 +1,99 @@
+"""Skipping quiet stretches (simulator only): the scheduler's half of `SimPyExecutor`'s skip.
+
+A quiet stretch is a run of steps in which only the decode cohort runs: no explicit request, no
+admission, no finish, no preemption. The executor asks `quiet_steps` how long it may be, cuts it
+at the next arrival (and, for an allocating stretch, at `stretch_fit`), lets the time pass in
+one event and calls `advance`. In an allocating stretch the members' decode block boundaries do
+not end the stretch: `advance` makes those allocations itself, step by step in the order
+stepping would (keys of the filled blocks, then the new blocks in admission order), so the block
+ids, keys and evictions are the same as stepping's.
+
+A mixin of `apcsim.core.scheduler.Scheduler`: it reads and writes that class's state.
+"""
+
+from __future__ import annotations
+
+from apcsim.core.admission import admission_terms, fits, long_prefill_cap
+from apcsim.core.request import Request
+
+
+class QuietStretches:
+    def quiet_steps(self, *, allocating: bool = False) -> int:
+        """See `SchedulerInterface.quiet_steps`. With `allocating`, a member's next block does not
+        end the stretch: `advance` allocates it, so only a finish (or an admission) does, and the
+        driver cuts the stretch to what the pool can serve with `stretch_fit`. Not while a waiting
+        request could be admitted by a later step: evictions may change its prefix hit, and with it
+        whether it fits, so each allocation step is then stepped."""
+        if self._explicit or not len(self.cohort) or self._tier_busy():
+            return 0
+        # A host tier's write-back store of an evicted block belongs to the step that evicts it
+        # (it sets that step's time), so with a tier every allocating step is stepped.
+        allocating = allocating and self.host_tier is None
+        head_waits = len(self.policy) and len(self.running) < self.cfg.max_num_seqs
+        if head_waits:
+            self.policy.refresh()
+            head = self.policy.peek()
+            cap = long_prefill_cap(self.cfg, len(self.running) + len(self.policy))
+            terms = admission_terms(self.cfg, self.kv, head, self.cfg.max_num_batched_tokens - len(self.cohort), cap)
+            if terms is not None and fits(self.cfg, self.kv, head, terms[0], terms[2]):
+                return 0  # the head of the queue would be admitted
+        if allocating and not head_waits:
+            event = self.cohort.next_finish_step()  # a member always has one
+        else:
+            event = self.cohort.next_event_step()
+        return max(0, event - self.step) if event is not None else 0
+
+    def stretch_fit(self, m: int) -> int:
+        """How many of the next `m` steps of an allocating stretch (`quiet_steps(allocating=True)`)
+        the pool has blocks for. Each allocation takes one block and nothing is freed within a
+        stretch, so they all succeed until the pool is empty; the step whose allocations would
+        find it empty may preempt, and ends the stretch (it is stepped)."""
+        end = self.step + m  # steps < end
+        events = self.cohort.take_alloc_events(end - 1)
+        self.cohort.give_back_alloc_events(events)
+        free = self.kv.pool.num_free
+        if len(events) > free:
+            return events[free][0] - self.step
+        # A member that allocates at step t needs its next block at t + block_size.
+        bs = self.block_size
+        steps = sorted(t for t0, _ in events for t in range(t0, end, bs))
+        return m if len(steps) <= free else steps[free] - self.step
+
+    def advance(self, k: int, now: float, step_ends=None) -> list[tuple[int, int]]:
+        """Skip k quiet steps ending at `now`. `step_ends` (the k steps' end times) is given for an
+        allocating stretch (`quiet_steps(allocating=True)`, cut by `stretch_fit`): the members'
+        block allocations in it are made here, step by step, exactly as stepping would make them.
+        Returns (step offset, members that allocated) for each step that had any: those members
+        sampled their token as one-by-one decodes (their inter-token gap is reported alone)."""
+        assert k > 0 and not self._explicit, "advance() outside a quiet stretch"
+        done: list[tuple[int, int]] = []
+        if step_ends is not None:
+            s0, cohort = self.step, self.cohort
+            # One step at a time: a member that allocates rejoins with its next block due
+            # block_size steps later, maybe still inside the stretch.
+            while (step := cohort.next_alloc_step()) is not None and step < s0 + k:
+                members = [r for _, r in cohort.take_alloc_events(step)]
+                j = step - s0
+                start = self.last_end_time if j == 0 else float(step_ends[j - 1])
+                self._allocate_decode_blocks(members, step, start, float(step_ends[j]))
+                done.append((j, len(members)))
+        self.step += k
+        self.last_end_time = now
+        return done
+
+    def _allocate_decode_blocks(self, members: list[Request], step: int, start: float, end: float) -> None:
+        """What stepping does for members whose token at `step` (from `start` to `end`) starts a new
+        block, in the same order: each keys its filled block (the cohort's deferred key), then each
+        takes a block in admission order (`stretch_fit` made sure the pool has them), then each
+        samples its token and stays in the cohort with its new table. A member's context is past
+        its prompt, so no prompt token is computed."""
+        self.clock.now = start
+        kv, cohort, stats = self.kv, self.cohort, self.stats
+        for r in members:
+            kv.cache_full_blocks(r, r.num_computed_tokens + step - r.anchor_step)
+        kv.append_decode_blocks(members)
+        self.clock.now = end
+        for r in members:
+            c = r.num_computed_tokens + step - r.anchor_step
+            stats.recomputed_tokens += max(0, min(c + 1, r.computed_high_water) - c)
+            cohort.pass_boundary(r, step, end)
