@@ -205,8 +205,11 @@ def test_host_tier_takes_any_registered_policy_belady_included():
 
 
 @pytest.mark.parametrize("write", ["back", "through"])
-def test_skipping_quiet_steps_changes_nothing_with_a_tier(write):
-    base = [*MULTITURN, "verify=false", f"cpu_tier.write={write}", "cpu_tier.num_blocks=48"]
+@pytest.mark.parametrize("outputs", [[], ["workload.output_tokens=40", "verify=true"]], ids=["short", "decode_evicts"])
+def test_skipping_quiet_steps_changes_nothing_with_a_tier(write, outputs):
+    """`decode_evicts`: decodes cross block boundaries in quiet stretches and evict cached
+    blocks there; a write-back store must stay with the step whose eviction made it."""
+    base = [*MULTITURN, "verify=false", f"cpu_tier.write={write}", "cpu_tier.num_blocks=48", *outputs]
     stepped = simulate(compose_config([*base, "skip_quiet=false"])).metrics
     skipped = simulate(compose_config([*base, "skip_quiet=true"])).metrics
     assert stepped["host_tier"]["blocks_offloaded"] > 0
