@@ -15,7 +15,6 @@ from apcsim.calibration.cost_model import make_cost_model
 from apcsim.config import SimConfig
 from apcsim.core.block_hash import get_hash_algo
 from apcsim.core.build import NO_CACHING, make_scheduler
-from apcsim.core.host_tier import RELOAD_MODES, WRITE_MODES, HostLink, TierParts
 from apcsim.core.request import RequestSpec
 from apcsim.core.scheduler import Scheduler
 from apcsim.errors import ConfigError
@@ -30,6 +29,7 @@ from apcsim.outputs.requestlog import RequestLog, uses_priorities
 from apcsim.outputs.rundir import streamed
 from apcsim.sim.cost_model import CostModel
 from apcsim.sim.simulator import Simulation
+from apcsim.tier_config import host_tier_parts, tier_bound_rates, validate_cpu_tier
 from apcsim.workloads import Workload, open_workload
 from policies.registry import EVICTION_POLICIES
 from policies.scheduling.preemption import PREEMPTION_MODES
@@ -72,57 +72,6 @@ def validate(cfg: SimConfig) -> None:
     if cfg.num_replicas > 1 and cfg.policy is not None and cfg.policy.name == "belady":
         raise ConfigError("+policy=belady knows one engine's future, not a replica's behind a router; "
                           "use cluster_bound=true for the cluster's offline bound (belady on one pooled cache)")
-
-
-def validate_cpu_tier(cfg: SimConfig) -> None:
-    from policies.registry import EVICTION_POLICIES
-
-    t = cfg.cpu_tier
-    checks = [
-        (t.num_blocks >= 0, f"cpu_tier.num_blocks must be >= 0, got {t.num_blocks}"),
-        (t.gib is None or t.gib > 0, f"cpu_tier.gib must be > 0, got {t.gib}"),
-        (t.write in WRITE_MODES, f"cpu_tier.write must be one of {', '.join(WRITE_MODES)}, got {t.write!r}"),
-        (t.reload in RELOAD_MODES, f"cpu_tier.reload must be one of {', '.join(RELOAD_MODES)}, got {t.reload!r}"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
-    if not t.enabled:
-        return
-    caching = sorted(n for n, e in EVICTION_POLICIES.items() if e.cls.enables_caching)
-    if t.policy not in caching:
-        raise ConfigError(f"cpu_tier.policy must be one of {', '.join(caching)}, got {t.policy!r}")
-    if cfg.policy is None or cfg.policy.name == "none":
-        raise ConfigError("cpu_tier needs prefix caching on the GPU: add +policy=... (e.g. +policy=lru)")
-    if cfg.num_replicas > 1:
-        raise ConfigError("cpu_tier is modelled for one engine (num_replicas=1)")
-    if t.link_profile is None and (not cfg.hardware.host_link_bw_gbps > 0 or cfg.hardware.host_link_latency_us < 0):
-        raise ConfigError(f"cpu_tier needs hardware.host_link_bw_gbps > 0 and host_link_latency_us >= 0 "
-                          f"(hardware {cfg.hardware.name} gives {cfg.hardware.host_link_bw_gbps} and "
-                          f"{cfg.hardware.host_link_latency_us})")
-
-
-def host_tier_parts(cfg: SimConfig, cost: CostModel) -> TierParts | None:
-    """The host tier's size and link from the config (None: off)."""
-    t = cfg.cpu_tier
-    if not t.enabled:
-        return None
-    block_bytes = cfg.block_size * cfg.model.kv_bytes_per_token_per_gpu(cfg.tp)
-    n = t.num_blocks if t.gib is None else int(t.gib * 2**30 // block_bytes)
-    if n < 1:
-        raise ConfigError(f"cpu_tier.gib={t.gib} holds no block of {fmt_bytes(block_bytes)}")
-    check_fits(f"the host tier's bookkeeping of {n} blocks ({POOL_BYTES_PER_BLOCK} bytes a block)",
-               n * POOL_BYTES_PER_BLOCK, "lower cpu_tier.num_blocks or cpu_tier.gib")
-    hw = cfg.hardware
-    if t.link_profile is not None:
-        from apcsim.calibration.host_link import read_link_profile
-
-        fit = read_link_profile(t.link_profile)
-        link = HostLink(fit["load"].bw_gbps, fit["load"].latency_us, block_bytes,
-                        fit["store"].bw_gbps, fit["store"].latency_us)
-    else:
-        link = HostLink(hw.host_link_bw_gbps, hw.host_link_latency_us, block_bytes)
-    return TierParts(t, n, link, cost.recompute_time)
 
 
 def kv_options(cfg: SimConfig) -> dict:
@@ -313,17 +262,6 @@ def scheduler_for(cfg: SimConfig, cost: CostModel, num_blocks: int, specs: list[
     )
 
 
-def tier_bound_rates(specs, order: list[int], run: RunParts) -> dict:
-    """Timing-free replays of the run's arrival order through one cache of the GPU's capacity
-    and one of the GPU's plus the host's (apcsim.cluster.bound: LRU and Belady)."""
-    from apcsim.cluster.bound import pooled_bound
-
-    sched = run.scheduler
-    gpu = sched.kv.pool.num_blocks
-    return {"gpu": pooled_bound(specs, order, run.output_seed, sched.kv, gpu),
-            "gpu_plus_host": pooled_bound(specs, order, run.output_seed, sched.kv, gpu + sched.host_tier.num_blocks)}
-
-
 @dataclass
 class SimOutcome:
     metrics: dict
@@ -409,6 +347,6 @@ def simulate(cfg: SimConfig, *, requests_csv: Path | None = None, keep_requests:
     if "host_tier" in extra:
         extra["host_tier"]["transfer_stall_s"] = sim.executor.transfer_stall_s
         if bound_specs is not None:
-            extra["host_tier"]["bound"] = tier_bound_rates(bound_specs, arrivals, run)
+            extra["host_tier"]["bound"] = tier_bound_rates(bound_specs, arrivals, run.scheduler, run.output_seed)
     metrics = collector.summary(sim.num_requests, extra, partial=interrupted is not None)
     return SimOutcome(metrics, sim, collector, time.perf_counter() - t0, interrupted, warnings)

@@ -9,7 +9,8 @@ import pytest
 from apcsim.calibration.host_link import fit_link, read_link_profile, write_link_profile
 from apcsim.cli.compose import compose_config
 from apcsim.errors import ConfigError
-from apcsim.run import build_cost_model, checked_config, host_tier_parts
+from apcsim.run import build_cost_model, checked_config
+from apcsim.tier_config import host_tier_parts
 
 torch = pytest.importorskip("torch")
 
