@@ -24,7 +24,7 @@ RUNS = {
     "plain": ["+policy=lru", "block_size=16", "workload.num_requests=10"],
     "no_prefix_cache": ["workload.num_requests=7"],
     "classes": ["+experiment=priority_classes", "workload.num_conversations=12"],
-    "azure_thinned": ["workload=azure", "workload.num_requests=400", "+policy=lfu", "num_gpu_blocks=2000"],
+    "azure_thinned": ["workload=azure", "workload.num_requests=700", "+policy=lfu", "num_gpu_blocks=2000"],
 }
 
 
