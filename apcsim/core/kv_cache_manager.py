@@ -89,7 +89,8 @@ class KVCacheManager:
     def block_keys(self, req: Request, num_blocks: int) -> list[int]:
         """The keys of (at least) the request's first `num_blocks` full blocks, computed once and
         kept: a prompt named by content ids gets all its content keys at once, blocks past them
-        token keys chained from the last."""
+        token keys chained from the last; a fixed output stream (`Request.outputs_fixed`) is keyed
+        to its end on the first call that reaches it."""
         keys = req.block_keys
         if len(keys) < num_blocks:
             bs = self.block_size
@@ -101,7 +102,12 @@ class KVCacheManager:
                         return keys
             start = len(keys)
             seed = keys[-1] if keys else seed
-            keys.extend(chain_keys(req.token_slice(start * bs, num_blocks * bs), bs, seed, self.hash_algo))
+            stop = num_blocks
+            if num_blocks * bs > req.prompt_len and req.outputs_fixed:
+                # Into the output, whose tokens are all known already: key every block the output
+                # will fill in one pass, not one call per decode block boundary.
+                stop = max(num_blocks, (req.prompt_len + req.max_output_tokens) // bs)
+            keys.extend(chain_keys(req.token_slice(start * bs, stop * bs), bs, seed, self.hash_algo))
         return keys
 
     def _block_content(self, req: Request, i: int) -> tuple[str | None, bytes]:

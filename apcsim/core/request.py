@@ -140,6 +140,10 @@ class Request:
     # keyed block was evicted since, so a request retried every step re-walks only past its end.
     hit_memo: tuple | None = None
     lookup_collided: bool = False  # verify_tokens: the last lookup stopped at a hash collision
+    # Whether every output token is known in advance (the simulated stream, or the workload's
+    # fixed answer), so keys of output blocks may be computed before the blocks fill. A real
+    # engine's stream (`set_output_tokens`) fills as it samples: its blocks are keyed as they fill.
+    outputs_fixed: bool = True
     _outputs: np.ndarray | None = None
 
     @property
@@ -184,6 +188,7 @@ class Request:
     def set_output_tokens(self, tokens: np.ndarray) -> None:
         """Used by a real engine: the tokens it sampled replace the simulated stream."""
         self._outputs = tokens
+        self.outputs_fixed = False
 
     def release_outputs(self) -> None:
         """Drop the materialised output stream once nothing needs it (memory stays O(running))."""
