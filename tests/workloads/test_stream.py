@@ -156,16 +156,24 @@ def test_rag_requests_asked_out_of_order_are_the_same():
         np.testing.assert_array_equal(got.prompt_token_ids, in_order[i].prompt_token_ids)
 
 
-def test_a_long_run_holds_only_the_specs_in_flight(monkeypatch):
-    """simulate() streams a shared_prefix workload: specs alive at once stay near the number in
-    flight, far below the workload's size, and the run's outcome is the materialised run's."""
+@pytest.mark.parametrize("name, overrides, most_alive", [
+    ("shared_prefix", ["workload.num_requests=3000", "workload.input_tokens=32", "workload.output_tokens=8",
+                       "workload.request_rate=50"], 300),
+    # The bundled trace's first 600 requests, shortened and slowed so that few are in flight.
+    ("mooncake", ["workload.num_requests=600", "workload.length_scale=0.0625", "workload.time_scale=8"], 50),
+])
+def test_a_long_run_holds_only_the_specs_in_flight(monkeypatch, name, overrides, most_alive):
+    """simulate() streams the workload: specs alive at once stay near the number in flight, far
+    below the workload's size, and the run's outcome is the materialised run's."""
     import gc
     import weakref
 
     from apcsim.cli.compose import compose_config
     from apcsim.run import simulate
+    from apcsim.workloads import base
 
-    real_build = shared_prefix_module.build
+    entry = base.WORKLOADS[name]
+    real_build = entry.build
     alive, peak = [0], [0]
 
     def counting_build(cfg, ctx):
@@ -179,17 +187,13 @@ def test_a_long_run_holds_only_the_specs_in_flight(monkeypatch):
             return spec
         return dataclasses.replace(src, make=make)
 
-    from apcsim.workloads import base
-
-    entry = base.WORKLOADS["shared_prefix"]
-    monkeypatch.setitem(base.WORKLOADS, "shared_prefix", dataclasses.replace(entry, build=counting_build))
-    overrides = ["workload=shared_prefix", "workload.num_requests=3000", "workload.input_tokens=32",
-                 "workload.output_tokens=8", "workload.request_rate=50", "+policy=lru"]
+    monkeypatch.setitem(base.WORKLOADS, name, dataclasses.replace(entry, build=counting_build))
+    overrides = [f"workload={name}", *overrides, "+policy=lru"]
     gc.disable()  # refcounts free the specs; no collector pass is needed to see them go
     try:
         streamed = simulate(compose_config(overrides)).metrics
     finally:
         gc.enable()
-    assert 0 < peak[0] < 300, peak[0]
+    assert 0 < peak[0] < most_alive, peak[0]
     kept = simulate(compose_config(overrides), keep_requests=True).metrics  # every spec made up front
     assert kept == streamed
