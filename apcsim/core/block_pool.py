@@ -15,8 +15,14 @@ block joins the evictable set in release order, as vLLM did before.
 
 from __future__ import annotations
 
+from functools import partial
+from itertools import takewhile
+from operator import is_not
+
 from policies.eviction.base import EvictionPolicy
 from policies.types import Block
+
+_is_block = partial(is_not, None)
 
 
 class BlockPool:
@@ -54,6 +60,11 @@ class BlockPool:
 
     def lookup(self, key: int) -> Block | None:
         return self.cached.get(key)
+
+    def cached_prefix(self, keys) -> list[Block]:
+        """The blocks cached under `keys`, in order, up to the first key not cached (the walk
+        runs in C: lookups stop at the first miss)."""
+        return list(takewhile(_is_block, map(self.cached.get, keys)))
 
     def touch(self, blocks: list[Block]) -> None:
         """A request takes cached blocks it hit: ref counts up, evictable ones leave the set."""

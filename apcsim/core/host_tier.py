@@ -15,7 +15,7 @@ is only ever a copy, never in use.
 - Timing: a load issued in step s runs during step s, overlapped with the step's compute (a copy
   stream beside the forward pass), and the loading request resumes in step s+1 at the front of
   the waiting queue. The step ends when both its compute and its copies are done, so a load longer
-  than the step's compute stalls it (`kv_load_stall_s`). Loads and stores move in opposite
+  than the step's compute stalls it (`transfer_stall_s`). Loads and stores move in opposite
   directions of a full-duplex link and overlap each other. vLLM polls instead and lets a slow
   load span several steps; the one-step rule keeps the tier's decisions independent of the clock,
   so the engine and the simulator make the same ones.
@@ -129,13 +129,7 @@ class HostTier:
     # -- lookups and loads ---------------------------------------------------------------------
     def host_hits(self, keys: list[int], start: int, stop: int) -> list[Block]:
         """Host blocks holding keys[start:stop], from `start` up to the first miss."""
-        cached, out = self.pool.cached, []
-        for i in range(start, stop):
-            h = cached.get(keys[i])
-            if h is None:
-                break
-            out.append(h)
-        return out
+        return self.pool.cached_prefix(keys[start:stop])
 
     def reload_pays(self, num_gpu_hits: int, num_host_hits: int) -> bool:
         if self.cfg.reload == "always":
@@ -178,9 +172,7 @@ class HostTier:
             return False
         r.hit_memo = None
         gpu = kv.pool
-        if computed:
-            gpu.touch(computed)
-            r.block_ids.extend(b.block_id for b in computed)
+        kv.take_hits(r, computed)
         r.num_cached_blocks = len(r.block_ids)  # loaded blocks get keys when r resumes
         # The sources are held while the GPU allocates: its evictions store into the host tier,
         # which must not reuse a block this load still reads.

@@ -10,9 +10,7 @@ a lookup accepts a key match only if they are equal too (a mismatch is a hash co
 
 from __future__ import annotations
 
-from functools import partial
-from itertools import takewhile
-from operator import attrgetter, is_not
+from operator import attrgetter
 
 import xxhash
 
@@ -24,7 +22,6 @@ from apcsim.core.request import Request, RequestSpec
 from policies.eviction.base import EvictionPolicy
 
 
-_is_block = partial(is_not, None)
 _ref_cnt = attrgetter("ref_cnt")
 _block_id = attrgetter("block_id")
 
@@ -137,8 +134,7 @@ class KVCacheManager:
             if self.verify_tokens:
                 req.lookup_collided = self._verified_walk(req, keys, hits, max_blocks)
             else:
-                # The walk in C: lookups stop at the first key not cached.
-                hits.extend(takewhile(_is_block, map(pool.cached.get, keys[len(hits) : max_blocks])))
+                hits.extend(pool.cached_prefix(keys[len(hits) : max_blocks]))
         req.hit_memo = (pool.num_evictions, hits)
         return list(hits)
 
@@ -183,15 +179,20 @@ class KVCacheManager:
         if need < 0:
             return False
         req.hit_memo = None  # admitted: the lookup is spent
+        self.take_hits(req, computed)
+        if need > 0:
+            req.block_ids.extend(map(_block_id, self.pool.allocate(need)))
+        self.cache_full_blocks(req, min(req.num_computed_tokens + num_new_tokens, req.num_tokens))
+        return True
+
+    def take_hits(self, req: Request, computed: list) -> None:
+        """The request takes the cached blocks of its prefix hit (from `get_computed_blocks`):
+        they join its table as computed and keyed blocks."""
         if computed:
             self.pool.touch(computed)
             req.block_ids.extend(b.block_id for b in computed)
             req.num_computed_tokens += len(computed) * self.block_size
             req.num_cached_blocks = len(req.block_ids)
-        if need > 0:
-            req.block_ids.extend(map(_block_id, self.pool.allocate(need)))
-        self.cache_full_blocks(req, min(req.num_computed_tokens + num_new_tokens, req.num_tokens))
-        return True
 
     def append_decode_blocks(self, reqs: list[Request]) -> None:
         """One new block for each request whose next token starts a block (a decode at a block

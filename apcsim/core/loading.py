@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from apcsim.core.admission import fits
 from apcsim.core.plan import StepPlan
-from apcsim.core.request import Request, Status
+from apcsim.core.request import Request
 
 
 class HostTierLoading:
@@ -54,12 +54,7 @@ class HostTierLoading:
         while self.loading and (plan is None or plan.is_empty):
             r = next(reversed(self.loading))
             del self.loading[r]
-            self.kv.free(r)
-            r.num_computed_tokens = 0
-            r.status = Status.PREEMPTED
-            r.num_preemptions += 1
-            self.stats.num_preemptions += 1
-            self.policy.readd_preempted(r)
+            self._requeue(r)  # no high-water mark: a loading request has computed nothing
             self.host_tier.stats.loads_abandoned += 1
             unloaded.append(r.request_id)
             plan = self._schedule_pass(now)

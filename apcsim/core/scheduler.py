@@ -129,8 +129,13 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
 
     def _preempt(self, r: Request) -> None:
         self._remove_running(r)
-        self.kv.free(r)
         r.computed_high_water = max(r.computed_high_water, r.num_computed_tokens)
+        self._requeue(r)
+
+    def _requeue(self, r: Request) -> None:
+        """Preemption by recompute of a request that is neither running nor waiting any more:
+        its blocks go back to the pool and it waits again, from token 0."""
+        self.kv.free(r)
         r.num_computed_tokens = 0
         r.status = Status.PREEMPTED
         r.num_preemptions += 1
