@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 
 def cache_dir() -> Path:
@@ -32,3 +35,22 @@ def store_atomic(entry: Path, data: bytes) -> None:
                 os.unlink(tmp)
     except OSError:
         pass
+
+
+def memoized(entry: Path, make: Callable[[], T], *, load: Callable[[bytes], T | None],
+             dump: Callable[[T], bytes | None]) -> T:
+    """The value stored at `entry`, else `make()`'s, then stored. `load(data)` turns an entry's
+    bytes into the value, or returns None (or raises) for one that cannot be used (corrupt,
+    truncated, of another layout): it is made again and rewritten. `dump(value)` gives the bytes
+    to store, or None for a value that must not be cached. Errors of `make` pass through."""
+    try:
+        value = load(entry.read_bytes())
+    except Exception:  # absent, unreadable or unusable: made again
+        value = None
+    if value is not None:
+        return value
+    value = make()
+    data = dump(value)
+    if data is not None:
+        store_atomic(entry, data)
+    return value

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from apcsim.cachedir import cache_dir, store_atomic
+from apcsim.cachedir import cache_dir, memoized
 from apcsim.calibration import attention, decode_buckets, fit, profile
 from apcsim.hardware import ModelConfig
 
@@ -52,12 +52,8 @@ def entry_key(path: Path, model: ModelConfig) -> str:
     return h.hexdigest()
 
 
-def _load(entry: Path) -> tuple[Identity, Any] | None:
-    try:
-        with entry.open("rb") as f:
-            identity, fitted = pickle.load(f)
-    except Exception:  # absent, corrupt, truncated or of another layout: a miss
-        return None
+def _load(data: bytes) -> tuple[Identity, Any]:
+    identity, fitted = pickle.loads(data)  # raises on anything but a pair: a miss
     return identity, fitted
 
 
@@ -65,9 +61,5 @@ def cached_fit(path: Path, model: ModelConfig, fit_profile: Callable[[], tuple[I
     """The cached (identity, fitted model) of the profile at `path` for `model`, else
     `fit_profile()`'s, which is then stored. Errors of `fit_profile` pass through uncached."""
     entry = cache_dir() / "fits" / f"{entry_key(path, model)}.pickle"
-    hit = _load(entry)
-    if hit is not None:
-        return hit
-    value = fit_profile()
-    store_atomic(entry, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-    return value
+    return memoized(entry, fit_profile, load=_load,
+                    dump=lambda value: pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))

@@ -40,7 +40,7 @@ import hydra
 import omegaconf
 from omegaconf import DictConfig, OmegaConf
 
-from apcsim.cachedir import cache_dir, store_atomic
+from apcsim.cachedir import cache_dir, memoized
 
 _LAYOUT = 2  # bump when an entry's layout changes
 # A run directory Hydra's override parser reads as exactly this string (a path with a '/' in it,
@@ -109,17 +109,18 @@ def cached(app: App, overrides: list[str], compose: Callable[[], DictConfig | No
     if any(_extends_search_path(o) for o in overrides):
         return compose()
     entry = cache_dir() / "compose" / f"{entry_key(app, overrides)}.pickle"
-    try:
-        cfg = pickle.loads(entry.read_bytes())
-        if isinstance(cfg, DictConfig):
-            return _as_this_run(cfg, _run_dir(overrides))
-    except Exception:  # absent, corrupt or of another layout: composed again
-        pass
-    cfg = compose()
-    if cfg is not None and not cfg.hydra.job.env_copy:  # env_copy: composition read the environment
+
+    def load(data: bytes) -> DictConfig | None:
+        cfg = pickle.loads(data)
+        return _as_this_run(cfg, _run_dir(overrides)) if isinstance(cfg, DictConfig) else None
+
+    def dump(cfg: DictConfig | None) -> bytes | None:
+        if cfg is None or cfg.hydra.job.env_copy:  # env_copy: composition read the environment
+            return None
         OmegaConf.clear_cache(cfg)  # nothing resolved may be kept (resolvers that cache, like ${pid:})
-        store_atomic(entry, pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL))
-    return cfg
+        return pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL)
+
+    return memoized(entry, compose, load=load, dump=dump)
 
 
 def _as_this_run(cfg: DictConfig, run_dir_override: str | None) -> DictConfig:

@@ -19,7 +19,7 @@ import uuid
 from importlib.util import find_spec
 from pathlib import Path
 
-from apcsim.cachedir import cache_dir, store_atomic
+from apcsim.cachedir import cache_dir, memoized
 
 _DATA = "@@apcsim-figure-data@@"
 _DIV_ID = "@@apcsim-figure-div-id@@"
@@ -56,18 +56,18 @@ def _shell(layout: dict, include_plotlyjs: bool | str) -> str:
                                      layout]).encode())
     key.update(Path(__file__).read_bytes())  # this module's placeholders and escapes
     entry = cache_dir() / "report" / f"shell-{key.hexdigest()}.html"
-    try:
-        shell = entry.read_text(encoding="utf-8")
-        if shell.count(json.dumps(_DATA)) == 1:
-            return shell
-    except (OSError, UnicodeDecodeError):  # absent or unreadable: written again
-        pass
-    import plotly.io as pio
 
-    shell = pio.to_html({"data": _DATA, "layout": layout}, validate=False, full_html=False,
-                        include_plotlyjs=include_plotlyjs, div_id=_DIV_ID)
-    store_atomic(entry, shell.encode("utf-8"))
-    return shell
+    def load(data: bytes) -> str | None:
+        shell = data.decode("utf-8")
+        return shell if shell.count(json.dumps(_DATA)) == 1 else None  # one data placeholder
+
+    def make() -> str:
+        import plotly.io as pio
+
+        return pio.to_html({"data": _DATA, "layout": layout}, validate=False, full_html=False,
+                           include_plotlyjs=include_plotlyjs, div_id=_DIV_ID)
+
+    return memoized(entry, make, load=load, dump=lambda shell: shell.encode("utf-8"))
 
 
 def figure_html(fig: dict, include_plotlyjs: bool | str) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apcsim.cachedir import cache_dir, store_atomic
+from apcsim.cachedir import cache_dir, memoized
 from apcsim.outputs.metrics import Timeline
 from apcsim.outputs.requestlog import RequestLog
 
@@ -104,15 +104,13 @@ def layout(showlegend: bool) -> dict:
         h.update(Path(__file__).with_name(code).read_bytes())
     key = h.hexdigest()
     entry = cache_dir() / "report" / f"layout-{key}.json"
-    try:
-        return json.loads(entry.read_bytes())
-    except (OSError, ValueError):  # absent or corrupt: made again
-        pass
-    from apcsim.outputs.report import layout_figure
 
-    made = layout_figure(showlegend).to_dict()["layout"]
-    store_atomic(entry, json.dumps(made).encode())
-    return made
+    def make() -> dict:
+        from apcsim.outputs.report import layout_figure
+
+        return layout_figure(showlegend).to_dict()["layout"]
+
+    return memoized(entry, make, load=json.loads, dump=lambda made: json.dumps(made).encode())
 
 
 def figure_dict(log: RequestLog, timeline: Timeline) -> dict:
