@@ -40,9 +40,9 @@ def test_lru_queue_matches_an_ordered_dict(seed, compact_at, monkeypatch):
                 policy.on_release_many(batch)
         elif op < 0.6 and model:  # a hit takes a queued block
             b = model.pop(rng.choice(list(model)))
-            before = policy._base
+            before = policy._compactions
             policy.on_acquire(b)
-            compactions += policy._base != before
+            compactions += policy._compactions != before
             b.ref_cnt = 1
             held.append(b)
         elif op < 0.9 and model:  # allocation takes the n oldest
