@@ -16,13 +16,14 @@ block joins the evictable set in release order, as vLLM did before.
 from __future__ import annotations
 
 from functools import partial
-from itertools import takewhile
-from operator import is_not
+from itertools import islice, takewhile
+from operator import attrgetter, is_not
 
 from policies.eviction.base import EvictionPolicy
 from policies.types import Block
 
 _is_block = partial(is_not, None)
+_block_id = attrgetter("block_id")
 
 
 class BlockPool:
@@ -236,25 +237,45 @@ class BlockPool:
             pk = key
             d += 1
 
+    def cache_chain_ids(self, block_ids, keys: list[int], first_depth: int) -> None:
+        """`cache_chain` for blocks named by id (a request's block table): the hot path looks
+        each block up as it keys it, with no list of the blocks built first."""
+        if self.track_chain or self._policy_on_insert:
+            self.cache_chain(list(map(self.blocks.__getitem__, block_ids)), keys, first_depth)
+            return
+        blocks, cached, twins = self.blocks, self.cached, self._twins
+        for i, key in zip(block_ids, islice(keys, first_depth, None)):
+            b = blocks[i]
+            b.key = key
+            if cached.setdefault(key, b) is not b:
+                twins.setdefault(key, []).append(b)
+
     def release(self, blocks) -> None:
         """Drop one reference to each block, in the given order (the order they become evictable)."""
+        self.release_ids(map(_block_id, blocks))
+
+    def release_ids(self, block_ids) -> None:
+        """`release` for blocks named by id, in the given order (a request's block table,
+        reversed): each block is looked up as its count drops, with no list of them built first."""
+        blocks = self.blocks
         freed = []
         keyless = []
-        split = self.free_keyless_first
-        if not split:
+        if not self.free_keyless_first:
             append = freed.append
-            for b in blocks:
+            for i in block_ids:
+                b = blocks[i]
                 rc = b.ref_cnt - 1
                 b.ref_cnt = rc
                 if not rc:
                     append(b)
         else:
-            for b in blocks:
+            for i in block_ids:
+                b = blocks[i]
                 rc = b.ref_cnt - 1
                 b.ref_cnt = rc
                 if not rc:
                     if b.key is None:
-                        keyless.append(b.block_id)
+                        keyless.append(i)
                     else:
                         freed.append(b)
         if keyless:
