@@ -120,7 +120,10 @@ class BlockPool:
                 if self.on_evict_keyed is not None:
                     self.on_evict_keyed(victims)
                 self._take_victims(victims)
-                out.extend(victims)
+                if out:
+                    out += victims
+                else:
+                    out = victims  # the policy's fresh list: no copy
         return out
 
     def _evict(self, b: Block) -> None:
