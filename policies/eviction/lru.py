@@ -16,6 +16,7 @@ with a dead count is always dead. `_n` counts the live entries.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from policies.eviction.base import EvictionConfig, EvictionPolicy
@@ -158,9 +159,9 @@ class LRUPolicy(EvictionPolicy):
         return self._n, self._removed
 
     def verify(self) -> None:
-        tail = self._q[self._head :]
+        held = Counter(map(id, self._q[self._head :]))
         for b, k in self._dead.items():
-            assert k > 0 and tail.count(b) >= k, f"LRU counts {k} dead entries of {b!r}, holds {tail.count(b)}"
+            assert k > 0 and held[id(b)] >= k, f"LRU counts {k} dead entries of {b!r}, holds {held[id(b)]}"
         live = self._live()
         assert len(live) == self._n, f"LRU queue counts {self._n} live entries, holds {len(live)}"
         assert len({id(b) for b in live}) == len(live), "a block live twice in the LRU queue"
