@@ -16,13 +16,14 @@ block joins the evictable set in release order, as vLLM did before.
 from __future__ import annotations
 
 from functools import partial
-from itertools import takewhile
-from operator import is_not
+from itertools import islice, takewhile
+from operator import attrgetter, is_not
 
 from policies.eviction.base import EvictionPolicy
 from policies.types import Block
 
 _is_block = partial(is_not, None)
+_block_id = attrgetter("block_id")
 
 
 class BlockPool:
@@ -43,8 +44,13 @@ class BlockPool:
         # not read it (LRU) switch it off.
         self.track_children = policy.uses_tree
         self.children_of: dict[int, int] = {}  # key -> cached blocks whose parent_key it is
+        # Block.depth and parent_key likewise: written only where a reader needs them (the policy,
+        # or a host tier's pool, which copies them; apcsim.core.build turns it on then). Off, a
+        # keyed block keeps depth -1 and parent_key None, as a keyless one.
+        self.track_chain = policy.uses_tree or policy.uses_depth
         self.num_evictions = 0  # keyed blocks evicted so far: lookups change only when this does
         self._policy_on_insert = type(policy).on_insert is not EvictionPolicy.on_insert
+        self._policy_on_hit = type(policy).on_hit is not EvictionPolicy.on_hit
         # The host tier's write-back hook (apcsim.core.host_tier): called with the victims of an
         # allocation before their keys are dropped. None without a host tier.
         self.on_evict_keyed = None
@@ -69,6 +75,13 @@ class BlockPool:
     def touch(self, blocks: list[Block]) -> None:
         """A request takes cached blocks it hit: ref counts up, evictable ones leave the set."""
         policy = self.policy
+        if not self._policy_on_hit:
+            acquire = policy.on_acquire
+            for b in blocks:
+                if not b.ref_cnt:
+                    acquire(b)
+                b.ref_cnt += 1
+            return
         for b in blocks:
             if b.ref_cnt == 0:
                 policy.on_acquire(b)
@@ -107,7 +120,10 @@ class BlockPool:
                 if self.on_evict_keyed is not None:
                     self.on_evict_keyed(victims)
                 self._take_victims(victims)
-                out.extend(victims)
+                if out:
+                    out += victims
+                else:
+                    out = victims  # the policy's fresh list: no copy
         return out
 
     def _evict(self, b: Block) -> None:
@@ -149,18 +165,31 @@ class BlockPool:
         the hot path of LRU."""
         cached, twins = self.cached, self._twins
         n = 0
-        for b in victims:
-            b.ref_cnt = 1
-            key = b.key
-            if key is None:
-                continue
-            if twins and key in twins:
-                self._evict(b)
-                continue
-            del cached[key]
-            b.key = b.parent_key = None
-            b.depth = -1
-            n += 1
+        if self.track_chain:
+            for b in victims:
+                b.ref_cnt = 1
+                key = b.key
+                if key is None:
+                    continue
+                if twins and key in twins:
+                    self._evict(b)
+                    continue
+                del cached[key]
+                b.key = b.parent_key = None
+                b.depth = -1
+                n += 1
+        else:  # depth and parent_key are already -1 and None
+            for b in victims:
+                b.ref_cnt = 1
+                key = b.key
+                if key is None:
+                    continue
+                if twins and key in twins:
+                    self._evict(b)
+                    continue
+                del cached[key]
+                b.key = None
+                n += 1
         self.num_evictions += n
 
     def _with_key(self, key: int) -> list[Block]:
@@ -172,8 +201,9 @@ class BlockPool:
     def cache(self, b: Block, key: int, depth: int, parent_key: int | None) -> None:
         """Give an in-use block its key: its KV is now reusable by any request with this prefix."""
         b.key = key
-        b.depth = depth
-        b.parent_key = parent_key
+        if self.track_chain:
+            b.depth = depth
+            b.parent_key = parent_key
         if self.track_children:
             b.num_children = self.children_of.get(key, 0)  # children may outlive an evicted twin
             if parent_key is not None:
@@ -194,6 +224,12 @@ class BlockPool:
                 self.cache(b, keys[d], d, keys[d - 1] if d else None)
             return
         cached, twins = self.cached, self._twins
+        if not self.track_chain:
+            for b, key in zip(blocks, keys[first_depth : first_depth + len(blocks)]):
+                b.key = key
+                if cached.setdefault(key, b) is not b:
+                    twins.setdefault(key, []).append(b)
+            return
         d = first_depth
         pk = keys[d - 1] if d else None
         for b in blocks:
@@ -204,25 +240,45 @@ class BlockPool:
             pk = key
             d += 1
 
+    def cache_chain_ids(self, block_ids, keys: list[int], first_depth: int) -> None:
+        """`cache_chain` for blocks named by id (a request's block table): the hot path looks
+        each block up as it keys it, with no list of the blocks built first."""
+        if self.track_chain or self._policy_on_insert:
+            self.cache_chain(list(map(self.blocks.__getitem__, block_ids)), keys, first_depth)
+            return
+        blocks, cached, twins = self.blocks, self.cached, self._twins
+        for i, key in zip(block_ids, islice(keys, first_depth, None)):
+            b = blocks[i]
+            b.key = key
+            if cached.setdefault(key, b) is not b:
+                twins.setdefault(key, []).append(b)
+
     def release(self, blocks) -> None:
         """Drop one reference to each block, in the given order (the order they become evictable)."""
+        self.release_ids(map(_block_id, blocks))
+
+    def release_ids(self, block_ids) -> None:
+        """`release` for blocks named by id, in the given order (a request's block table,
+        reversed): each block is looked up as its count drops, with no list of them built first."""
+        blocks = self.blocks
         freed = []
         keyless = []
-        split = self.free_keyless_first
-        if not split:
+        if not self.free_keyless_first:
             append = freed.append
-            for b in blocks:
+            for i in block_ids:
+                b = blocks[i]
                 rc = b.ref_cnt - 1
                 b.ref_cnt = rc
                 if not rc:
                     append(b)
         else:
-            for b in blocks:
+            for i in block_ids:
+                b = blocks[i]
                 rc = b.ref_cnt - 1
                 b.ref_cnt = rc
                 if not rc:
                     if b.key is None:
-                        keyless.append(b.block_id)
+                        keyless.append(i)
                     else:
                         freed.append(b)
         if keyless:
@@ -249,6 +305,9 @@ class BlockPool:
                 assert b.parent_key is None and b.num_children == 0 and b.depth == -1, f"keyless {b!r} has chain state"
                 continue
             by_key.setdefault(b.key, []).append(b)
+            if not self.track_chain:
+                assert b.depth == -1 and b.parent_key is None, f"{b!r}: chain state written though not tracked"
+                continue
             assert b.depth >= 0 and (b.parent_key is None) == (b.depth == 0), f"{b!r}: depth and parent disagree"
             if b.parent_key is not None:
                 children[b.parent_key] = children.get(b.parent_key, 0) + 1

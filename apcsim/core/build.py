@@ -78,6 +78,7 @@ def make_scheduler(
         hctx = PolicyContext(block_size=block_size, num_blocks=host_tier.num_blocks, recompute_cost=recompute_cost,
                              clock=clock, future=future)
         hpool = BlockPool(host_tier.num_blocks, host_entry.cls(host_entry.config_cls(), hctx))
+        pool.track_chain |= hpool.track_chain  # a store copies the GPU block's depth and parent key
         tier = HostTier(host_tier.cfg, hpool, host_tier.link, block_size, host_tier.recompute_time)
         if tier.write_through:
             kv.on_cached = tier.on_gpu_cache

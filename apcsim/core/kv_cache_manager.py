@@ -30,7 +30,7 @@ def chain_keys(tokens, block_size: int, seed: int, algo: HashAlgo | None = None)
     """Keys of the full blocks of `tokens` (int32), chained from `seed` with `algo` (default
     xxh3_64): the one key function (the KV cache manager and the offline future oracle both call
     it)."""
-    data = memoryview(tokens.astype("<i4", copy=False).tobytes())
+    data = tokens.astype("<i4", copy=False).tobytes()  # slicing bytes beats a memoryview's slice here
     step = block_size * 4  # int32 tokens
     out = []
     if algo is None or algo.name == "xxh3_64":  # inlined: the hot path of every run
@@ -41,7 +41,7 @@ def chain_keys(tokens, block_size: int, seed: int, algo: HashAlgo | None = None)
         return out
     hstep = algo.step
     for i in range(len(tokens) // block_size):
-        seed = hstep(seed, bytes(data[i * step : (i + 1) * step]))
+        seed = hstep(seed, data[i * step : (i + 1) * step])
         out.append(seed)
     return out
 
@@ -211,11 +211,10 @@ class KVCacheManager:
         if num_full <= first:
             return
         keys = self.block_keys(req, num_full)
-        blocks = self.pool.blocks
-        new = list(map(blocks.__getitem__, req.block_ids[first:num_full]))
-        self.pool.cache_chain(new, keys, first)
+        ids = req.block_ids[first:num_full]
+        self.pool.cache_chain_ids(ids, keys, first)
         if self.on_cached is not None:
-            self.on_cached(new)
+            self.on_cached(list(map(self.pool.blocks.__getitem__, ids)))
         if self.verify_tokens:
             for i in range(first, num_full):
                 self._content[req.block_ids[i]] = self._block_content(req, i)
@@ -223,9 +222,8 @@ class KVCacheManager:
 
     def free(self, req: Request) -> None:
         """Release the request's blocks, tail first, so the tail is evicted before the head."""
-        blocks = self.pool.blocks
         if self._policy_before_release:
             self.pool.policy.before_release(req)
-        self.pool.release(list(map(blocks.__getitem__, reversed(req.block_ids))))
+        self.pool.release_ids(reversed(req.block_ids))
         req.block_ids = []
         req.num_cached_blocks = 0

@@ -31,6 +31,7 @@ class ARCConfig(EvictionConfig):
 @register_eviction("arc", ARCConfig)
 class ARCPolicy(KeylessFirstPolicy):
     uses_tree = False
+    uses_depth = False
 
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)

@@ -20,7 +20,8 @@ the pool owns the blocks and calls these hooks:
 Two batch forms exist for speed and default to the hooks above: `on_release_many(blocks)` and
 `evict(n)` (n victims, each taken out of the set in turn; the pool asks for one at a time when
 the policy uses the tree, since each eviction may make a new leaf). A policy that never reads
-`Block.num_children` sets `uses_tree = False` and the pool stops maintaining it.
+`Block.num_children` sets `uses_tree = False` and the pool stops maintaining it; one that reads
+neither it nor `Block.depth`/`parent_key` also sets `uses_depth = False`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class EvictionPolicy(abc.ABC):
     enables_caching: bool = True
     #: Whether the policy reads Block.num_children / on_became_leaf (the pool maintains them only then).
     uses_tree: bool = True
+    #: Whether the policy reads Block.depth or Block.parent_key (the pool writes them only then,
+    #: or when it tracks the tree; otherwise they stay -1 and None).
+    uses_depth: bool = True
     #: Whether the policy needs `PolicyContext.future` (the offline oracle; `belady` only).
     needs_future: bool = False
 

@@ -27,6 +27,7 @@ class FIFOConfig(EvictionConfig):
 @register_eviction("fifo", FIFOConfig)
 class FIFOPolicy(KeylessFirstPolicy):
     uses_tree = False
+    uses_depth = False
 
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)

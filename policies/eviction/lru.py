@@ -5,27 +5,25 @@ chain's tail first), and allocation pops from the head. So among blocks released
 tail is reused before the head, and a hit takes a block out of the queue.
 
 The queue is a list in release order, consumed from a head index, so a release is one `extend`
-and taking the n oldest is one slice: no per-block queue node. A hit cannot cut an entry out of
-the middle of a list cheaply, so it leaves a hole: `_pos` maps each queued block to the absolute
-position of its live entry, and `_holes` (a min-heap) holds the positions of entries that hits
-killed. Eviction slices between holes. Invariant: every hole lies at or after the head, the live
-entries are exactly the positions >= head that are not holes, and `_pos` is exact for live
-blocks (entries of blocks already evicted may linger until they are queued again; they point
-before the head).
+(no per-block write at all) and taking the n oldest is one slice. A hit cannot cut an entry out
+of the middle of a list cheaply, and finding it would need a per-block position written at every
+release, so a hit only counts the block in `_dead` instead: its entry stays and is skipped when
+the head reaches it. Invariant: a block's entries at or after the head are first its dead ones
+(`_dead[block]` of them), then at most one live one, since a hit always kills the block's
+latest entry and a release appends a new one after every older one. So the first entry of a block
+with a dead count is always dead. `_n` counts the live entries.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
-from heapq import heappop, heappush
-from operator import attrgetter
 
 from policies.eviction.base import EvictionConfig, EvictionPolicy
 from policies.registry import register_eviction
 from policies.types import Block
 
-_block_id = attrgetter("block_id")
-_COMPACT_AT = 4096  # drop the consumed prefix of the list once it is this long and half the list
+_COMPACT_AT = 4096  # drop the consumed prefix (or the dead entries) once this many and half the list
 
 
 @dataclass
@@ -36,47 +34,69 @@ class LRUConfig(EvictionConfig):
 @register_eviction("lru", LRUConfig)
 class LRUPolicy(EvictionPolicy):
     uses_tree = False
+    uses_depth = False
 
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)
         self._q: list[Block] = []  # release order; entries before _head are gone
         self._head = 0  # index in _q of the oldest entry not yet consumed
-        self._base = 0  # absolute position of _q[0] (the list is compacted from the front)
-        self._pos: dict[int, int] = {}  # block id -> absolute position of its live entry
-        self._holes: list[int] = []  # heap: absolute positions of entries killed by hits
+        self._dead: dict[Block, int] = {}  # block -> entries of it at or after the head killed by hits
         self._n = 0  # live entries
+        self._removed = 0  # live entries ever removed (evicted or killed)
+        self._compactions = 0
+        self._members: tuple | None = None  # (_version(), ids of live blocks), for __contains__
 
     def on_release(self, block: Block) -> None:
-        self._pos[block.block_id] = self._base + len(self._q)
         self._q.append(block)
         self._n += 1
 
     def on_release_many(self, blocks: list[Block]) -> None:
-        end = self._base + len(self._q)
-        self._pos.update(zip(map(_block_id, blocks), range(end, end + len(blocks))))
         self._q.extend(blocks)
         self._n += len(blocks)
 
-    def on_acquire(self, block: Block) -> None:
-        heappush(self._holes, self._pos.pop(block.block_id))
+    def _kill(self, block: Block) -> None:
+        """The block's live entry (its latest) leaves the queue where it stands."""
+        self._dead[block] = self._dead.get(block, 0) + 1
         self._n -= 1
-        if len(self._holes) >= _COMPACT_AT and len(self._holes) >= self._n:
-            self._compact()  # hits without evictions: holes would pile up
+        self._removed += 1
+        dead = len(self._q) - self._head - self._n
+        if dead >= _COMPACT_AT and dead >= self._n:
+            self._compact()  # hits without evictions: dead entries would pile up
+
+    def on_acquire(self, block: Block) -> None:
+        self._kill(block)
 
     def _compact(self) -> None:
-        """Rebuild the list from the live entries, at fresh positions after every old one (so
-        lingering `_pos` entries of evicted blocks still point before the head)."""
-        q, holes, base = self._q, set(self._holes), self._base
-        live = [q[i] for i in range(self._head, len(q)) if base + i not in holes]
-        self._base = new_base = base + len(q)
-        self._q, self._head, self._holes = live, 0, []
-        self._pos.update(zip(map(_block_id, live), range(new_base, new_base + len(live))))
+        """Rebuild the list from the live entries alone."""
+        self._q = self._live()
+        self._head = 0
+        self._dead = {}
+        self._compactions += 1
 
-    def _skip_holes(self) -> int:
+    def _live(self) -> list[Block]:
+        """The live entries from the head on, in order (skipping each block's dead ones first)."""
+        dead = dict(self._dead)
+        live = []
+        for b in self._q[self._head :]:
+            k = dead.get(b)
+            if k:
+                dead[b] = k - 1
+            else:
+                live.append(b)
+        return live
+
+    def _skip_dead(self) -> int:
         """Advance the head past dead entries; returns it."""
-        holes, i = self._holes, self._head
-        while holes and holes[0] == self._base + i:
-            heappop(holes)
+        dead, q, i = self._dead, self._q, self._head
+        while dead:
+            b = q[i]
+            k = dead.get(b)
+            if not k:
+                break
+            if k == 1:
+                del dead[b]
+            else:
+                dead[b] = k - 1
             i += 1
         self._head = i
         return i
@@ -84,40 +104,41 @@ class LRUPolicy(EvictionPolicy):
     def victim(self) -> Block:
         if not self._n:
             raise IndexError("victim() of an empty LRU queue")
-        return self._q[self._skip_holes()]
+        return self._q[self._skip_dead()]
 
     def on_evict(self, block: Block) -> None:
-        p = self._pos.pop(block.block_id)
-        if p == self._base + self._skip_holes():
-            self._head += 1
+        i = self._skip_dead()
+        if i < len(self._q) and self._q[i] is block:
+            self._head = i + 1
+            self._n -= 1
+            self._removed += 1
         else:  # not the head (the contract evicts victim(), but stay exact if not)
-            heappush(self._holes, p)
-        self._n -= 1
+            self._kill(block)
 
     def evict(self, n: int) -> list[Block]:
         if n > self._n:
             raise IndexError(f"evict({n}) from an LRU queue of {self._n}")
-        q, holes, base = self._q, self._holes, self._base
+        q, dead = self._q, self._dead
         i = self._head
-        if not holes or holes[0] >= base + i + n:  # no hole among the next n: one slice
-            out = q[i : i + n]
-            i += n
-        else:
+        out = q[i : i + n]
+        if dead and not dead.keys().isdisjoint(out):  # dead entries among the next n: walk them
             out = []
-            need = n
-            while need:
-                if holes and holes[0] == base + i:
-                    heappop(holes)
-                    i += 1
-                    continue
-                stop = min(i + need, holes[0] - base if holes else len(q))
-                out += q[i:stop]
-                need -= stop - i
-                i = stop
+            while len(out) < n:
+                b = q[i]
+                k = dead.get(b)
+                if not k:
+                    out.append(b)
+                elif k == 1:
+                    del dead[b]
+                else:
+                    dead[b] = k - 1
+                i += 1
+        else:
+            i += n
         self._n -= n
+        self._removed += n
         if i >= _COMPACT_AT and 2 * i >= len(q):
             del q[:i]
-            self._base = base + i
             i = 0
         self._head = i
         return out  # oldest first
@@ -126,19 +147,22 @@ class LRUPolicy(EvictionPolicy):
         return self._n
 
     def __contains__(self, block: Block) -> bool:
-        p = self._pos.get(block.block_id)
-        return p is not None and p >= self._base + self._head and p not in self._holes
+        """Whether the block has a live entry (for checks, not the hot path: the live set is
+        rebuilt by a scan after any change to the queue)."""
+        if self._members is None or self._members[0] != self._version():
+            self._members = (self._version(), set(map(id, self._live())))
+        return id(block) in self._members[1]
+
+    def _version(self) -> tuple[int, int]:
+        """Changes whenever the live set does: entries ever appended (_n + _removed) and ever
+        removed only grow."""
+        return self._n, self._removed
 
     def verify(self) -> None:
-        holes = set(self._holes)
-        assert len(holes) == len(self._holes), "a hole twice in the LRU heap"
-        assert all(p >= self._base + self._head for p in holes), "an LRU hole before the head"
-        live = 0
-        for i in range(self._head, len(self._q)):
-            p = self._base + i
-            if p in holes:
-                continue
-            blk = self._q[i]
-            assert self._pos.get(blk.block_id) == p and blk.ref_cnt == 0, f"LRU queue holds {blk!r} at {p}"
-            live += 1
-        assert live == self._n, f"LRU queue counts {self._n} live entries, holds {live}"
+        held = Counter(map(id, self._q[self._head :]))
+        for b, k in self._dead.items():
+            assert k > 0 and held[id(b)] >= k, f"LRU counts {k} dead entries of {b!r}, holds {held[id(b)]}"
+        live = self._live()
+        assert len(live) == self._n, f"LRU queue counts {self._n} live entries, holds {len(live)}"
+        assert len({id(b) for b in live}) == len(live), "a block live twice in the LRU queue"
+        assert all(b.ref_cnt == 0 for b in live), "LRU queue holds a block in use"

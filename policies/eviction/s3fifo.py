@@ -35,6 +35,7 @@ class S3FIFOConfig(EvictionConfig):
 @register_eviction("s3fifo", S3FIFOConfig)
 class S3FIFOPolicy(KeylessFirstPolicy):
     uses_tree = False
+    uses_depth = False
 
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)

@@ -28,6 +28,7 @@ class SieveConfig(EvictionConfig):
 @register_eviction("sieve", SieveConfig)
 class SievePolicy(KeylessFirstPolicy):
     uses_tree = False
+    uses_depth = False
 
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)

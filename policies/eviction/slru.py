@@ -30,6 +30,7 @@ class SLRUConfig(EvictionConfig):
 @register_eviction("slru", SLRUConfig)
 class SLRUPolicy(KeylessFirstPolicy):
     uses_tree = False
+    uses_depth = False
 
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)

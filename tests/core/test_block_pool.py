@@ -171,7 +171,8 @@ class PoolMachine(RuleBasedStateMachine):
         b = r.blocks[len(r.keys)]
         assert b.key is None and b.ref_cnt >= 1
         self.pool.cache(b, key, len(r.keys), parent)
-        assert (b.key, b.depth, b.parent_key) == (key, len(r.keys), parent)
+        chain = (len(r.keys), parent) if self.pool.track_chain else (-1, None)  # written only if read
+        assert (b.key, b.depth, b.parent_key) == (key, *chain)
         r.keys.append(key)
         self.key_of[b.block_id] = key
         found = self.pool.lookup(key)
@@ -188,7 +189,8 @@ class PoolMachine(RuleBasedStateMachine):
                 break
             key = options[p % len(options)]
             b = self.pool.lookup(key)
-            assert b.key == key and b.depth == len(keys) and b.parent_key == parent
+            chain = (len(keys), parent) if self.pool.track_chain else (-1, None)
+            assert b.key == key and (b.depth, b.parent_key) == chain
             blocks.append(b)
             keys.append(key)
             parent = key

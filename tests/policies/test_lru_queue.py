@@ -40,9 +40,9 @@ def test_lru_queue_matches_an_ordered_dict(seed, compact_at, monkeypatch):
                 policy.on_release_many(batch)
         elif op < 0.6 and model:  # a hit takes a queued block
             b = model.pop(rng.choice(list(model)))
-            before = policy._base
+            before = policy._compactions
             policy.on_acquire(b)
-            compactions += policy._base != before
+            compactions += policy._compactions != before
             b.ref_cnt = 1
             held.append(b)
         elif op < 0.9 and model:  # allocation takes the n oldest
@@ -71,3 +71,19 @@ def test_evicting_more_than_queued_is_an_error():
     policy.on_release(Block(0))
     with pytest.raises(IndexError):
         policy.evict(2)
+
+
+def test_verify_catches_a_broken_queue():
+    """verify() must fail on the two ways the dead-entry bookkeeping can go wrong."""
+    ctx = PolicyContext(block_size=4, num_blocks=3, recompute_cost=lambda d: 1.0)
+    twice = LRUPolicy(LRUConfig(), ctx)
+    a, b = Block(0), Block(1)
+    twice.on_release_many([a, b, a])  # `a` live twice: released again without a hit
+    with pytest.raises(AssertionError, match="live twice"):
+        twice.verify()
+    overcounted = LRUPolicy(LRUConfig(), ctx)
+    overcounted.on_release(a)
+    overcounted.on_acquire(a)
+    overcounted._dead[a] += 1  # more dead entries than the queue holds
+    with pytest.raises(AssertionError, match="dead entries"):
+        overcounted.verify()
