@@ -133,6 +133,9 @@ def _run(entry: FastEntry, run_dir: str) -> None:
     from apcsim.outputs.status import write_running
 
     cwd, output_dir = os.getcwd(), os.path.abspath(run_dir)
+    hydra_config = sys.modules.get("hydra.core.hydra_config")
+    if hydra_config is not None:  # an earlier Hydra run in this process (tests): its config is not this run's
+        hydra_config.HydraConfig.instance().cfg = None
     logging.config.dictConfig(entry.hydra_logging)
     hold_or_exit(Path(run_dir), "hydra.run.dir", "apcsim")
     write_running(Path(run_dir))
