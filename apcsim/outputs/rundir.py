@@ -39,6 +39,15 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """`write_text_atomic` of bytes."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 @contextmanager
 def streamed(path: Path | None) -> Iterator[IO[str] | None]:
     """A text file written as a run goes (requests.csv rows as requests leave): it is `PATH.partial`
