@@ -96,7 +96,10 @@ def try_fast_run(args: list[str]) -> bool:
     run_dir = plain_run_dir(args)
     if run_dir is None or not is_plain_path(os.getcwd()) or not is_plain_path(os.path.abspath(run_dir)):
         return False
-    entry = _load(entry_path(args))
+    try:
+        entry = _load(entry_path(args))
+    except OSError:  # a file vanished or cannot be read while the key is made: Hydra's path
+        return False
     if entry is None:
         return False
     _run(entry, run_dir)
