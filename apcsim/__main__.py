@@ -1,3 +1,3 @@
-from apcsim.cli.main import entry
+from apcsim.cli.entry import entry
 
 entry()

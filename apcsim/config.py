@@ -11,9 +11,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
-
 from apcsim.core.cache_config import CacheConfig
 from apcsim.core.tier_values import HostTierConfig
 from apcsim.hardware import HardwareConfig, ModelConfig
@@ -23,6 +20,10 @@ from policies.eviction.base import EvictionConfig
 from policies.registry import EVICTION_POLICIES, ROUTING_POLICIES, SCHEDULING_POLICIES
 from policies.routing.base import RouterConfig
 from policies.scheduling.base import SchedulerConfig
+
+# omegaconf.MISSING (a mandatory value), spelled out: a run whose config comes from the CLI's
+# fast path (apcsim.cli.fast_run) unpickles these schemas without importing OmegaConf or Hydra.
+MISSING = "???"
 
 
 @dataclass
@@ -113,6 +114,9 @@ class SimConfig:
 
 
 def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
     # ${pid:} in the default run directories; cached, so a launcher's workers see the parent's.
     if not OmegaConf.has_resolver("pid"):
         OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True)

@@ -33,7 +33,6 @@ import pickle
 import re
 import sys
 from dataclasses import astuple, dataclass
-from pathlib import Path
 from typing import Callable
 
 import hydra
@@ -41,8 +40,9 @@ import omegaconf
 from omegaconf import DictConfig, OmegaConf
 
 from apcsim.cachedir import cache_dir, memoized
+from apcsim.cli.installed import fingerprint
 
-_LAYOUT = 2  # bump when an entry's layout changes
+_LAYOUT = 3  # bump when an entry's layout changes
 # A run directory Hydra's override parser reads as exactly this string (a path with a '/' in it,
 # no quoting, interpolation or sweep syntax).
 _RUN_DIR = re.compile(r"hydra\.run\.dir=([\w.-]*/[\w./-]*)")
@@ -61,29 +61,6 @@ class App:
     task_name: str
 
 
-def _packages() -> list[Path]:
-    """The directories whose files define the config."""
-    import apcsim
-    import policies
-
-    dirs = [Path(apcsim.__file__).parent, Path(policies.__file__).parent]
-    try:
-        import hydra_plugins  # a namespace package: every installed plugin's directory
-    except ImportError:  # no plugin installed
-        return dirs
-    return dirs + [Path(p) for p in hydra_plugins.__path__]
-
-
-def _fingerprint(h: "hashlib._Hash") -> None:
-    for top in _packages():
-        for d, dirs, files in os.walk(top):
-            dirs[:] = sorted(x for x in dirs if x != "__pycache__")  # a fixed order, and no bytecode
-            for f in sorted(files):
-                if f.endswith((".py", ".yaml")):
-                    st = os.stat(os.path.join(d, f))
-                    h.update(f"{d}/{f} {st.st_size} {st.st_mtime_ns}\n".encode())
-
-
 def _run_dir(overrides: list[str]) -> str | None:
     """The command line's one plain `hydra.run.dir=PATH` override, if it has one."""
     dirs = [o for o in overrides if o.startswith("hydra.run.dir=")]
@@ -99,7 +76,7 @@ def entry_key(app: App, overrides: list[str]) -> str:
     overrides = [_RUN_DIR_KEY if o == run_dir else o for o in overrides]
     h = hashlib.sha256(json.dumps([_LAYOUT, hydra.__version__, omegaconf.__version__, sys.version, astuple(app),
                                    overrides]).encode())
-    _fingerprint(h)
+    fingerprint(h)
     return h.hexdigest()
 
 

@@ -21,6 +21,7 @@ installed Hydra plugin).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 from hydra._internal.callbacks import Callbacks
@@ -38,6 +39,7 @@ from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig
 
 from apcsim.cli.compose_cache import App, cached
+from apcsim.cli.fast_entry import recorder
 
 # Flags of Hydra's argument parser that make a command line more than a plain run (--run is one).
 _NOT_PLAIN = ("help", "hydra_help", "cfg", "resolve", "package", "multirun", "shell_completion", "config_path",
@@ -95,7 +97,10 @@ def run_main(decorated_main: Callable[[], None], task_function: TaskFunction, co
     try:
         cfg = cached(app, args.overrides, compose)
         if cfg is not None:
-            run_and_report(lambda: run_composed(cfg, app, task_function))
+            # A plain line's first run records what a later one starts from (apcsim.cli.fast_run).
+            record = recorder(args.overrides, cfg)
+            task = task_function if record is None else partial(task_function, on_config=record)
+            run_and_report(lambda: run_composed(cfg, app, task))
             return
     finally:
         GlobalHydra.instance().clear()

@@ -12,8 +12,8 @@ requests.csv and metrics.json; the process exits 128 + the signal, which also en
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
+from typing import Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -22,10 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from apcsim.cli.config_keys import check_known_keys
 from apcsim.cli.oneline import run_with_one_line_errors
+from apcsim.cli.single_run import run_single
 from apcsim.config import SimConfig, register_configs
 from apcsim.errors import ApcsimError, exit_bad_input
-from apcsim.interrupt import RunInterrupted, interruptible
-from apcsim.outputs.metrics import summary_line
+from apcsim.interrupt import interruptible
 
 log = logging.getLogger("apcsim")
 
@@ -36,10 +36,10 @@ CONFIG_PATH, CONFIG_NAME = "../conf", "config"
 
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name=CONFIG_NAME)
-def main(dcfg: DictConfig) -> float | None:
-    from apcsim.outputs.files import write_outputs
+def main(dcfg: DictConfig, on_config: Callable[[SimConfig], None] | None = None) -> float | None:
+    """Hydra's task function. `on_config`: called with a single run's typed config once it has
+    passed every check that composition's result alone decides (the CLI's fast path records it)."""
     from apcsim.outputs.status import write_status
-    from apcsim.run import simulate
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -57,39 +57,25 @@ def main(dcfg: DictConfig) -> float | None:
             return run_multirun_job(dcfg, run_dir)
         try:
             cfg: SimConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
-            out = simulate(cfg, requests_csv=run_dir / "requests.csv")
-            write_outputs(out, run_dir, cfg)
-        except ApcsimError as e:
-            write_status(run_dir, "failed", str(e))
-            exit_bad_input("apcsim", str(e))
-        except MemoryError:
-            msg = (f"out of memory (MemoryError) in {run_dir}: the workload or the cache does not fit this "
-                   "machine; lower workload.num_requests, num_gpu_blocks or the lengths")
-            write_status(run_dir, "failed", msg)
-            exit_bad_input("apcsim", msg)
-        except RunInterrupted as e:  # before the run started or while writing its outputs
-            write_status(run_dir, "interrupted", str(e))
-            print(f"apcsim: {e}; nothing complete in {run_dir}", file=sys.stderr)
-            sys.exit(e.exit_code)
         except Exception as e:  # a bug: keep the traceback, but mark the job
             write_status(run_dir, "failed", f"{type(e).__name__}: {e}")
             raise
-    print(summary_line(out.metrics, clock="simulated"))
-    if out.interrupted is not None:
-        done = out.metrics["num_finished"] + out.metrics["num_rejected"]
-        print(f"apcsim: {out.interrupted} after {done} of {out.metrics['num_requests']} requests; "
-              f"partial outputs in {run_dir} (status.json: interrupted)", file=sys.stderr)
-        sys.exit(out.interrupted.exit_code)
-    print(f"outputs in {run_dir}")
+        if on_config is not None:
+            on_config(cfg)
+        run_single(cfg, run_dir)
     return None
 
 
 def entry() -> None:
-    from apcsim.cli.compose_once import run_main
-    from apcsim.cli.listing import listing, wants_listing
+    """`python -m apcsim` (see apcsim.cli.entry)."""
+    from apcsim.cli.entry import entry as cli_entry
 
-    if wants_listing(sys.argv[1:]):  # `--help` / `list`: keys and registered options, not Hydra's dump
-        print(listing(), end="")
-        return
-    # A plain run composes its config once; anything else goes through hydra.main (see compose_once).
+    cli_entry()
+
+
+def run_hydra() -> None:
+    """The command line through Hydra: a plain run composes its config once, anything else goes
+    through hydra.main (see compose_once)."""
+    from apcsim.cli.compose_once import run_main
+
     run_with_one_line_errors(lambda: run_main(main, main.__wrapped__, CONFIG_PATH, CONFIG_NAME), "apcsim")

@@ -23,6 +23,11 @@ from apcsim.cachedir import cache_dir, memoized
 
 _DATA = "@@apcsim-figure-data@@"
 _DIV_ID = "@@apcsim-figure-div-id@@"
+# The placeholders in the shell's UTF-8 bytes: the data as plotly writes it (a JSON string). The
+# shell is handled as bytes: with plotly.js inline it is 4.8 MB and not ASCII, which as a str is
+# a copy twice that size to decode, search and re-encode for every page.
+_DATA_BYTES = json.dumps(_DATA).encode()
+_DIV_ID_BYTES = _DIV_ID.encode()
 # plotly.io._json's escapes (_swap_json, and _swap_orjson for the orjson engine).
 _SWAP_JSON = (("<", "\\u003c"), (">", "\\u003e"), ("/", "\\u002f"))
 _SWAP_ORJSON = _SWAP_JSON + (("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
@@ -49,7 +54,7 @@ def plotly_json(obj) -> str:
     return text
 
 
-def _shell(layout: dict, include_plotlyjs: bool | str) -> str:
+def _shell(layout: dict, include_plotlyjs: bool | str) -> bytes:
     from apcsim.outputs.report_dict import plotly_stamp
 
     key = hashlib.sha256(json.dumps([plotly_stamp(), find_spec("orjson") is not None, include_plotlyjs,
@@ -57,21 +62,26 @@ def _shell(layout: dict, include_plotlyjs: bool | str) -> str:
     key.update(Path(__file__).read_bytes())  # this module's placeholders and escapes
     entry = cache_dir() / "report" / f"shell-{key.hexdigest()}.html"
 
-    def load(data: bytes) -> str | None:
-        shell = data.decode("utf-8")
-        return shell if shell.count(json.dumps(_DATA)) == 1 else None  # one data placeholder
+    def load(data: bytes) -> bytes | None:
+        return data if data.count(_DATA_BYTES) == 1 else None  # one data placeholder
 
-    def make() -> str:
+    def make() -> bytes:
         import plotly.io as pio
 
         return pio.to_html({"data": _DATA, "layout": layout}, validate=False, full_html=False,
-                           include_plotlyjs=include_plotlyjs, div_id=_DIV_ID)
+                           include_plotlyjs=include_plotlyjs, div_id=_DIV_ID).encode("utf-8")
 
-    return memoized(entry, make, load=load, dump=lambda shell: shell.encode("utf-8"))
+    return memoized(entry, make, load=load, dump=lambda shell: shell)
+
+
+def figure_html_bytes(fig: dict, include_plotlyjs: bool | str) -> bytes:
+    """`figure_html` encoded as UTF-8, made without decoding the shell."""
+    shell = _shell(fig["layout"], include_plotlyjs)
+    data = plotly_json(fig["data"]).encode("utf-8")
+    return shell.replace(_DATA_BYTES, data, 1).replace(_DIV_ID_BYTES, str(uuid.uuid4()).encode())
 
 
 def figure_html(fig: dict, include_plotlyjs: bool | str) -> str:
     """`plotly.io.to_html(fig, validate=False, full_html=False, include_plotlyjs=...)` of a figure
     dict {"data": [...], "layout": {...}}."""
-    shell = _shell(fig["layout"], include_plotlyjs)
-    return shell.replace(json.dumps(_DATA), plotly_json(fig["data"]), 1).replace(_DIV_ID, str(uuid.uuid4()))
+    return figure_html_bytes(fig, include_plotlyjs).decode("utf-8")

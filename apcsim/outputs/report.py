@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from apcsim.outputs.metrics import Timeline
-from apcsim.outputs.plotly_html import figure_html
+from apcsim.outputs.plotly_html import figure_html_bytes
 from apcsim.outputs.report_dict import PANELS, SERIES, cdf, figure_dict, thin
 from apcsim.outputs.requestlog import RequestLog
 
@@ -222,18 +222,20 @@ def write_report(path: Path, metrics: dict, log: RequestLog, timeline: Timeline,
     if "num_replicas" in c:
         title += f", {c['num_replicas']} replicas, router={c.get('router', '?')}"
     # The main figure as a plain dict in a cached page shell: no plotly import (report_dict, plotly_html).
-    plot = figure_html(figure_dict(log, timeline), include_plotlyjs=True if include_plotlyjs == "inline" else "cdn")
+    plot = figure_html_bytes(figure_dict(log, timeline), include_plotlyjs=True if include_plotlyjs == "inline" else "cdn")
+    replicas = ""
     if replica_timelines is not None and "cluster" in metrics:
-        plot += "<h2>Replicas</h2>" + _cluster_table(metrics)
-        plot += build_replica_figure(metrics, replica_timelines).to_html(full_html=False, include_plotlyjs=False)
-    page = (
+        replicas = "<h2>Replicas</h2>" + _cluster_table(metrics)
+        replicas += build_replica_figure(metrics, replica_timelines).to_html(full_html=False, include_plotlyjs=False)
+    head = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 12px;border-bottom:1px solid #ddd;text-align:left}"
         "</style>"
-        f"</head><body><h1>{html.escape(title)}</h1><p><b>{html.escape(config_line(c))}</b></p>{plot}"
-        f"{_class_table(metrics)}{_tier_table(metrics)}<h2>Metrics</h2>{_metrics_table(metrics)}</body></html>"
+        f"</head><body><h1>{html.escape(title)}</h1><p><b>{html.escape(config_line(c))}</b></p>"
     )
-    from apcsim.outputs.rundir import write_text_atomic
+    tail = f"{replicas}{_class_table(metrics)}{_tier_table(metrics)}<h2>Metrics</h2>{_metrics_table(metrics)}</body></html>"
+    from apcsim.outputs.rundir import write_bytes_atomic
 
-    write_text_atomic(path, page)
+    # UTF-8, as the page declares; the plot stays bytes (see plotly_html).
+    write_bytes_atomic(path, b"".join((head.encode("utf-8"), plot, tail.encode("utf-8"))))

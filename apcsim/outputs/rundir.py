@@ -8,9 +8,8 @@ holder dies, even by kill -9, so a crashed run never blocks the next one. Output
 written to a temporary name and renamed (`write_text_atomic`): a crash leaves the previous
 complete file or none, never half of one.
 
-`RunDirLock` is the Hydra callback (apcsim/conf/config.yaml and engine.yaml) that takes the lock
-of `hydra.run.dir` (a single run) or `hydra.sweep.dir` (a multirun: its jobs run under it) and
-marks a single run's status.json "running" with its pid.
+`apcsim.outputs.rundir_lock.RunDirLock` is the Hydra callback that takes the lock; this module
+imports neither Hydra nor OmegaConf (the CLI's fast path holds the directory without them).
 """
 
 from __future__ import annotations
@@ -21,9 +20,6 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
-
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
 
 from apcsim.errors import ConfigError, exit_bad_input
 
@@ -40,6 +36,15 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", newline="") as f:
         f.write(text)
+    os.replace(tmp, path)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """`write_text_atomic` of bytes."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)
 
 
@@ -105,50 +110,9 @@ def release(path: Path) -> None:
         os.close(fd)
 
 
-def _hold_or_exit(path: Path, key: str, prog: str) -> None:
+def hold_or_exit(path: Path, key: str, prog: str) -> None:
+    """`hold`, or bad input's one line and exit status 2."""
     try:
         hold(path, key)
     except ConfigError as e:
         exit_bad_input(prog, str(e))
-
-
-def _hydra_override(config: DictConfig, key: str) -> str | None:
-    """The command-line override of `key` (e.g. "hydra.run.dir=X"), if the user gave one."""
-    for o in config.hydra.overrides.hydra:
-        if str(o).split("=", 1)[0].lstrip("+~") == key:
-            return str(o)
-    return None
-
-
-class RunDirLock(Callback):
-    """Hold the run (or sweep) directory before Hydra writes into it; see the module doc."""
-
-    def __init__(self, prog: str = "apcsim") -> None:
-        self.prog = prog
-
-    def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        from hydra.core.hydra_config import HydraConfig
-
-        from apcsim.outputs.status import write_running
-
-        given = _hydra_override(config, "hydra.sweep.dir")
-        if given:  # Hydra would ignore it: a single run writes to hydra.run.dir
-            exit_bad_input(self.prog, f"{given} applies to a multirun (-m); a single run writes to hydra.run.dir: "
-                           "use hydra.run.dir=..., or add -m")
-        HydraConfig.instance().set_config(config)  # run.dir may use ${hydra:...}, as run_job allows
-        run_dir = Path(str(config.hydra.run.dir))
-        _hold_or_exit(run_dir, "hydra.run.dir", self.prog)
-        write_running(run_dir)
-
-    def on_run_end(self, config: DictConfig, **kwargs) -> None:
-        release(Path(str(config.hydra.run.dir)))
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        given = _hydra_override(config, "hydra.run.dir")
-        if given:  # Hydra would ignore it: a multirun writes under hydra.sweep.dir
-            exit_bad_input(self.prog, f"{given} applies to a single run; a multirun (-m or an experiment's "
-                           "hydra.mode=MULTIRUN) writes its jobs under hydra.sweep.dir: use hydra.sweep.dir=...")
-        _hold_or_exit(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir", self.prog)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        release(Path(str(config.hydra.sweep.dir)))

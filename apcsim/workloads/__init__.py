@@ -2,14 +2,13 @@
 
 Adding a workload is one file here: a `WorkloadConfig` subclass and a `@register_workload`
 build function; then `workload=<name>` works on the command line. Modules are found on disk, as
-policies are: every module here is imported, except those whose name starts with `_`. A module
+policies are, and imported as policies are (policies.registry.Registry): a workload's module when
+its name is looked up, every module (but those whose name starts with `_`) when `WORKLOADS` is
+listed. A module
 that defines a `WorkloadConfig` subclass is a workload and registers it; the others (`base`,
 `priorities`, `tracefile`, `_common`, `_stream`) are the machinery the workloads share
 (tests/workloads/test_workloads.py checks both).
 """
-
-import importlib
-import pkgutil
 
 from apcsim.workloads._stream import SpecSource, Workload
 from apcsim.workloads.base import (
@@ -20,10 +19,6 @@ from apcsim.workloads.base import (
     open_workload,
     register_workload,
 )
-
-for _mod in pkgutil.iter_modules(__path__):
-    if not _mod.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_mod.name}")
 
 __all__ = ["WORKLOADS", "BuildContext", "SpecSource", "Workload", "WorkloadConfig", "build_workload", "open_workload",
            "register_workload"]

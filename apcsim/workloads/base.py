@@ -20,6 +20,7 @@ from apcsim.core.request import RequestSpec
 from apcsim.errors import ConfigError
 from apcsim.workloads._stream import SpecOverrides, SpecSource, Workload
 from apcsim.workloads.priorities import PriorityClass, assign_priority_classes, check_shared_retention, draw_classes
+from policies.registry import Registry
 
 
 @dataclass
@@ -68,16 +69,17 @@ class WorkloadEntry:
     build: BuildFn
 
 
-WORKLOADS: dict[str, WorkloadEntry] = {}
+# A workload's module is named after it and imported when its name is looked up (policies.registry).
+WORKLOADS: Registry[WorkloadEntry] = Registry("apcsim.workloads")
 
 
 def register_workload(name: str, config_cls: type) -> Callable[[BuildFn], BuildFn]:
     """Register `build` under `name`; `config_cls` is its typed Hydra schema."""
 
     def deco(fn: BuildFn) -> BuildFn:
-        if name in WORKLOADS:
+        if dict.__contains__(WORKLOADS, name):
             raise ValueError(f"workload {name!r} registered twice")
-        WORKLOADS[name] = WorkloadEntry(name, config_cls, fn)
+        WORKLOADS.add(name, WorkloadEntry(name, config_cls, fn))
         return fn
 
     return deco

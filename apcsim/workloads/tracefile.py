@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 
 from apcsim.errors import TraceError
 
@@ -13,6 +14,8 @@ BUNDLED_TRACES = pathlib.Path(__file__).resolve().parents[1] / "traces"
 
 def _original_cwd() -> pathlib.Path | None:
     """The directory the user ran from: Hydra may have chdir'ed into its output dir since."""
+    if "hydra.core.hydra_config" not in sys.modules:  # Hydra never ran here (the CLI's fast path): no chdir
+        return None
     try:
         from hydra.utils import get_original_cwd
     except ImportError:  # pragma: no cover - hydra is a dependency, but keep this usable without

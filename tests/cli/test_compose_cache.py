@@ -11,7 +11,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from apcsim.cli import compose_cache
+from apcsim.cli import compose_cache, installed
 from apcsim.cli.compose_once import compose_for_run
 from apcsim.cli.main import CONFIG_NAME
 from tests.cli.test_compose_once import RUNS_ONCE
@@ -66,7 +66,7 @@ def test_a_changed_config_file_misses(app, tmp_path, monkeypatch):
     conf = tmp_path / "pkg"
     conf.mkdir()
     (conf / "x.yaml").write_text("a: 1\n")
-    monkeypatch.setattr(compose_cache, "_packages", lambda: [conf])
+    monkeypatch.setattr(installed, "config_packages", lambda: [conf])
     key = compose_cache.entry_key(app[1], [])
     (conf / "x.yaml").write_text("a: 22\n")
     assert compose_cache.entry_key(app[1], []) != key

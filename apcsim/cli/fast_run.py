@@ -1,0 +1,167 @@
+"""A plain run whose command line ran before, started without Hydra or OmegaConf.
+
+Importing Hydra, composing and Hydra's job runner (copying the config three times, writing it
+as YAML) were most of a short run's start-up. For a plain command line (overrides only, no flag,
+no `hydra...` override but one plain `hydra.run.dir=PATH`), everything Hydra does before the task
+function is fixed by the command line and the installed files, but for the run directory and the
+working directory. So the first Hydra run of such a line records (apcsim.cli.fast_entry) what it
+made: the typed config it ran, the three files of `.hydra/` (hydra.yaml with the run directory,
+working directory and output directory left as blanks), the resolved logging configs; a later
+run of the same line does what Hydra's would with them, in Hydra's order:
+
+  Hydra's logging; the run directory held and status.json "running" (RunDirLock.on_run_start);
+  the output directory; the job's logging (the job log file); .hydra/config.yaml, hydra.yaml,
+  overrides.yaml; the task (apcsim.cli.single_run, Hydra's task function's own body); loggers
+  flushed; the directory released.
+
+An entry is keyed like a composed config (apcsim.cli.compose_cache): the overrides, with the
+run directory's path left out, and the installed files' fingerprint (apcsim.cli.installed), so
+any change to the code or the configs is a miss. Anything else goes through Hydra as before: a
+miss, a flag, another `hydra` override, no `hydra.run.dir=` (the default directory is named
+after the time), a path that YAML would quote (see `_PLAIN_PATH`), an unreadable entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from apcsim.cachedir import cache_dir
+from apcsim.cli.installed import fingerprint
+from apcsim.config import SimConfig
+
+_LAYOUT = 1  # bump when an entry's layout changes
+_RUN_DIR_OVERRIDE = "hydra.run.dir="
+# Paths YAML writes as they are (no quotes, no line folding): ASCII letters, digits, _ . - /, at
+# least one '/' (so never a number, bool or null), not starting with a document marker. The
+# blanks of hydra.yaml are filled with such paths only, so the file is the one Hydra would write.
+_PLAIN_PATH = re.compile(r"(?!---|\.\.\.)[\w./-]*/[\w./-]*", re.ASCII)
+# The blanks of a recorded hydra.yaml and job logging config (NUL never appears in YAML's output).
+RUN_DIR, CWD, OUTPUT_DIR = "\0run_dir\0", "\0cwd\0", "\0output_dir\0"
+
+
+@dataclass(frozen=True)
+class FastEntry:
+    """What a Hydra run of a plain command line made before its task function ran."""
+
+    config: SimConfig  # what the task function runs
+    config_yaml: str  # .hydra/config.yaml
+    hydra_yaml: str  # .hydra/hydra.yaml with the RUN_DIR, CWD and OUTPUT_DIR blanks
+    overrides_yaml: str  # .hydra/overrides.yaml
+    output_subdir: str  # hydra.output_subdir (.hydra)
+    hydra_logging: dict  # hydra.hydra_logging, resolved
+    job_logging: dict  # hydra.job_logging, resolved but for the OUTPUT_DIR blank
+
+
+def plain_run_dir(args: list[str]) -> str | None:
+    """The path of the one `hydra.run.dir=PATH` of a plain command line, or None where the
+    command line is not plain (see the module doc)."""
+    run_dirs = [a for a in args if a.startswith(_RUN_DIR_OVERRIDE)]
+    if len(run_dirs) != 1 or not _PLAIN_PATH.fullmatch(run_dirs[0][len(_RUN_DIR_OVERRIDE):]):
+        return None
+    for a in args:
+        if a.startswith("-") or (a != run_dirs[0] and a.lstrip("+~").startswith("hydra")):
+            return None
+    return run_dirs[0][len(_RUN_DIR_OVERRIDE):]
+
+
+def is_plain_path(path: str) -> bool:
+    return _PLAIN_PATH.fullmatch(path) is not None
+
+
+def entry_path(args: list[str]) -> Path:
+    """Where a plain command line's entry is kept (its run directory's path left out)."""
+    overrides = ["<run dir>" if a.startswith(_RUN_DIR_OVERRIDE) else a for a in args]
+    h = hashlib.sha256(json.dumps([_LAYOUT, sys.version, overrides]).encode())
+    fingerprint(h)
+    return cache_dir() / "fast" / f"{h.hexdigest()}.pickle"
+
+
+def _load(entry: Path) -> FastEntry | None:
+    try:
+        value = pickle.loads(entry.read_bytes())
+    except Exception:  # absent, unreadable, of another layout: Hydra's path (which rewrites it)
+        return None
+    return value if isinstance(value, FastEntry) else None
+
+
+def try_fast_run(args: list[str]) -> bool:
+    """Run this command line without Hydra if it can be; False (nothing done) where it cannot."""
+    run_dir = plain_run_dir(args)
+    if run_dir is None or not is_plain_path(os.getcwd()) or not is_plain_path(os.path.abspath(run_dir)):
+        return False
+    try:
+        entry = _load(entry_path(args))
+    except OSError:  # a file vanished or cannot be read while the key is made: Hydra's path
+        return False
+    if entry is None:
+        return False
+    _run(entry, run_dir)
+    return True
+
+
+def _fill(value, output_dir: str):
+    """A recorded logging config with this run's output directory."""
+    if isinstance(value, dict):
+        return {k: _fill(v, output_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, output_dir) for v in value]
+    return value.replace(OUTPUT_DIR, output_dir) if isinstance(value, str) else value
+
+
+def _flush_loggers() -> None:
+    """As Hydra does after the task: every handler flushed."""
+    import logging
+
+    for ref in logging._handlerList:  # type: ignore[attr-defined]
+        try:
+            ref().flush()
+        except Exception:  # as Hydra: a handler that cannot flush is not the run's failure
+            pass
+
+
+def _run(entry: FastEntry, run_dir: str) -> None:
+    """What Hydra (1.3) and apcsim's callbacks do for a run of the recorded config (module doc)."""
+    import logging.config
+
+    from apcsim.cli.single_run import run_single
+    from apcsim.interrupt import interruptible
+    from apcsim.outputs.rundir import hold_or_exit, release
+    from apcsim.outputs.status import write_running
+
+    cwd, output_dir = os.getcwd(), os.path.abspath(run_dir)
+    hydra_config = sys.modules.get("hydra.core.hydra_config")
+    if hydra_config is not None:  # an earlier Hydra run in this process (tests): its config is not this run's
+        hydra_config.HydraConfig.instance().cfg = None
+    logging.config.dictConfig(entry.hydra_logging)
+    hold_or_exit(Path(run_dir), "hydra.run.dir", "apcsim")
+    write_running(Path(run_dir))
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    logging.config.dictConfig(_fill(entry.job_logging, output_dir))
+    hydra_yaml = entry.hydra_yaml.replace(RUN_DIR, run_dir).replace(CWD, cwd).replace(OUTPUT_DIR, output_dir)
+    subdir = Path(output_dir) / entry.output_subdir
+    for name, text in (("config.yaml", entry.config_yaml), ("hydra.yaml", hydra_yaml),
+                       ("overrides.yaml", entry.overrides_yaml)):
+        subdir.mkdir(parents=True, exist_ok=True)
+        with open(subdir / name, "w", encoding="utf-8") as f:
+            f.write(text)
+    try:
+        with interruptible():
+            run_single(entry.config, Path(output_dir))
+    except Exception:  # a bug (run_single marked the job): reported as Hydra's runner does
+        _flush_loggers()
+        release(Path(run_dir))
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        import traceback
+
+        traceback.print_exc()
+        sys.exit(1)
+    _flush_loggers()
+    release(Path(run_dir))
