@@ -165,15 +165,46 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         s = self.step
         self.clock.now = now
         self.policy.refresh()
-        for r in self.cohort.pop_alloc_events(s):
-            self._leave_cohort(r, s)
+        boundary = self.cohort.pop_alloc_events(s)
         self._scheduled = {}
         prefill_cap = long_prefill_cap(self.cfg, len(self.running) + len(self.policy))
-        remaining, preempted = self._schedule_running(prefill_cap)
+        if not self._explicit and self._boundaries_fit(len(boundary)):
+            remaining, preempted = self._schedule_boundaries(boundary, s), []
+        else:
+            for r in boundary:
+                self._leave_cohort(r, s)
+            remaining, preempted = self._schedule_running(prefill_cap)
         self._num_cohort_scheduled = len(self.cohort)
         # vLLM V1 skips the waiting queue in a step that preempted.
         num_hashed = 0 if preempted else self._admit_waiting(remaining, now, prefill_cap)
         return self._build_plan(num_hashed, tuple(preempted))
+
+    def _boundaries_fit(self, n: int) -> bool:
+        """Whether the running pass of a step with no explicit request and `n` cohort members at
+        a decode block boundary is the plain one: the budget reaches every running request and
+        the pool has a block for each boundary member, so nothing is cut and nobody preempted.
+        (With a host tier each allocation's write-back belongs to its own call, and with one-token
+        blocks the new block is full at once and keyed by `allocate_slots`: both take the
+        general pass.)"""
+        return (len(self.running) <= self.cfg.max_num_batched_tokens and n <= self.kv.pool.num_free
+                and self.host_tier is None and self.block_size > 1)
+
+    def _schedule_boundaries(self, boundary: list[Request], s: int) -> int:
+        """The running pass when `_boundaries_fit`: what `_schedule_running` does then, in one
+        go. The boundary members leave the cohort (keying their filled blocks, in event order),
+        take one block each in admission order with one pool call (the pool hands out the same
+        blocks as one call per member: nothing else allocates in between) and decode one token
+        as explicit chunks; every other member decodes in the cohort. Returns the budget left."""
+        if boundary:
+            cohort, kv, end = self.cohort, self.kv, self.last_end_time
+            for r in boundary:
+                cohort.leave(r, s, end)
+                kv.cache_full_blocks(r, r.num_computed_tokens)  # the deferred keys (see cohort's doc)
+            if len(boundary) > 1:
+                boundary.sort(key=_admit_seq)
+            kv.append_decode_blocks(boundary)
+            self._scheduled = dict.fromkeys(boundary, 1)
+        return self.cfg.max_num_batched_tokens - len(self.running)
 
     def _schedule_running(self, prefill_cap: int) -> tuple[int, list[str]]:
         """The running pass: a chunk for each explicit request in admission order, a token for
