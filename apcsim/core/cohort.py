@@ -150,10 +150,12 @@ class DecodeCohort:
                 out.append((step, r))
         return out
 
-    def give_back_alloc_events(self, events: list[tuple[int, Request]]) -> None:
-        """Undo `take_alloc_events` for events not acted on (their members are unchanged)."""
-        for step, r in events:
-            heapq.heappush(self._alloc_events, (step, r.admit_seq, r.event_version, r))
+    def alloc_steps_before(self, end: int) -> list[int]:
+        """The steps < end of the members' allocation events, unordered; the heap is left as it
+        is. A member has at most one live event: every push follows the pop of its last one
+        (`pass_boundary`) or a version bump (`join`)."""
+        return [t for t, _, version, r in self._alloc_events
+                if t < end and version == r.event_version and r.anchor_step >= 0]
 
     def verify(self, running: list[Request], step: int) -> None:
         """Check the members against the running requests (call between steps)."""

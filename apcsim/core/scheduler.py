@@ -321,10 +321,12 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         self._scheduled[r] = new
 
     def _build_plan(self, num_hashed: int, preempted: tuple[str, ...]) -> StepPlan:
+        # `_scheduled` is in admission order already: the running pass walks in that order and
+        # admissions get the next admit_seq.
         chunks = tuple([
             ScheduledChunk(r.request_id, new, r.num_computed_tokens, tuple(r.block_ids),
                            r.num_computed_tokens + new >= r.num_tokens)
-            for r, new in sorted(self._scheduled.items(), key=lambda item: item[0].admit_seq)
+            for r, new in self._scheduled.items()
             if new > 0
         ])
         cohort = self.cohort
@@ -341,27 +343,31 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         # No block was allocated since the plan was built: its tables are the joiners' tables.
         tables = {c.request_id: c.block_ids for c in plan.chunks}
         finishing: list[Request] = []
+        itl_samples, discard, join = res.itl_samples, self._explicit.discard, self.cohort.join
         for r, new in self._scheduled.items():
             c = r.num_computed_tokens
+            done = c + new
             prompt = r.prompt_len
             if c < prompt:
-                stats.prompt_tokens_computed += min(c + new, prompt) - c
-            stats.recomputed_tokens += max(0, min(c + new, r.computed_high_water) - c)
-            r.num_computed_tokens = c + new
-            if r.num_computed_tokens < r.num_tokens:
+                stats.prompt_tokens_computed += min(done, prompt) - c
+            if r.computed_high_water > c:
+                stats.recomputed_tokens += min(done, r.computed_high_water) - c
+            r.num_computed_tokens = done
+            out = r.num_output_tokens
+            if done < prompt + out:  # num_tokens
                 continue  # a prefill chunk that does not end the prompt samples nothing
-            r.num_output_tokens += 1
+            r.num_output_tokens = out = out + 1
             if r.first_token_time < 0:
                 r.first_token_time = now
                 res.first_tokens.append(r)
             else:
-                res.itl_samples.append(now - r.last_token_time)
+                itl_samples.append(now - r.last_token_time)
             r.last_token_time = now
-            if r.num_output_tokens >= r.max_output_tokens:
+            if out >= r.spec.output_len:  # max_output_tokens
                 finishing.append(r)
             else:
-                self._explicit.discard(r)
-                self.cohort.join(r, s + 1, tables[r.request_id])
+                discard(r)
+                join(r, s + 1, tables[r.spec.request_id])
         self.step = s + 1
         self.last_end_time = now
         for r in self.cohort.pop_finish_events(s):

@@ -49,15 +49,17 @@ class QuietStretches:
         stretch, so they all succeed until the pool is empty; the step whose allocations would
         find it empty may preempt, and ends the stretch (it is stepped)."""
         end = self.step + m  # steps < end
-        events = self.cohort.take_alloc_events(end - 1)
-        self.cohort.give_back_alloc_events(events)
+        starts = self.cohort.alloc_steps_before(end)
         free = self.kv.pool.num_free
-        if len(events) > free:
-            return events[free][0] - self.step
-        # A member that allocates at step t needs its next block at t + block_size.
+        if len(starts) > free:
+            return sorted(starts)[free] - self.step
+        # A member that allocates at step t needs its next block at t + block_size: count them
+        # first, and list the steps only when the pool runs out within the stretch.
         bs = self.block_size
-        steps = sorted(t for t0, _ in events for t in range(t0, end, bs))
-        return m if len(steps) <= free else steps[free] - self.step
+        if sum((end - t0 + bs - 1) // bs for t0 in starts) <= free:
+            return m
+        steps = sorted(t for t0 in starts for t in range(t0, end, bs))
+        return steps[free] - self.step
 
     def advance(self, k: int, now: float, step_ends=None) -> list[tuple[int, int]]:
         """Skip k quiet steps ending at `now`. `step_ends` (the k steps' end times) is given for an
