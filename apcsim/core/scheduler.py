@@ -27,6 +27,7 @@ from apcsim.core.cohort import DecodeCohort
 from apcsim.core.interface import SchedulerInterface, SchedulerStats, StepResult
 from apcsim.core.kv_cache_manager import KVCacheManager
 from apcsim.core.loading import HostTierLoading
+from apcsim.core.pending_keys import PendingKeys
 from apcsim.core.plan import ScheduledChunk, StepPlan
 from apcsim.core.request import Request, Status
 from apcsim.core.stretch import QuietStretches
@@ -71,6 +72,10 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         self._admit_counter = 0
         self._explicit: set[Request] = set()  # running requests not in the cohort
         self.cohort = DecodeCohort(kv.block_size)
+        # Filled decode blocks keyed late (apcsim.core.pending_keys); `_lazy` says whether this
+        # run may, decided at the first schedule (once the host tier is in place).
+        self.pending_keys = PendingKeys(kv)
+        self._lazy: bool | None = None
         self._scheduled: dict[Request, int] = {}  # explicit requests -> new tokens this step
         self._num_cohort_scheduled = 0
         # The host KV tier (apcsim.core.host_tier; set by apcsim.core.build when cpu_tier is on)
@@ -94,6 +99,8 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
 
     def _cached_blocks(self, r: Request) -> int:
         """Leading prompt blocks of a waiting request the cache holds now (the policies' probe)."""
+        if self._lazy and self.pending_keys:
+            self.pending_keys.settle_lookup(r)
         return len(self.kv.get_computed_blocks(r))
 
     def _computed(self, r: Request) -> int:
@@ -116,8 +123,15 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
     def _leave_cohort(self, r: Request, step: int) -> None:
         """Make r exact as of the start of `step` and handle it one by one from now on."""
         self.cohort.leave(r, step, self.last_end_time if step == self.step else r.last_token_time)
-        self.kv.cache_full_blocks(r, r.num_computed_tokens)  # the deferred keys (see cohort's doc)
+        self._key_filled(r, r.num_computed_tokens)  # the deferred keys (see cohort's doc)
         self._explicit.add(r)
+
+    def _key_filled(self, r: Request, num_tokens: int) -> None:
+        """Key r's blocks filled by decoding, full within `num_tokens`: now, or pending."""
+        if self._lazy:
+            self.pending_keys.defer(r, num_tokens)
+        else:
+            self.kv.cache_full_blocks(r, num_tokens)
 
     def _remove_running(self, r: Request) -> None:
         i = bisect_left(self._running_seqs, r.admit_seq)
@@ -135,6 +149,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
     def _requeue(self, r: Request) -> None:
         """Preemption by recompute of a request that is neither running nor waiting any more:
         its blocks go back to the pool and it waits again, from token 0."""
+        self.pending_keys.flush(r)
         self.kv.free(r)
         r.num_computed_tokens = 0
         r.status = Status.PREEMPTED
@@ -144,6 +159,8 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
 
     # -- one step ------------------------------------------------------------------------------
     def schedule(self, now: float) -> StepPlan:
+        if self._lazy is None:
+            self._lazy = self.pending_keys.usable(self.host_tier)
         if self.host_tier is not None:
             self.host_tier.begin_step()
         plan = self._schedule_pass(now)
@@ -179,33 +196,6 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         num_hashed = 0 if preempted else self._admit_waiting(remaining, now, prefill_cap)
         return self._build_plan(num_hashed, tuple(preempted))
 
-    def _boundaries_fit(self, n: int) -> bool:
-        """Whether the running pass of a step with no explicit request and `n` cohort members at
-        a decode block boundary is the plain one: the budget reaches every running request and
-        the pool has a block for each boundary member, so nothing is cut and nobody preempted.
-        (With a host tier each allocation's write-back belongs to its own call, and with one-token
-        blocks the new block is full at once and keyed by `allocate_slots`: both take the
-        general pass.)"""
-        return (len(self.running) <= self.cfg.max_num_batched_tokens and n <= self.kv.pool.num_free
-                and self.host_tier is None and self.block_size > 1)
-
-    def _schedule_boundaries(self, boundary: list[Request], s: int) -> int:
-        """The running pass when `_boundaries_fit`: what `_schedule_running` does then, in one
-        go. The boundary members leave the cohort (keying their filled blocks, in event order),
-        take one block each in admission order with one pool call (the pool hands out the same
-        blocks as one call per member: nothing else allocates in between) and decode one token
-        as explicit chunks; every other member decodes in the cohort. Returns the budget left."""
-        if boundary:
-            cohort, kv, end = self.cohort, self.kv, self.last_end_time
-            for r in boundary:
-                cohort.leave(r, s, end)
-                kv.cache_full_blocks(r, r.num_computed_tokens)  # the deferred keys (see cohort's doc)
-            if len(boundary) > 1:
-                boundary.sort(key=_admit_seq)
-            kv.append_decode_blocks(boundary)
-            self._scheduled = dict.fromkeys(boundary, 1)
-        return self.cfg.max_num_batched_tokens - len(self.running)
-
     def _schedule_running(self, prefill_cap: int) -> tuple[int, list[str]]:
         """The running pass: a chunk for each explicit request in admission order, a token for
         each cohort member between them, preempting when blocks run out. Whoever the budget does
@@ -229,6 +219,9 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
             if prefill_cap > 0:
                 new = min(new, prefill_cap)
             new = min(new, remaining)
+            if self._lazy:  # allocate_slots keys r's full blocks: its pending ones first
+                self.pending_keys.flush(r)
+                self.pending_keys.before_caching(r, min(r.num_computed_tokens + new, r.num_tokens), r.num_cached_blocks)
             while not self.kv.allocate_slots(r, new):
                 victim = self._choose_victim(self.running)
                 refund = self._scheduled.pop(victim, 0)
@@ -272,6 +265,8 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
                 return 0
         while len(self.policy) and remaining > 0 and len(self.running) < cfg.max_num_seqs:
             r = self.policy.peek()
+            if self._lazy and self.pending_keys:
+                self.pending_keys.settle_lookup(r)
             terms = admission_terms(cfg, kv, r, remaining, prefill_cap)
             if terms is None:
                 break
@@ -283,7 +278,12 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
                         break
                     num_hashed += r.num_tokens
                     continue
-            if not fits(cfg, kv, r, new, computed) or not kv.allocate_slots(r, new, computed):
+            if not fits(cfg, kv, r, new, computed):
+                break
+            if self._lazy and self.pending_keys:
+                hit = len(computed)
+                self.pending_keys.before_caching(r, min(hit * self.block_size + new, r.num_tokens), hit)
+            if not kv.allocate_slots(r, new, computed):
                 break
             self.policy.pop()
             if tier is not None:
@@ -385,6 +385,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
 
     def _finish(self, r: Request, now: float, res: StepResult) -> None:
         self._remove_running(r)
+        self.pending_keys.flush(r)
         self.kv.free(r)
         r.status = Status.FINISHED
         r.finish_time = now
