@@ -324,7 +324,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         # `_scheduled` is in admission order already: the running pass walks in that order and
         # admissions get the next admit_seq.
         chunks = tuple([
-            ScheduledChunk(r.request_id, new, r.num_computed_tokens, tuple(r.block_ids),
+            ScheduledChunk(r.spec.request_id, new, r.num_computed_tokens, tuple(r.block_ids),
                            r.num_computed_tokens + new >= r.num_tokens)
             for r, new in self._scheduled.items()
             if new > 0

@@ -110,9 +110,10 @@ class QuietStretches:
         as explicit chunks; every other member decodes in the cohort. Returns the budget left."""
         if boundary:
             cohort, kv, end = self.cohort, self.kv, self.last_end_time
+            key_filled = self.pending_keys.defer if self._lazy else kv.cache_full_blocks  # `_key_filled`
             for r in boundary:
                 cohort.leave(r, s, end)
-                self._key_filled(r, r.num_computed_tokens)  # the deferred keys (see cohort's doc)
+                key_filled(r, r.num_computed_tokens)  # the deferred keys (see cohort's doc)
             if len(boundary) > 1:
                 boundary.sort(key=_admit_seq)
             kv.append_decode_blocks(boundary)
@@ -127,11 +128,13 @@ class QuietStretches:
         its prompt, so no prompt token is computed."""
         self.clock.now = start
         kv, cohort, stats = self.kv, self.cohort, self.stats
+        key_filled = self.pending_keys.defer if self._lazy else kv.cache_full_blocks  # `_key_filled`
         for r in members:
-            self._key_filled(r, r.num_computed_tokens + step - r.anchor_step)
+            key_filled(r, r.num_computed_tokens + step - r.anchor_step)
         kv.append_decode_blocks(members)
         self.clock.now = end
         for r in members:
             c = r.num_computed_tokens + step - r.anchor_step
-            stats.recomputed_tokens += max(0, min(c + 1, r.computed_high_water) - c)
+            if r.computed_high_water > c:
+                stats.recomputed_tokens += min(c + 1, r.computed_high_water) - c
             cohort.pass_boundary(r, step, end)
