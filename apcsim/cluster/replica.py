@@ -89,6 +89,8 @@ class ReplicaView:
     def __init__(self, index: int, scheduler: Scheduler) -> None:
         self.index = index
         self._sched = scheduler
+        # The probe reads the pool's key map directly: every filled block must be keyed in it.
+        scheduler.pending_keys.enabled = False
         self.num_blocks = scheduler.kv.pool.num_blocks
         self.requests_in_flight = 0
         self.tokens_in_flight = 0

@@ -63,12 +63,12 @@ class DecodeCohort:
         r.anchor_step = step
         r.event_version += 1
         c = r.num_computed_tokens
-        member = (r.admit_seq, r.request_id, c, step, block_ids)  # CohortMember's fields, unwrapped
+        member = (r.admit_seq, r.spec.request_id, c, step, block_ids)  # CohortMember's fields, unwrapped
         self._members[r.admit_seq] = member
         self._history.changes.append((r.admit_seq, member))
         self._base += c - step
         alloc_step = step + (-c) % self.block_size  # computed % block_size == 0: needs a block
-        finish_step = step + r.max_output_tokens - r.num_output_tokens - 1
+        finish_step = step + r.spec.output_len - r.num_output_tokens - 1  # max_output_tokens
         heapq.heappush(self._alloc_events, (alloc_step, r.admit_seq, r.event_version, r))
         heapq.heappush(self._finish_events, (finish_step, r.admit_seq, r.event_version, r))
 
@@ -106,7 +106,7 @@ class DecodeCohort:
         r.num_output_tokens += k
         r.last_token_time = end
         r.anchor_step = step + 1
-        member = (seq, r.request_id, c, step + 1, tuple(r.block_ids))
+        member = (seq, r.spec.request_id, c, step + 1, tuple(r.block_ids))
         self._members[seq] = member
         changes = self._history.changes
         changes.append((seq, None))
@@ -150,10 +150,12 @@ class DecodeCohort:
                 out.append((step, r))
         return out
 
-    def give_back_alloc_events(self, events: list[tuple[int, Request]]) -> None:
-        """Undo `take_alloc_events` for events not acted on (their members are unchanged)."""
-        for step, r in events:
-            heapq.heappush(self._alloc_events, (step, r.admit_seq, r.event_version, r))
+    def alloc_steps_before(self, end: int) -> list[int]:
+        """The steps < end of the members' allocation events, unordered; the heap is left as it
+        is. A member has at most one live event: every push follows the pop of its last one
+        (`pass_boundary`) or a version bump (`join`)."""
+        return [t for t, _, version, r in self._alloc_events
+                if t < end and version == r.event_version and r.anchor_step >= 0]
 
     def verify(self, running: list[Request], step: int) -> None:
         """Check the members against the running requests (call between steps)."""

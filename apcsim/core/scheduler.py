@@ -27,6 +27,7 @@ from apcsim.core.cohort import DecodeCohort
 from apcsim.core.interface import SchedulerInterface, SchedulerStats, StepResult
 from apcsim.core.kv_cache_manager import KVCacheManager
 from apcsim.core.loading import HostTierLoading
+from apcsim.core.pending_keys import PendingKeys
 from apcsim.core.plan import ScheduledChunk, StepPlan
 from apcsim.core.request import Request, Status
 from apcsim.core.stretch import QuietStretches
@@ -71,6 +72,10 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         self._admit_counter = 0
         self._explicit: set[Request] = set()  # running requests not in the cohort
         self.cohort = DecodeCohort(kv.block_size)
+        # Filled decode blocks keyed late (apcsim.core.pending_keys); `_lazy` says whether this
+        # run may, decided at the first schedule (once the host tier is in place).
+        self.pending_keys = PendingKeys(kv)
+        self._lazy: bool | None = None
         self._scheduled: dict[Request, int] = {}  # explicit requests -> new tokens this step
         self._num_cohort_scheduled = 0
         # The host KV tier (apcsim.core.host_tier; set by apcsim.core.build when cpu_tier is on)
@@ -94,6 +99,8 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
 
     def _cached_blocks(self, r: Request) -> int:
         """Leading prompt blocks of a waiting request the cache holds now (the policies' probe)."""
+        if self._lazy and self.pending_keys:
+            self.pending_keys.settle_lookup(r)
         return len(self.kv.get_computed_blocks(r))
 
     def _computed(self, r: Request) -> int:
@@ -116,8 +123,15 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
     def _leave_cohort(self, r: Request, step: int) -> None:
         """Make r exact as of the start of `step` and handle it one by one from now on."""
         self.cohort.leave(r, step, self.last_end_time if step == self.step else r.last_token_time)
-        self.kv.cache_full_blocks(r, r.num_computed_tokens)  # the deferred keys (see cohort's doc)
+        self._key_filled(r, r.num_computed_tokens)  # the deferred keys (see cohort's doc)
         self._explicit.add(r)
+
+    def _key_filled(self, r: Request, num_tokens: int) -> None:
+        """Key r's blocks filled by decoding, full within `num_tokens`: now, or pending."""
+        if self._lazy:
+            self.pending_keys.defer(r, num_tokens)
+        else:
+            self.kv.cache_full_blocks(r, num_tokens)
 
     def _remove_running(self, r: Request) -> None:
         i = bisect_left(self._running_seqs, r.admit_seq)
@@ -135,6 +149,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
     def _requeue(self, r: Request) -> None:
         """Preemption by recompute of a request that is neither running nor waiting any more:
         its blocks go back to the pool and it waits again, from token 0."""
+        self.pending_keys.flush(r)
         self.kv.free(r)
         r.num_computed_tokens = 0
         r.status = Status.PREEMPTED
@@ -144,6 +159,8 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
 
     # -- one step ------------------------------------------------------------------------------
     def schedule(self, now: float) -> StepPlan:
+        if self._lazy is None:
+            self._lazy = self.pending_keys.usable(self.host_tier)
         if self.host_tier is not None:
             self.host_tier.begin_step()
         plan = self._schedule_pass(now)
@@ -165,11 +182,15 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         s = self.step
         self.clock.now = now
         self.policy.refresh()
-        for r in self.cohort.pop_alloc_events(s):
-            self._leave_cohort(r, s)
+        boundary = self.cohort.pop_alloc_events(s)
         self._scheduled = {}
         prefill_cap = long_prefill_cap(self.cfg, len(self.running) + len(self.policy))
-        remaining, preempted = self._schedule_running(prefill_cap)
+        if not self._explicit and self._boundaries_fit(len(boundary)):
+            remaining, preempted = self._schedule_boundaries(boundary, s), []
+        else:
+            for r in boundary:
+                self._leave_cohort(r, s)
+            remaining, preempted = self._schedule_running(prefill_cap)
         self._num_cohort_scheduled = len(self.cohort)
         # vLLM V1 skips the waiting queue in a step that preempted.
         num_hashed = 0 if preempted else self._admit_waiting(remaining, now, prefill_cap)
@@ -198,6 +219,9 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
             if prefill_cap > 0:
                 new = min(new, prefill_cap)
             new = min(new, remaining)
+            if self._lazy:  # allocate_slots keys r's full blocks: its pending ones first
+                self.pending_keys.flush(r)
+                self.pending_keys.before_caching(r, min(r.num_computed_tokens + new, r.num_tokens), r.num_cached_blocks)
             while not self.kv.allocate_slots(r, new):
                 victim = self._choose_victim(self.running)
                 refund = self._scheduled.pop(victim, 0)
@@ -241,6 +265,8 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
                 return 0
         while len(self.policy) and remaining > 0 and len(self.running) < cfg.max_num_seqs:
             r = self.policy.peek()
+            if self._lazy and self.pending_keys:
+                self.pending_keys.settle_lookup(r)
             terms = admission_terms(cfg, kv, r, remaining, prefill_cap)
             if terms is None:
                 break
@@ -252,7 +278,12 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
                         break
                     num_hashed += r.num_tokens
                     continue
-            if not fits(cfg, kv, r, new, computed) or not kv.allocate_slots(r, new, computed):
+            if not fits(cfg, kv, r, new, computed):
+                break
+            if self._lazy and self.pending_keys:
+                hit = len(computed)
+                self.pending_keys.before_caching(r, min(hit * self.block_size + new, r.num_tokens), hit)
+            if not kv.allocate_slots(r, new, computed):
                 break
             self.policy.pop()
             if tier is not None:
@@ -290,10 +321,12 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         self._scheduled[r] = new
 
     def _build_plan(self, num_hashed: int, preempted: tuple[str, ...]) -> StepPlan:
+        # `_scheduled` is in admission order already: the running pass walks in that order and
+        # admissions get the next admit_seq.
         chunks = tuple([
-            ScheduledChunk(r.request_id, new, r.num_computed_tokens, tuple(r.block_ids),
+            ScheduledChunk(r.spec.request_id, new, r.num_computed_tokens, tuple(r.block_ids),
                            r.num_computed_tokens + new >= r.num_tokens)
-            for r, new in sorted(self._scheduled.items(), key=lambda item: item[0].admit_seq)
+            for r, new in self._scheduled.items()
             if new > 0
         ])
         cohort = self.cohort
@@ -310,27 +343,31 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         # No block was allocated since the plan was built: its tables are the joiners' tables.
         tables = {c.request_id: c.block_ids for c in plan.chunks}
         finishing: list[Request] = []
+        itl_samples, discard, join = res.itl_samples, self._explicit.discard, self.cohort.join
         for r, new in self._scheduled.items():
             c = r.num_computed_tokens
+            done = c + new
             prompt = r.prompt_len
             if c < prompt:
-                stats.prompt_tokens_computed += min(c + new, prompt) - c
-            stats.recomputed_tokens += max(0, min(c + new, r.computed_high_water) - c)
-            r.num_computed_tokens = c + new
-            if r.num_computed_tokens < r.num_tokens:
+                stats.prompt_tokens_computed += min(done, prompt) - c
+            if r.computed_high_water > c:
+                stats.recomputed_tokens += min(done, r.computed_high_water) - c
+            r.num_computed_tokens = done
+            out = r.num_output_tokens
+            if done < prompt + out:  # num_tokens
                 continue  # a prefill chunk that does not end the prompt samples nothing
-            r.num_output_tokens += 1
+            r.num_output_tokens = out = out + 1
             if r.first_token_time < 0:
                 r.first_token_time = now
                 res.first_tokens.append(r)
             else:
-                res.itl_samples.append(now - r.last_token_time)
+                itl_samples.append(now - r.last_token_time)
             r.last_token_time = now
-            if r.num_output_tokens >= r.max_output_tokens:
+            if out >= r.spec.output_len:  # max_output_tokens
                 finishing.append(r)
             else:
-                self._explicit.discard(r)
-                self.cohort.join(r, s + 1, tables[r.request_id])
+                discard(r)
+                join(r, s + 1, tables[r.spec.request_id])
         self.step = s + 1
         self.last_end_time = now
         for r in self.cohort.pop_finish_events(s):
@@ -348,6 +385,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
 
     def _finish(self, r: Request, now: float, res: StepResult) -> None:
         self._remove_running(r)
+        self.pending_keys.flush(r)
         self.kv.free(r)
         r.status = Status.FINISHED
         r.finish_time = now

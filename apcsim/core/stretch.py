@@ -1,5 +1,8 @@
 """Skipping quiet stretches (simulator only): the scheduler's half of `SimPyExecutor`'s skip.
 
+Also, for every driver, the decode block boundaries of a stepped step with no explicit request,
+scheduled in one go (`_schedule_boundaries`): the stepped twin of an allocating stretch's.
+
 A quiet stretch is a run of steps in which only the decode cohort runs: no explicit request, no
 admission, no finish, no preemption. The executor asks `quiet_steps` how long it may be, cuts it
 at the next arrival (and, for an allocating stretch, at `stretch_fit`), lets the time pass in
@@ -13,8 +16,12 @@ A mixin of `apcsim.core.scheduler.Scheduler`: it reads and writes that class's s
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 from apcsim.core.admission import admission_terms, fits, long_prefill_cap
 from apcsim.core.request import Request
+
+_admit_seq = attrgetter("admit_seq")
 
 
 class QuietStretches:
@@ -33,6 +40,8 @@ class QuietStretches:
         if head_waits:
             self.policy.refresh()
             head = self.policy.peek()
+            if self._lazy and self.pending_keys:
+                self.pending_keys.settle_lookup(head)
             cap = long_prefill_cap(self.cfg, len(self.running) + len(self.policy))
             terms = admission_terms(self.cfg, self.kv, head, self.cfg.max_num_batched_tokens - len(self.cohort), cap)
             if terms is not None and fits(self.cfg, self.kv, head, terms[0], terms[2]):
@@ -49,15 +58,17 @@ class QuietStretches:
         stretch, so they all succeed until the pool is empty; the step whose allocations would
         find it empty may preempt, and ends the stretch (it is stepped)."""
         end = self.step + m  # steps < end
-        events = self.cohort.take_alloc_events(end - 1)
-        self.cohort.give_back_alloc_events(events)
+        starts = self.cohort.alloc_steps_before(end)
         free = self.kv.pool.num_free
-        if len(events) > free:
-            return events[free][0] - self.step
-        # A member that allocates at step t needs its next block at t + block_size.
+        if len(starts) > free:
+            return sorted(starts)[free] - self.step
+        # A member that allocates at step t needs its next block at t + block_size: count them
+        # first, and list the steps only when the pool runs out within the stretch.
         bs = self.block_size
-        steps = sorted(t for t0, _ in events for t in range(t0, end, bs))
-        return m if len(steps) <= free else steps[free] - self.step
+        if sum((end - t0 + bs - 1) // bs for t0 in starts) <= free:
+            return m
+        steps = sorted(t for t0 in starts for t in range(t0, end, bs))
+        return steps[free] - self.step
 
     def advance(self, k: int, now: float, step_ends=None) -> list[tuple[int, int]]:
         """Skip k quiet steps ending at `now`. `step_ends` (the k steps' end times) is given for an
@@ -81,6 +92,34 @@ class QuietStretches:
         self.last_end_time = now
         return done
 
+    def _boundaries_fit(self, n: int) -> bool:
+        """Whether the running pass of a step with no explicit request and `n` cohort members at
+        a decode block boundary is the plain one: the budget reaches every running request and
+        the pool has a block for each boundary member, so nothing is cut and nobody preempted.
+        (With a host tier each allocation's write-back belongs to its own call, and with one-token
+        blocks the new block is full at once and keyed by `allocate_slots`: both take the
+        general pass.)"""
+        return (len(self.running) <= self.cfg.max_num_batched_tokens and n <= self.kv.pool.num_free
+                and self.host_tier is None and self.block_size > 1)
+
+    def _schedule_boundaries(self, boundary: list[Request], s: int) -> int:
+        """The running pass when `_boundaries_fit`: what `_schedule_running` does then, in one
+        go. The boundary members leave the cohort (keying their filled blocks, in event order),
+        take one block each in admission order with one pool call (the pool hands out the same
+        blocks as one call per member: nothing else allocates in between) and decode one token
+        as explicit chunks; every other member decodes in the cohort. Returns the budget left."""
+        if boundary:
+            cohort, kv, end = self.cohort, self.kv, self.last_end_time
+            key_filled = self.pending_keys.defer if self._lazy else kv.cache_full_blocks  # `_key_filled`
+            for r in boundary:
+                cohort.leave(r, s, end)
+                key_filled(r, r.num_computed_tokens)  # the deferred keys (see cohort's doc)
+            if len(boundary) > 1:
+                boundary.sort(key=_admit_seq)
+            kv.append_decode_blocks(boundary)
+            self._scheduled = dict.fromkeys(boundary, 1)
+        return self.cfg.max_num_batched_tokens - len(self.running)
+
     def _allocate_decode_blocks(self, members: list[Request], step: int, start: float, end: float) -> None:
         """What stepping does for members whose token at `step` (from `start` to `end`) starts a new
         block, in the same order: each keys its filled block (the cohort's deferred key), then each
@@ -89,11 +128,13 @@ class QuietStretches:
         its prompt, so no prompt token is computed."""
         self.clock.now = start
         kv, cohort, stats = self.kv, self.cohort, self.stats
+        key_filled = self.pending_keys.defer if self._lazy else kv.cache_full_blocks  # `_key_filled`
         for r in members:
-            kv.cache_full_blocks(r, r.num_computed_tokens + step - r.anchor_step)
+            key_filled(r, r.num_computed_tokens + step - r.anchor_step)
         kv.append_decode_blocks(members)
         self.clock.now = end
         for r in members:
             c = r.num_computed_tokens + step - r.anchor_step
-            stats.recomputed_tokens += max(0, min(c + 1, r.computed_high_water) - c)
+            if r.computed_high_water > c:
+                stats.recomputed_tokens += min(c + 1, r.computed_high_water) - c
             cohort.pass_boundary(r, step, end)

@@ -64,7 +64,10 @@ class SimPyExecutor:
     def after_step(self, loop: ServingLoop, result: StepResult) -> Waits[None]:
         if result.finished and not self._arrivals_changed.triggered:
             self._arrivals_changed.succeed()
-        yield self.env.timeout(0)  # let arrivals due now reach the queue before the next schedule
+        if self.env.peek() <= self.env.now:
+            # Let arrivals due now reach the queue before the next schedule (with nothing else
+            # due now, the wait would change nothing).
+            yield self.env.timeout(0)
         if self.skip_quiet:
             yield from self._skip_quiet_stretch(loop)
 
