@@ -15,6 +15,8 @@ CPU seconds of the child (`time.process_time` around the run), not wall time. Ca
              every job of a sweep after the first
   startup_cold  the same with an empty cache directory (APCSIM_CACHE_DIR) for every run: a
              first run
+  startup_default  `startup` with no hydra.run.dir (the default, outputs/<date>/<time>-<pid>
+             under the scratch working directory), as a user types the command
 
 The floor (same run, same trace): a plain OrderedDict LRU over the prompt blocks of the requests
 in arrival order, as large as the run's KV cache; no scheduler, no timing, no decode. Two key
@@ -56,6 +58,7 @@ CASES = {
                   "workload.arrival=poisson", "workload.request_rate=40"],
     "startup": ["+policy=lru", "block_size=16", "workload.num_requests=10"],
     "startup_cold": ["+policy=lru", "block_size=16", "workload.num_requests=10"],
+    "startup_default": ["+policy=lru", "block_size=16", "workload.num_requests=10"],
 }
 QUICK = {"azure": ["workload.num_requests=1000"], "azure_nocache": ["workload.num_requests=1000"],
          "synth100k": ["workload.num_requests=10000"]}
@@ -170,14 +173,15 @@ def child(tree: str, code: str, args: list[str]) -> dict:
     return out
 
 
-def startup(tree: str, args: list[str], *, cold: bool = False) -> dict:
+def startup(tree: str, args: list[str], *, cold: bool = False, run_dir: bool = True) -> dict:
     """CPU seconds (user + system) of a whole `python -m apcsim` process run in a scratch dir;
-    `cold`: with an empty cache directory of its own."""
+    `cold`: with an empty cache directory of its own; `run_dir`: into hydra.run.dir=SCRATCH/out
+    (else the default directory, under the scratch dir)."""
     with tempfile.TemporaryDirectory() as scratch:
         env = {**os.environ, "PYTHONPATH": tree, **({"APCSIM_CACHE_DIR": f"{scratch}/cache"} if cold else {})}
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "apcsim", *args, f"hydra.run.dir={scratch}/out"],
+        proc = subprocess.run([sys.executable, "-m", "apcsim", *args, *([f"hydra.run.dir={scratch}/out"] if run_dir else [])],
                               capture_output=True, text=True, env=env, cwd=scratch)
         wall = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -190,7 +194,7 @@ def startup(tree: str, args: list[str], *, cold: bool = False) -> dict:
 
 def run_case(tree: str, name: str, args: list[str]) -> dict:
     if name.startswith("startup"):
-        return startup(tree, args, cold=name == "startup_cold")
+        return startup(tree, args, cold=name == "startup_cold", run_dir=name != "startup_default")
     return child(tree, SIM_CHILD, args)
 
 
@@ -221,7 +225,7 @@ def main() -> None:
         for name in args.cases:
             case_args = CASES[name] + (QUICK.get(name, []) if args.quick else [])
             runs: dict[str, list[dict]] = {"head": [], "base": []}
-            if name == "startup":  # one untimed run each: the OS file cache and apcsim's caches warm
+            if name in ("startup", "startup_default"):  # one untimed run each: the OS file cache and apcsim's caches warm
                 for tree in ([scratch] if base is not None else []) + [ROOT]:
                     run_case(tree, name, case_args)
             for _ in range(args.repeats):

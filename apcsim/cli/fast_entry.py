@@ -6,11 +6,14 @@ through Hydra): no environment set or copied, no change of directory, no verbose
 search path of the user's, apcsim's own two callbacks only, no interpolation left in the job's
 config (a resolved `${now:}` or `${hydra:...}` would be stale), logging configs of the standard
 handlers with no interpolation but the output directory and the job name, and the three
-values the blanks stand for each found once, where Hydra writes them, in hydra.yaml.
+values the blanks stand for each found once, where Hydra writes them, in hydra.yaml. A run
+directory named by a template (the default one) is recorded as composed, where it is one that
+apcsim.cli.fast_run resolves as Hydra does (`is_template`) and the command line's, if it gave one.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 from typing import Callable
@@ -18,7 +21,16 @@ from typing import Callable
 from omegaconf import DictConfig, OmegaConf
 
 from apcsim.cachedir import store_atomic
-from apcsim.cli.fast_run import CWD, OUTPUT_DIR, RUN_DIR, FastEntry, entry_path, is_plain_path, plain_run_dir
+from apcsim.cli.fast_run import (
+    CWD,
+    OUTPUT_DIR,
+    RUN_DIR,
+    FastEntry,
+    entry_path,
+    is_plain_path,
+    is_template,
+    plain_run_dir,
+)
 from apcsim.config import SimConfig
 
 _CALLBACKS = {"run_dir_lock": {"_target_": "apcsim.outputs.rundir_lock.RunDirLock"},
@@ -81,10 +93,24 @@ def _blank(text: str, values: list[tuple[str, str, str]]) -> str | None:
     return text
 
 
+def _run_dir_template(cfg: DictConfig, given: str) -> str | None | bool:
+    """hydra.run.dir's template (None: the plain path the command line `given`), or False where
+    the run directory is neither (nor the one run_job made)."""
+    h = cfg.hydra
+    composed = OmegaConf.to_container(h.run, resolve=False)["dir"]  # type: ignore[index]
+    if os.path.abspath(str(h.run.dir)) != str(h.runtime.output_dir):  # resolved as the run resolved it (cached)
+        return False
+    if is_plain_path(given):
+        return None if composed == given else False
+    return composed if isinstance(composed, str) and is_template(composed) and given in ("", composed) else False
+
+
 def make_entry(cfg: DictConfig, config: SimConfig, run_dir: str) -> FastEntry | None:
+    """`run_dir`: the command line's hydra.run.dir (plain_run_dir's)."""
     h = cfg.hydra
     cwd, output_dir = str(h.runtime.cwd), str(h.runtime.output_dir)
-    if (h.job.env_set or h.job.env_copy or h.job.chdir or h.verbose or h.searchpath or str(h.run.dir) != run_dir
+    template = _run_dir_template(cfg, run_dir)
+    if (h.job.env_set or h.job.env_copy or h.job.chdir or h.verbose or h.searchpath or template is False
             or not is_plain_path(cwd) or not is_plain_path(output_dir) or h.hydra_logging is None
             or h.job_logging is None or OmegaConf.to_container(h.callbacks, resolve=False) != _CALLBACKS):
         return None
@@ -100,10 +126,12 @@ def make_entry(cfg: DictConfig, config: SimConfig, run_dir: str) -> FastEntry | 
                  for name in ("config.yaml", "hydra.yaml", "overrides.yaml")}
     except OSError:
         return None
-    hydra_yaml = _blank(texts["hydra.yaml"], [("  run:\n    dir: ", run_dir, RUN_DIR),
-                                              ("    - hydra.run.dir=", run_dir, RUN_DIR),
-                                              ("    cwd: ", cwd, CWD), ("    output_dir: ", output_dir, OUTPUT_DIR)])
+    # A template is written as composed, the same for every run: no blank.
+    path_blanks = [] if template is not None else [("  run:\n    dir: ", run_dir, RUN_DIR),
+                                                   ("    - hydra.run.dir=", run_dir, RUN_DIR)]
+    hydra_yaml = _blank(texts["hydra.yaml"], [*path_blanks, ("    cwd: ", cwd, CWD),
+                                              ("    output_dir: ", output_dir, OUTPUT_DIR)])
     if hydra_yaml is None or "${" in texts["config.yaml"]:
         return None
     return FastEntry(config, texts["config.yaml"], hydra_yaml, texts["overrides.yaml"], subdir,
-                     hydra_logging, job_logging)
+                     hydra_logging, job_logging, template)

@@ -8,14 +8,16 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import omegaconf
 import pytest
 
-from apcsim.cli.fast_run import FastEntry, plain_run_dir
+from apcsim.cli.fast_run import FastEntry, is_template, plain_run_dir, resolve_template
 from apcsim.config import MISSING
 from apcsim.outputs.rundir import hold, release
 from tests.cli.test_compose_once import _files
@@ -30,22 +32,28 @@ LINES = [
 ]
 # Prints the modules a run imported (to stderr, after the run's own lines).
 MODULES_AFTER_RUN = """
-import json, runpy, sys
+import json, os, runpy, sys
 sys.argv = ["apcsim", *sys.argv[1:]]
 try:
     runpy.run_module("apcsim", run_name="__main__")
 finally:
-    print("MODULES " + json.dumps(sorted(sys.modules)), file=sys.stderr)
+    print("MODULES " + json.dumps([os.getpid(), sorted(sys.modules)]), file=sys.stderr)
 """
 
 
-def _run(cwd: Path, args: list[str], env: dict) -> tuple[subprocess.CompletedProcess, set[str]]:
+def _run_pid(cwd: Path, args: list[str], env: dict) -> tuple[subprocess.CompletedProcess, set[str], int]:
+    """The run's outcome, the modules it imported and its process id."""
     e = {**os.environ, "PYTHONPATH": str(ROOT), **env}
     e.pop("HYDRA_FULL_ERROR", None)
     p = subprocess.run([sys.executable, "-c", MODULES_AFTER_RUN, *args], capture_output=True, text=True, cwd=cwd,
                        env=e, timeout=300)
-    err, _, modules = p.stderr.rpartition("MODULES ")
-    return subprocess.CompletedProcess(p.args, p.returncode, p.stdout, err), set(json.loads(modules))
+    err, _, tail = p.stderr.rpartition("MODULES ")
+    pid, modules = json.loads(tail)
+    return subprocess.CompletedProcess(p.args, p.returncode, p.stdout, err), set(modules), pid
+
+
+def _run(cwd: Path, args: list[str], env: dict) -> tuple[subprocess.CompletedProcess, set[str]]:
+    return _run_pid(cwd, args, env)[:2]
 
 
 def _uses_hydra(modules: set[str]) -> bool:
@@ -80,6 +88,70 @@ def test_fast_run_is_hydras_run(tmp_path, line):
     assert json.loads(files["fast"]["status.json"])["status"] == ("failed" if out["hydra"][0] else "ok")
 
 
+DEFAULT_DIR = "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}-${pid:}"  # apcsim/conf/config.yaml
+
+
+def _named_run(cwd: Path, args: list[str], env: dict, template: str) -> tuple:
+    """Run in `cwd`, where nothing else ran: the outcome, whether Hydra was imported, and the one
+    directory the run made, which must be `template` resolved by the run's clock and pid."""
+    before = datetime.now()
+    p, modules, pid = _run_pid(cwd, args, env)
+    after = datetime.now()
+    made = [d for d in cwd.rglob("*") if (d / "status.json").is_file()]
+    assert len(made) == 1, made
+    name = str(made[0].relative_to(cwd))
+    # The name is the template with each ${now:P} a time between the run's start and end.
+    times = re.findall(r"\$\{now:([^}]*)\}", template)
+    pattern = re.escape(template)
+    for t in times:
+        pattern = pattern.replace(re.escape(f"${{now:{t}}}"), "(.+?)", 1)
+    pattern = pattern.replace(re.escape("${pid:}"), str(pid))
+    m = re.fullmatch(pattern, name)
+    assert m, (name, template)
+    for t, value in zip(times, m.groups()):
+        assert before.strftime(t) <= value <= after.strftime(t), (t, value)
+    return p, _uses_hydra(modules), made[0]
+
+
+@pytest.mark.parametrize("template", [None, "run/${now:%H-%M}_${now:%S}/${pid:}.${now:%S}"], ids=["default", "given"])
+@pytest.mark.parametrize("line", [LINES[0], LINES[3]], ids=" ".join)
+def test_a_dir_named_after_the_time_is_hydras(tmp_path, line, template):
+    """No hydra.run.dir (the default, named after the time and the pid), or one given as such a
+    template: Hydra's own path, the first run (Hydra, which records) and the fast run (no Hydra,
+    from another directory) name the directory by the same rule and write the same files (the
+    directory's name masked), lines and exit status."""
+    env = {"APCSIM_CACHE_DIR": str(tmp_path / "cache")}
+    args = [*line, *([] if template is None else [f"hydra.run.dir={template}"])]
+    out, files = {}, {}
+    for name in ("hydra", "first", "fast"):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        flags = ["--config-name", "config"] if name == "hydra" else []
+        p, used_hydra, run_dir = _named_run(cwd, [*flags, *args], env, template or DEFAULT_DIR)
+        assert used_hydra == (name != "fast"), name
+        out[name] = (p.returncode, p.stdout.replace(str(run_dir), "RUN_DIR"), p.stderr.replace(str(run_dir), "RUN_DIR"))
+        files[name] = _files(run_dir, cwd, as_dir="RUN_DIR", as_cwd="CWD")
+    assert len(list((tmp_path / "cache" / "fast").glob("*.pickle"))) == 1
+    assert out["fast"] == out["first"] == out["hydra"]
+    assert {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "main.log", "status.json"} <= set(files["hydra"])
+    # hydra.yaml keeps the template as written; its output_dir is the directory made.
+    assert f"  run:\n    dir: {template or DEFAULT_DIR}\n" in files["hydra"][".hydra/hydra.yaml"]
+    assert "\n    output_dir: RUN_DIR\n" in files["hydra"][".hydra/hydra.yaml"]
+    assert files["fast"] == files["first"] == files["hydra"]
+
+
+def test_a_plain_path_entry_is_not_a_templates(tmp_path):
+    """The same overrides with a plain run directory and without one are two entries."""
+    env = {"APCSIM_CACHE_DIR": str(tmp_path / "cache")}
+    args = ["report.enabled=false", *TINY]
+    assert _run(tmp_path, [*args, "hydra.run.dir=a/b"], env)[0].returncode == 0
+    for n, hydra in ((1, True), (2, False)):
+        (tmp_path / f"default{n}").mkdir()
+        p, used_hydra, _ = _named_run(tmp_path / f"default{n}", args, env, DEFAULT_DIR)
+        assert p.returncode == 0 and used_hydra == hydra
+    assert len(list((tmp_path / "cache" / "fast").glob("*.pickle"))) == 2
+
+
 def test_a_held_run_dir_stops_the_fast_run(tmp_path):
     env = {"APCSIM_CACHE_DIR": str(tmp_path / "cache")}
     args = ["report.enabled=false", *TINY]
@@ -108,8 +180,8 @@ def test_an_unreadable_entry_goes_through_hydra_and_is_rewritten(tmp_path):
 
 
 @pytest.mark.parametrize("args", [
-    ["+policy=lru"],  # no run directory: Hydra names one after the time
     ["+policy=lru", "hydra.run.dir=out/a", "hydra.run.dir=out/b"],
+    ["+policy=lru", "hydra.run.dir=out/a", "hydra.run.dir=out/${now:%H}"],
     ["-m", "seed=1,2", "hydra.run.dir=out/a"],
     ["--cfg", "job", "hydra.run.dir=out/a"],
     ["hydra.job.chdir=true", "hydra.run.dir=out/a"],
@@ -117,7 +189,14 @@ def test_an_unreadable_entry_goes_through_hydra_and_is_rewritten(tmp_path):
     ["+hydra.foo=1", "hydra.run.dir=out/a"],
     ["hydra.run.dir=out"],  # no '/': YAML might read it as another type
     ["hydra.run.dir=out/with space"],
-    ["hydra.run.dir=out/${now:%H}"],
+    ["hydra.run.dir=out/${now:%H:%M}"],  # ':' in a resolver's argument: OmegaConf's grammar
+    ["hydra.run.dir=out/${now:}"],
+    ["hydra.run.dir=out/${now:Y}"],  # no '%': might read as another type
+    ["hydra.run.dir=out/${now: %H}"],
+    ["hydra.run.dir=out/${hydra.job.name}"],
+    ["hydra.run.dir=out/${oc.env:HOME}"],
+    ["hydra.run.dir=out/${pid:}/$x"],
+    ["hydra.run.dir=out/${pid:"],
     ["hydra.run.dir=---/x"],
     ["hydra.run.dir='out/a'"],
 ], ids=" ".join)
@@ -128,6 +207,45 @@ def test_what_is_not_plain_goes_through_hydra(args):
 def test_plain_lines():
     assert plain_run_dir(["+policy=lru", "hydra.run.dir=out/a"]) == "out/a"
     assert plain_run_dir(["hydra.run.dir=/tmp/x.y/z-1_2/"]) == "/tmp/x.y/z-1_2/"
+    assert plain_run_dir(["+policy=lru", "block_size=16"]) == ""  # the config's run directory
+    assert plain_run_dir([f"hydra.run.dir={DEFAULT_DIR}"]) == DEFAULT_DIR
+    assert plain_run_dir(["hydra.run.dir=${pid:}"]) == "${pid:}"  # resolved, not plain (no '/'): Hydra's path
+    assert is_template(DEFAULT_DIR) and not is_template("out/a")
+
+
+class _Clock:
+    """datetime with a clock one second on at every reading."""
+
+    t = datetime(2026, 12, 31, 23, 59, 58)
+
+    @classmethod
+    def now(cls):
+        cls.t += timedelta(seconds=1)
+        return cls.t
+
+
+@pytest.mark.parametrize("template", [DEFAULT_DIR, "run/${now:%H-%M}_${now:%S}/${pid:}.${now:%S}-${pid:}",
+                                      "${now:%Y}/${now:%Y-%m-%d}/${now:%H-%M-%S}/${now:%Y}"])
+def test_a_template_resolves_as_omegaconf_does(monkeypatch, template):
+    """Hydra's `now` and apcsim's `pid` through OmegaConf, and resolve_template, on a clock that
+    moves (across a new year) at every reading: the same name, so the same readings in the same
+    order (left to right, each distinct interpolation once)."""
+    import hydra.core.utils
+    from omegaconf import OmegaConf
+
+    from apcsim.config import register_configs
+
+    register_configs()
+    hydra.core.utils.setup_globals()
+    monkeypatch.setattr(hydra.core.utils, "datetime", _Clock)
+    monkeypatch.setattr(_Clock, "t", datetime(2026, 12, 31, 23, 59, 58))
+    by_omegaconf = str(OmegaConf.create({"dir": template}).dir)
+    monkeypatch.setattr(_Clock, "t", datetime(2026, 12, 31, 23, 59, 58))
+    monkeypatch.setattr("apcsim.cli.fast_run.datetime", _Clock)
+    assert resolve_template(template) == by_omegaconf
+    # Each reading a second on from 23:59:58: Hydra's own name can straddle midnight.
+    assert by_omegaconf.startswith(("outputs/2026-12-31/00-00-00-", "run/23-59_00/", "2026/2027-01-01/00-00-01/2026"))
+    assert (str(os.getpid()) in by_omegaconf) == ("${pid:}" in template)
 
 
 def test_missing_is_omegaconfs():
