@@ -165,31 +165,21 @@ class BlockPool:
         the hot path of LRU."""
         cached, twins = self.cached, self._twins
         n = 0
-        if self.track_chain:
+        for b in victims:
+            b.ref_cnt = 1
+            key = b.key
+            if key is None:
+                continue
+            if twins and key in twins:
+                self._evict(b)
+                continue
+            del cached[key]
+            b.key = None
+            n += 1
+        if self.track_chain:  # else depth and parent_key are already -1 and None
             for b in victims:
-                b.ref_cnt = 1
-                key = b.key
-                if key is None:
-                    continue
-                if twins and key in twins:
-                    self._evict(b)
-                    continue
-                del cached[key]
-                b.key = b.parent_key = None
+                b.parent_key = None
                 b.depth = -1
-                n += 1
-        else:  # depth and parent_key are already -1 and None
-            for b in victims:
-                b.ref_cnt = 1
-                key = b.key
-                if key is None:
-                    continue
-                if twins and key in twins:
-                    self._evict(b)
-                    continue
-                del cached[key]
-                b.key = None
-                n += 1
         self.num_evictions += n
 
     def _with_key(self, key: int) -> list[Block]:
