@@ -207,19 +207,14 @@ class BlockPool:
         self.policy.on_insert(b)
 
     def cache_chain(self, blocks: list[Block], keys: list[int], first_depth: int) -> None:
-        """`cache` for consecutive blocks of one chain: blocks[j] gets keys[first_depth + j]."""
+        """`cache` for consecutive blocks of one chain: blocks[j] gets keys[first_depth + j]
+        (the pool tracks chains or the policy sees inserts; `cache_chain_ids` keys the rest)."""
         if self.track_children or self._policy_on_insert:
             for j, b in enumerate(blocks):
                 d = first_depth + j
                 self.cache(b, keys[d], d, keys[d - 1] if d else None)
             return
         cached, twins = self.cached, self._twins
-        if not self.track_chain:
-            for b, key in zip(blocks, keys[first_depth : first_depth + len(blocks)]):
-                b.key = key
-                if cached.setdefault(key, b) is not b:
-                    twins.setdefault(key, []).append(b)
-            return
         d = first_depth
         pk = keys[d - 1] if d else None
         for b in blocks:

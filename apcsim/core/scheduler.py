@@ -73,9 +73,12 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         self._explicit: set[Request] = set()  # running requests not in the cohort
         self.cohort = DecodeCohort(kv.block_size)
         # Filled decode blocks keyed late (apcsim.core.pending_keys); `_lazy` says whether this
-        # run may, decided at the first schedule (once the host tier is in place).
+        # run may, decided at the first schedule (once the host tier is in place), and
+        # `_key_filled(r, num_tokens)` keys r's blocks filled by decoding accordingly: now
+        # (`kv.cache_full_blocks`) or pending (`pending_keys.defer`).
         self.pending_keys = PendingKeys(kv)
         self._lazy: bool | None = None
+        self._key_filled = kv.cache_full_blocks
         self._scheduled: dict[Request, int] = {}  # explicit requests -> new tokens this step
         self._num_cohort_scheduled = 0
         # The host KV tier (apcsim.core.host_tier; set by apcsim.core.build when cpu_tier is on)
@@ -99,9 +102,13 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
 
     def _cached_blocks(self, r: Request) -> int:
         """Leading prompt blocks of a waiting request the cache holds now (the policies' probe)."""
-        if self._lazy and self.pending_keys:
-            self.pending_keys.settle_lookup(r)
+        self._settle_lookup(r)
         return len(self.kv.get_computed_blocks(r))
+
+    def _settle_lookup(self, r: Request) -> None:
+        """Before a lookup of waiting request r: key the pending blocks its walk would reach."""
+        if self.pending_keys:  # nothing is ever pending unless `_lazy`
+            self.pending_keys.settle_lookup(r)
 
     def _computed(self, r: Request) -> int:
         """A running request's exact computed tokens (a cohort member's counter lags)."""
@@ -125,13 +132,6 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         self.cohort.leave(r, step, self.last_end_time if step == self.step else r.last_token_time)
         self._key_filled(r, r.num_computed_tokens)  # the deferred keys (see cohort's doc)
         self._explicit.add(r)
-
-    def _key_filled(self, r: Request, num_tokens: int) -> None:
-        """Key r's blocks filled by decoding, full within `num_tokens`: now, or pending."""
-        if self._lazy:
-            self.pending_keys.defer(r, num_tokens)
-        else:
-            self.kv.cache_full_blocks(r, num_tokens)
 
     def _remove_running(self, r: Request) -> None:
         i = bisect_left(self._running_seqs, r.admit_seq)
@@ -161,6 +161,8 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
     def schedule(self, now: float) -> StepPlan:
         if self._lazy is None:
             self._lazy = self.pending_keys.usable(self.host_tier)
+            if self._lazy:
+                self._key_filled = self.pending_keys.defer
         if self.host_tier is not None:
             self.host_tier.begin_step()
         plan = self._schedule_pass(now)
@@ -265,8 +267,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
                 return 0
         while len(self.policy) and remaining > 0 and len(self.running) < cfg.max_num_seqs:
             r = self.policy.peek()
-            if self._lazy and self.pending_keys:
-                self.pending_keys.settle_lookup(r)
+            self._settle_lookup(r)
             terms = admission_terms(cfg, kv, r, remaining, prefill_cap)
             if terms is None:
                 break

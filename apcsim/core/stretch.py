@@ -40,8 +40,7 @@ class QuietStretches:
         if head_waits:
             self.policy.refresh()
             head = self.policy.peek()
-            if self._lazy and self.pending_keys:
-                self.pending_keys.settle_lookup(head)
+            self._settle_lookup(head)
             cap = long_prefill_cap(self.cfg, len(self.running) + len(self.policy))
             terms = admission_terms(self.cfg, self.kv, head, self.cfg.max_num_batched_tokens - len(self.cohort), cap)
             if terms is not None and fits(self.cfg, self.kv, head, terms[0], terms[2]):
@@ -110,7 +109,7 @@ class QuietStretches:
         as explicit chunks; every other member decodes in the cohort. Returns the budget left."""
         if boundary:
             cohort, kv, end = self.cohort, self.kv, self.last_end_time
-            key_filled = self.pending_keys.defer if self._lazy else kv.cache_full_blocks  # `_key_filled`
+            key_filled = self._key_filled
             for r in boundary:
                 cohort.leave(r, s, end)
                 key_filled(r, r.num_computed_tokens)  # the deferred keys (see cohort's doc)
@@ -128,7 +127,7 @@ class QuietStretches:
         its prompt, so no prompt token is computed."""
         self.clock.now = start
         kv, cohort, stats = self.kv, self.cohort, self.stats
-        key_filled = self.pending_keys.defer if self._lazy else kv.cache_full_blocks  # `_key_filled`
+        key_filled = self._key_filled
         for r in members:
             key_filled(r, r.num_computed_tokens + step - r.anchor_step)
         kv.append_decode_blocks(members)
