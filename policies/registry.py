@@ -20,11 +20,13 @@ V = TypeVar("V")
 
 class Registry(dict[str, V]):
     """name -> entry, filled by the modules of `package` as they are imported (see the module
-    doc); modules found on disk, except those whose name starts with `_`."""
+    doc); modules found on disk, except those whose name starts with `_`. `kind` names an entry
+    in errors ("eviction policy", "workload")."""
 
-    def __init__(self, package: str) -> None:
+    def __init__(self, package: str, kind: str) -> None:
         super().__init__()
         self.package = package
+        self.kind = kind
         self._all_loaded = False
 
     def _load(self, name: object) -> None:
@@ -47,7 +49,7 @@ class Registry(dict[str, V]):
     def add(self, name: str, entry: V) -> None:
         """Register `entry` (a module being imported does so): a name registered twice is a bug."""
         if dict.__contains__(self, name):
-            raise ValueError(f"{name!r} registered twice in {self.package}")
+            raise ValueError(f"{self.kind} {name!r} registered twice")
         dict.__setitem__(self, name, entry)
 
     def __getitem__(self, name: str) -> V:
@@ -94,15 +96,13 @@ class PolicyEntry:
     config_cls: type
 
 
-EVICTION_POLICIES: Registry[PolicyEntry] = Registry("policies.eviction")
-SCHEDULING_POLICIES: Registry[PolicyEntry] = Registry("policies.scheduling")
-ROUTING_POLICIES: Registry[PolicyEntry] = Registry("policies.routing")
+EVICTION_POLICIES: Registry[PolicyEntry] = Registry("policies.eviction", "eviction policy")
+SCHEDULING_POLICIES: Registry[PolicyEntry] = Registry("policies.scheduling", "scheduling policy")
+ROUTING_POLICIES: Registry[PolicyEntry] = Registry("policies.routing", "routing policy")
 
 
-def _register(table: Registry[PolicyEntry], kind: str, name: str, config_cls: type) -> Callable[[T], T]:
+def _register(table: Registry[PolicyEntry], name: str, config_cls: type) -> Callable[[T], T]:
     def deco(cls: T) -> T:
-        if dict.__contains__(table, name):
-            raise ValueError(f"{kind} policy {name!r} registered twice")
         table.add(name, PolicyEntry(name, cls, config_cls))  # type: ignore[arg-type]
         return cls
 
@@ -111,17 +111,17 @@ def _register(table: Registry[PolicyEntry], kind: str, name: str, config_cls: ty
 
 def register_eviction(name: str, config_cls: type) -> Callable[[T], T]:
     """Class decorator: an `EvictionPolicy` selectable as `+policy=NAME`."""
-    return _register(EVICTION_POLICIES, "eviction", name, config_cls)
+    return _register(EVICTION_POLICIES, name, config_cls)
 
 
 def register_scheduling(name: str, config_cls: type) -> Callable[[T], T]:
     """Class decorator: a `SchedulingPolicy` selectable as `scheduler=NAME`."""
-    return _register(SCHEDULING_POLICIES, "scheduling", name, config_cls)
+    return _register(SCHEDULING_POLICIES, name, config_cls)
 
 
 def register_routing(name: str, config_cls: type) -> Callable[[T], T]:
     """Class decorator: a `Router` of a cluster selectable as `router=NAME`."""
-    return _register(ROUTING_POLICIES, "routing", name, config_cls)
+    return _register(ROUTING_POLICIES, name, config_cls)
 
 
 def load_all() -> None:

@@ -70,15 +70,13 @@ class WorkloadEntry:
 
 
 # A workload's module is named after it and imported when its name is looked up (policies.registry).
-WORKLOADS: Registry[WorkloadEntry] = Registry("apcsim.workloads")
+WORKLOADS: Registry[WorkloadEntry] = Registry("apcsim.workloads", "workload")
 
 
 def register_workload(name: str, config_cls: type) -> Callable[[BuildFn], BuildFn]:
     """Register `build` under `name`; `config_cls` is its typed Hydra schema."""
 
     def deco(fn: BuildFn) -> BuildFn:
-        if dict.__contains__(WORKLOADS, name):
-            raise ValueError(f"workload {name!r} registered twice")
         WORKLOADS.add(name, WorkloadEntry(name, config_cls, fn))
         return fn
 
