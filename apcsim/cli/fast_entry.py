@@ -29,6 +29,7 @@ from apcsim.cli.fast_run import (
     entry_path,
     is_plain_path,
     is_template,
+    map_strings,
     plain_run_dir,
 )
 from apcsim.config import SimConfig
@@ -67,19 +68,13 @@ def _job_logging(cfg: DictConfig) -> dict | None:
     name = str(cfg.hydra.job.name)
     ok = True
 
-    def fill(value):
+    def fill(value: str) -> str:
         nonlocal ok
-        if isinstance(value, dict):
-            return {k: fill(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [fill(v) for v in value]
-        if isinstance(value, str):
-            out = value.replace("${hydra.runtime.output_dir}", OUTPUT_DIR).replace("${hydra.job.name}", name)
-            ok = ok and "$" not in out and "\\" not in out
-            return out
-        return value
+        out = value.replace("${hydra.runtime.output_dir}", OUTPUT_DIR).replace("${hydra.job.name}", name)
+        ok = ok and "$" not in out and "\\" not in out
+        return out
 
-    conf = fill(OmegaConf.to_container(cfg.hydra.job_logging, resolve=False))
+    conf = map_strings(OmegaConf.to_container(cfg.hydra.job_logging, resolve=False), fill)
     return conf if ok and isinstance(conf, dict) else None
 
 

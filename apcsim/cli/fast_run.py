@@ -147,19 +147,22 @@ def try_fast_run(args: list[str]) -> bool:
         return False
     if entry.run_dir_template is not None:
         run_dir = resolve_template(entry.run_dir_template)
-    if not is_plain_path(run_dir) or not is_plain_path(os.path.abspath(run_dir)):
+        if not is_plain_path(run_dir):
+            return False
+    if not is_plain_path(os.path.abspath(run_dir)):
         return False
     _run(entry, run_dir)
     return True
 
 
-def _fill(value, output_dir: str):
-    """A recorded logging config with this run's output directory."""
+def map_strings(value, fn):
+    """`value` (a logging config: dicts, lists, strings, other scalars) with `fn` applied to each
+    string in it."""
     if isinstance(value, dict):
-        return {k: _fill(v, output_dir) for k, v in value.items()}
+        return {k: map_strings(v, fn) for k, v in value.items()}
     if isinstance(value, list):
-        return [_fill(v, output_dir) for v in value]
-    return value.replace(OUTPUT_DIR, output_dir) if isinstance(value, str) else value
+        return [map_strings(v, fn) for v in value]
+    return fn(value) if isinstance(value, str) else value
 
 
 def _flush_loggers() -> None:
@@ -190,7 +193,7 @@ def _run(entry: FastEntry, run_dir: str) -> None:
     hold_or_exit(Path(run_dir), "hydra.run.dir", "apcsim")
     write_running(Path(run_dir))
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    logging.config.dictConfig(_fill(entry.job_logging, output_dir))
+    logging.config.dictConfig(map_strings(entry.job_logging, lambda s: s.replace(OUTPUT_DIR, output_dir)))
     hydra_yaml = entry.hydra_yaml.replace(RUN_DIR, run_dir).replace(CWD, cwd).replace(OUTPUT_DIR, output_dir)
     subdir = Path(output_dir) / entry.output_subdir
     for name, text in (("config.yaml", entry.config_yaml), ("hydra.yaml", hydra_yaml),

@@ -32,18 +32,18 @@ _HELD: dict[str, int] = {}
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` so that a reader (or a crash) sees the old file or the new, whole."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    _write_atomic(path, text, "w", newline="")
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """`write_text_atomic` of bytes."""
+    _write_atomic(path, data, "wb")
+
+
+def _write_atomic(path: Path, data: str | bytes, mode: str, **open_kw) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with open(tmp, mode, **open_kw) as f:
         f.write(data)
     os.replace(tmp, path)
 
