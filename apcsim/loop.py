@@ -88,9 +88,7 @@ class Frontend:
         # Requests that start something come from `_roots` in due order (ties: workload order),
         # one ahead: a lazy workload's are made only then. At equal due times a root goes before a
         # released follow-up, as when every root was queued before the run.
-        if getattr(specs, "is_lazy", False):
-            if specs.has_followups:  # type: ignore[union-attr]
-                raise ValueError("a lazily made workload has no follow-ups")
+        if getattr(specs, "is_lazy", False):  # made from a SpecSource: never a follow-up
             self._roots: Iterator[tuple[int, RequestSpec]] = specs.entries()  # type: ignore[union-attr]
         else:
             self._roots = iter(self._register(specs.specs() if hasattr(specs, "specs") else specs))

@@ -24,9 +24,22 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
+from apcsim.mathutil import cdiv
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer on uint64 array `x`, in place (returned too): a bijection, so
+    distinct inputs stay distinct (uint64 arithmetic wraps mod 2^64 as intended)."""
+    x ^= x >> np.uint64(30)
+    x *= _M1
+    x ^= x >> np.uint64(27)
+    x *= _M2
+    x ^= x >> np.uint64(31)
+    return x
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,7 +63,7 @@ def content_keys(content: ContentIds, block_size: int, seed: int) -> list[int]:
     if n_blocks == 0:
         return []
     sub = span // block_size
-    n_ids = -(-n_blocks // sub)
+    n_ids = cdiv(n_blocks, sub)
     h = xxhash.xxh3_64_intdigest
     c = h(f"{content.namespace}:{span}".encode(), seed)
     chain = []
@@ -60,9 +73,4 @@ def content_keys(content: ContentIds, block_size: int, seed: int) -> list[int]:
     # [n_blocks]: one pass for all sub-blocks; uint64 arithmetic wraps mod 2^64 as intended
     x = np.repeat(np.array(chain, dtype=np.uint64), sub)[:n_blocks]
     x += np.tile(np.arange(1, sub + 1, dtype=np.uint64) * _GOLDEN, n_ids)[:n_blocks]
-    x ^= x >> np.uint64(30)  # splitmix64's finalizer: a bijection
-    x *= _M1
-    x ^= x >> np.uint64(27)
-    x *= _M2
-    x ^= x >> np.uint64(31)
-    return x.tolist()
+    return mix64(x).tolist()

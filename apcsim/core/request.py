@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from apcsim.core.content_ids import ContentIds
+from apcsim.core.content_ids import ContentIds, mix64
 
 
 @dataclass(frozen=True)
@@ -70,10 +70,14 @@ class RequestSpec:
     def prompt_len(self) -> int:
         return len(self.prompt_token_ids)
 
+    @property
+    def in_priority_class(self) -> bool:
+        """Whether the request names a class or a non-zero priority (a run with any such request
+        reports by class)."""
+        return self.priority_class is not None or self.priority != 0
+
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
 
 
 def output_stream(seed: int, index: int, n: int) -> np.ndarray:
@@ -86,12 +90,7 @@ def output_stream(seed: int, index: int, n: int) -> np.ndarray:
     x = np.arange(1, n + 1, dtype=np.uint64)  # array arithmetic wraps silently mod 2^64
     x *= _GOLDEN
     x += np.uint64(base)
-    x ^= x >> np.uint64(30)
-    x *= _MIX1
-    x ^= x >> np.uint64(27)
-    x *= _MIX2
-    x ^= x >> np.uint64(31)
-    return (x >> np.uint64(33)).astype(np.int32)
+    return (mix64(x) >> np.uint64(33)).astype(np.int32)
 
 
 class Status(enum.Enum):

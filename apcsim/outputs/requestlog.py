@@ -38,7 +38,7 @@ def uses_priorities(specs) -> bool:
     `specs`: a list, or a workload that knows it without making its specs (`by_class`)."""
     if hasattr(specs, "by_class"):
         return specs.by_class
-    return any(s.priority_class is not None or s.priority != 0 for s in specs)
+    return any(s.in_priority_class for s in specs)
 
 
 def priority_class_of(spec: RequestSpec) -> str:

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from apcsim.core.content_ids import mix64
 from apcsim.errors import ConfigError
 from apcsim.mathutil import cdiv
 
@@ -49,20 +50,6 @@ def readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer, in place: a bijection, so distinct keys stay distinct."""
-    x ^= x >> np.uint64(30)
-    x *= _M1
-    x ^= x >> np.uint64(27)
-    x *= _M2
-    x ^= x >> np.uint64(31)
-    return x
-
-
 def hashed_blocks(seed: int, stream: int, keys: np.ndarray, length: int, vocab_size: int) -> np.ndarray:
     """int32 [len(keys), length]: row i depends only on (seed, stream, keys[i]), not on other keys.
 
@@ -93,7 +80,7 @@ def block_multipliers(seed: int, stream: int, length: int) -> np.ndarray:
 
 
 def _hash_keys(mult: np.ndarray, keys: np.ndarray, vocab_size: int) -> np.ndarray:
-    k = _mix64(np.asarray(keys, dtype=np.int64).astype(np.uint64))  # astype wraps negatives
+    k = mix64(np.asarray(keys, dtype=np.int64).astype(np.uint64))  # astype wraps negatives
     lo = (k & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     hi = (k >> np.uint64(32)).astype(np.uint32)
     s = np.multiply.outer(lo, mult[:, 0])
@@ -123,8 +110,14 @@ def unique_tokens(seed: int, stream: int, row_keys, lengths, vocab_size: int) ->
     nb = cdiv(lengths, UNIQUE_BLOCK)
     starts = np.concatenate([[0], np.cumsum(nb)])
     within = np.arange(starts[-1]) - np.repeat(starts[:-1], nb)
-    table = readonly(hashed_blocks(seed, stream, (np.repeat(row_keys, nb) << 24) | within, UNIQUE_BLOCK, vocab_size))
+    table = readonly(hashed_blocks(seed, stream, _piece_keys(np.repeat(row_keys, nb), within), UNIQUE_BLOCK, vocab_size))
     return [table[starts[i] : starts[i + 1]].reshape(-1)[: lengths[i]] for i in range(lengths.shape[0])]
+
+
+def _piece_keys(row_key, piece):
+    """The key UNIQUE_BLOCK-token piece `piece` of row `row_key` is hashed from (int64; arrays
+    broadcast): unique_tokens and RowTokens must agree on it."""
+    return (row_key << np.int64(24)) | piece
 
 
 class RowTokens:
@@ -136,5 +129,5 @@ class RowTokens:
         self._vocab = vocab_size
 
     def row(self, key: int, length: int) -> np.ndarray:
-        keys = (np.int64(key) << np.int64(24)) | np.arange(cdiv(length, UNIQUE_BLOCK), dtype=np.int64)
+        keys = _piece_keys(np.int64(key), np.arange(cdiv(length, UNIQUE_BLOCK), dtype=np.int64))
         return readonly(_hash_keys(self._mult, keys, self._vocab)).reshape(-1)[:length]

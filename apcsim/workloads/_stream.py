@@ -70,14 +70,12 @@ class Workload:
         self._over = overrides or SpecOverrides()
         if specs is not None:
             self.num_requests = len(specs)
-            self.by_class = any(s.priority_class is not None or s.priority != 0 for s in specs)
+            self.by_class = any(s.in_priority_class for s in specs)
             self.min_tokens = min(s.prompt_len + s.output_len for s in specs)
-            self.has_followups = any(s.parent_id is not None for s in specs)
             return
         self.num_requests = source.count
         self.by_class = self._over.classes is not None or source.nonzero_priority
         self.min_tokens = source.min_tokens
-        self.has_followups = False
         times = self._over.arrival_times if self._over.arrival_times is not None else source.arrival_times
         # Arrival order, ties in workload order: what sorting the materialised list gives.
         self._order = None if times is None else np.argsort(times, kind="stable")
