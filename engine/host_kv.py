@@ -51,11 +51,16 @@ class HostKVBuffer:
         for run in _runs(copies):
             src = torch.tensor([c.src for c in run], dtype=torch.int64)
             dst = torch.tensor([c.dst for c in run], dtype=torch.int64)
+            store = run[0].kind == "store"
+            if store:  # the device side's index lives on the device: moved once for K and V
+                src = src.to(dev)
+            else:
+                dst = dst.to(dev)
             for device_cache, host_cache in zip(self.device_kv, self.host_kv):
-                if run[0].kind == "store":  # device -> host
-                    host_cache[:, dst] = device_cache[:, src.to(dev)].to("cpu")
+                if store:  # device -> host
+                    host_cache[:, dst] = device_cache[:, src].to("cpu")
                 else:  # host -> device
-                    device_cache[:, dst.to(dev)] = host_cache[:, src].to(dev, non_blocking=True)
+                    device_cache[:, dst] = host_cache[:, src].to(dev, non_blocking=True)
             self.blocks_copied[run[0].kind] += len(run)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)

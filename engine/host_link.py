@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> Path:
     from apcsim.cli.compose import compose_config
     from apcsim.errors import ApcsimError, exit_bad_input
     from engine.config import resolve_device
-    from engine.profile import gpu_hardware_name
+    from engine.profile import hardware_name_of
 
     try:
         args = parse(sys.argv[1:] if argv is None else argv)
@@ -83,9 +83,7 @@ def main(argv: list[str] | None = None) -> Path:
         device = resolve_device(args["device"])
     except (ValueError, ApcsimError) as e:
         exit_bad_input(PROG, str(e))
-    import torch
-
-    hw = "cpu" if device.type == "cpu" else gpu_hardware_name(torch.cuda.get_device_name(device))
+    hw = hardware_name_of(device)
     out = Path(args["out"] or f"apcsim/profiles/{hw}/{model.name}.host_link.csv")
     rows = measure(device, model, int(args["block_size"]), int(args["max_blocks"]), int(args["repeats"]))
     path = write_link_profile(out, rows)

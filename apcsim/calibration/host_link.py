@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from apcsim.calibration.fit import affine_fit
 from apcsim.errors import ConfigError
 
 FIELDS = ("direction", "num_blocks", "bytes", "time_ms")
@@ -27,12 +28,9 @@ class LinkFit:
 
 
 def fit_link(bytes_: np.ndarray, time_ms: np.ndarray) -> LinkFit:
-    """Least squares of time on bytes; a negative intercept (noise at small sizes) is clamped to 0
-    and the slope refitted through the origin."""
-    b, t = np.asarray(bytes_, dtype=float), np.asarray(time_ms, dtype=float) * 1e-3
-    slope, intercept = np.polyfit(b, t, 1)
-    if intercept < 0:
-        slope, intercept = float(b @ t / (b @ b)), 0.0
+    """Least squares of time on bytes (`affine_fit`: a negative intercept, noise at small sizes,
+    gives a line through the origin)."""
+    intercept, slope = affine_fit(bytes_, np.asarray(time_ms, dtype=float) * 1e-3)
     if not slope > 0:
         raise ValueError("copy time does not grow with bytes")
     return LinkFit(bw_gbps=1.0 / slope / 1e9, latency_us=intercept * 1e6)
