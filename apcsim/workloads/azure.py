@@ -21,7 +21,7 @@ from apcsim.core.request import RequestSpec
 from apcsim.workloads._common import RowTokens, check_float
 from apcsim.workloads._stream import SpecSource
 from apcsim.workloads.base import BuildContext, WorkloadConfig, register_workload
-from apcsim.workloads.priorities import PRIORITY_FIELDS, trace_priorities
+from apcsim.workloads.priorities import PRIORITY_FIELDS, trace_priorities, trace_priority_flags
 from apcsim.workloads.tracefile import SALT_FIELDS, resolve_trace_path, salt_value, trace_error
 
 _TOKEN_STREAM = 3
@@ -104,8 +104,6 @@ def _read(cfg: AzureConfig, ctx: BuildContext, path, scale: float) -> SpecSource
     arrivals = (np.frombuffer(times, dtype=np.float64) - times[0]) * scale
     tokens = RowTokens(ctx.seed, _TOKEN_STREAM, ctx.vocab_size)
     own_salts = any(salt is not None for salt in salts)
-    own_prio = next((i for i, p in enumerate(priorities)  # as assign_priority_classes tells a conflict
-                     if p.get("priority", 0) != 0 or p.get("retention_priority") is not None), None)
 
     def make(i: int, **fields) -> RequestSpec:
         own = {"arrival_time": float(arrivals[i])}
@@ -117,6 +115,4 @@ def _read(cfg: AzureConfig, ctx: BuildContext, path, scale: float) -> SpecSource
                            **own)
 
     return SpecSource(count=len(times), make=make, min_tokens=min(a + b for a, b in zip(inputs, outputs)),
-                      arrival_times=arrivals, own_salts=own_salts,
-                      own_priority_id=None if own_prio is None else f"az-{own_prio}",
-                      nonzero_priority=any(p.get("priority", 0) != 0 for p in priorities))
+                      arrival_times=arrivals, own_salts=own_salts, **trace_priority_flags(priorities, "az"))

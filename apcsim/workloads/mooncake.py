@@ -37,7 +37,7 @@ from apcsim.mathutil import cdiv
 from apcsim.workloads._common import check_float, check_int, hashed_blocks, readonly, unique_tokens
 from apcsim.workloads._stream import SpecSource
 from apcsim.workloads.base import BuildContext, WorkloadConfig, register_workload
-from apcsim.workloads.priorities import PRIORITY_FIELDS, trace_priorities
+from apcsim.workloads.priorities import PRIORITY_FIELDS, trace_priorities, trace_priority_flags
 from apcsim.workloads.tracefile import SALT_FIELDS, resolve_trace_path, salt_value, trace_error
 
 _REQUIRED = ("timestamp", "input_length", "output_length", "hash_ids")
@@ -183,10 +183,12 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> SpecSource:
     # One table row per distinct id: int32 [num_unique_ids, block]. The table is the trace's
     # distinct content; prompts (the table's rows repeated, ~4 bytes a token) are made per
     # request when it is due.
-    all_ids = np.fromiter((h for r in rows for h in r.hash_ids), dtype=np.int64)
+    # int64 [total ids]: every row's hash ids, row i at [offsets[i], offsets[i + 1]); a request's
+    # ContentIds is a view of it
+    all_ids = readonly(np.fromiter((h for r in rows for h in r.hash_ids), dtype=np.int64))
     uniq, inverse = np.unique(all_ids, return_inverse=True)
     table = hashed_blocks(ctx.seed, _HASH_STREAM, uniq, block, ctx.vocab_size)
-    offsets = np.concatenate(([0], np.cumsum([len(r.hash_ids) for r in rows])))  # rows' slices of inverse
+    offsets = np.concatenate(([0], np.cumsum([len(r.hash_ids) for r in rows])))  # rows' slices of all_ids and inverse
     # ceil of the scaled length, rounded first so that 1000 * 0.1 is 100, not 101
     lengths = [max(1, math.ceil(round(r.input_length * ls, 9))) for r in rows]
     # 0 (strict_lengths=false) or a short output scaled to 0 by length_scale: the prefill's token.
@@ -199,20 +201,17 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> SpecSource:
 
     def make(i: int, **fields) -> RequestSpec:
         r = rows[i]
-        n = len(r.hash_ids)
+        n = int(offsets[i + 1] - offsets[i])
         prompt = table[inverse[offsets[i] : offsets[i + 1]]].reshape(-1)[: lengths[i]]  # a copy: fancy indexing
         if i in pads:
             prompt = np.concatenate([prompt, pads[i]])
         # The KV cache manager keys these tokens' blocks from the ids (apcsim/core/content_ids.py).
-        ids = ContentIds(np.asarray(r.hash_ids, dtype=np.int64), block, min(lengths[i], n * block), _CONTENT_TABLE)
+        ids = ContentIds(all_ids[offsets[i] : offsets[i + 1]], block, min(lengths[i], n * block), _CONTENT_TABLE)
         own = {"arrival_time": float(arrivals[i]), "cache_salt": r.salt, **r.priorities}
         own.update(fields)  # the run's rules (Poisson times, tenants, classes) over the trace's
         return RequestSpec(request_id=f"mc-{i}", prompt_token_ids=readonly(prompt), content_ids=ids,
                            output_len=outputs[i], **own)
 
-    own_prio = next((i for i, r in enumerate(rows)  # as assign_priority_classes tells a conflict
-                     if r.priorities.get("priority", 0) != 0 or r.priorities.get("retention_priority") is not None), None)
     return SpecSource(count=len(rows), make=make, min_tokens=min(a + b for a, b in zip(lengths, outputs)),
                       arrival_times=arrivals, own_salts=any(r.salt is not None for r in rows),
-                      own_priority_id=None if own_prio is None else f"mc-{own_prio}",
-                      nonzero_priority=any(r.priorities.get("priority", 0) != 0 for r in rows))
+                      **trace_priority_flags([r.priorities for r in rows], "mc"))

@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -150,6 +150,17 @@ def check_shared_retention(cfg) -> None:
             raise ConfigError("workload.shared_retention_duration_s needs workload.shared_retention_priority")
         if err := _duration_error(d):
             raise ConfigError(f"workload.shared_retention_duration_s {err}")
+
+
+def trace_priority_flags(priorities: Sequence[dict], id_prefix: str) -> dict:
+    """`SpecSource.own_priority_id` and `nonzero_priority` of a trace whose record i (request id
+    f"{id_prefix}-{i}") has priorities[i] (`trace_priorities`' dicts): the first request with
+    priorities of its own, which `priority_classes` would conflict with (the test
+    `assign_priority_classes` makes on specs), and whether any has a priority != 0."""
+    own = next((i for i, p in enumerate(priorities)
+                if p.get("priority", 0) != 0 or p.get("retention_priority") is not None), None)
+    return {"own_priority_id": None if own is None else f"{id_prefix}-{own}",
+            "nonzero_priority": any(p.get("priority", 0) != 0 for p in priorities)}
 
 
 def trace_priorities(fields: dict, where, *, cells: bool = False) -> dict:
