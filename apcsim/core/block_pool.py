@@ -7,6 +7,10 @@ policy). A block with a key is findable under that key; two blocks may hold the 
 requests computed the same prefix at once (vLLM keeps both; lookups return the earliest cached
 that is still resident).
 
+A freed block whose key is not made yet holds its pending range instead of an int key
+(apcsim.core.pending_keys): it is evictable like a keyed block, its eviction counts as one, and
+the pool counts the range's `resident` blocks down as it evicts them (`gone()` at 0).
+
 `free_keyless_first` is vLLM's free queue since 0.32 (`BlockPool.free_blocks` prepends the freed
 blocks that have no hash, "LIFO reuse of non-cached blocks"): a request's partial tail block is
 reused before any never-used or cached block, so cached blocks live longer. Without it a keyless
@@ -131,6 +135,13 @@ class BlockPool:
         key = b.key
         if key is None:
             return
+        if key.__class__ is not int:  # a key still pending (see `_take_victims`)
+            key.resident -= 1
+            if not key.resident:
+                key.gone()
+            b.key = None
+            self.num_evictions += 1
+            return
         if self.cached[key] is b:
             twins = self._twins.get(key)
             if twins:
@@ -169,6 +180,15 @@ class BlockPool:
             b.ref_cnt = 1
             key = b.key
             if key is None:
+                continue
+            if key.__class__ is not int:
+                # Keyed, but its key is not made yet: `key` is the pending range holding it
+                # (apcsim.core.pending_keys), whose resident blocks go tail first.
+                key.resident -= 1
+                if not key.resident:
+                    key.gone()
+                b.key = None
+                n += 1
                 continue
             if twins and key in twins:
                 self._evict(b)
@@ -288,6 +308,9 @@ class BlockPool:
             assert not where[0] or b.key is None, f"{b!r}: a keyed block in the keyless free stack"
             if b.key is None:
                 assert b.parent_key is None and b.num_children == 0 and b.depth == -1, f"keyless {b!r} has chain state"
+                continue
+            if b.key.__class__ is not int:  # its key is pending (apcsim.core.pending_keys checks it)
+                assert b.ref_cnt == 0, f"{b!r}: a block whose key is pending is in use"
                 continue
             by_key.setdefault(b.key, []).append(b)
             if not self.track_chain:

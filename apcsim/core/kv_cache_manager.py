@@ -81,6 +81,9 @@ class KVCacheManager:
         # The host tier's write-through hook (apcsim.core.host_tier): called with blocks that
         # just got their keys. None unless cpu_tier.write=through.
         self.on_cached = None
+        # How `allocate_slots` keys a request's full blocks: at once, or through the scheduler's
+        # pending keys (apcsim.core.pending_keys), which may make them later.
+        self.key_blocks = self.cache_full_blocks
 
     # -- keys ----------------------------------------------------------------------------------
     def block_keys(self, req: Request, num_blocks: int) -> list[int]:
@@ -129,14 +132,27 @@ class KVCacheManager:
             hits = memo[1][:max_blocks]  # max_blocks only grows; the slice is a no-op copy
         else:
             hits = []
-        keys = self.block_keys(req, max_blocks)
         if len(hits) < max_blocks:
             if self.verify_tokens:
+                keys = self.block_keys(req, max_blocks)
                 req.lookup_collided = self._verified_walk(req, keys, hits, max_blocks)
             else:
-                hits.extend(pool.cached_prefix(keys[len(hits) : max_blocks]))
+                self._walk(req, hits, max_blocks)
         req.hit_memo = (pool.num_evictions, hits)
         return list(hits)
+
+    def _walk(self, req: Request, hits: list, max_blocks: int) -> None:
+        """Extend `hits` while the request's next key is cached, making keys as the walk needs
+        them: the first alone (a prompt of its own misses there), then all."""
+        keys = req.block_keys
+        n = len(hits)
+        if len(keys) <= n:
+            keys = self.block_keys(req, max_blocks if n else 1)
+        found = self.pool.cached_prefix(keys[n:max_blocks])
+        hits.extend(found)
+        n += len(found)
+        if n == len(keys) < max_blocks:  # walked past the keys made so far: make the rest
+            hits.extend(self.pool.cached_prefix(self.block_keys(req, max_blocks)[n:max_blocks]))
 
     def _verified_walk(self, req: Request, keys: list[int], hits: list, max_blocks: int) -> bool:
         """Extend `hits` while the key is cached AND the block holds this request's salt and
@@ -173,7 +189,7 @@ class KVCacheManager:
                 req.block_ids.extend(map(_block_id, self.pool.allocate(need)))
             full = min(total, req.num_tokens)
             if full // bs > req.num_cached_blocks:
-                self.cache_full_blocks(req, full)
+                self.key_blocks(req, full)
             return True
         need = self.can_allocate(req, num_new_tokens, computed)
         if need < 0:
@@ -182,7 +198,7 @@ class KVCacheManager:
         self.take_hits(req, computed)
         if need > 0:
             req.block_ids.extend(map(_block_id, self.pool.allocate(need)))
-        self.cache_full_blocks(req, min(req.num_computed_tokens + num_new_tokens, req.num_tokens))
+        self.key_blocks(req, min(req.num_computed_tokens + num_new_tokens, req.num_tokens))
         return True
 
     def take_hits(self, req: Request, computed: list) -> None:

@@ -1,21 +1,35 @@
-"""Decode blocks keyed when someone could tell, not at every block boundary (the scheduler's).
+"""Block keys made and inserted when someone could tell, not when the blocks fill.
 
-A decoding request fills a block every `block_size` steps and the scheduler gives it its key at
-the request's next event (`apcsim.core.cohort`). Keying costs a few calls per block; most such
-keys are never looked up before the request is freed. So a decoding request's filled blocks may
-stay *pending*: counted as keyed by the scheduler, inserted into the pool later, in one call.
+vLLM keys a request's full blocks as they fill (prompt blocks at schedule time, decode blocks
+at their boundary). Keying costs a hash and a few calls per block, and on most traces most keys
+are never looked up: a prompt's blocks past its first new one are found again only by a request
+with the same prefix. So a request's full blocks past its first new one may stay *pending*:
+counted as keyed by the scheduler, hashed and inserted into the pool's key map later, in one
+call, or never if nobody could reach them before they are evicted.
 
-Pending is exact because of invariant P, kept for every pending request R whose first pending
-block is `fp` (its parent: R's key `fp - 1`, or R's root seed when fp == 0):
-  (a) R's key `fp` is not in the pool's key map;
-  (b) no other pending request has the same parent.
-Keys chain, so (up to a 64-bit hash collision) R's pending keys then equal no key anywhere: the
-pool state after inserting them late is the one inserting them at once would give, and a
-lookup can reach them only through R's parent at the walk's frontier. So R is flushed (its
-pending blocks keyed) before: a lookup whose walk stops right after R's parent; another
-request caching a block whose parent is R's parent; R taking a new block table entry outside a
-boundary, leaving the cohort, or being freed. Registering R checks (a) and (b) and keys at once
-(after flushing the other request, which filled its blocks first) when either fails.
+Each pending range is an `_Entry`: request R's blocks from `first` on, full within
+`num_tokens` tokens; its parent is R's key `first - 1`, which R keyed at once (`defer` keys R's
+first new block at once, so a parent is R's own block and two requests rarely share one).
+Pending is exact because of invariant P, kept for every entry E of request R with parent p:
+  (a) R's key `first` is not in the pool's key map;
+  (b) no other entry has parent p.
+Keys chain, so (up to a 64-bit hash collision) E's keys then equal no key anywhere: the pool
+state after inserting them late is the one inserting them at once would give, and a lookup can
+reach them only through p at the walk's frontier. So E is flushed (its keys made and inserted)
+before: a lookup whose walk stops right after p (`settle_lookup`); another request keying a
+block whose parent is p (`defer`, `before_caching`). Registering an entry checks (a) and (b)
+and keys at once when either fails.
+
+An entry outlives its request's hold on the blocks (`park`, where the pool's policy is vLLM's
+plain free queue and the request's output is fixed): the freed blocks enter the free queue with
+the entry itself in `Block.key`, so the pool counts their eviction as a keyed block's
+(`num_evictions`) and counts it down in the entry (`resident`); the entry goes when its last
+block does. A flush after the free keys the blocks still resident, where they stand in
+the queue. Parking is exact because in that queue a parked block is evicted before its parent
+block: the request frees its table tail first, and any later hit on the parent walks through p
+to the frontier and flushes the entry first. (The same queue evicts an entry's blocks tail
+first, so the resident ones are always a prefix of them.) Elsewhere (another policy, an engine's sampled
+output) the entry is flushed at the free, as its blocks would have been keyed by then.
 
 Only where nothing else reads the key map or hooks an insert: no host tier (its write-through
 and the loads read keys), no `verify_tokens`, no eviction policy that tracks chains or sees
@@ -28,79 +42,155 @@ from apcsim.core.kv_cache_manager import KVCacheManager
 from apcsim.core.request import Request
 
 
+class _Entry:
+    """One pending range: request `req`'s blocks from `first` on, full within `num_tokens`
+    tokens, under parent key `parent`. `blocks` is None while `req` holds them; once parked,
+    their ids in chain order, of which the first `resident` are still in the pool (the free
+    queue evicts them tail first: they entered it together, tail first, and nothing can hit
+    them). The pool decrements `resident` as it evicts one and calls `gone()` at 0."""
+
+    __slots__ = ("owner", "req", "parent", "first", "num_tokens", "blocks", "resident")
+
+    def __init__(self, owner: PendingKeys, req: Request, parent: int, first: int, num_tokens: int) -> None:
+        self.owner = owner
+        self.req = req
+        self.parent = parent
+        self.first = first
+        self.num_tokens = num_tokens
+        self.blocks: list[int] | None = None
+        self.resident = 0
+
+    def gone(self) -> None:
+        """The pool evicted the last parked block: nothing is left to key."""
+        del self.owner._by_parent[self.parent]
+
+
 class PendingKeys:
     def __init__(self, kv: KVCacheManager) -> None:
         self.kv = kv
         self.enabled = True  # a caller that reads the pool itself (a cluster replica) turns it off
-        self._by_parent: dict[int, Request] = {}  # pending parent key -> its request (P(b))
-        self._target: dict[Request, tuple[int, int]] = {}  # R -> (parent, tokens keyed by now)
+        self._by_parent: dict[int, _Entry] = {}  # every entry, by parent key (P(b))
+        self._held: dict[Request, _Entry] = {}  # the entries whose request still holds the blocks
+        self._park = False  # whether entries outlive the free (set by `usable`)
 
     def usable(self, host_tier) -> bool:
         kv = self.kv
         pool = kv.pool
-        return (self.enabled and kv.enable_caching and host_tier is None and kv.on_cached is None
-                and not kv.verify_tokens and not pool.track_children and not pool._policy_on_insert)
+        ok = (self.enabled and kv.enable_caching and host_tier is None and kv.on_cached is None
+              and not kv.verify_tokens and not pool.track_children and not pool._policy_on_insert)
+        self._park = ok and pool.policy.plain_free_queue
+        return ok
 
     def __bool__(self) -> bool:
-        return bool(self._target)
+        return bool(self._by_parent)
 
     def _parent(self, r: Request, first: int) -> int:
         return r.block_keys[first - 1] if first else self.kv.hash_algo.root(r.spec.cache_salt)
 
     def defer(self, r: Request, num_tokens: int) -> None:
         """`kv.cache_full_blocks(r, num_tokens)`, made now or left pending (see the module doc)."""
-        entry = self._target.get(r)
-        if entry is not None:
-            self._target[r] = (entry[0], num_tokens)
+        entry = self._held.get(r)
+        if entry is not None:  # r's blocks past `first` wait already: the range grows
+            entry.num_tokens = num_tokens
             return
         kv = self.kv
         first, num_full = r.num_cached_blocks, num_tokens // kv.block_size
         if num_full <= first:
             return
-        keys = kv.block_keys(r, num_full)
-        parent = self._parent(r, first)
-        other = self._by_parent.get(parent)
-        if other is not None:
-            self.flush(other)  # filled its blocks first: they are keyed first
-        if keys[first] in kv.pool.cached:
-            kv.cache_full_blocks(r, num_tokens)  # a twin: its place among equal keys is now
+        self._flush_parent(self._parent(r, first))  # a sibling under the same parent filled first
+        if num_full == first + 1:
+            kv.cache_full_blocks(r, num_tokens)
             return
-        self._by_parent[parent] = r
-        self._target[r] = (parent, num_tokens)
+        keys = kv.block_keys(r, first + 2)
+        cached = kv.pool.cached
+        if keys[first] in cached or keys[first + 1] in cached or keys[first] in self._by_parent:
+            # A twin (its place among equal keys is now) or P would break: all now.
+            self.before_caching(r, num_tokens, first)
+            kv.cache_full_blocks(r, num_tokens)
+            return
+        kv.cache_full_blocks(r, (first + 1) * kv.block_size)  # the parent of the rest: r's own
+        entry = _Entry(self, r, keys[first], first + 1, num_tokens)
+        self._by_parent[entry.parent] = entry
+        self._held[r] = entry
 
     def flush(self, r: Request) -> None:
         """Key r's pending blocks now (nothing if it has none)."""
-        entry = self._target.pop(r, None)
+        entry = self._held.get(r)
         if entry is not None:
-            del self._by_parent[entry[0]]
-            self.kv.cache_full_blocks(r, entry[1])
+            self._flush(entry)
+
+    def park(self, r: Request) -> None:
+        """r is about to free its blocks: its pending ones stay pending in the free queue, or are
+        keyed now where they cannot (see the module doc)."""
+        entry = self._held.pop(r, None)
+        if entry is None:
+            return
+        if not (self._park and r.outputs_fixed):
+            self._held[r] = entry
+            self._flush(entry)
+            return
+        ids = r.block_ids[entry.first : entry.num_tokens // self.kv.block_size]
+        entry.blocks = ids
+        entry.resident = len(ids)
+        blocks = self.kv.pool.blocks
+        for i in ids:
+            blocks[i].key = entry  # the pool tells the entry when it evicts one
+
+    def _flush(self, entry: _Entry) -> None:
+        del self._by_parent[entry.parent]
+        kv, r = self.kv, entry.req
+        if entry.blocks is None:
+            del self._held[r]
+            kv.cache_full_blocks(r, entry.num_tokens)
+            return
+        ids = entry.blocks[: entry.resident]
+        kv.pool.cache_chain_ids(ids, kv.block_keys(r, entry.first + len(ids)), entry.first)
+
+    def _flush_parent(self, parent: int) -> None:
+        entry = self._by_parent.get(parent)
+        if entry is not None:
+            self._flush(entry)
 
     def settle_lookup(self, r: Request) -> None:
         """Before a lookup of waiting request r: flush whoever r's walk would reach."""
         kv = self.kv
         max_blocks = (r.num_tokens - 1) // kv.block_size
-        while self._target:
+        while self._by_parent:
             m = len(kv.get_computed_blocks(r))
             if m >= max_blocks:
                 return
-            other = self._by_parent.get(self._parent(r, m))
-            if other is None:
+            entry = self._by_parent.get(self._parent(r, m))
+            if entry is None:
                 return
-            self.flush(other)
+            self._flush(entry)
 
     def before_caching(self, r: Request, num_tokens: int, first: int) -> None:
-        """Before r's blocks `first` .. full within `num_tokens` get keys eagerly: flush every
-        pending request whose parent is the parent of one of them (keeps P(a))."""
+        """Before r's blocks `first` .. full within `num_tokens` get keys at once: flush every
+        entry whose parent is the parent of one of them (keeps P(a))."""
         num_full = num_tokens // self.kv.block_size
-        if num_full <= first or not self._target:
+        if num_full <= first or not self._by_parent:
             return
         keys = self.kv.block_keys(r, num_full)
         parents = keys[max(first - 1, 0) : num_full - 1]
         by_parent = self._by_parent
-        if first == 0 and self._parent(r, 0) in by_parent:
-            self.flush(by_parent[self._parent(r, 0)])
+        if first == 0:
+            self._flush_parent(self._parent(r, 0))
         if not by_parent.keys().isdisjoint(parents):
             for p in parents:
-                other = by_parent.get(p)
-                if other is not None:
-                    self.flush(other)
+                self._flush_parent(p)
+
+    def verify(self) -> None:
+        """Check P(b)'s bookkeeping and the parked blocks (call between steps)."""
+        for parent, entry in self._by_parent.items():
+            assert entry.parent == parent, f"entry of {entry.req.request_id} filed under another parent"
+            if entry.blocks is None:
+                assert self._held.get(entry.req) is entry, f"held entry of {entry.req.request_id} not held"
+                continue
+            assert 0 < entry.resident <= len(entry.blocks), f"parked entry of {entry.req.request_id}: {entry.resident} resident"
+            for j, b in enumerate(entry.blocks):
+                block = self.kv.pool.blocks[b]
+                if j < entry.resident:
+                    assert block.key is entry and block.ref_cnt == 0, f"parked {block!r} not free under its entry"
+                else:
+                    assert block.key is not entry, f"evicted {block!r} still under its entry"
+        assert all(self._by_parent.get(e.parent) is e for e in self._held.values()), "a held entry is not filed"

@@ -72,10 +72,10 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         self._admit_counter = 0
         self._explicit: set[Request] = set()  # running requests not in the cohort
         self.cohort = DecodeCohort(kv.block_size)
-        # Filled decode blocks keyed late (apcsim.core.pending_keys); `_lazy` says whether this
-        # run may, decided at the first schedule (once the host tier is in place), and
-        # `_key_filled(r, num_tokens)` keys r's blocks filled by decoding accordingly: now
-        # (`kv.cache_full_blocks`) or pending (`pending_keys.defer`).
+        # Full blocks keyed late (apcsim.core.pending_keys); `_lazy` says whether this run may,
+        # decided at the first schedule (once the host tier is in place), and
+        # `_key_filled(r, num_tokens)` (and `kv.key_blocks`, for prompt blocks) keys r's full
+        # blocks accordingly: now (`kv.cache_full_blocks`) or pending (`pending_keys.defer`).
         self.pending_keys = PendingKeys(kv)
         self._lazy: bool | None = None
         self._key_filled = kv.cache_full_blocks
@@ -149,7 +149,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
     def _requeue(self, r: Request) -> None:
         """Preemption by recompute of a request that is neither running nor waiting any more:
         its blocks go back to the pool and it waits again, from token 0."""
-        self.pending_keys.flush(r)
+        self.pending_keys.park(r)
         self.kv.free(r)
         r.num_computed_tokens = 0
         r.status = Status.PREEMPTED
@@ -162,7 +162,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         if self._lazy is None:
             self._lazy = self.pending_keys.usable(self.host_tier)
             if self._lazy:
-                self._key_filled = self.pending_keys.defer
+                self._key_filled = self.kv.key_blocks = self.pending_keys.defer
         if self.host_tier is not None:
             self.host_tier.begin_step()
         plan = self._schedule_pass(now)
@@ -221,9 +221,6 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
             if prefill_cap > 0:
                 new = min(new, prefill_cap)
             new = min(new, remaining)
-            if self._lazy:  # allocate_slots keys r's full blocks: its pending ones first
-                self.pending_keys.flush(r)
-                self.pending_keys.before_caching(r, min(r.num_computed_tokens + new, r.num_tokens), r.num_cached_blocks)
             while not self.kv.allocate_slots(r, new):
                 victim = self._choose_victim(self.running)
                 refund = self._scheduled.pop(victim, 0)
@@ -281,9 +278,6 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
                     continue
             if not fits(cfg, kv, r, new, computed):
                 break
-            if self._lazy and self.pending_keys:
-                hit = len(computed)
-                self.pending_keys.before_caching(r, min(hit * self.block_size + new, r.num_tokens), hit)
             if not kv.allocate_slots(r, new, computed):
                 break
             self.policy.pop()
@@ -386,7 +380,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
 
     def _finish(self, r: Request, now: float, res: StepResult) -> None:
         self._remove_running(r)
-        self.pending_keys.flush(r)
+        self.pending_keys.park(r)
         self.kv.free(r)
         r.status = Status.FINISHED
         r.finish_time = now
@@ -398,6 +392,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         """Check the scheduler's, the cohort's and the pool's invariants (call between steps)."""
         pool = self.kv.pool
         pool.verify()
+        self.pending_keys.verify()
         assert self._running_seqs == [r.admit_seq for r in self.running], "running order broken"
         in_cohort = {r for r in self.running if r.anchor_step >= 0}
         assert in_cohort | self._explicit == set(self.running), "running != cohort + explicit"

@@ -47,6 +47,11 @@ class EvictionPolicy(abc.ABC):
     uses_depth: bool = True
     #: Whether the policy needs `PolicyContext.future` (the offline oracle; `belady` only).
     needs_future: bool = False
+    #: Whether the order is exactly vLLM's free queue (release order; a hit takes its block out;
+    #: reuse takes the oldest), on which the core relies to leave keys of freed blocks pending
+    #: (apcsim.core.pending_keys). `lru` and `none` only; a subclass that changes a hook must set
+    #: it back to False.
+    plain_free_queue: bool = False
 
     def __init__(self, cfg: EvictionConfig, ctx: PolicyContext) -> None:
         self.cfg = cfg

@@ -35,6 +35,7 @@ class LRUConfig(EvictionConfig):
 class LRUPolicy(EvictionPolicy):
     uses_tree = False
     uses_depth = False
+    plain_free_queue = True
 
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)

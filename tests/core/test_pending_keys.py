@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apcsim.core.pending_keys import PendingKeys
+from apcsim.core.cache_config import CacheConfig
+from apcsim.core.pending_keys import PendingKeys, _Entry
 from apcsim.core.request import RequestSpec
 from apcsim.sim.simulator import Simulation
 from tests.helpers.serving import COST, build_scheduler
@@ -42,10 +43,28 @@ def quoting_specs(seed: int) -> list[RequestSpec]:
 BUDGETS = [(16, 4, 0), (4, 4, 0), (16, 4, 1)]
 
 
-def run(specs, eviction: str, lazy: bool, num_blocks: int, budget: tuple[int, int, int]):
+def family_specs(seed: int) -> list[RequestSpec]:
+    """Prompts from a few shared prefixes (two tenants), each with its own tail or none, several
+    sent twice at once (equal keys computed together: twins), arriving faster than they are
+    served, so that a small pool evicts and preempts all the time."""
+    rng = np.random.default_rng(seed)
+    stems = [rng.integers(0, 1000, int(rng.integers(2, 40)), dtype=np.int32) for _ in range(4)]
+    specs: list[RequestSpec] = []
+    t = 0.0
+    for i in range(40):
+        stem = stems[int(rng.integers(0, len(stems)))][: int(rng.integers(1, 41))]
+        prompt = np.concatenate([stem, rng.integers(0, 1000, int(rng.integers(0, 12)), dtype=np.int32)])
+        salt = "b" if rng.random() < 0.2 else None
+        for c in range(2 if rng.random() < 0.25 else 1):
+            specs.append(RequestSpec(f"f{i}.{c}", prompt, int(rng.integers(1, 30)), arrival_time=t, cache_salt=salt))
+        t += float(rng.exponential(0.002))
+    return specs
+
+
+def run(specs, eviction: str, lazy: bool, num_blocks: int, budget: tuple[int, int, int], cache: CacheConfig | None = None):
     tokens, seqs, cap = budget
     sched = build_scheduler(eviction, num_blocks=num_blocks, bs=BS, max_num_batched_tokens=tokens, max_num_seqs=seqs,
-                            long_prefill_token_threshold=cap)
+                            long_prefill_token_threshold=cap, cache=cache)
     sched.pending_keys.enabled = lazy
     steps = []
 
@@ -73,24 +92,58 @@ def test_lazy_decode_keys_decide_as_eager_ones(eviction, num_blocks, budget, see
     assert sum(lazy[2]) > 0  # quoters hit the leaders' answers
 
 
-def test_the_quoting_runs_reach_pending_blocks(monkeypatch):
-    """The runs above exercise the flushes: quoters' lookups stop at a decoding leader's pending
-    blocks, and a quoter's prefill caches a block under a pending leader's parent."""
-    flushes = {"lookup": 0, "caching": 0}
+@pytest.mark.parametrize("eviction", ["lru", "slru"])
+@pytest.mark.parametrize("keyless_first", [True, False])
+@pytest.mark.parametrize("num_blocks", [24, 60])  # 24: preemptions; both: constant eviction
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_pending_prompt_blocks_and_freed_ones_decide_as_eager_ones(eviction, keyless_first, num_blocks, seed):
+    specs = family_specs(seed)
+    cache = CacheConfig(free_keyless_first=keyless_first)
+    eager = run(specs, eviction, False, num_blocks, (32, 8, 0), cache)
+    lazy = run(specs, eviction, True, num_blocks, (32, 8, 0), cache)
+    assert lazy[:3] == eager[:3]
+    assert sum(lazy[2]) > 0 and lazy[1]["num_evictions"] > 0
+    if num_blocks == 24:
+        assert lazy[1]["num_preemptions"] > 0
 
-    def counting(name, fn):
+
+def test_the_quoting_runs_reach_pending_blocks(monkeypatch):
+    """The runs above exercise every path: quoters' lookups stop at a leader's pending blocks, a
+    quoter keys a block under a pending leader's parent, freed requests' pending blocks are
+    flushed where they stand in the free queue, and evicted unkeyed to the last."""
+    counts = {"lookup": 0, "caching": 0, "parked": 0, "evicted": 0}
+    cause = []
+
+    def within(name, fn):
         def wrapped(self, *args):
-            n = len(self._target)
-            fn(self, *args)
-            flushes[name] += n - len(self._target)
+            cause.append(name)
+            try:
+                return fn(self, *args)
+            finally:
+                cause.pop()
         return wrapped
 
-    monkeypatch.setattr(PendingKeys, "settle_lookup", counting("lookup", PendingKeys.settle_lookup))
-    monkeypatch.setattr(PendingKeys, "before_caching", counting("caching", PendingKeys.before_caching))
+    flush, gone = PendingKeys._flush, _Entry.gone
+
+    def counting_flush(self, entry):
+        if cause:
+            counts[cause[-1]] += 1
+        counts["parked"] += entry.blocks is not None
+        flush(self, entry)
+
+    def counting_gone(self):
+        counts["evicted"] += 1
+        gone(self)
+
+    monkeypatch.setattr(PendingKeys, "settle_lookup", within("lookup", PendingKeys.settle_lookup))
+    monkeypatch.setattr(PendingKeys, "defer", within("caching", PendingKeys.defer))
+    monkeypatch.setattr(PendingKeys, "_flush", counting_flush)
+    monkeypatch.setattr(_Entry, "gone", counting_gone)
     for seed in range(6):
         for budget in BUDGETS:
-            run(quoting_specs(seed), "lru", True, 400, budget)
-    assert flushes["lookup"] > 0 and flushes["caching"] > 0
+            for num_blocks in (48, 400):
+                run(quoting_specs(seed), "lru", True, num_blocks, budget)
+    assert all(counts.values()), counts
 
 
 def test_off_for_a_host_tier_or_an_insert_hook():
