@@ -49,7 +49,7 @@ from apcsim.cli.installed import fingerprint
 from apcsim.config import SimConfig
 
 _LAYOUT = 2  # bump when an entry's layout changes
-_RUN_DIR_OVERRIDE = "hydra.run.dir="
+RUN_DIR_OVERRIDE = "hydra.run.dir="
 # Paths YAML writes as they are (no quotes, no line folding): ASCII letters, digits, _ . - /, at
 # least one '/' (so never a number, bool or null), not starting with a document marker. The
 # blanks of hydra.yaml are filled with such paths only, so the file is the one Hydra would write.
@@ -81,7 +81,7 @@ def plain_run_dir(args: list[str]) -> str | None:
     """The value of a plain command line's `hydra.run.dir=` (a plain path or a template; ""
     where it has none: the config's own, a template), or None where the command line is not
     plain (see the module doc)."""
-    run_dirs = [a for a in args if a.startswith(_RUN_DIR_OVERRIDE)]
+    run_dirs = [a for a in args if a.startswith(RUN_DIR_OVERRIDE)]
     if len(run_dirs) > 1:
         return None
     for a in args:
@@ -89,12 +89,19 @@ def plain_run_dir(args: list[str]) -> str | None:
             return None
     if not run_dirs:
         return ""
-    value = run_dirs[0][len(_RUN_DIR_OVERRIDE):]
+    value = run_dirs[0][len(RUN_DIR_OVERRIDE):]
     return value if is_plain_path(value) or is_template(value) else None
 
 
 def is_plain_path(path: str) -> bool:
     return _PLAIN_PATH.fullmatch(path) is not None
+
+
+def is_plain_run_dir_override(arg: str) -> bool:
+    """`hydra.run.dir=PATH` of a plain path: Hydra's override parser reads it as exactly PATH
+    (no quoting, interpolation or sweep syntax), and YAML writes it as it is. Both caches leave
+    such a path out of their keys (this one's and apcsim.cli.compose_cache's)."""
+    return arg.startswith(RUN_DIR_OVERRIDE) and is_plain_path(arg[len(RUN_DIR_OVERRIDE):])
 
 
 def is_template(value: str) -> bool:
@@ -119,8 +126,7 @@ def resolve_template(template: str) -> str:
 
 def entry_path(args: list[str]) -> Path:
     """Where a plain command line's entry is kept (a plain run directory's path left out)."""
-    overrides = ["<run dir>" if a.startswith(_RUN_DIR_OVERRIDE) and is_plain_path(a[len(_RUN_DIR_OVERRIDE):]) else a
-                 for a in args]
+    overrides = ["<run dir>" if is_plain_run_dir_override(a) else a for a in args]
     h = hashlib.sha256(json.dumps([_LAYOUT, sys.version, overrides]).encode())
     fingerprint(h)
     return cache_dir() / "fast" / f"{h.hexdigest()}.pickle"

@@ -55,11 +55,12 @@ def test_a_hit_is_a_fresh_composition(app, tmp_path, monkeypatch, overrides):
 
 
 def test_run_dirs_hydra_reads_otherwise_are_part_of_the_key(app, tmp_path):
-    """Quoted, interpolated or bare-word run directories are composed, not patched in."""
-    for run_dir in ("'out/x'", "out/${now:%H}", "outputs"):
+    """Quoted, interpolated or bare-word run directories, and paths YAML would quote (the fast
+    path's one definition of a plain path), are composed, not patched in."""
+    for run_dir in ("'out/x'", "out/${now:%H}", "outputs", "---/x", "---/y"):
         cfg = _cached(app, [f"hydra.run.dir={run_dir}"])
         assert OmegaConf.to_yaml(cfg) == OmegaConf.to_yaml(compose_for_run(app[0], CONFIG_NAME, [f"hydra.run.dir={run_dir}"]))
-    assert len(_entries(tmp_path)) == 3
+    assert len(_entries(tmp_path)) == 5  # one each
 
 
 def test_a_changed_config_file_misses(app, tmp_path, monkeypatch):
