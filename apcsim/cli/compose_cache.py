@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from apcsim.cachedir import cache_dir, memoized
 from apcsim.cli.fast_run import RUN_DIR_OVERRIDE, is_plain_run_dir_override
-from apcsim.cli.installed import fingerprint
+from apcsim.cli.installed import Fingerprint
 
 _LAYOUT = 3  # bump when an entry's layout changes
 _RUN_DIR_KEY = "hydra.run.dir=<this run's>"
@@ -69,21 +69,21 @@ def _extends_search_path(override: str) -> bool:
     return override.lstrip("+~").startswith("hydra.searchpath")
 
 
-def entry_key(app: App, overrides: list[str]) -> str:
+def entry_key(app: App, overrides: list[str], installed: str) -> str:
+    """`installed`: the installed files' fingerprint (apcsim.cli.installed)."""
     run_dir = _run_dir(overrides)
     overrides = [_RUN_DIR_KEY if o == run_dir else o for o in overrides]
-    h = hashlib.sha256(json.dumps([_LAYOUT, hydra.__version__, omegaconf.__version__, sys.version, astuple(app),
-                                   overrides]).encode())
-    fingerprint(h)
-    return h.hexdigest()
+    return hashlib.sha256(json.dumps([_LAYOUT, hydra.__version__, omegaconf.__version__, sys.version, astuple(app),
+                                      overrides, installed]).encode()).hexdigest()
 
 
-def cached(app: App, overrides: list[str], compose: Callable[[], DictConfig | None]) -> DictConfig | None:
+def cached(app: App, overrides: list[str], compose: Callable[[], DictConfig | None],
+           installed: Fingerprint) -> DictConfig | None:
     """The config `compose()` returns for this command line (compose_once.compose_for_run's),
     from the cache when it has it; `compose()` runs only on a miss."""
     if any(_extends_search_path(o) for o in overrides):
         return compose()
-    entry = cache_dir() / "compose" / f"{entry_key(app, overrides)}.pickle"
+    entry = cache_dir() / "compose" / f"{entry_key(app, overrides, installed.digest)}.pickle"
 
     def load(data: bytes) -> DictConfig | None:
         cfg = pickle.loads(data)

@@ -45,7 +45,7 @@ from datetime import datetime
 from pathlib import Path
 
 from apcsim.cachedir import cache_dir
-from apcsim.cli.installed import fingerprint
+from apcsim.cli.installed import Fingerprint
 from apcsim.config import SimConfig
 
 _LAYOUT = 2  # bump when an entry's layout changes
@@ -124,11 +124,11 @@ def resolve_template(template: str) -> str:
     return _INTERPOLATION.sub(value, template)
 
 
-def entry_path(args: list[str]) -> Path:
-    """Where a plain command line's entry is kept (a plain run directory's path left out)."""
+def entry_path(args: list[str], installed: str) -> Path:
+    """Where a plain command line's entry is kept (a plain run directory's path left out), for
+    the installed files' fingerprint `installed` (apcsim.cli.installed)."""
     overrides = ["<run dir>" if is_plain_run_dir_override(a) else a for a in args]
-    h = hashlib.sha256(json.dumps([_LAYOUT, sys.version, overrides]).encode())
-    fingerprint(h)
+    h = hashlib.sha256(json.dumps([_LAYOUT, sys.version, overrides, installed]).encode())
     return cache_dir() / "fast" / f"{h.hexdigest()}.pickle"
 
 
@@ -140,13 +140,13 @@ def _load(entry: Path) -> FastEntry | None:
     return value if isinstance(value, FastEntry) else None
 
 
-def try_fast_run(args: list[str]) -> bool:
+def try_fast_run(args: list[str], installed: Fingerprint) -> bool:
     """Run this command line without Hydra if it can be; False (nothing done) where it cannot."""
     run_dir = plain_run_dir(args)
     if run_dir is None or not is_plain_path(os.getcwd()):
         return False
     try:
-        entry = _load(entry_path(args))
+        entry = _load(entry_path(args, installed.digest))
     except OSError:  # a file vanished or cannot be read while the key is made: Hydra's path
         return False
     if entry is None or (entry.run_dir_template is None) != is_plain_path(run_dir):
