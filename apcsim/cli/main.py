@@ -69,13 +69,6 @@ def main(dcfg: DictConfig, on_config: Callable[[SimConfig], None] | None = None)
     return None
 
 
-def entry() -> None:
-    """`python -m apcsim` (see apcsim.cli.entry)."""
-    from apcsim.cli.entry import entry as cli_entry
-
-    cli_entry()
-
-
 def run_hydra(installed: Fingerprint) -> None:
     """The command line through Hydra: a plain run composes its config once, anything else goes
     through hydra.main (see compose_once). `installed`: the command's fingerprint."""
