@@ -22,7 +22,12 @@ def cache_dir() -> Path:
 def store_atomic(entry: Path, data: bytes) -> None:
     """Write an entry through a temporary file and a rename, so that concurrent runs never read
     half of one; a directory that cannot be written leaves the entry unwritten (runs go on
-    uncached)."""
+    uncached).
+
+    Not apcsim.outputs.rundir's writer, on purpose: an entry is made by mkstemp, so it is the
+    user's alone (mode 0600: runs load pickled entries back) under a name no other
+    writer shares, and a failed write leaves no temporary file; a run's output files keep the
+    umask's mode (0644 by default) for whoever reads the results."""
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=entry.name, suffix=".tmp")

@@ -14,7 +14,7 @@ import numpy as np
 from apcsim.calibration.cost_model import make_cost_model
 from apcsim.config import SimConfig
 from apcsim.core.block_hash import get_hash_algo
-from apcsim.core.build import NO_CACHING, make_scheduler
+from apcsim.core.build import NO_CACHING, make_scheduler, policies_need_future
 from apcsim.core.request import RequestSpec
 from apcsim.core.scheduler import Scheduler
 from apcsim.errors import ConfigError
@@ -31,7 +31,6 @@ from apcsim.sim.cost_model import CostModel
 from apcsim.sim.simulator import Simulation
 from apcsim.tier_config import host_tier_parts, tier_bound_rates, validate_cpu_tier
 from apcsim.workloads import Workload, open_workload
-from policies.registry import EVICTION_POLICIES
 from policies.scheduling.preemption import PREEMPTION_MODES
 
 
@@ -243,10 +242,8 @@ def build_run(cfg: SimConfig, cost: CostModel, *, num_blocks: Callable[[list[Req
 def needs_future(cfg: SimConfig) -> bool:
     """Whether an eviction policy (the GPU's, or the host tier's) reads the workload's future
     (Belady): it needs every spec."""
-    names = [NO_CACHING if cfg.policy is None else cfg.policy.name]
-    if cfg.cpu_tier.enabled:
-        names.append(cfg.cpu_tier.policy)
-    return any((e := EVICTION_POLICIES.get(n)) is not None and e.cls.needs_future for n in names)
+    host = [cfg.cpu_tier.policy] if cfg.cpu_tier.enabled else []
+    return policies_need_future([NO_CACHING if cfg.policy is None else cfg.policy.name, *host])
 
 
 def scheduler_for(cfg: SimConfig, cost: CostModel, num_blocks: int, specs: list[RequestSpec] | Workload) -> Scheduler:

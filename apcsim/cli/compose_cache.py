@@ -7,10 +7,11 @@ An entry is the config `compose_once.compose_for_run` returns (before anything i
 - the command line's overrides and the application (`App`: where its conf/ is, its config and
   task names; with the files below they fix Hydra's search path, so a hit needs neither the
   search path nor Hydra's scan of its plugins, which imports every installed plugin); but
-  not the working directory and a plain `hydra.run.dir=PATH` (a sweep script gives each job its
-  own): composition puts them in `hydra.runtime.cwd`, `hydra.run.dir` and the override's entry in
-  `hydra.overrides.hydra` only, and a hit gets this run's there (tests compare a hit from
-  another directory with a fresh composition);
+  not the working directory and a plain `hydra.run.dir=PATH` (apcsim.cli.fast_run's
+  `is_plain_run_dir_override`; a sweep script gives each job its own): composition puts them in
+  `hydra.runtime.cwd`, `hydra.run.dir` and the override's entry in `hydra.overrides.hydra` only,
+  and a hit gets this run's there (tests compare a hit from another directory with a fresh
+  composition);
 - the code and files that define the config: every .py and .yaml file of apcsim (its conf/ and
   the dataclass schemas) and of policies (the policies' registered configs), and of the installed
   Hydra plugins (their registered configs and search paths), by path, size and modification
@@ -30,7 +31,6 @@ import hashlib
 import json
 import os
 import pickle
-import re
 import sys
 from dataclasses import astuple, dataclass
 from typing import Callable
@@ -40,12 +40,10 @@ import omegaconf
 from omegaconf import DictConfig, OmegaConf
 
 from apcsim.cachedir import cache_dir, memoized
-from apcsim.cli.installed import fingerprint
+from apcsim.cli.fast_run import RUN_DIR_OVERRIDE, is_plain_run_dir_override
+from apcsim.cli.installed import Fingerprint
 
 _LAYOUT = 3  # bump when an entry's layout changes
-# A run directory Hydra's override parser reads as exactly this string (a path with a '/' in it,
-# no quoting, interpolation or sweep syntax).
-_RUN_DIR = re.compile(r"hydra\.run\.dir=([\w.-]*/[\w./-]*)")
 _RUN_DIR_KEY = "hydra.run.dir=<this run's>"
 
 
@@ -63,29 +61,29 @@ class App:
 
 def _run_dir(overrides: list[str]) -> str | None:
     """The command line's one plain `hydra.run.dir=PATH` override, if it has one."""
-    dirs = [o for o in overrides if o.startswith("hydra.run.dir=")]
-    return dirs[0] if len(dirs) == 1 and _RUN_DIR.fullmatch(dirs[0]) else None
+    dirs = [o for o in overrides if o.startswith(RUN_DIR_OVERRIDE)]
+    return dirs[0] if len(dirs) == 1 and is_plain_run_dir_override(dirs[0]) else None
 
 
 def _extends_search_path(override: str) -> bool:
     return override.lstrip("+~").startswith("hydra.searchpath")
 
 
-def entry_key(app: App, overrides: list[str]) -> str:
+def entry_key(app: App, overrides: list[str], installed: str) -> str:
+    """`installed`: the installed files' fingerprint (apcsim.cli.installed)."""
     run_dir = _run_dir(overrides)
     overrides = [_RUN_DIR_KEY if o == run_dir else o for o in overrides]
-    h = hashlib.sha256(json.dumps([_LAYOUT, hydra.__version__, omegaconf.__version__, sys.version, astuple(app),
-                                   overrides]).encode())
-    fingerprint(h)
-    return h.hexdigest()
+    return hashlib.sha256(json.dumps([_LAYOUT, hydra.__version__, omegaconf.__version__, sys.version, astuple(app),
+                                      overrides, installed]).encode()).hexdigest()
 
 
-def cached(app: App, overrides: list[str], compose: Callable[[], DictConfig | None]) -> DictConfig | None:
+def cached(app: App, overrides: list[str], compose: Callable[[], DictConfig | None],
+           installed: Fingerprint) -> DictConfig | None:
     """The config `compose()` returns for this command line (compose_once.compose_for_run's),
     from the cache when it has it; `compose()` runs only on a miss."""
     if any(_extends_search_path(o) for o in overrides):
         return compose()
-    entry = cache_dir() / "compose" / f"{entry_key(app, overrides)}.pickle"
+    entry = cache_dir() / "compose" / f"{entry_key(app, overrides, installed.digest)}.pickle"
 
     def load(data: bytes) -> DictConfig | None:
         cfg = pickle.loads(data)
@@ -106,7 +104,7 @@ def _as_this_run(cfg: DictConfig, run_dir_override: str | None) -> DictConfig:
     cfg.hydra.runtime.cwd = os.getcwd()
     if run_dir_override is not None:
         entries = cfg.hydra.overrides.hydra
-        k, = (i for i, o in enumerate(entries) if o.startswith("hydra.run.dir="))
+        k, = (i for i, o in enumerate(entries) if o.startswith(RUN_DIR_OVERRIDE))
         entries[k] = run_dir_override
-        cfg.hydra.run.dir = run_dir_override.split("=", 1)[1]
+        cfg.hydra.run.dir = run_dir_override[len(RUN_DIR_OVERRIDE):]
     return cfg

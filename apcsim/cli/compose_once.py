@@ -40,6 +40,7 @@ from omegaconf import DictConfig
 
 from apcsim.cli.compose_cache import App, cached
 from apcsim.cli.fast_entry import recorder
+from apcsim.cli.installed import Fingerprint
 
 # Flags of Hydra's argument parser that make a command line more than a plain run (--run is one).
 _NOT_PLAIN = ("help", "hydra_help", "cfg", "resolve", "package", "multirun", "shell_completion", "config_path",
@@ -79,8 +80,9 @@ def run_composed(cfg: DictConfig, app: App, task_function: TaskFunction) -> None
 
 
 def run_main(decorated_main: Callable[[], None], task_function: TaskFunction, config_path: str,
-             config_name: str) -> None:
-    """`decorated_main` is `task_function` under `@hydra.main(config_path=..., config_name=...)`."""
+             config_name: str, installed: Fingerprint) -> None:
+    """`decorated_main` is `task_function` under `@hydra.main(config_path=..., config_name=...)`;
+    `installed`: this command's fingerprint (the fast path may have read it already)."""
     args = get_args_parser().parse_args()
     if any(getattr(args, flag) for flag in _NOT_PLAIN):
         decorated_main()
@@ -95,10 +97,10 @@ def run_main(decorated_main: Callable[[], None], task_function: TaskFunction, co
         return compose_for_run(hydra, config_name, args.overrides)
 
     try:
-        cfg = cached(app, args.overrides, compose)
+        cfg = cached(app, args.overrides, compose, installed)
         if cfg is not None:
             # A plain line's first run records what a later one starts from (apcsim.cli.fast_run).
-            record = recorder(args.overrides, cfg)
+            record = recorder(args.overrides, cfg, installed)
             task = task_function if record is None else partial(task_function, on_config=record)
             run_and_report(lambda: run_composed(cfg, app, task))
             return

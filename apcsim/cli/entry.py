@@ -25,16 +25,18 @@ def entry() -> None:
         print(listing(), end="")
         return
     from apcsim.cli.fast_run import try_fast_run
+    from apcsim.cli.installed import Fingerprint
     from apcsim.cli.oneline import run_with_one_line_errors
 
+    installed = Fingerprint()  # this command's: both paths' cache keys share one walk of the files
     ran = False
 
     def fast() -> None:
         nonlocal ran
-        ran = try_fast_run(args)
+        ran = try_fast_run(args, installed)
 
     run_with_one_line_errors(fast, "apcsim")  # its errors exit as Hydra's path would
     if not ran:
         from apcsim.cli.main import run_hydra
 
-        run_hydra()
+        run_hydra(installed)

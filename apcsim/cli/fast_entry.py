@@ -32,6 +32,7 @@ from apcsim.cli.fast_run import (
     map_strings,
     plain_run_dir,
 )
+from apcsim.cli.installed import Fingerprint
 from apcsim.config import SimConfig
 
 _CALLBACKS = {"run_dir_lock": {"_target_": "apcsim.outputs.rundir_lock.RunDirLock"},
@@ -40,10 +41,11 @@ _HANDLERS = {"logging.StreamHandler", "logging.FileHandler"}
 _STREAMS = {"ext://sys.stdout", "ext://sys.stderr"}
 
 
-def recorder(args: list[str], cfg: DictConfig) -> Callable[[SimConfig], None] | None:
+def recorder(args: list[str], cfg: DictConfig, installed: Fingerprint) -> Callable[[SimConfig], None] | None:
     """For Hydra's task function (apcsim.cli.main's `on_config`): records the entry of this
     command line once the run's typed config passed its checks, or None where the line is not
-    plain. `cfg`: the composed config `run_job` runs (it fills in hydra.runtime.output_dir)."""
+    plain. `cfg`: the composed config `run_job` runs (it fills in hydra.runtime.output_dir);
+    `installed`: the command's fingerprint, taken before composing (its cache key used it)."""
     run_dir = plain_run_dir(args)
     if run_dir is None:
         return None
@@ -51,7 +53,7 @@ def recorder(args: list[str], cfg: DictConfig) -> Callable[[SimConfig], None] | 
     def record(config: SimConfig) -> None:
         entry = make_entry(cfg, config, run_dir)
         if entry is not None:
-            store_atomic(entry_path(args), pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL))
+            store_atomic(entry_path(args, installed.digest), pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL))
 
     return record
 

@@ -45,11 +45,11 @@ from datetime import datetime
 from pathlib import Path
 
 from apcsim.cachedir import cache_dir
-from apcsim.cli.installed import fingerprint
+from apcsim.cli.installed import Fingerprint
 from apcsim.config import SimConfig
 
 _LAYOUT = 2  # bump when an entry's layout changes
-_RUN_DIR_OVERRIDE = "hydra.run.dir="
+RUN_DIR_OVERRIDE = "hydra.run.dir="
 # Paths YAML writes as they are (no quotes, no line folding): ASCII letters, digits, _ . - /, at
 # least one '/' (so never a number, bool or null), not starting with a document marker. The
 # blanks of hydra.yaml are filled with such paths only, so the file is the one Hydra would write.
@@ -81,7 +81,7 @@ def plain_run_dir(args: list[str]) -> str | None:
     """The value of a plain command line's `hydra.run.dir=` (a plain path or a template; ""
     where it has none: the config's own, a template), or None where the command line is not
     plain (see the module doc)."""
-    run_dirs = [a for a in args if a.startswith(_RUN_DIR_OVERRIDE)]
+    run_dirs = [a for a in args if a.startswith(RUN_DIR_OVERRIDE)]
     if len(run_dirs) > 1:
         return None
     for a in args:
@@ -89,12 +89,19 @@ def plain_run_dir(args: list[str]) -> str | None:
             return None
     if not run_dirs:
         return ""
-    value = run_dirs[0][len(_RUN_DIR_OVERRIDE):]
+    value = run_dirs[0][len(RUN_DIR_OVERRIDE):]
     return value if is_plain_path(value) or is_template(value) else None
 
 
 def is_plain_path(path: str) -> bool:
     return _PLAIN_PATH.fullmatch(path) is not None
+
+
+def is_plain_run_dir_override(arg: str) -> bool:
+    """`hydra.run.dir=PATH` of a plain path: Hydra's override parser reads it as exactly PATH
+    (no quoting, interpolation or sweep syntax), and YAML writes it as it is. Both caches leave
+    such a path out of their keys (this one's and apcsim.cli.compose_cache's)."""
+    return arg.startswith(RUN_DIR_OVERRIDE) and is_plain_path(arg[len(RUN_DIR_OVERRIDE):])
 
 
 def is_template(value: str) -> bool:
@@ -117,12 +124,11 @@ def resolve_template(template: str) -> str:
     return _INTERPOLATION.sub(value, template)
 
 
-def entry_path(args: list[str]) -> Path:
-    """Where a plain command line's entry is kept (a plain run directory's path left out)."""
-    overrides = ["<run dir>" if a.startswith(_RUN_DIR_OVERRIDE) and is_plain_path(a[len(_RUN_DIR_OVERRIDE):]) else a
-                 for a in args]
-    h = hashlib.sha256(json.dumps([_LAYOUT, sys.version, overrides]).encode())
-    fingerprint(h)
+def entry_path(args: list[str], installed: str) -> Path:
+    """Where a plain command line's entry is kept (a plain run directory's path left out), for
+    the installed files' fingerprint `installed` (apcsim.cli.installed)."""
+    overrides = ["<run dir>" if is_plain_run_dir_override(a) else a for a in args]
+    h = hashlib.sha256(json.dumps([_LAYOUT, sys.version, overrides, installed]).encode())
     return cache_dir() / "fast" / f"{h.hexdigest()}.pickle"
 
 
@@ -134,13 +140,13 @@ def _load(entry: Path) -> FastEntry | None:
     return value if isinstance(value, FastEntry) else None
 
 
-def try_fast_run(args: list[str]) -> bool:
+def try_fast_run(args: list[str], installed: Fingerprint) -> bool:
     """Run this command line without Hydra if it can be; False (nothing done) where it cannot."""
     run_dir = plain_run_dir(args)
     if run_dir is None or not is_plain_path(os.getcwd()):
         return False
     try:
-        entry = _load(entry_path(args))
+        entry = _load(entry_path(args, installed.digest))
     except OSError:  # a file vanished or cannot be read while the key is made: Hydra's path
         return False
     if entry is None or (entry.run_dir_template is None) != is_plain_path(run_dir):

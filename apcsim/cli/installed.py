@@ -6,11 +6,16 @@ path, size and modification time, and the files that carry Hydra's and OmegaConf
 
 Found without importing any of them (`importlib.util.find_spec`): the CLI's fast path reads it
 before deciding whether Hydra is needed at all.
+
+One command reads it once (`Fingerprint`): the fast path's key, the compose cache's key and the
+fast entry recorded after Hydra's run all take the same digest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+from functools import cached_property
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -31,8 +36,9 @@ def config_packages() -> list[Path]:
     return [*_package_dirs("apcsim"), *_package_dirs("policies"), *_package_dirs("hydra_plugins")]
 
 
-def fingerprint(h) -> None:
-    """Feed the fingerprint into hashlib object `h`."""
+def fingerprint() -> str:
+    """The installed files' fingerprint, a sha256 hex digest."""
+    h = hashlib.sha256()
     for top in config_packages():
         for d, dirs, files in os.walk(top):
             dirs[:] = sorted(x for x in dirs if x != "__pycache__")  # a fixed order, and no bytecode
@@ -44,3 +50,16 @@ def fingerprint(h) -> None:
         for d in _package_dirs(package):
             st = os.stat(d / file)
             h.update(f"{d / file} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+class Fingerprint:
+    """The fingerprint for one command, walked when a key first needs it and kept for the rest
+    of that command (a plain line's miss needs it three times: fast path, compose cache,
+    recorder). One object per command, passed down its path, never a module global: tests edit
+    config files between commands in one process. A walk that raised (a file vanished) is not
+    kept, so a later ask walks again."""
+
+    @cached_property
+    def digest(self) -> str:
+        return fingerprint()

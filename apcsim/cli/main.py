@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -26,6 +26,9 @@ from apcsim.cli.single_run import run_single
 from apcsim.config import SimConfig, register_configs
 from apcsim.errors import ApcsimError, exit_bad_input
 from apcsim.interrupt import interruptible
+
+if TYPE_CHECKING:
+    from apcsim.cli.installed import Fingerprint
 
 log = logging.getLogger("apcsim")
 
@@ -66,16 +69,9 @@ def main(dcfg: DictConfig, on_config: Callable[[SimConfig], None] | None = None)
     return None
 
 
-def entry() -> None:
-    """`python -m apcsim` (see apcsim.cli.entry)."""
-    from apcsim.cli.entry import entry as cli_entry
-
-    cli_entry()
-
-
-def run_hydra() -> None:
+def run_hydra(installed: Fingerprint) -> None:
     """The command line through Hydra: a plain run composes its config once, anything else goes
-    through hydra.main (see compose_once)."""
+    through hydra.main (see compose_once). `installed`: the command's fingerprint."""
     from apcsim.cli.compose_once import run_main
 
-    run_with_one_line_errors(lambda: run_main(main, main.__wrapped__, CONFIG_PATH, CONFIG_NAME), "apcsim")
+    run_with_one_line_errors(lambda: run_main(main, main.__wrapped__, CONFIG_PATH, CONFIG_NAME, installed), "apcsim")

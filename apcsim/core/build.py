@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from apcsim.core.block_hash import HashAlgo, get_hash_algo
 from apcsim.core.block_pool import BlockPool
@@ -18,6 +18,13 @@ from policies.scheduling.base import SchedulerConfig
 from policies.types import Clock, PolicyContext
 
 NO_CACHING = "none"
+
+
+def policies_need_future(names: Iterable[str]) -> bool:
+    """Whether any of these eviction policies (a GPU pool's, a host tier's) reads the workload's
+    future (`needs_future`: Belady), so needs every request spec before the run. An unknown name
+    reads nothing here; make_scheduler reports it."""
+    return any((e := EVICTION_POLICIES.get(n)) is not None and e.cls.needs_future for n in names)
 
 
 def make_scheduler(
@@ -62,7 +69,7 @@ def make_scheduler(
         if not entry.cls.enables_caching:
             raise ValueError("cpu_tier needs prefix caching on the GPU (+policy=...)")
     future = None
-    if entry.cls.needs_future or (host_entry is not None and host_entry.cls.needs_future):
+    if policies_need_future([name, *([host_tier.cfg.policy] if host_tier is not None else [])]):
         if specs is None:
             raise ValueError(f"eviction policy {name!r} needs the workload's future (the request specs)")
         content = uses_content_keys(algo, kv_options.get("verify_tokens", False), kv_options.get("content_keys", True))

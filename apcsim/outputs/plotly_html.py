@@ -75,13 +75,8 @@ def _shell(layout: dict, include_plotlyjs: bool | str) -> bytes:
 
 
 def figure_html_bytes(fig: dict, include_plotlyjs: bool | str) -> bytes:
-    """`figure_html` encoded as UTF-8, made without decoding the shell."""
+    """`plotly.io.to_html(fig, validate=False, full_html=False, include_plotlyjs=...)` of a figure
+    dict {"data": [...], "layout": {...}}, encoded as UTF-8, made without decoding the shell."""
     shell = _shell(fig["layout"], include_plotlyjs)
     data = plotly_json(fig["data"]).encode("utf-8")
     return shell.replace(_DATA_BYTES, data, 1).replace(_DIV_ID_BYTES, str(uuid.uuid4()).encode())
-
-
-def figure_html(fig: dict, include_plotlyjs: bool | str) -> str:
-    """`plotly.io.to_html(fig, validate=False, full_html=False, include_plotlyjs=...)` of a figure
-    dict {"data": [...], "layout": {...}}."""
-    return figure_html_bytes(fig, include_plotlyjs).decode("utf-8")

@@ -7,9 +7,10 @@ stays small for long runs. The page states the title once (the heading, not agai
 figure), the run's config under it, and the metrics table with a unit for each metric.
 plotly.js is embedded once (`report.plotlyjs=inline`, a page that opens offline) or linked from
 plotly's CDN (`report.plotlyjs=cdn`, a small page that needs the network).
-The main figure is written as the dict plotly makes of `build_figure`'s figure (report_dict) in a
-page shell plotly writes once (plotly_html), so a run without a cluster imports no plotly: the
-same page (tests hold them equal) without the cost of importing plotly and validating a figure.
+The main figure is written as the dict plotly would make of it (report_dict: `layout_figure` and
+its traces) in a page shell plotly writes once (plotly_html), so a run without a cluster imports
+no plotly: the same page (tests hold it equal to the figure built with plotly's graph objects)
+without the cost of importing plotly and validating a figure.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from apcsim.outputs.metrics import Timeline
 from apcsim.outputs.plotly_html import figure_html_bytes
-from apcsim.outputs.report_dict import PANELS, SERIES, cdf, figure_dict, thin
+from apcsim.outputs.report_dict import PANELS, figure_dict, thin
 from apcsim.outputs.requestlog import RequestLog
 
 if TYPE_CHECKING:  # plotly's graph objects are imported where a figure is built: a plain report needs none
@@ -37,43 +38,6 @@ def layout_figure(showlegend: bool) -> go.Figure:
         fig.update_yaxes(title_text=yt, row=k // 2 + 1, col=k % 2 + 1)
     fig.update_layout(height=1100, showlegend=showlegend, template="plotly_white", margin={"t": 40})
     return fig
-
-
-def build_figure(log: RequestLog, timeline: Timeline) -> go.Figure:
-    """From the run's per-request columns (not Request objects: a long run does not keep them).
-    report.html is written from `apcsim.outputs.report_dict.figure_dict`, this figure's dict made
-    without plotly's graph objects; tests hold the two equal."""
-    import plotly.graph_objects as go
-
-    c = log.columns()
-    fig = layout_figure(log.by_class)
-    x, y = cdf(c["ttft"][c["finished"]])
-    fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="TTFT"), row=1, col=1)
-    x, y = cdf(c["e2e"][c["finished"]])
-    fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="E2E"), row=1, col=2)
-    if log.by_class:
-        _class_cdfs(fig, log, c)
-    t = timeline.as_arrays()
-    if len(t["time"]):
-        for key, row, col in SERIES:
-            xs, ys = thin(t["time"], t[key])
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=key, line_shape="hv"), row=row, col=col)
-    return fig
-
-
-def _class_cdfs(fig: go.Figure, log: RequestLog, c: dict) -> None:
-    """TTFT and E2E CDFs of each priority class, one legend entry per class."""
-    import plotly.graph_objects as go
-
-    fig.data[0].name = fig.data[1].name = "all requests"
-    fig.data[1].showlegend = False
-    for k in sorted(range(len(log.class_names)), key=lambda k: (log.class_priority[k], log.class_names[k])):
-        ok = c["finished"] & (c["class_index"] == k)
-        name = f"{log.class_names[k]} (priority {log.class_priority[k]})"
-        for col, key in ((1, "ttft"), (2, "e2e")):
-            x, y = cdf(c[key][ok])
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, legendgroup=name, showlegend=col == 1),
-                          row=1, col=col)
 
 
 # Unit of each metrics.json key (README, "What each metric means"); none for counts and ratios.

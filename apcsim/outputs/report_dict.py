@@ -3,9 +3,9 @@
 Building the figure with plotly.graph_objects checks every property through hundreds of lazily
 imported validator classes: a quarter of a second of CPU for a page whose data is a few arrays,
 the largest part of a short run's output writing. The page is the same bytes either way (but for
-the random id plotly gives the plot's div); tests hold this dict equal to
-`report.build_figure(...).to_dict()`, key order included, over runs with and without priority
-classes and timelines:
+the random id plotly gives the plot's div); tests hold this dict equal to the `to_dict()` of the
+same figure built with plotly's graph objects (tests/outputs/test_report_dict.py), key order
+included, over runs with and without priority classes and timelines:
 
 - the layout (grid, titles, the plotly_white template) depends only on the plotly release, on
   report.py's code and on whether the legend shows; plotly makes it (`report.layout_figure`) the
@@ -114,7 +114,9 @@ def layout(showlegend: bool) -> dict:
 
 
 def figure_dict(log: RequestLog, timeline: Timeline) -> dict:
-    """What `report.build_figure(log, timeline).to_dict()` gives, trace for trace."""
+    """What plotly's `to_dict()` of the figure gives, trace for trace: the TTFT and E2E CDFs, each
+    priority class's after them (the whole run's then one legend entry, "all requests"), the
+    timeline's series."""
     c = log.columns()
     classes = bool(log.by_class)
     everyone = "all requests" if classes else None

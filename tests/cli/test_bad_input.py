@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from apcsim.cli.main import entry
+from apcsim.cli.entry import entry
 from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
 from tests.helpers import ROOT
 

@@ -32,7 +32,8 @@ def _entries(tmp_path):
 
 def _cached(app, overrides):
     hydra, application = app
-    return compose_cache.cached(application, list(overrides), lambda: compose_for_run(hydra, CONFIG_NAME, list(overrides)))
+    return compose_cache.cached(application, list(overrides), lambda: compose_for_run(hydra, CONFIG_NAME, list(overrides)),
+                                installed.Fingerprint())
 
 
 @pytest.mark.parametrize("overrides", RUNS_ONCE + [["+policy=lru", "hydra.run.dir=out/a-1.b/x"]], ids=" ".join)
@@ -55,11 +56,12 @@ def test_a_hit_is_a_fresh_composition(app, tmp_path, monkeypatch, overrides):
 
 
 def test_run_dirs_hydra_reads_otherwise_are_part_of_the_key(app, tmp_path):
-    """Quoted, interpolated or bare-word run directories are composed, not patched in."""
-    for run_dir in ("'out/x'", "out/${now:%H}", "outputs"):
+    """Quoted, interpolated or bare-word run directories, and paths YAML would quote (the fast
+    path's one definition of a plain path), are composed, not patched in."""
+    for run_dir in ("'out/x'", "out/${now:%H}", "outputs", "---/x", "---/y"):
         cfg = _cached(app, [f"hydra.run.dir={run_dir}"])
         assert OmegaConf.to_yaml(cfg) == OmegaConf.to_yaml(compose_for_run(app[0], CONFIG_NAME, [f"hydra.run.dir={run_dir}"]))
-    assert len(_entries(tmp_path)) == 3
+    assert len(_entries(tmp_path)) == 5  # one each
 
 
 def test_a_changed_config_file_misses(app, tmp_path, monkeypatch):
@@ -67,13 +69,13 @@ def test_a_changed_config_file_misses(app, tmp_path, monkeypatch):
     conf.mkdir()
     (conf / "x.yaml").write_text("a: 1\n")
     monkeypatch.setattr(installed, "config_packages", lambda: [conf])
-    key = compose_cache.entry_key(app[1], [])
+    key = compose_cache.entry_key(app[1], [], installed.fingerprint())
     (conf / "x.yaml").write_text("a: 22\n")
-    assert compose_cache.entry_key(app[1], []) != key
+    assert compose_cache.entry_key(app[1], [], installed.fingerprint()) != key
     os.utime(conf / "x.yaml", ns=(1, 1))
-    changed = compose_cache.entry_key(app[1], [])
+    changed = compose_cache.entry_key(app[1], [], installed.fingerprint())
     os.utime(conf / "x.yaml", ns=(2, 2))
-    assert compose_cache.entry_key(app[1], []) != changed
+    assert compose_cache.entry_key(app[1], [], installed.fingerprint()) != changed
 
 
 def test_corrupt_entry_is_composed_again(app, tmp_path):
@@ -105,6 +107,6 @@ def test_a_user_search_path_is_never_cached(app, tmp_path):
         return compose_for_run(app[0], CONFIG_NAME, list(overrides))
 
     for _ in range(2):
-        compose_cache.cached(app[1], list(overrides), compose)
+        compose_cache.cached(app[1], list(overrides), compose, installed.Fingerprint())
     assert len(calls) == 2 and _entries(tmp_path) == []
     assert compose() is not None  # a composable run: without the rule it would have been cached

@@ -179,6 +179,25 @@ def test_an_unreadable_entry_goes_through_hydra_and_is_rewritten(tmp_path):
     assert p.returncode == 0 and not _uses_hydra(modules)
 
 
+def test_one_command_walks_the_installed_files_once(tmp_path, monkeypatch):
+    """A plain line's first run keys the fast path (a miss), the compose cache and the entry it
+    records with one walk of the installed files; the next command (a fast hit) walks them
+    again, never reusing the last command's fingerprint (files may change in between)."""
+    from apcsim.cli import installed
+    from apcsim.cli.entry import entry
+
+    walks = []
+    walk = installed.fingerprint
+    monkeypatch.setattr(installed, "fingerprint", lambda: walks.append(1) or walk())
+    monkeypatch.setenv("APCSIM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    for n in (1, 2):
+        monkeypatch.setattr(sys, "argv", ["apcsim", "report.enabled=false", *TINY, f"hydra.run.dir=run/{n}"])
+        entry()
+        assert len(walks) == n and json.loads((tmp_path / "run" / str(n) / "status.json").read_text())["status"] == "ok"
+        assert [len(list((tmp_path / "cache" / d).glob("*.pickle"))) for d in ("fast", "compose")] == [1, 1]
+
+
 @pytest.mark.parametrize("args", [
     ["+policy=lru", "hydra.run.dir=out/a", "hydra.run.dir=out/b"],
     ["+policy=lru", "hydra.run.dir=out/a", "hydra.run.dir=out/${now:%H}"],

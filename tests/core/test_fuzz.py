@@ -303,7 +303,7 @@ def test_config_overrides_run_or_fail_in_one_line(tmp_path_factory, case):
     import sys
 
     import apcsim.run
-    from apcsim.cli.main import entry
+    from apcsim.cli.entry import entry
 
     args, unknown = case
     run_dir = tmp_path_factory.mktemp("fuzz-cli")

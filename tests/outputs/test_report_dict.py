@@ -1,6 +1,6 @@
 """report.html's main figure is written from a plain dict (apcsim.outputs.report_dict) in a cached
 page shell (apcsim.outputs.plotly_html) instead of plotly's graph objects and to_html: the dict,
-and so the page, must be what plotly makes of the same figure, key order included, with and
+and so the page, must be what plotly makes of the same figure (`build_figure` here), key order included, with and
 without priority classes, timelines and thinned arrays, with either JSON engine and either way
 of including plotly.js; the cached layout and shell must be plotly's, and a corrupt cache entry
 is made again."""
@@ -16,8 +16,9 @@ from plotly.io.json import to_json_plotly
 
 from apcsim.cli.compose import compose_config
 from apcsim.outputs import report_dict
-from apcsim.outputs.plotly_html import figure_html, plotly_json
-from apcsim.outputs.report import build_figure, write_report
+from apcsim.outputs.plotly_html import figure_html_bytes, plotly_json
+from apcsim.outputs.report import layout_figure, write_report
+from apcsim.outputs.report_dict import SERIES, cdf, thin
 from apcsim.run import simulate
 
 RUNS = {
@@ -26,6 +27,35 @@ RUNS = {
     "classes": ["+experiment=priority_classes", "workload.num_conversations=12"],
     "azure_thinned": ["workload=azure", "workload.num_requests=700", "+policy=lfu", "num_gpu_blocks=2000"],
 }
+
+
+def build_figure(log, timeline):
+    """The reference: report.html's main figure built with plotly's graph objects, from the
+    same per-request columns and timeline (a priority class's CDFs after the whole run's, which
+    then share one legend entry)."""
+    import plotly.graph_objects as go
+
+    c = log.columns()
+    fig = layout_figure(log.by_class)
+    for col, key, name in ((1, "ttft", "TTFT"), (2, "e2e", "E2E")):
+        x, y = cdf(c[key][c["finished"]])
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name), row=1, col=col)
+    if log.by_class:
+        fig.data[0].name = fig.data[1].name = "all requests"
+        fig.data[1].showlegend = False
+        for k in sorted(range(len(log.class_names)), key=lambda k: (log.class_priority[k], log.class_names[k])):
+            ok = c["finished"] & (c["class_index"] == k)
+            name = f"{log.class_names[k]} (priority {log.class_priority[k]})"
+            for col, key in ((1, "ttft"), (2, "e2e")):
+                x, y = cdf(c[key][ok])
+                fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, legendgroup=name, showlegend=col == 1),
+                              row=1, col=col)
+    t = timeline.as_arrays()
+    if len(t["time"]):
+        for key, row, col in SERIES:
+            xs, ys = thin(t["time"], t[key])
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=key, line_shape="hv"), row=row, col=col)
+    return fig
 
 
 @pytest.fixture(autouse=True)
@@ -101,11 +131,11 @@ def test_figure_html_is_plotlys_and_its_shell_is_cached(outcomes, cache, include
     uuid = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
     want = uuid.sub("ID", build_figure(out.collector.log, out.collector.timeline).to_html(full_html=False,
                                                                                      include_plotlyjs=include))
-    first = figure_html(fig, include)
+    first = figure_html_bytes(fig, include).decode("utf-8")
     assert uuid.sub("ID", first) == want
     shell, = cache.glob("shell-*.html")
-    second = figure_html(fig, include)
+    second = figure_html_bytes(fig, include).decode("utf-8")
     assert uuid.sub("ID", second) == want and second != first  # a fresh div id each time
     shell.write_text("truncated")
-    assert uuid.sub("ID", figure_html(fig, include)) == want
+    assert uuid.sub("ID", figure_html_bytes(fig, include).decode("utf-8")) == want
     assert shell.read_text() != "truncated"
