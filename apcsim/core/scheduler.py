@@ -258,7 +258,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         """Admit from the waiting queue, in the policy's order, while the budget, `max_num_seqs`
         and the pool allow; stop at the first request that does not fit. Returns the tokens
         hashed and looked up."""
-        cfg, kv, stats = self.cfg, self.kv, self.stats
+        cfg, kv = self.cfg, self.kv
         num_hashed = 0
         tier = self.host_tier
         if self.loading:
@@ -286,31 +286,40 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
                 self.pending_keys.before_caching(r, min(hit * self.block_size + new, r.num_tokens), hit)
             if not kv.allocate_slots(r, new, computed):
                 break
-            self.policy.pop()
             if tier is not None:
                 tier.admitted_without_load(r, len(computed))
             if kv.enable_caching:
                 num_hashed += r.num_tokens  # with caching off nothing is hashed or looked up
-            cached = len(computed) * self.block_size
-            if r.lookup_collided:
-                stats.hash_collisions += 1
-                r.lookup_collided = False
-            # vLLM counts a lookup only when prefix caching is on (record_prefix_cache_stats).
-            counts = kv.enable_caching
-            if r.num_cached_tokens < 0:
-                r.num_cached_tokens = cached
-                r.first_scheduled_time = now
-                if counts:
-                    stats.prefix_cache_queries += r.prompt_len
-                    stats.prefix_cache_hits += cached
-                if self.future is not None:
-                    self.future.consume(r.index)
-            elif counts:
-                stats.preempted_prefix_cache_queries += r.num_tokens
-                stats.preempted_prefix_cache_hits += cached
+            self._take_admitted(r, len(computed), now)
             self._start_running(r, new)
             remaining -= charged
         return num_hashed
+
+    def _take_admitted(self, r: Request, num_gpu_hits: int, now: float) -> bool:
+        """The head of the waiting queue was admitted (the pool gave its blocks; running or, from
+        apcsim.core.loading, loading): it leaves the queue and its lookup is counted, vLLM's way:
+        at its first admission, or as a preempted request's. Returns whether it was the first."""
+        self.policy.pop()
+        stats = self.stats
+        if r.lookup_collided:
+            stats.hash_collisions += 1
+            r.lookup_collided = False
+        cached = num_gpu_hits * self.block_size
+        # vLLM counts a lookup only when prefix caching is on (record_prefix_cache_stats).
+        counts = self.kv.enable_caching
+        if r.num_cached_tokens < 0:
+            r.num_cached_tokens = r.num_computed_tokens  # its GPU hits, and host hits it loads
+            r.first_scheduled_time = now
+            if counts:
+                stats.prefix_cache_queries += r.prompt_len
+                stats.prefix_cache_hits += cached
+            if self.future is not None:
+                self.future.consume(r.index)
+            return True
+        if counts:
+            stats.preempted_prefix_cache_queries += r.num_tokens
+            stats.preempted_prefix_cache_hits += cached
+        return False
 
     def _start_running(self, r: Request, new: int) -> None:
         r.status = Status.RUNNING
