@@ -25,13 +25,13 @@ from apcsim.core.admission import (
 )
 from apcsim.core.cohort import DecodeCohort
 from apcsim.core.interface import SchedulerInterface, SchedulerStats, StepResult
+from apcsim.core.invariants import check_scheduler
 from apcsim.core.kv_cache_manager import KVCacheManager
 from apcsim.core.loading import HostTierLoading
 from apcsim.core.pending_keys import PendingKeys
 from apcsim.core.plan import ScheduledChunk, StepPlan
 from apcsim.core.request import Request, Status
 from apcsim.core.stretch import QuietStretches
-from apcsim.mathutil import cdiv
 from policies.scheduling.base import SchedulerConfig, SchedulingPolicy
 from policies.scheduling.preemption import PREEMPTION_CHOOSERS, PREEMPTION_MODES
 from policies.types import Clock
@@ -402,30 +402,6 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         r.release_outputs()
         res.finished.append(r)
 
-    # -- invariants ----------------------------------------------------------------------------
     def verify(self) -> None:
         """Check the scheduler's, the cohort's and the pool's invariants (call between steps)."""
-        pool = self.kv.pool
-        pool.verify()
-        assert self._running_seqs == [r.admit_seq for r in self.running], "running order broken"
-        in_cohort = {r for r in self.running if r.anchor_step >= 0}
-        assert in_cohort | self._explicit == set(self.running), "running != cohort + explicit"
-        assert not (in_cohort & self._explicit), "a request is both cohort and explicit"
-        self.cohort.verify(self.running, self.step)
-        refs: dict[int, int] = {}
-        for r in self.running:
-            assert r.status is Status.RUNNING
-            c = self._computed(r)
-            assert len(r.block_ids) == cdiv(c, self.block_size), f"{r.request_id}: {len(r.block_ids)} blocks for {c} tokens"
-            for b in r.block_ids:
-                refs[b] = refs.get(b, 0) + 1
-        for r in self.loading:
-            assert len(r.block_ids) * self.block_size == r.num_computed_tokens, f"loading {r.request_id}: blocks != tokens"
-            for b in r.block_ids:
-                refs[b] = refs.get(b, 0) + 1
-        if self.host_tier is not None:
-            self.host_tier.verify()
-        for b in pool.blocks:
-            assert b.ref_cnt == refs.get(b.block_id, 0), f"block {b.block_id}: ref {b.ref_cnt} != holders {refs.get(b.block_id, 0)}"
-        for r in self.policy:
-            assert not r.block_ids and r.num_computed_tokens == 0, f"waiting {r.request_id} holds blocks"
+        check_scheduler(self)
