@@ -5,7 +5,8 @@ every run, so that the tier's setup reads in one place."""
 from __future__ import annotations
 
 from apcsim.config import SimConfig
-from apcsim.core.host_tier import RELOAD_MODES, WRITE_MODES, HostLink, TierParts
+from apcsim.core.build import NO_CACHING, check_host_tier
+from apcsim.core.host_tier import HostLink, TierParts
 from apcsim.core.scheduler import Scheduler
 from apcsim.errors import ConfigError
 from apcsim.hostmem import POOL_BYTES_PER_BLOCK, check_fits, fmt_bytes
@@ -13,25 +14,10 @@ from apcsim.sim.cost_model import CostModel
 
 
 def validate_cpu_tier(cfg: SimConfig) -> None:
-    from policies.registry import EVICTION_POLICIES
-
     t = cfg.cpu_tier
-    checks = [
-        (t.num_blocks >= 0, f"cpu_tier.num_blocks must be >= 0, got {t.num_blocks}"),
-        (t.gib is None or t.gib > 0, f"cpu_tier.gib must be > 0, got {t.gib}"),
-        (t.write in WRITE_MODES, f"cpu_tier.write must be one of {', '.join(WRITE_MODES)}, got {t.write!r}"),
-        (t.reload in RELOAD_MODES, f"cpu_tier.reload must be one of {', '.join(RELOAD_MODES)}, got {t.reload!r}"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
+    check_host_tier(t, NO_CACHING if cfg.policy is None else cfg.policy.name, on=t.enabled)
     if not t.enabled:
         return
-    caching = sorted(n for n, e in EVICTION_POLICIES.items() if e.cls.enables_caching)
-    if t.policy not in caching:
-        raise ConfigError(f"cpu_tier.policy must be one of {', '.join(caching)}, got {t.policy!r}")
-    if cfg.policy is None or cfg.policy.name == "none":
-        raise ConfigError("cpu_tier needs prefix caching on the GPU: add +policy=... (e.g. +policy=lru)")
     if cfg.num_replicas > 1:
         raise ConfigError("cpu_tier is modelled for one engine (num_replicas=1)")
     if t.link_profile is None and (not cfg.hardware.host_link_bw_gbps > 0 or cfg.hardware.host_link_latency_us < 0):

@@ -8,10 +8,11 @@ from apcsim.core.block_hash import HashAlgo, get_hash_algo
 from apcsim.core.block_pool import BlockPool
 from apcsim.core.cache_config import CacheConfig
 from apcsim.core.future import FutureOracle
-from apcsim.core.host_tier import HostTier, TierParts
+from apcsim.core.host_tier import RELOAD_MODES, WRITE_MODES, HostTier, HostTierConfig, TierParts
 from apcsim.core.kv_cache_manager import KVCacheManager, uses_content_keys
 from apcsim.core.request import RequestSpec
 from apcsim.core.scheduler import Scheduler
+from apcsim.errors import ConfigError
 from policies.eviction.base import EvictionConfig
 from policies.registry import EVICTION_POLICIES, SCHEDULING_POLICIES
 from policies.scheduling.base import SchedulerConfig
@@ -25,6 +26,30 @@ def policies_need_future(names: Iterable[str]) -> bool:
     future (`needs_future`: Belady), so needs every request spec before the run. An unknown name
     reads nothing here; make_scheduler reports it."""
     return any((e := EVICTION_POLICIES.get(n)) is not None and e.cls.needs_future for n in names)
+
+
+def check_host_tier(t: HostTierConfig, gpu_policy: str, *, on: bool) -> None:
+    """cpu_tier's own checks, with the messages the command line prints. A run's config
+    validation (apcsim.tier_config) makes them before anything is built, `make_scheduler` again
+    for callers that build a core without a config. `on`: the tier is used; its values are
+    checked even when it is not (a typo fails either way), its policies only when it is."""
+    checks = [
+        (t.num_blocks >= 0, f"cpu_tier.num_blocks must be >= 0, got {t.num_blocks}"),
+        (t.gib is None or t.gib > 0, f"cpu_tier.gib must be > 0, got {t.gib}"),
+        (t.write in WRITE_MODES, f"cpu_tier.write must be one of {', '.join(WRITE_MODES)}, got {t.write!r}"),
+        (t.reload in RELOAD_MODES, f"cpu_tier.reload must be one of {', '.join(RELOAD_MODES)}, got {t.reload!r}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    if not on:
+        return
+    caching = sorted(n for n, e in EVICTION_POLICIES.items() if e.cls.enables_caching)
+    if t.policy not in caching:
+        raise ConfigError(f"cpu_tier.policy must be one of {', '.join(caching)}, got {t.policy!r}")
+    gpu = EVICTION_POLICIES.get(gpu_policy)
+    if gpu is not None and not gpu.cls.enables_caching:  # an unknown name fails where it is looked up
+        raise ConfigError("cpu_tier needs prefix caching on the GPU: add +policy=... (e.g. +policy=lru)")
 
 
 def make_scheduler(
@@ -62,12 +87,8 @@ def make_scheduler(
     kv_options["hash_algo"] = algo = algo if isinstance(algo, HashAlgo) else get_hash_algo(algo)
     host_entry = None
     if host_tier is not None:
-        host_entry = EVICTION_POLICIES.get(host_tier.cfg.policy)
-        if host_entry is None or not host_entry.cls.enables_caching:
-            raise KeyError(f"cpu_tier.policy must be a caching eviction policy; known: "
-                           f"{', '.join(sorted(n for n, e in EVICTION_POLICIES.items() if e.cls.enables_caching))}")
-        if not entry.cls.enables_caching:
-            raise ValueError("cpu_tier needs prefix caching on the GPU (+policy=...)")
+        check_host_tier(host_tier.cfg, name, on=True)
+        host_entry = EVICTION_POLICIES[host_tier.cfg.policy]
     future = None
     if policies_need_future([name, *([host_tier.cfg.policy] if host_tier is not None else [])]):
         if specs is None:

@@ -52,11 +52,8 @@ class HostTier:
     def __init__(self, cfg: HostTierConfig, pool: BlockPool, link: HostLink, block_size: int,
                  recompute_time: Callable[[int, int], float]) -> None:
         """`pool`: the host blocks with their policy; `recompute_time(tokens, context)`: the cost
-        model's marginal recompute time (reload=if_faster)."""
-        if cfg.write not in WRITE_MODES:
-            raise ValueError(f"cpu_tier.write must be one of {', '.join(WRITE_MODES)}, got {cfg.write!r}")
-        if cfg.reload not in RELOAD_MODES:
-            raise ValueError(f"cpu_tier.reload must be one of {', '.join(RELOAD_MODES)}, got {cfg.reload!r}")
+        model's marginal recompute time (reload=if_faster). `cfg` is checked
+        (apcsim.core.build.check_host_tier)."""
         self.cfg = cfg
         self.pool = pool
         self.link = link

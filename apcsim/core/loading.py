@@ -1,8 +1,9 @@
 """The scheduler's verbs for requests loading KV from the host tier (apcsim.core.host_tier),
 mixed into `apcsim.core.scheduler.Scheduler`: admit a request loading, resume it once its load is
 done, and break a deadlock of loaded requests. They read and change the scheduler's state
-(`loading`, the running list through `_start_running`, the waiting queue, the stats) and are
-here only to keep the scheduler's own module about the steps every run takes.
+(`loading`; the running list through `_start_running`; the waiting queue and the stats through
+`_take_admitted`, the bookkeeping every admission shares) and are here only to keep the
+scheduler's own module about the steps every run takes.
 """
 
 from __future__ import annotations
@@ -25,23 +26,10 @@ class HostTierLoading:
         if the pool cannot give the blocks (admission stops, as for any request)."""
         if not self.host_tier.start_load(self.kv, r, computed, hits):
             return False
-        self.policy.pop()
-        cached = len(computed) * self.block_size
-        if r.num_cached_tokens < 0:
-            r.num_cached_tokens = r.num_computed_tokens  # vLLM counts local and external hits
-            r.first_scheduled_time = now
-            self.stats.prefix_cache_queries += r.prompt_len
-            self.stats.prefix_cache_hits += cached
+        if self._take_admitted(r, len(computed), now):
             self.host_tier.count_lookup(r, len(computed), len(hits))
-            if self.future is not None:
-                self.future.consume(r.index)
         else:
-            self.stats.preempted_prefix_cache_queries += r.num_tokens
-            self.stats.preempted_prefix_cache_hits += cached
             self.host_tier.stats.preempted_external_prefix_cache_hits += len(hits) * self.block_size
-        if r.lookup_collided:
-            self.stats.hash_collisions += 1
-            r.lookup_collided = False
         self.loading[r] = self.step
         return True
 

@@ -25,13 +25,13 @@ from apcsim.core.admission import (
 )
 from apcsim.core.cohort import DecodeCohort
 from apcsim.core.interface import SchedulerInterface, SchedulerStats, StepResult
+from apcsim.core.invariants import check_scheduler
 from apcsim.core.kv_cache_manager import KVCacheManager
 from apcsim.core.loading import HostTierLoading
 from apcsim.core.pending_keys import PendingKeys
 from apcsim.core.plan import ScheduledChunk, StepPlan
 from apcsim.core.request import Request, Status
 from apcsim.core.stretch import QuietStretches
-from apcsim.mathutil import cdiv
 from policies.scheduling.base import SchedulerConfig, SchedulingPolicy
 from policies.scheduling.preemption import PREEMPTION_CHOOSERS, PREEMPTION_MODES
 from policies.types import Clock
@@ -255,7 +255,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         """Admit from the waiting queue, in the policy's order, while the budget, `max_num_seqs`
         and the pool allow; stop at the first request that does not fit. Returns the tokens
         hashed and looked up."""
-        cfg, kv, stats = self.cfg, self.kv, self.stats
+        cfg, kv = self.cfg, self.kv
         num_hashed = 0
         tier = self.host_tier
         if self.loading:
@@ -280,31 +280,40 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
                 break
             if not kv.allocate_slots(r, new, computed):
                 break
-            self.policy.pop()
             if tier is not None:
                 tier.admitted_without_load(r, len(computed))
             if kv.enable_caching:
                 num_hashed += r.num_tokens  # with caching off nothing is hashed or looked up
-            cached = len(computed) * self.block_size
-            if r.lookup_collided:
-                stats.hash_collisions += 1
-                r.lookup_collided = False
-            # vLLM counts a lookup only when prefix caching is on (record_prefix_cache_stats).
-            counts = kv.enable_caching
-            if r.num_cached_tokens < 0:
-                r.num_cached_tokens = cached
-                r.first_scheduled_time = now
-                if counts:
-                    stats.prefix_cache_queries += r.prompt_len
-                    stats.prefix_cache_hits += cached
-                if self.future is not None:
-                    self.future.consume(r.index)
-            elif counts:
-                stats.preempted_prefix_cache_queries += r.num_tokens
-                stats.preempted_prefix_cache_hits += cached
+            self._take_admitted(r, len(computed), now)
             self._start_running(r, new)
             remaining -= charged
         return num_hashed
+
+    def _take_admitted(self, r: Request, num_gpu_hits: int, now: float) -> bool:
+        """The head of the waiting queue was admitted (the pool gave its blocks; running or, from
+        apcsim.core.loading, loading): it leaves the queue and its lookup is counted, vLLM's way:
+        at its first admission, or as a preempted request's. Returns whether it was the first."""
+        self.policy.pop()
+        stats = self.stats
+        if r.lookup_collided:
+            stats.hash_collisions += 1
+            r.lookup_collided = False
+        cached = num_gpu_hits * self.block_size
+        # vLLM counts a lookup only when prefix caching is on (record_prefix_cache_stats).
+        counts = self.kv.enable_caching
+        if r.num_cached_tokens < 0:
+            r.num_cached_tokens = r.num_computed_tokens  # its GPU hits, and host hits it loads
+            r.first_scheduled_time = now
+            if counts:
+                stats.prefix_cache_queries += r.prompt_len
+                stats.prefix_cache_hits += cached
+            if self.future is not None:
+                self.future.consume(r.index)
+            return True
+        if counts:
+            stats.preempted_prefix_cache_queries += r.num_tokens
+            stats.preempted_prefix_cache_hits += cached
+        return False
 
     def _start_running(self, r: Request, new: int) -> None:
         r.status = Status.RUNNING
@@ -387,31 +396,6 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         r.release_outputs()
         res.finished.append(r)
 
-    # -- invariants ----------------------------------------------------------------------------
     def verify(self) -> None:
         """Check the scheduler's, the cohort's and the pool's invariants (call between steps)."""
-        pool = self.kv.pool
-        pool.verify()
-        self.pending_keys.verify()
-        assert self._running_seqs == [r.admit_seq for r in self.running], "running order broken"
-        in_cohort = {r for r in self.running if r.anchor_step >= 0}
-        assert in_cohort | self._explicit == set(self.running), "running != cohort + explicit"
-        assert not (in_cohort & self._explicit), "a request is both cohort and explicit"
-        self.cohort.verify(self.running, self.step)
-        refs: dict[int, int] = {}
-        for r in self.running:
-            assert r.status is Status.RUNNING
-            c = self._computed(r)
-            assert len(r.block_ids) == cdiv(c, self.block_size), f"{r.request_id}: {len(r.block_ids)} blocks for {c} tokens"
-            for b in r.block_ids:
-                refs[b] = refs.get(b, 0) + 1
-        for r in self.loading:
-            assert len(r.block_ids) * self.block_size == r.num_computed_tokens, f"loading {r.request_id}: blocks != tokens"
-            for b in r.block_ids:
-                refs[b] = refs.get(b, 0) + 1
-        if self.host_tier is not None:
-            self.host_tier.verify()
-        for b in pool.blocks:
-            assert b.ref_cnt == refs.get(b.block_id, 0), f"block {b.block_id}: ref {b.ref_cnt} != holders {refs.get(b.block_id, 0)}"
-        for r in self.policy:
-            assert not r.block_ids and r.num_computed_tokens == 0, f"waiting {r.request_id} holds blocks"
+        check_scheduler(self)
