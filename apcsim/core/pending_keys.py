@@ -28,7 +28,9 @@ block does. A flush after the free keys the blocks still resident, where they st
 the queue. Parking is exact because in that queue a parked block is evicted before its parent
 block: the request frees its table tail first, and any later hit on the parent walks through p
 to the frontier and flushes the entry first. (The same queue evicts an entry's blocks tail
-first, so the resident ones are always a prefix of them.) Elsewhere (another policy, an engine's sampled
+first, so the resident ones are always a prefix of them.) A parked entry keeps its request
+(whose tokens its keys need) until its last block is evicted or keyed: the requests alive are
+bounded by those in flight plus the pool's blocks, not by the number served. Elsewhere (another policy, an engine's sampled
 output) the entry is flushed at the free, as its blocks would have been keyed by then.
 
 Only where nothing else reads the key map or hooks an insert: no host tier (its write-through
