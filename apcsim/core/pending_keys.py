@@ -28,9 +28,9 @@ block does. A flush after the free keys the blocks still resident, where they st
 the queue. Parking is exact because in that queue a parked block is evicted before its parent
 block: the request frees its table tail first, and any later hit on the parent walks through p
 to the frontier and flushes the entry first. (The same queue evicts an entry's blocks tail
-first, so the resident ones are always a prefix of them.) A parked entry keeps its request
-(whose tokens its keys need) until its last block is evicted or keyed: the requests alive are
-bounded by those in flight plus the pool's blocks, not by the number served. Elsewhere (another policy, an engine's sampled
+first, so the resident ones are always a prefix of them.) A parked entry lets its request go and
+keeps what its keys are made from (the keys made already, and at most `block_size` tokens a
+block for the rest), so memory follows the pool, not the number of requests served. Elsewhere (another policy, an engine's sampled
 output) the entry is flushed at the free, as its blocks would have been keyed by then.
 
 Only where nothing else reads the key map or hooks an insert: no host tier (its write-through
@@ -40,8 +40,10 @@ inserts, and no cluster router probing the pool (`apcsim.cluster.replica` turns 
 
 from __future__ import annotations
 
-from apcsim.core.kv_cache_manager import KVCacheManager
-from apcsim.core.request import Request
+import numpy as np
+
+from apcsim.core.kv_cache_manager import KVCacheManager, chain_keys
+from apcsim.core.request import Request, output_stream
 
 
 class _Entry:
@@ -49,22 +51,62 @@ class _Entry:
     tokens, under parent key `parent`. `blocks` is None while `req` holds them; once parked,
     their ids in chain order, of which the first `resident` are still in the pool (the free
     queue evicts them tail first: they entered it together, tail first, and nothing can hit
-    them). The pool decrements `resident` as it evicts one and calls `gone()` at 0."""
+    them). The pool decrements `resident` as it evicts one and calls `gone()` at 0. A parked
+    entry lets its request go and keeps only what its keys are made from (`_Parked`)."""
 
-    __slots__ = ("owner", "req", "parent", "first", "num_tokens", "blocks", "resident")
+    __slots__ = ("owner", "req", "parent", "first", "num_tokens", "blocks", "resident", "parked")
 
     def __init__(self, owner: PendingKeys, req: Request, parent: int, first: int, num_tokens: int) -> None:
         self.owner = owner
-        self.req = req
+        self.req: Request | None = req
         self.parent = parent
         self.first = first
         self.num_tokens = num_tokens
         self.blocks: list[int] | None = None
         self.resident = 0
+        self.parked: _Parked | None = None
 
     def gone(self) -> None:
         """The pool evicted the last parked block: nothing is left to key."""
         del self.owner._by_parent[self.parent]
+
+
+class _Parked:
+    """A parked range's keys without its request: those made already (`known`), and for the
+    rest their parent key and tokens: the prompt's as a copy, the output's as a copy of a fixed
+    answer or as the simulated stream's coordinates (made again when needed). At most
+    `block_size` tokens a parked block, so memory follows the pool, not the prompts."""
+
+    __slots__ = ("known", "parent", "prompt", "answer", "stream")
+
+    def __init__(self, r: Request, start: int, stop: int, block_size: int) -> None:
+        self.known = r.block_keys[start:stop]
+        self.prompt = self.answer = self.stream = None
+        k = start + len(self.known)
+        self.parent = r.block_keys[k - 1]  # start >= 1: every range's parent is its request's block
+        if k == stop:
+            return
+        a, b, p = k * block_size, stop * block_size, r.prompt_len
+        if a < p:
+            self.prompt = r.spec.prompt_token_ids[a : min(b, p)].copy()
+        if b > p:
+            oa, ob = max(a - p, 0), b - p
+            if r.spec.output_token_ids is not None:
+                self.answer = r.spec.output_token_ids[oa:ob].copy()
+            else:
+                self.stream = (r.output_seed, r.index, oa, ob)
+
+    def keys(self, n: int, block_size: int, algo) -> list[int]:
+        """The keys of the range's first n blocks."""
+        if n <= len(self.known):
+            return self.known[:n]
+        parts = [t for t in (self.prompt, self.answer) if t is not None]
+        if self.stream is not None:
+            seed, index, oa, ob = self.stream
+            parts.append(output_stream(seed, index, ob)[oa:])
+        tokens = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        rest = (n - len(self.known)) * block_size
+        return self.known + chain_keys(tokens[:rest], block_size, self.parent, algo)
 
 
 class PendingKeys:
@@ -131,9 +173,12 @@ class PendingKeys:
             self._held[r] = entry
             self._flush(entry)
             return
-        ids = r.block_ids[entry.first : entry.num_tokens // self.kv.block_size]
+        bs = self.kv.block_size
+        ids = r.block_ids[entry.first : entry.num_tokens // bs]
         entry.blocks = ids
         entry.resident = len(ids)
+        entry.parked = _Parked(r, entry.first, entry.first + len(ids), bs)
+        entry.req = None
         blocks = self.kv.pool.blocks
         for i in ids:
             blocks[i].key = entry  # the pool tells the entry when it evicts one
@@ -146,7 +191,7 @@ class PendingKeys:
             kv.cache_full_blocks(r, entry.num_tokens)
             return
         ids = entry.blocks[: entry.resident]
-        kv.pool.cache_chain_ids(ids, kv.block_keys(r, entry.first + len(ids)), entry.first)
+        kv.pool.cache_chain_ids(ids, entry.parked.keys(len(ids), kv.block_size, kv.hash_algo), 0)
 
     def _flush_parent(self, parent: int) -> None:
         entry = self._by_parent.get(parent)
@@ -184,11 +229,11 @@ class PendingKeys:
     def verify(self) -> None:
         """Check P(b)'s bookkeeping and the parked blocks (call between steps)."""
         for parent, entry in self._by_parent.items():
-            assert entry.parent == parent, f"entry of {entry.req.request_id} filed under another parent"
+            assert entry.parent == parent, f"entry under {parent} filed under another parent"
             if entry.blocks is None:
                 assert self._held.get(entry.req) is entry, f"held entry of {entry.req.request_id} not held"
                 continue
-            assert 0 < entry.resident <= len(entry.blocks), f"parked entry of {entry.req.request_id}: {entry.resident} resident"
+            assert entry.req is None and 0 < entry.resident <= len(entry.blocks), f"parked entry under {parent}"
             for j, b in enumerate(entry.blocks):
                 block = self.kv.pool.blocks[b]
                 if j < entry.resident:
