@@ -24,14 +24,15 @@ An entry outlives its request's hold on the blocks (`park`, where the pool's pol
 plain free queue and the request's output is fixed): the freed blocks enter the free queue with
 the entry itself in `Block.key`, so the pool counts their eviction as a keyed block's
 (`num_evictions`) and counts it down in the entry (`resident`); the entry goes when its last
-block does. A flush after the free keys the blocks still resident, where they stand in
-the queue. Parking is exact because in that queue a parked block is evicted before its parent
+block does. A flush after the free keys the blocks still resident, where they stand in the
+queue. Parking is exact because in that queue a parked block is evicted before its parent
 block: the request frees its table tail first, and any later hit on the parent walks through p
 to the frontier and flushes the entry first. (The same queue evicts an entry's blocks tail
-first, so the resident ones are always a prefix of them.) A parked entry lets its request go and
-keeps what its keys are made from (the keys made already, and at most `block_size` tokens a
-block for the rest), so memory follows the pool, not the number of requests served. Elsewhere (another policy, an engine's sampled
-output) the entry is flushed at the free, as its blocks would have been keyed by then.
+first, so the resident ones are always a prefix of them.) A parked entry lets its request go
+and keeps what its keys are made from (the keys made already, and at most `block_size` tokens
+a block for the rest), so memory follows the pool, not the number of requests served.
+Elsewhere (another policy, an engine's sampled output) the entry is flushed at the free, as
+its blocks would have been keyed by then.
 
 Only where nothing else reads the key map or hooks an insert: no host tier (its write-through
 and the loads read keys), no `verify_tokens`, no eviction policy that tracks chains or sees
@@ -181,7 +182,7 @@ class PendingKeys:
         entry.req = None
         blocks = self.kv.pool.blocks
         for i in ids:
-            blocks[i].key = entry  # the pool tells the entry when it evicts one
+            blocks[i].key = entry  # the pool counts `resident` down as it evicts one
 
     def _flush(self, entry: _Entry) -> None:
         del self._by_parent[entry.parent]
