@@ -108,8 +108,12 @@ def _named_run(cwd: Path, args: list[str], env: dict, template: str) -> tuple:
     pattern = pattern.replace(re.escape("${pid:}"), str(pid))
     m = re.fullmatch(pattern, name)
     assert m, (name, template)
+    # Each field as some second of the run formats it (comparing the fields as strings broke when
+    # the run crossed a minute: a seconds field of 00 after a start at 59).
+    start = before.replace(microsecond=0)
+    seconds = [start + timedelta(seconds=k) for k in range(int((after - start).total_seconds()) + 1)]
     for t, value in zip(times, m.groups()):
-        assert before.strftime(t) <= value <= after.strftime(t), (t, value)
+        assert value in {s.strftime(t) for s in seconds}, (t, value)
     return p, _uses_hydra(modules), made[0]
 
 
