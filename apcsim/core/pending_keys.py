@@ -123,7 +123,9 @@ class PendingKeys:
         pool = kv.pool
         ok = (self.enabled and kv.enable_caching and host_tier is None and kv.on_cached is None
               and not kv.verify_tokens and not pool.track_children and not pool._policy_on_insert)
-        self._park = ok and pool.policy.plain_free_queue
+        # Parked blocks are keyed later without their depth and parent key, which only a pool that
+        # tracks chains would write (it does not for the plain free queue, unless a host tier asks).
+        self._park = ok and pool.policy.plain_free_queue and not pool.track_chain
         return ok
 
     def __bool__(self) -> bool:
