@@ -135,7 +135,7 @@ class BlockPool:
         key = b.key
         if key is None:
             return
-        if key.__class__ is not int:  # a key still pending (see `_take_victims`)
+        if key.__class__ is not int:  # not made yet: `key` is the pending range holding the block
             key.resident -= 1
             if not key.resident:
                 key.gone()
@@ -181,17 +181,8 @@ class BlockPool:
             key = b.key
             if key is None:
                 continue
-            if key.__class__ is not int:
-                # Keyed, but its key is not made yet: `key` is the pending range holding it
-                # (apcsim.core.pending_keys), whose resident blocks go tail first.
-                key.resident -= 1
-                if not key.resident:
-                    key.gone()
-                b.key = None
-                n += 1
-                continue
-            if twins and key in twins:
-                self._evict(b)
+            if key.__class__ is not int or (twins and key in twins):
+                self._evict(b)  # a pending key (apcsim.core.pending_keys) or a twin
                 continue
             del cached[key]
             b.key = None

@@ -160,22 +160,16 @@ class PendingKeys:
         self._by_parent[entry.parent] = entry
         self._held[r] = entry
 
-    def flush(self, r: Request) -> None:
-        """Key r's pending blocks now (nothing if it has none)."""
-        entry = self._held.get(r)
-        if entry is not None:
-            self._flush(entry)
-
     def park(self, r: Request) -> None:
         """r is about to free its blocks: its pending ones stay pending in the free queue, or are
         keyed now where they cannot (see the module doc)."""
-        entry = self._held.pop(r, None)
+        entry = self._held.get(r)
         if entry is None:
             return
         if not (self._park and r.outputs_fixed):
-            self._held[r] = entry
             self._flush(entry)
             return
+        del self._held[r]
         bs = self.kv.block_size
         ids = r.block_ids[entry.first : entry.num_tokens // bs]
         entry.blocks = ids

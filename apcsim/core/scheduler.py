@@ -74,11 +74,11 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         self.cohort = DecodeCohort(kv.block_size)
         # Full blocks keyed late (apcsim.core.pending_keys); `_lazy` says whether this run may,
         # decided at the first schedule (once the host tier is in place), and
-        # `_key_filled(r, num_tokens)` (and `kv.key_blocks`, for prompt blocks) keys r's full
-        # blocks accordingly: now (`kv.cache_full_blocks`) or pending (`pending_keys.defer`).
+        # `kv.key_blocks(r, num_tokens)`, which keys r's full blocks (prompt blocks at allocation,
+        # filled decode blocks at the request's next event), does so accordingly: now
+        # (`kv.cache_full_blocks`) or pending (`pending_keys.defer`).
         self.pending_keys = PendingKeys(kv)
         self._lazy: bool | None = None
-        self._key_filled = kv.cache_full_blocks
         self._scheduled: dict[Request, int] = {}  # explicit requests -> new tokens this step
         self._num_cohort_scheduled = 0
         # The host KV tier (apcsim.core.host_tier; set by apcsim.core.build when cpu_tier is on)
@@ -130,7 +130,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
     def _leave_cohort(self, r: Request, step: int) -> None:
         """Make r exact as of the start of `step` and handle it one by one from now on."""
         self.cohort.leave(r, step, self.last_end_time if step == self.step else r.last_token_time)
-        self._key_filled(r, r.num_computed_tokens)  # the deferred keys (see cohort's doc)
+        self.kv.key_blocks(r, r.num_computed_tokens)  # the deferred keys (see cohort's doc)
         self._explicit.add(r)
 
     def _remove_running(self, r: Request) -> None:
@@ -162,7 +162,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         if self._lazy is None:
             self._lazy = self.pending_keys.usable(self.host_tier)
             if self._lazy:
-                self._key_filled = self.kv.key_blocks = self.pending_keys.defer
+                self.kv.key_blocks = self.pending_keys.defer
         if self.host_tier is not None:
             self.host_tier.begin_step()
         plan = self._schedule_pass(now)

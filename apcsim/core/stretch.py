@@ -109,7 +109,7 @@ class QuietStretches:
         as explicit chunks; every other member decodes in the cohort. Returns the budget left."""
         if boundary:
             cohort, kv, end = self.cohort, self.kv, self.last_end_time
-            key_filled = self._key_filled
+            key_filled = self.kv.key_blocks
             for r in boundary:
                 cohort.leave(r, s, end)
                 key_filled(r, r.num_computed_tokens)  # the deferred keys (see cohort's doc)
@@ -127,7 +127,7 @@ class QuietStretches:
         its prompt, so no prompt token is computed."""
         self.clock.now = start
         kv, cohort, stats = self.kv, self.cohort, self.stats
-        key_filled = self._key_filled
+        key_filled = self.kv.key_blocks
         for r in members:
             key_filled(r, r.num_computed_tokens + step - r.anchor_step)
         kv.append_decode_blocks(members)
