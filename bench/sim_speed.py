@@ -97,6 +97,8 @@ capacity = cfg.cache.usable_blocks(num_blocks_for(cfg))
 workload_ss, _ = np.random.SeedSequence(cfg.seed).spawn(2)
 specs = build_workload(cfg.workload, vocab_size=cfg.model.vocab_size, seed_seq=workload_ss)
 specs.sort(key=lambda s: s.arrival_time)
+# Every prompt's tokens, made before the timed part (a trace's prompts are lazy: apcsim.core.lazy_prompt)
+prompts = [np.asarray(s.prompt_token_ids) for s in specs]
 
 def replay(key_lists):
     lru, hits, total = OrderedDict(), 0, 0
@@ -115,10 +117,10 @@ def replay(key_lists):
 
 def xxh3_keys():
     h = xxhash.xxh3_64_intdigest
-    for s in specs:
-        data = memoryview(s.prompt_token_ids.astype("<i4", copy=False).tobytes())
+    for p in prompts:
+        data = memoryview(p.astype("<i4", copy=False).tobytes())
         step, seed, keys = bs * 4, 0, []
-        for i in range(len(s.prompt_token_ids) // bs):
+        for i in range(len(p) // bs):
             seed = h(data[i * step : (i + 1) * step], seed)
             keys.append(seed)
         yield keys

@@ -82,7 +82,7 @@ def specs_digest(requests) -> str:
         s = r.spec
         h.update(repr((s.request_id, float(s.arrival_time), s.output_len, s.priority, s.cache_salt, s.parent_id,
                        float(s.think_time_s), s.retention_priority, s.retention_duration_s)).encode())
-        h.update(s.prompt_token_ids.astype("<i4").tobytes())
+        h.update(s.prompt_token_ids[:].astype("<i4").tobytes())
         if s.output_token_ids is not None:
             h.update(b"o" + s.output_token_ids.astype("<i4").tobytes())
     return h.hexdigest()

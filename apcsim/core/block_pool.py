@@ -9,7 +9,7 @@ that is still resident).
 
 A freed block whose key is not made yet holds its pending range instead of an int key
 (apcsim.core.pending_keys): it is evictable like a keyed block, its eviction counts as one, and
-the pool counts the range's `resident` blocks down as it evicts them (`gone()` at 0).
+the pool tells the range how many of its blocks it evicted (`evicted(n)`).
 
 `free_keyless_first` is vLLM's free queue since 0.32 (`BlockPool.free_blocks` prepends the freed
 blocks that have no hash, "LIFO reuse of non-cached blocks"): a request's partial tail block is
@@ -19,6 +19,7 @@ block joins the evictable set in release order, as vLLM did before.
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import partial
 from itertools import islice, takewhile
 from operator import attrgetter, is_not
@@ -136,9 +137,7 @@ class BlockPool:
         if key is None:
             return
         if key.__class__ is not int:  # not made yet: `key` is the pending range holding the block
-            key.resident -= 1
-            if not key.resident:
-                key.gone()
+            key.evicted(1)
             b.key = None
             self.num_evictions += 1
             return
@@ -173,20 +172,29 @@ class BlockPool:
 
     def _take_victims(self, victims: list[Block]) -> None:
         """`_evict` and ref_cnt 1 for many blocks when children are not tracked, in one pass:
-        the hot path of LRU."""
+        the hot path of LRU. Blocks of pending ranges are counted, and each range told once."""
         cached, twins = self.cached, self._twins
         n = 0
+        pending = []
         for b in victims:
             b.ref_cnt = 1
             key = b.key
             if key is None:
                 continue
-            if key.__class__ is not int or (twins and key in twins):
-                self._evict(b)  # a pending key (apcsim.core.pending_keys) or a twin
-                continue
-            del cached[key]
+            if key.__class__ is int:
+                if twins and key in twins:
+                    self._evict(b)
+                    continue
+                del cached[key]
+            else:  # the pending range holding the block (apcsim.core.pending_keys)
+                pending.append(key)
             b.key = None
             n += 1
+        if len(pending) == 1:  # a decode boundary's single block: no Counter
+            pending[0].evicted(1)
+        elif pending:
+            for entry, k in Counter(pending).items():
+                entry.evicted(k)
         if self.track_chain:  # else depth and parent_key are already -1 and None
             for b in victims:
                 b.parent_key = None
@@ -282,6 +290,15 @@ class BlockPool:
             self._keyless.extend(reversed(keyless))
         if freed:
             self.policy.on_release_many(freed)
+
+    def release_alone(self, block_ids: list[int], key) -> None:
+        """`release_ids` for blocks nobody else holds and that have no key yet, each given `key`
+        (a pending range, apcsim.core.pending_keys) as it becomes evictable: one write pass."""
+        blocks = list(map(self.blocks.__getitem__, block_ids))
+        for b in blocks:
+            b.ref_cnt = 0
+            b.key = key
+        self.policy.on_release_many(blocks)
 
     def verify(self) -> None:
         """Check every invariant of the pool; raises AssertionError naming the broken one."""

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
-from apcsim.mathutil import cdiv
-
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -56,21 +54,61 @@ class ContentIds:
 def content_keys(content: ContentIds, block_size: int, seed: int) -> list[int]:
     """Chained keys of the full `block_size`-token blocks within `content.num_tokens`, starting
     from `seed` (the salt's root); [] when block_size does not divide the span (token keys then)."""
-    span = content.span
-    if span % block_size:
-        return []
-    n_blocks = content.num_tokens // block_size
-    if n_blocks == 0:
-        return []
-    sub = span // block_size
-    n_ids = cdiv(n_blocks, sub)
-    h = xxhash.xxh3_64_intdigest
-    c = h(f"{content.namespace}:{span}".encode(), seed)
-    chain = []
-    for hid in content.ids[:n_ids].tolist():
-        c = h(hid.to_bytes(8, "little", signed=True), c)
-        chain.append(c)
-    # [n_blocks]: one pass for all sub-blocks; uint64 arithmetic wraps mod 2^64 as intended
-    x = np.repeat(np.array(chain, dtype=np.uint64), sub)[:n_blocks]
-    x += np.tile(np.arange(1, sub + 1, dtype=np.uint64) * _GOLDEN, n_ids)[:n_blocks]
-    return mix64(x).tolist()
+    chain = ContentChain(content, block_size, seed)
+    return chain.keys(0, chain.num_blocks)
+
+
+_MASK = (1 << 64) - 1
+_FEW = 24  # up to this many keys a call, plain int arithmetic beats NumPy's per-call overhead
+
+
+def _mix64_int(x: int) -> int:
+    """`mix64` of one value in [0, 2^64), as a Python int."""
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & _MASK
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+class ContentChain:
+    """One prompt's content keys, made as far as they are asked for.
+
+    A lookup asks for the first key alone, keying a request's first new blocks asks for a few:
+    chaining every id and mixing every sub-block key at once (what `content_keys` does) is wasted
+    on a prompt nobody shares. The chain values c(i) are made in order and kept (one int an id),
+    so a key is one mix away once its id is chained. Keys never depend on how they were asked
+    for: `keys(a, b)` equals `content_keys(...)[a:b]` for any split."""
+
+    __slots__ = ("_ids", "_sub", "num_blocks", "_c")
+
+    def __init__(self, content: ContentIds, block_size: int, seed: int) -> None:
+        span = content.span
+        self._ids = content.ids
+        self._sub = span // block_size
+        # Keys only where block_size divides the span (else a block would straddle two ids).
+        self.num_blocks = 0 if span % block_size else content.num_tokens // block_size
+        self._c = [xxhash.xxh3_64_intdigest(f"{content.namespace}:{span}".encode(), seed)]  # c(-1), c(0), ...
+
+    def keys(self, start: int, stop: int) -> list[int]:
+        """The keys of blocks [start, min(stop, num_blocks))."""
+        stop = min(stop, self.num_blocks)
+        if stop <= start:
+            return []
+        sub, c = self._sub, self._c
+        need = (stop - 1) // sub + 2  # c(-1) .. c(id of the last block)
+        if len(c) < need:
+            h, last = xxhash.xxh3_64_intdigest, c[-1]
+            for hid in self._ids[len(c) - 1 : need - 1].tolist():
+                last = h(hid.to_bytes(8, "little", signed=True), last)
+                c.append(last)
+        if stop - start <= _FEW:
+            g = int(_GOLDEN)
+            return [_mix64_int((c[j // sub + 1] + (j % sub + 1) * g) & _MASK) for j in range(start, stop)]
+        first = start // sub
+        n_ids = need - 1 - first
+        # [stop - start] keys: each id's chain value repeated over its sub-blocks, plus the
+        # sub-block's offset; uint64 arithmetic wraps mod 2^64 as intended
+        x = np.repeat(np.array(c[first + 1 : need], dtype=np.uint64), sub)
+        x += np.tile(np.arange(1, sub + 1, dtype=np.uint64) * _GOLDEN, n_ids)
+        return mix64(x[start - first * sub : stop - first * sub]).tolist()

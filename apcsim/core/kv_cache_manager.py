@@ -17,7 +17,7 @@ import xxhash
 from apcsim.mathutil import cdiv
 from apcsim.core.block_hash import HashAlgo, get_hash_algo
 from apcsim.core.block_pool import BlockPool
-from apcsim.core.content_ids import content_keys
+from apcsim.core.content_ids import ContentChain, content_keys
 from apcsim.core.request import Request, RequestSpec
 from policies.eviction.base import EvictionPolicy
 
@@ -88,18 +88,22 @@ class KVCacheManager:
     # -- keys ----------------------------------------------------------------------------------
     def block_keys(self, req: Request, num_blocks: int) -> list[int]:
         """The keys of (at least) the request's first `num_blocks` full blocks, computed once and
-        kept: a prompt named by content ids gets all its content keys at once, blocks past them
-        token keys chained from the last; a fixed output stream (`Request.outputs_fixed`) is keyed
-        to its end on the first call that reaches it."""
+        kept: a prompt named by content ids gets its content keys from the ids as far as asked
+        (`Request.content_chain`), blocks past them token keys chained from the last; a fixed
+        output stream (`Request.outputs_fixed`) is keyed to its end on the first call that
+        reaches it."""
         keys = req.block_keys
         if len(keys) < num_blocks:
             bs = self.block_size
+            chain = req.content_chain
             if not keys:
                 seed = self.hash_algo.root(req.spec.cache_salt)
-                if self.use_content_keys and req.spec.content_ids is not None:
-                    keys.extend(content_keys(req.spec.content_ids, bs, seed))
-                    if len(keys) >= num_blocks:
-                        return keys
+                if chain is None and self.use_content_keys and req.spec.content_ids is not None:
+                    chain = req.content_chain = ContentChain(req.spec.content_ids, bs, seed)
+            if chain is not None and len(keys) < chain.num_blocks:
+                keys.extend(chain.keys(len(keys), num_blocks))
+                if len(keys) >= num_blocks:
+                    return keys
             start = len(keys)
             seed = keys[-1] if keys else seed
             stop = num_blocks
@@ -236,10 +240,19 @@ class KVCacheManager:
                 self._content[req.block_ids[i]] = self._block_content(req, i)
         req.num_cached_blocks = num_full
 
-    def free(self, req: Request) -> None:
-        """Release the request's blocks, tail first, so the tail is evicted before the head."""
+    def free(self, req: Request, parked: tuple[int, int, object] | None = None) -> None:
+        """Release the request's blocks, tail first, so the tail is evicted before the head.
+        `parked` (first, stop, range): blocks [first, stop) are a pending range of keys
+        (apcsim.core.pending_keys), held by this request alone, that keep the range as key."""
         if self._policy_before_release:
             self.pool.policy.before_release(req)
-        self.pool.release_ids(reversed(req.block_ids))
+        if parked is None:
+            self.pool.release_ids(reversed(req.block_ids))
+        else:  # the same order in three parts: tail, pending range, head
+            first, stop, key = parked
+            ids = req.block_ids
+            self.pool.release_ids(reversed(ids[stop:]))
+            self.pool.release_alone(ids[first:stop][::-1], key)
+            self.pool.release_ids(reversed(ids[:first]))
         req.block_ids = []
         req.num_cached_blocks = 0

@@ -20,7 +20,7 @@ before: a lookup whose walk stops right after p (`settle_lookup`); another reque
 block whose parent is p (`defer`, `before_caching`). Registering an entry checks (a) and (b)
 and keys at once when either fails.
 
-An entry outlives its request's hold on the blocks (`park`, where the pool's policy is vLLM's
+An entry outlives its request's hold on the blocks (parked by `free`, where the pool's policy is vLLM's
 plain free queue and the request's output is fixed): the freed blocks enter the free queue with
 the entry itself in `Block.key`, so the pool counts their eviction as a keyed block's
 (`num_evictions`) and counts it down in the entry (`resident`); the entry goes when its last
@@ -44,6 +44,7 @@ from __future__ import annotations
 import numpy as np
 
 from apcsim.core.kv_cache_manager import KVCacheManager, chain_keys
+from apcsim.core.lazy_prompt import LazyPrompt
 from apcsim.core.request import Request, output_stream
 
 
@@ -52,7 +53,7 @@ class _Entry:
     tokens, under parent key `parent`. `blocks` is None while `req` holds them; once parked,
     their ids in chain order, of which the first `resident` are still in the pool (the free
     queue evicts them tail first: they entered it together, tail first, and nothing can hit
-    them). The pool decrements `resident` as it evicts one and calls `gone()` at 0. A parked
+    them). The pool calls `evicted(n)` as it evicts them; `gone()` at the last. A parked
     entry lets its request go and keeps only what its keys are made from (`_Parked`)."""
 
     __slots__ = ("owner", "req", "parent", "first", "num_tokens", "blocks", "resident", "parked")
@@ -67,29 +68,44 @@ class _Entry:
         self.resident = 0
         self.parked: _Parked | None = None
 
+    def evicted(self, n: int) -> None:
+        """The pool evicted n of the parked blocks (the resident tail); at the last one, nothing
+        is left to key."""
+        self.resident -= n
+        if not self.resident:
+            self.gone()
+
     def gone(self) -> None:
-        """The pool evicted the last parked block: nothing is left to key."""
         del self.owner._by_parent[self.parent]
 
 
 class _Parked:
-    """A parked range's keys without its request: those made already (`known`), and for the
-    rest their parent key and tokens: the prompt's as a copy, the output's as a copy of a fixed
-    answer or as the simulated stream's coordinates (made again when needed). At most
-    `block_size` tokens a parked block, so memory follows the pool, not the prompts."""
+    """A parked range's keys without its request: those made already (`known`), then the
+    request's content chain where its content keys go on, and for the rest their tokens: the
+    prompt's as a copy (a window, for a lazy prompt), the output's as a copy of a fixed answer or
+    as the simulated stream's coordinates (made again when needed). At most `block_size` tokens
+    a parked block, so memory follows the pool, not the prompts."""
 
-    __slots__ = ("known", "parent", "prompt", "answer", "stream")
+    __slots__ = ("known", "parent", "start", "chain", "prompt", "answer", "stream")
 
     def __init__(self, r: Request, start: int, stop: int, block_size: int) -> None:
         self.known = r.block_keys[start:stop]
-        self.prompt = self.answer = self.stream = None
+        self.start = start
+        self.chain = self.prompt = self.answer = self.stream = None
         k = start + len(self.known)
         self.parent = r.block_keys[k - 1]  # start >= 1: every range's parent is its request's block
+        chain = r.content_chain
+        if chain is not None and k < min(stop, chain.num_blocks):
+            self.chain = chain  # its keys never change: sharing it with the request is safe
+            k = min(stop, chain.num_blocks)
         if k == stop:
             return
         a, b, p = k * block_size, stop * block_size, r.prompt_len
         if a < p:
-            self.prompt = r.spec.prompt_token_ids[a : min(b, p)].copy()
+            tokens = r.spec.prompt_token_ids
+            # A lazy prompt's window holds a few numbers; an array's slice is copied so that the
+            # request's whole prompt can go.
+            self.prompt = tokens.window(a, min(b, p)) if isinstance(tokens, LazyPrompt) else tokens[a : min(b, p)].copy()
         if b > p:
             oa, ob = max(a - p, 0), b - p
             if r.spec.output_token_ids is not None:
@@ -101,13 +117,18 @@ class _Parked:
         """The keys of the range's first n blocks."""
         if n <= len(self.known):
             return self.known[:n]
-        parts = [t for t in (self.prompt, self.answer) if t is not None]
+        keys = list(self.known)
+        if self.chain is not None:
+            keys += self.chain.keys(self.start + len(keys), self.start + n)
+            if len(keys) == n:
+                return keys
+        parts = [t[:] for t in (self.prompt, self.answer) if t is not None]
         if self.stream is not None:
             seed, index, oa, ob = self.stream
             parts.append(output_stream(seed, index, ob)[oa:])
         tokens = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        rest = (n - len(self.known)) * block_size
-        return self.known + chain_keys(tokens[:rest], block_size, self.parent, algo)
+        rest = (n - len(keys)) * block_size
+        return keys + chain_keys(tokens[:rest], block_size, keys[-1] if keys else self.parent, algo)
 
 
 class PendingKeys:
@@ -160,25 +181,26 @@ class PendingKeys:
         self._by_parent[entry.parent] = entry
         self._held[r] = entry
 
-    def park(self, r: Request) -> None:
-        """r is about to free its blocks: its pending ones stay pending in the free queue, or are
-        keyed now where they cannot (see the module doc)."""
+    def free(self, r: Request) -> None:
+        """`kv.free(r)`, r's pending blocks parked in the free queue, or keyed first where they
+        cannot be (see the module doc)."""
         entry = self._held.get(r)
         if entry is None:
+            self.kv.free(r)
             return
         if not (self._park and r.outputs_fixed):
             self._flush(entry)
+            self.kv.free(r)
             return
         del self._held[r]
         bs = self.kv.block_size
-        ids = r.block_ids[entry.first : entry.num_tokens // bs]
+        stop = entry.num_tokens // bs
+        ids = r.block_ids[entry.first : stop]
         entry.blocks = ids
         entry.resident = len(ids)
-        entry.parked = _Parked(r, entry.first, entry.first + len(ids), bs)
+        entry.parked = _Parked(r, entry.first, stop, bs)
         entry.req = None
-        blocks = self.kv.pool.blocks
-        for i in ids:
-            blocks[i].key = entry  # the pool counts `resident` down as it evicts one
+        self.kv.free(r, parked=(entry.first, stop, entry))  # each block's key is the entry
 
     def _flush(self, entry: _Entry) -> None:
         del self._by_parent[entry.parent]

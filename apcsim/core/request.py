@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from apcsim.core.content_ids import ContentIds, mix64
+from apcsim.core.content_ids import ContentChain, ContentIds, mix64
+from apcsim.core.lazy_prompt import LazyPrompt
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,9 @@ class TokenRetention:
 class RequestSpec:
     """One request of a workload.
 
-    Invariant: `prompt_token_ids` is a 1-D int32 array of length >= 1, `output_len >= 1`.
+    Invariant: `prompt_token_ids` is a 1-D int32 array of length >= 1, or a `LazyPrompt` that
+    makes such an array's slices when read (read it by slices, `len` or `np.asarray`; `[:]` is
+    every token), and `output_len >= 1`.
     `output_token_ids`, when given, are the tokens the simulator "generates" (so a later turn of a
     conversation that quotes them hits the cache); otherwise they are drawn from a per-request
     stream. `priority` orders the waiting queue under `scheduler=priority` (vLLM's convention:
@@ -44,7 +47,7 @@ class RequestSpec:
     """
 
     request_id: str
-    prompt_token_ids: np.ndarray  # int32 [prompt_len]
+    prompt_token_ids: np.ndarray | LazyPrompt  # int32 [prompt_len]
     output_len: int
     arrival_time: float = 0.0
     priority: int = 0
@@ -121,6 +124,9 @@ class Request:
     block_ids: list[int] = field(default_factory=list)
     num_cached_blocks: int = 0  # leading blocks of block_ids that carry a key
     block_keys: list[int] = field(default_factory=list)  # keys of full blocks, computed lazily
+    # The content keys of a prompt named by content ids, made as far as asked (the KV cache
+    # manager makes it with the first key); None: token keys only.
+    content_chain: ContentChain | None = None
     num_preemptions: int = 0
     computed_high_water: int = 0  # most tokens ever with KV, for counting recomputation
     num_cached_tokens: int = -1  # prefix hit at first admission; -1 until admitted

@@ -149,8 +149,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
     def _requeue(self, r: Request) -> None:
         """Preemption by recompute of a request that is neither running nor waiting any more:
         its blocks go back to the pool and it waits again, from token 0."""
-        self.pending_keys.park(r)
-        self.kv.free(r)
+        self.pending_keys.free(r)
         r.num_computed_tokens = 0
         r.status = Status.PREEMPTED
         r.num_preemptions += 1
@@ -389,8 +388,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
 
     def _finish(self, r: Request, now: float, res: StepResult) -> None:
         self._remove_running(r)
-        self.pending_keys.park(r)
-        self.kv.free(r)
+        self.pending_keys.free(r)
         r.status = Status.FINISHED
         r.finish_time = now
         r.release_outputs()

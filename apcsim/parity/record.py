@@ -90,7 +90,7 @@ def record(cfg: SimConfig) -> Recording:
             return
         rec.arrivals.append((sched.step + (planned[0] == sched.step), r.request_id))
         rec.requests[r.request_id] = {
-            "prompt": r.spec.prompt_token_ids.tolist(),
+            "prompt": r.spec.prompt_token_ids[:].tolist(),
             "outputs": r.output_tokens().tolist(),
             "priority": r.spec.priority,
             "cache_salt": r.spec.cache_salt,

@@ -11,7 +11,8 @@ import math
 
 import numpy as np
 
-from apcsim.core.content_ids import mix64
+from apcsim.core.content_ids import ContentIds, mix64
+from apcsim.core.lazy_prompt import LazyPrompt
 from apcsim.errors import ConfigError
 from apcsim.mathutil import cdiv
 
@@ -127,7 +128,57 @@ class RowTokens:
     def __init__(self, seed: int, stream: int, vocab_size: int) -> None:
         self._mult = block_multipliers(seed, stream, UNIQUE_BLOCK)
         self._vocab = vocab_size
+        # The token table the piece ids index, for content keys: the run's seed is the same for
+        # every request of a run, so the stream names the table.
+        self._namespace = f"unique_tokens/{stream}"
 
     def row(self, key: int, length: int) -> np.ndarray:
-        keys = _piece_keys(np.int64(key), np.arange(cdiv(length, UNIQUE_BLOCK), dtype=np.int64))
-        return readonly(_hash_keys(self._mult, keys, self._vocab)).reshape(-1)[:length]
+        return self.pieces(key, 0, cdiv(length, UNIQUE_BLOCK))[:length]
+
+    def pieces(self, key: int, first: int, stop: int) -> np.ndarray:
+        """The UNIQUE_BLOCK-token pieces [first, stop) of row `key`, end to end (read-only)."""
+        keys = _piece_keys(np.int64(key), np.arange(first, stop, dtype=np.int64))
+        return readonly(_hash_keys(self._mult, keys, self._vocab)).reshape(-1)
+
+    def prompt(self, key: int, length: int) -> RowPrompt:
+        """`row(key, length)` made a slice at a time, when read."""
+        return RowPrompt(self, key, length)
+
+    def content_ids(self, key: int, length: int) -> ContentIds:
+        """Row `key`'s first `length` tokens named by their pieces: token p is a function of the
+        key of piece p // UNIQUE_BLOCK alone, so the KV cache manager keys the row's blocks from
+        the piece keys (apcsim.core.content_ids) without making a token."""
+        ids = _piece_keys(np.int64(key), np.arange(cdiv(length, UNIQUE_BLOCK), dtype=np.int64))
+        return ContentIds(ids, UNIQUE_BLOCK, length, self._namespace)
+
+
+class RowPrompt(LazyPrompt):
+    """Row `key` of a RowTokens as a lazy prompt, which keeps the pieces it made last.
+
+    Making pieces costs ~25 us a call whatever their number (NumPy's per-call overhead), and a
+    request reads its first blocks twice (lookup, then keying), so the last read's pieces are
+    kept: at most the pieces of one read, for as long as the request holds its prompt."""
+
+    __slots__ = ("_rows", "_key", "_first", "_memo")
+
+    def __init__(self, rows: RowTokens, key: int, length: int) -> None:
+        super().__init__(length)
+        self._rows = rows
+        self._key = key
+        self._first = 0  # the memo's first piece
+        self._memo = _NO_TOKENS  # pieces [_first, _first + len / UNIQUE_BLOCK), cut at the row's end
+
+    def _make(self, start: int, stop: int) -> np.ndarray:
+        skip = self._first * UNIQUE_BLOCK
+        if not (skip <= start and stop <= skip + len(self._memo)):
+            self._first = start // UNIQUE_BLOCK
+            skip = self._first * UNIQUE_BLOCK
+            self._memo = self._rows.pieces(self._key, self._first, cdiv(stop, UNIQUE_BLOCK))[: self.length - skip]
+        return self._memo[start - skip : stop - skip]
+
+    def window(self, start: int, stop: int) -> LazyPrompt:
+        # A window outlives the request (a parked range holds it): it reads a fresh row, no memo.
+        return LazyPrompt.window(RowPrompt(self._rows, self._key, self.length), start, stop)
+
+
+_NO_TOKENS = readonly(np.empty(0, dtype=np.int32))

@@ -59,7 +59,8 @@ def build(cfg: AzureConfig, ctx: BuildContext) -> SpecSource:
 
 def _read(cfg: AzureConfig, ctx: BuildContext, path, scale: float) -> SpecSource:
     """One pass over the rows, checking each and keeping its numbers (a few bytes a row: the
-    run needs the count and the order before it starts); prompts are made when requests are due."""
+    run needs the count and the order before it starts); a prompt's tokens are made when read
+    (apcsim.core.lazy_prompt)."""
     times, inputs, outputs = array("d"), array("q"), array("q")
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
@@ -111,8 +112,8 @@ def _read(cfg: AzureConfig, ctx: BuildContext, path, scale: float) -> SpecSource
             own["cache_salt"] = salts[i]
         own.update(priorities[i])
         own.update(fields)  # the run's rules (Poisson times, tenants, classes) over the trace's
-        return RequestSpec(request_id=f"az-{i}", prompt_token_ids=tokens.row(i, inputs[i]), output_len=outputs[i],
-                           **own)
+        return RequestSpec(request_id=f"az-{i}", prompt_token_ids=tokens.prompt(i, inputs[i]), output_len=outputs[i],
+                           content_ids=tokens.content_ids(i, inputs[i]), **own)
 
     return SpecSource(count=len(times), make=make, min_tokens=min(a + b for a, b in zip(inputs, outputs)),
                       arrival_times=arrivals, own_salts=own_salts, **trace_priority_flags(priorities, "az"))

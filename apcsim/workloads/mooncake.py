@@ -31,6 +31,7 @@ from typing import Optional
 import numpy as np
 
 from apcsim.core.content_ids import ContentIds
+from apcsim.core.lazy_prompt import LazyPrompt
 from apcsim.core.request import RequestSpec
 from apcsim.errors import ConfigError
 from apcsim.mathutil import cdiv
@@ -181,8 +182,8 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> SpecSource:
                               "(strict_lengths=false accepts it)")
 
     # One table row per distinct id: int32 [num_unique_ids, block]. The table is the trace's
-    # distinct content; prompts (the table's rows repeated, ~4 bytes a token) are made per
-    # request when it is due.
+    # distinct content; a prompt (the table's rows repeated, ~4 bytes a token) is read from it
+    # a slice at a time (TablePrompt), only where something reads tokens.
     # int64 [total ids]: every row's hash ids, row i at [offsets[i], offsets[i + 1]); a request's
     # ContentIds is a view of it
     all_ids = readonly(np.fromiter((h for r in rows for h in r.hash_ids), dtype=np.int64))
@@ -201,17 +202,47 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> SpecSource:
 
     def make(i: int, **fields) -> RequestSpec:
         r = rows[i]
-        n = int(offsets[i + 1] - offsets[i])
-        prompt = table[inverse[offsets[i] : offsets[i + 1]]].reshape(-1)[: lengths[i]]  # a copy: fancy indexing
-        if i in pads:
-            prompt = np.concatenate([prompt, pads[i]])
-        # The KV cache manager keys these tokens' blocks from the ids (apcsim/core/content_ids.py).
-        ids = ContentIds(all_ids[offsets[i] : offsets[i + 1]], block, min(lengths[i], n * block), _CONTENT_TABLE)
+        a, b = int(offsets[i]), int(offsets[i + 1])
+        covered = min(lengths[i], (b - a) * block)
+        # The KV cache manager keys these tokens' blocks from the ids (apcsim/core/content_ids.py);
+        # the tokens themselves are made only where something reads them.
+        prompt = TablePrompt(table, inverse[a:b], covered, pads.get(i))
+        ids = ContentIds(all_ids[a:b], block, covered, _CONTENT_TABLE)
         own = {"arrival_time": float(arrivals[i]), "cache_salt": r.salt, **r.priorities}
         own.update(fields)  # the run's rules (Poisson times, tenants, classes) over the trace's
-        return RequestSpec(request_id=f"mc-{i}", prompt_token_ids=readonly(prompt), content_ids=ids,
+        return RequestSpec(request_id=f"mc-{i}", prompt_token_ids=prompt, content_ids=ids,
                            output_len=outputs[i], **own)
 
     return SpecSource(count=len(rows), make=make, min_tokens=min(a + b for a, b in zip(lengths, outputs)),
                       arrival_times=arrivals, own_salts=any(r.salt is not None for r in rows),
                       **trace_priority_flags([r.priorities for r in rows], "mc"))
+
+
+class TablePrompt(LazyPrompt):
+    """A trace prompt as its hash ids' rows of the token table (`block` tokens each), cut at
+    `covered` tokens, then its own `pad` (the tokens past its ids, or None)."""
+
+    __slots__ = ("_table", "_rows", "_covered", "_pad")
+
+    def __init__(self, table: np.ndarray, rows: np.ndarray, covered: int, pad: np.ndarray | None) -> None:
+        super().__init__(covered + (0 if pad is None else len(pad)))
+        self._table = table  # int32 [num_unique_ids, block], shared by every prompt
+        self._rows = rows  # int64 [n ids]: the table row of each id
+        self._covered = covered
+        self._pad = pad  # int32 [length - covered] or None
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self._pad is None else self._pad.nbytes
+
+    def _make(self, start: int, stop: int) -> np.ndarray:
+        parts = []
+        covered, block = self._covered, self._table.shape[1]
+        if start < covered:
+            end = min(stop, covered)
+            first = start // block
+            rows = self._table[self._rows[first : cdiv(end, block)]]  # a copy: fancy indexing
+            parts.append(rows.reshape(-1)[start - first * block : end - first * block])
+        if stop > covered:
+            parts.append(self._pad[max(start - covered, 0) : stop - covered])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)

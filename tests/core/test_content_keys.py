@@ -16,7 +16,7 @@ import pytest
 import apcsim.run as run_mod
 from apcsim.cli.compose import compose_config
 from apcsim.core.block_hash import get_hash_algo
-from apcsim.core.content_ids import ContentIds, content_keys
+from apcsim.core.content_ids import ContentChain, ContentIds, content_keys
 from apcsim.core.kv_cache_manager import chain_keys, prompt_keys
 from apcsim.run import simulate
 from apcsim.workloads.base import build_workload
@@ -62,6 +62,22 @@ def test_bundled_trace_same_hits_under_other_policies(policy, monkeypatch):
                        "workload.num_requests=1500", "num_gpu_blocks=3000"], monkeypatch)
 
 
+AZURE = ["workload=azure", "workload.num_requests=400", "+policy=lru"]
+
+
+@pytest.mark.parametrize("extra", [
+    ["block_size=16", "num_gpu_blocks=1200"],  # evicting and preempting all the time
+    ["block_size=32", "num_gpu_blocks=20000", "workload.num_tenants=3"],
+    ["block_size=48", "num_gpu_blocks=1200"],  # 48 does not divide 512: token keys for all
+])
+def test_azure_rows_same_decisions(extra, monkeypatch):
+    """Azure prompts are named by their 512-token pieces: keyed from the piece ids, every
+    request is served as when keyed from tokens. (Nothing hits: the rows are unique, and a
+    preempted request's own blocks are gone before it is admitted again.)"""
+    out = _assert_same_hits(AZURE + extra, monkeypatch, expect_hits=False)
+    assert out.metrics["num_preemptions"] > 0 or "num_gpu_blocks=20000" in extra
+
+
 def _trace(tmp_path, rows):
     p = tmp_path / "t.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -102,6 +118,30 @@ def test_content_keys_chain_like_token_keys():
         for c, t in zip(ck, tk):
             assert by_content.setdefault(c, t) == t
             assert by_tokens.setdefault(t, c) == c
+
+
+@pytest.mark.parametrize("span, block_size", [(512, 16), (64, 16), (32, 32), (48, 16), (40, 16)])
+def test_a_chain_made_piece_by_piece_gives_the_keys_made_at_once(span, block_size):
+    """`ContentChain.keys` in any split (a key at a time, the few-keys and the many-keys paths,
+    from the middle) equals `content_keys` made in one call, whatever was asked before."""
+    rng = np.random.default_rng(span + block_size)
+    for trial in range(40):
+        n = int(rng.integers(1, 30))
+        content = ContentIds(rng.integers(-2**63, 2**63 - 1, n, dtype=np.int64), span,
+                             int(rng.integers(1, n * span + 1)), "t")
+        seed = int(rng.integers(0, 2**63))
+        want = content_keys(content, block_size, seed)
+        assert len(want) == (0 if span % block_size else content.num_tokens // block_size)
+        chain, got = ContentChain(content, block_size, seed), []
+        while len(got) < len(want):
+            got += chain.keys(len(got), len(got) + int(rng.choice([1, 2, 5, 30, 200])))
+        assert got == want
+        assert chain.keys(len(want), len(want) + 5) == []
+        if want:
+            a = int(rng.integers(0, len(want)))
+            b = int(rng.integers(a, len(want) + 3))
+            assert ContentChain(content, block_size, seed).keys(a, b) == want[a:b]
+            assert chain.keys(a, b) == want[a:b]
 
 
 def test_content_keys_depend_on_every_earlier_id_and_the_salt():

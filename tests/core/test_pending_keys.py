@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from apcsim.core.cache_config import CacheConfig
-from apcsim.core.pending_keys import PendingKeys, _Entry
+from apcsim.core.content_ids import ContentIds
+from apcsim.core.pending_keys import PendingKeys, _Entry, _Parked
 from apcsim.core.request import RequestSpec
 from apcsim.sim.simulator import Simulation
+from apcsim.workloads.mooncake import TablePrompt
 from tests.helpers.serving import COST, build_scheduler
 
 BS = 4
@@ -61,6 +63,34 @@ def family_specs(seed: int) -> list[RequestSpec]:
     return specs
 
 
+def content_family_specs(seed: int) -> list[RequestSpec]:
+    """family_specs with prompts named by content ids (8-token ids: two blocks each) and read
+    lazily from a token table, on half of them a tail past the ids (a part of the stem's own, so
+    that later requests hit it too): a parked range then goes on with its request's content
+    chain where the keys made before the free stop, and past the ids with tokens."""
+    rng = np.random.default_rng(seed)
+    span = 2 * BS
+    table = rng.integers(0, 1000, (12, span), dtype=np.int32)
+    stems = [rng.integers(0, len(table), int(rng.integers(2, 9))) for _ in range(4)]
+    tails = [rng.integers(0, 1000, 12, dtype=np.int32) for _ in stems]
+    specs: list[RequestSpec] = []
+    t = 0.0
+    for i in range(40):
+        s = int(rng.integers(0, len(stems)))
+        rows = stems[s][: int(rng.integers(1, 9))]
+        full = rng.random() < 0.5
+        covered = len(rows) * span if full else int(rng.integers(1, len(rows) * span + 1))
+        tail = tails[s][: int(rng.integers(1, 13))] if full else None
+        prompt = TablePrompt(table, rows, covered, tail)
+        ids = ContentIds(rows.astype(np.int64), span, covered, "test-table")
+        salt = "b" if rng.random() < 0.2 else None
+        for c in range(2 if rng.random() < 0.25 else 1):
+            specs.append(RequestSpec(f"c{i}.{c}", prompt, int(rng.integers(1, 30)), arrival_time=t, cache_salt=salt,
+                                     content_ids=ids))
+        t += float(rng.exponential(0.002))
+    return specs
+
+
 def run(specs, eviction: str, lazy: bool, num_blocks: int, budget: tuple[int, int, int], cache: CacheConfig | None = None):
     tokens, seqs, cap = budget
     sched = build_scheduler(eviction, num_blocks=num_blocks, bs=BS, max_num_batched_tokens=tokens, max_num_seqs=seqs,
@@ -96,11 +126,13 @@ def test_lazy_decode_keys_decide_as_eager_ones(eviction, num_blocks, budget, see
 @pytest.mark.parametrize("keyless_first", [True, False])
 @pytest.mark.parametrize("num_blocks", [24, 60])  # 24: preemptions; both: constant eviction
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_pending_prompt_blocks_and_freed_ones_decide_as_eager_ones(eviction, keyless_first, num_blocks, seed):
-    specs = family_specs(seed)
+@pytest.mark.parametrize("make_specs", [family_specs, content_family_specs])
+def test_pending_prompt_blocks_and_freed_ones_decide_as_eager_ones(make_specs, eviction, keyless_first, num_blocks, seed):
+    specs = make_specs(seed)
     cache = CacheConfig(free_keyless_first=keyless_first)
     eager = run(specs, eviction, False, num_blocks, (32, 8, 0), cache)
     lazy = run(specs, eviction, True, num_blocks, (32, 8, 0), cache)
+    assert lazy[3].kv.use_content_keys
     assert lazy[:3] == eager[:3]
     assert sum(lazy[2]) > 0 and lazy[1]["num_evictions"] > 0
     if num_blocks == 24:
@@ -152,3 +184,23 @@ def test_off_for_a_host_tier_or_an_insert_hook():
     assert not sched.pending_keys.usable(object())
     sched.kv.on_cached = lambda blocks: None
     assert not sched.pending_keys.usable(None)
+
+
+def test_parked_ranges_go_on_with_their_content_chain(monkeypatch):
+    """The content runs above flush parked ranges whose keys go on from the request's content
+    chain (keys made before the free stop short of the ids' end), and past it from tokens."""
+    used = {"chain": 0, "chain then tokens": 0}
+    keys = _Parked.keys
+
+    def counting_keys(self, n, block_size, algo):
+        out = keys(self, n, block_size, algo)
+        if self.chain is not None and n > len(self.known):
+            used["chain"] += 1
+            used["chain then tokens"] += self.start + n > self.chain.num_blocks
+        return out
+
+    monkeypatch.setattr(_Parked, "keys", counting_keys)
+    for seed in range(4):
+        for num_blocks in (24, 60):
+            run(content_family_specs(seed), "lru", True, num_blocks, (32, 8, 0), CacheConfig(free_keyless_first=True))
+    assert all(used.values()), used

@@ -95,9 +95,10 @@ def test_every_workload_builds_deterministically(name):
     assert all(np.array_equal(x.prompt_token_ids, y.prompt_token_ids) for x, y in zip(a, b))
     assert any(not np.array_equal(x.prompt_token_ids, y.prompt_token_ids) for x, y in zip(a, c))
     for s in a:
-        assert s.prompt_token_ids.dtype == np.int32 and s.prompt_len >= 1 and s.output_len >= 1
-        assert 0 <= s.prompt_token_ids.min() and s.prompt_token_ids.max() < VOCAB
-        assert not s.prompt_token_ids.flags.writeable
+        tokens = s.prompt_token_ids[:]  # every token (made now, for a lazy prompt)
+        assert tokens.dtype == np.int32 and len(tokens) == s.prompt_len >= 1 and s.output_len >= 1
+        assert 0 <= tokens.min() and tokens.max() < VOCAB
+        assert not tokens.flags.writeable
     times = [s.arrival_time for s in a]
     assert times == sorted(times)
 
