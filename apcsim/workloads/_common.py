@@ -75,6 +75,18 @@ def hashed_blocks(seed: int, stream: int, keys: np.ndarray, length: int, vocab_s
 _CHUNK_TOKENS = 1 << 20
 
 
+class HashedRows:
+    """hashed_blocks a call at a time: `rows(keys)` is hashed_blocks(seed, stream, keys, length,
+    vocab_size) (int32 [len(keys), length]), the multipliers drawn once."""
+
+    def __init__(self, seed: int, stream: int, length: int, vocab_size: int) -> None:
+        self._mult = block_multipliers(seed, stream, length)
+        self._vocab = vocab_size
+
+    def __call__(self, keys: np.ndarray) -> np.ndarray:
+        return _hash_keys(self._mult, keys, self._vocab)
+
+
 def block_multipliers(seed: int, stream: int, length: int) -> np.ndarray:
     """hashed_blocks' per-position multipliers (uint32 [length, 3]), drawn from (seed, stream)."""
     return np.random.default_rng([seed, stream]).integers(0, 2**32, (length, 3), dtype=np.uint32)
@@ -126,8 +138,7 @@ class RowTokens:
     is unique_tokens(seed, stream, [key], [length], vocab)[0], the multipliers drawn once."""
 
     def __init__(self, seed: int, stream: int, vocab_size: int) -> None:
-        self._mult = block_multipliers(seed, stream, UNIQUE_BLOCK)
-        self._vocab = vocab_size
+        self._pieces = HashedRows(seed, stream, UNIQUE_BLOCK, vocab_size)
         # The token table the piece ids index, for content keys: the run's seed is the same for
         # every request of a run, so the stream names the table.
         self._namespace = f"unique_tokens/{stream}"
@@ -137,8 +148,7 @@ class RowTokens:
 
     def pieces(self, key: int, first: int, stop: int) -> np.ndarray:
         """The UNIQUE_BLOCK-token pieces [first, stop) of row `key`, end to end (read-only)."""
-        keys = _piece_keys(np.int64(key), np.arange(first, stop, dtype=np.int64))
-        return readonly(_hash_keys(self._mult, keys, self._vocab)).reshape(-1)
+        return readonly(self._pieces(_piece_keys(np.int64(key), np.arange(first, stop, dtype=np.int64)))).reshape(-1)
 
     def prompt(self, key: int, length: int) -> RowPrompt:
         """`row(key, length)` made a slice at a time, when read."""

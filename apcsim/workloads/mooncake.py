@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from apcsim.core.lazy_prompt import LazyPrompt
 from apcsim.core.request import RequestSpec
 from apcsim.errors import ConfigError
 from apcsim.mathutil import cdiv
-from apcsim.workloads._common import check_float, check_int, hashed_blocks, readonly, unique_tokens
+from apcsim.workloads._common import HashedRows, check_float, check_int, readonly, unique_tokens
 from apcsim.workloads._stream import SpecSource
 from apcsim.workloads.base import BuildContext, WorkloadConfig, register_workload
 from apcsim.workloads.priorities import PRIORITY_FIELDS, trace_priorities, trace_priority_flags
@@ -181,15 +181,13 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> SpecSource:
                               f"{row.input_length}, expected {expected} with hash_block_size={hbs} "
                               "(strict_lengths=false accepts it)")
 
-    # One table row per distinct id: int32 [num_unique_ids, block]. The table is the trace's
-    # distinct content; a prompt (the table's rows repeated, ~4 bytes a token) is read from it
-    # a slice at a time (TablePrompt), only where something reads tokens.
+    # An id's `block` tokens are a hash of (seed, stream, id) (hashed_blocks), made only where a
+    # prompt's tokens are read (TablePrompt), never as a table of the trace's distinct blocks.
     # int64 [total ids]: every row's hash ids, row i at [offsets[i], offsets[i + 1]); a request's
-    # ContentIds is a view of it
+    # ContentIds and its prompt hold views of it
     all_ids = readonly(np.fromiter((h for r in rows for h in r.hash_ids), dtype=np.int64))
-    uniq, inverse = np.unique(all_ids, return_inverse=True)
-    table = hashed_blocks(ctx.seed, _HASH_STREAM, uniq, block, ctx.vocab_size)
-    offsets = np.concatenate(([0], np.cumsum([len(r.hash_ids) for r in rows])))  # rows' slices of all_ids and inverse
+    id_tokens = HashedRows(ctx.seed, _HASH_STREAM, block, ctx.vocab_size)
+    offsets = np.concatenate(([0], np.cumsum([len(r.hash_ids) for r in rows])))  # rows' slices of all_ids
     # ceil of the scaled length, rounded first so that 1000 * 0.1 is 100, not 101
     lengths = [max(1, math.ceil(round(r.input_length * ls, 9))) for r in rows]
     # 0 (strict_lengths=false) or a short output scaled to 0 by length_scale: the prefill's token.
@@ -206,7 +204,7 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> SpecSource:
         covered = min(lengths[i], (b - a) * block)
         # The KV cache manager keys these tokens' blocks from the ids (apcsim/core/content_ids.py);
         # the tokens themselves are made only where something reads them.
-        prompt = TablePrompt(table, inverse[a:b], covered, pads.get(i))
+        prompt = TablePrompt(id_tokens, all_ids[a:b], block, covered, pads.get(i))
         ids = ContentIds(all_ids[a:b], block, covered, _CONTENT_TABLE)
         own = {"arrival_time": float(arrivals[i]), "cache_salt": r.salt, **r.priorities}
         own.update(fields)  # the run's rules (Poisson times, tenants, classes) over the trace's
@@ -219,15 +217,18 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> SpecSource:
 
 
 class TablePrompt(LazyPrompt):
-    """A trace prompt as its hash ids' rows of the token table (`block` tokens each), cut at
-    `covered` tokens, then its own `pad` (the tokens past its ids, or None)."""
+    """A trace prompt as its ids' token rows (`span` tokens each, `rows_of(ids)`: int32
+    [len(ids), span]), cut at `covered` tokens, then its own `pad` (the tokens past its ids, or
+    None)."""
 
-    __slots__ = ("_table", "_rows", "_covered", "_pad")
+    __slots__ = ("_rows_of", "_ids", "_span", "_covered", "_pad")
 
-    def __init__(self, table: np.ndarray, rows: np.ndarray, covered: int, pad: np.ndarray | None) -> None:
+    def __init__(self, rows_of: Callable[[np.ndarray], np.ndarray], ids: np.ndarray, span: int, covered: int,
+                 pad: np.ndarray | None) -> None:
         super().__init__(covered + (0 if pad is None else len(pad)))
-        self._table = table  # int32 [num_unique_ids, block], shared by every prompt
-        self._rows = rows  # int64 [n ids]: the table row of each id
+        self._rows_of = rows_of  # shared by every prompt of the trace
+        self._ids = ids  # int64 [n ids], a view of the trace's
+        self._span = span
         self._covered = covered
         self._pad = pad  # int32 [length - covered] or None
 
@@ -237,12 +238,12 @@ class TablePrompt(LazyPrompt):
 
     def _make(self, start: int, stop: int) -> np.ndarray:
         parts = []
-        covered, block = self._covered, self._table.shape[1]
+        covered, span = self._covered, self._span
         if start < covered:
             end = min(stop, covered)
-            first = start // block
-            rows = self._table[self._rows[first : cdiv(end, block)]]  # a copy: fancy indexing
-            parts.append(rows.reshape(-1)[start - first * block : end - first * block])
+            first = start // span
+            rows = self._rows_of(self._ids[first : cdiv(end, span)])
+            parts.append(rows.reshape(-1)[start - first * span : end - first * span])
         if stop > covered:
             parts.append(self._pad[max(start - covered, 0) : stop - covered])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -81,7 +81,7 @@ def content_family_specs(seed: int) -> list[RequestSpec]:
         full = rng.random() < 0.5
         covered = len(rows) * span if full else int(rng.integers(1, len(rows) * span + 1))
         tail = tails[s][: int(rng.integers(1, 13))] if full else None
-        prompt = TablePrompt(table, rows, covered, tail)
+        prompt = TablePrompt(table.__getitem__, rows, span, covered, tail)
         ids = ContentIds(rows.astype(np.int64), span, covered, "test-table")
         salt = "b" if rng.random() < 0.2 else None
         for c in range(2 if rng.random() < 0.25 else 1):

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from apcsim.core.lazy_prompt import LazyPrompt
-from apcsim.workloads._common import UNIQUE_BLOCK, RowTokens
+from apcsim.workloads import mooncake
+from apcsim.workloads._common import UNIQUE_BLOCK, RowTokens, hashed_blocks
 from apcsim.workloads.azure import AzureConfig
-from apcsim.workloads.base import build_workload
+from apcsim.workloads.base import BuildContext, build_workload
 from apcsim.workloads.mooncake import MooncakeConfig, TablePrompt
 
 VOCAB = 32000
@@ -63,9 +64,21 @@ def test_table_prompt_reads_as_its_gathered_rows():
     pad = rng.integers(0, VOCAB, 41, dtype=np.int32)
     whole = table[rows].reshape(-1)
     for covered in (1, 31, 32, 33, 200, len(whole)):
-        _assert_reads_alike(TablePrompt(table, rows, covered, None), whole[:covered], rng)
-    _assert_reads_alike(TablePrompt(table, rows, len(whole), pad), np.concatenate([whole, pad]), rng)
-    assert TablePrompt(table, rows, len(whole), pad).nbytes == pad.nbytes
+        _assert_reads_alike(TablePrompt(table.__getitem__, rows, 32, covered, None), whole[:covered], rng)
+    _assert_reads_alike(TablePrompt(table.__getitem__, rows, 32, len(whole), pad), np.concatenate([whole, pad]), rng)
+    assert TablePrompt(table.__getitem__, rows, 32, len(whole), pad).nbytes == pad.nbytes
+
+
+def test_mooncake_prompts_are_their_ids_hashed_blocks():
+    """A Mooncake prompt reads as hashed_blocks over its hash ids (what the workload made up
+    front before prompts were lazy), cut at its length, then its pad."""
+    cfg = MooncakeConfig(num_requests=60, strict_lengths=False, length_scale=0.25)
+    source = mooncake.build(cfg, BuildContext(VOCAB, np.random.default_rng(0), seed=3))
+    assert source.count == 60
+    for s in map(source.make, range(source.count)):
+        ids = s.content_ids
+        whole = hashed_blocks(3, mooncake._HASH_STREAM, ids.ids, ids.span, VOCAB).reshape(-1)[: ids.num_tokens]
+        np.testing.assert_array_equal(s.prompt_token_ids[: ids.num_tokens], whole)
 
 
 @pytest.mark.parametrize("cfg", [AzureConfig(num_requests=40),
