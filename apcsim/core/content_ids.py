@@ -1,7 +1,8 @@
 """Block keys without tokens, for prompts that a workload already names by content ids.
 
 A Mooncake-style trace names each `span`-token piece of a prompt by an id, and the workload maps
-an id to the same tokens wherever it appears. Hashing those tokens block by block (xxh3 over
+an id to the same tokens wherever it appears (an Azure row is named by its 512-token pieces
+likewise). Hashing those tokens block by block (xxh3 over
 every token, and the tokens made first) only re-derives what the ids already say, so the KV
 cache manager keys such blocks from the ids instead:
 
@@ -15,6 +16,9 @@ draws an id's tokens at random (a different id giving equal tokens is a collisio
 table, as unlikely as one of xxh3). So content keys give the same hits as token keys; the
 tests compare both on the bundled traces. Blocks past the ids (padding, generated tokens) keep
 token keys, chained from the last content key, so a real engine's identical outputs still hit.
+
+A request's keys are made as far as they are asked for (`ContentChain`): most prompts are
+looked up once, miss at their first block and are never keyed further.
 """
 
 from __future__ import annotations
@@ -62,12 +66,15 @@ _MASK = (1 << 64) - 1
 _FEW = 24  # up to this many keys a call, plain int arithmetic beats NumPy's per-call overhead
 
 
+_M1_INT, _M2_INT, _GOLDEN_INT = int(_M1), int(_M2), int(_GOLDEN)
+
+
 def _mix64_int(x: int) -> int:
     """`mix64` of one value in [0, 2^64), as a Python int."""
     x ^= x >> 30
-    x = (x * 0xBF58476D1CE4E5B9) & _MASK
+    x = (x * _M1_INT) & _MASK
     x ^= x >> 27
-    x = (x * 0x94D049BB133111EB) & _MASK
+    x = (x * _M2_INT) & _MASK
     return x ^ (x >> 31)
 
 
@@ -103,8 +110,7 @@ class ContentChain:
                 last = h(hid.to_bytes(8, "little", signed=True), last)
                 c.append(last)
         if stop - start <= _FEW:
-            g = int(_GOLDEN)
-            return [_mix64_int((c[j // sub + 1] + (j % sub + 1) * g) & _MASK) for j in range(start, stop)]
+            return [_mix64_int((c[j // sub + 1] + (j % sub + 1) * _GOLDEN_INT) & _MASK) for j in range(start, stop)]
         first = start // sub
         n_ids = need - 1 - first
         # [stop - start] keys: each id's chain value repeated over its sub-blocks, plus the

@@ -248,7 +248,11 @@ class KVCacheManager:
             self.pool.policy.before_release(req)
         if parked is None:
             self.pool.release_ids(reversed(req.block_ids))
-        else:  # the same order in three parts: tail, pending range, head
+        else:
+            # The same order in three parts: tail, pending range, head. Only the tail can hold
+            # keyless blocks (`defer` keyed [0, first) before the range existed), so the keyless
+            # free stack gets them in the same order; nobody else holds a range block (it has no
+            # key: no lookup can reach it), so its last reference is this request's.
             first, stop, key = parked
             ids = req.block_ids
             self.pool.release_ids(reversed(ids[stop:]))

@@ -8,17 +8,18 @@ read tokens (token keys, a straddling decode block, `verify_tokens`, the engine)
 prompt and gets just those tokens.
 
 A `LazyPrompt` stands where `RequestSpec.prompt_token_ids` holds an array: `len()`, a slice with
-step 1 (a new read-only int32 array), and `np.asarray(p)` (all tokens) behave as the array's.
-Invariant: slicing is a pure function of the object, so equal slices are equal tokens however
-often and in whatever order they are read.
+step 1 (a read-only int32 array, maybe a view of what the prompt keeps), and `np.asarray(p)`
+(all tokens) behave as the array's; `np.array(p)` is a writable copy. Invariant: slicing is a
+pure function of the object, so equal slices are equal tokens however often and in whatever
+order they are read.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-_EMPTY = np.empty(0, dtype=np.int32)
-_EMPTY.flags.writeable = False
+EMPTY_TOKENS = np.empty(0, dtype=np.int32)  # the read-only empty slice (int32 [0])
+EMPTY_TOKENS.flags.writeable = False
 
 
 class LazyPrompt:
@@ -37,8 +38,9 @@ class LazyPrompt:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of tokens this object holds on its own (tables shared with other prompts are not
-        counted): what the run's memory check charges a request."""
+        """Bytes of tokens this prompt holds for good (its own arrays; not what a subclass keeps
+        of its last read, nor tables shared with other prompts), for callers that size an
+        array's `nbytes`."""
         return 0
 
     def __len__(self) -> int:
@@ -50,7 +52,7 @@ class LazyPrompt:
             if step != 1:
                 raise ValueError(f"a lazy prompt is read in slices of step 1, got {step}")
             if stop <= start:
-                return _EMPTY
+                return EMPTY_TOKENS
             out = self._make(start, stop)
             out.flags.writeable = False
             return out
@@ -62,8 +64,10 @@ class LazyPrompt:
         return self._make(i, i + 1)[0]
 
     def __array__(self, dtype=None, copy=None):
-        out = self[:]
-        return out if dtype is None else out.astype(dtype)
+        out = self[:]  # read-only, maybe a view of what the prompt keeps
+        if dtype is not None and dtype != out.dtype:
+            return out.astype(dtype)
+        return out.copy() if copy else out
 
     def window(self, start: int, stop: int) -> LazyPrompt:
         """Tokens [start, stop) as a lazy prompt of their own (nothing is made now)."""

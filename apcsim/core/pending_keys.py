@@ -20,8 +20,8 @@ before: a lookup whose walk stops right after p (`settle_lookup`); another reque
 block whose parent is p (`defer`, `before_caching`). Registering an entry checks (a) and (b)
 and keys at once when either fails.
 
-An entry outlives its request's hold on the blocks (parked by `free`, where the pool's policy is vLLM's
-plain free queue and the request's output is fixed): the freed blocks enter the free queue with
+An entry outlives its request's hold on the blocks (parked by `free`, where the pool's policy is
+vLLM's plain free queue and the request's output is fixed): the freed blocks enter the free queue with
 the entry itself in `Block.key`, so the pool counts their eviction as a keyed block's
 (`num_evictions`) and counts it down in the entry (`resident`); the entry goes when its last
 block does. A flush after the free keys the blocks still resident, where they stand in the
@@ -29,8 +29,10 @@ queue. Parking is exact because in that queue a parked block is evicted before i
 block: the request frees its table tail first, and any later hit on the parent walks through p
 to the frontier and flushes the entry first. (The same queue evicts an entry's blocks tail
 first, so the resident ones are always a prefix of them.) A parked entry lets its request go
-and keeps what its keys are made from (the keys made already, and at most `block_size` tokens
-a block for the rest), so memory follows the pool, not the number of requests served.
+and keeps what its keys are made from (the keys made already; the request's content chain, a
+view of its ids and an int an id; for the rest at most `block_size` tokens a block, or a window
+of a lazy prompt, which holds a few numbers and what its own reads keep), so memory follows the
+pool, not the number of requests served.
 Elsewhere (another policy, an engine's sampled output) the entry is flushed at the free, as
 its blocks would have been keyed by then.
 

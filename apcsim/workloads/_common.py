@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from apcsim.core.content_ids import ContentIds, mix64
-from apcsim.core.lazy_prompt import LazyPrompt
+from apcsim.core.lazy_prompt import EMPTY_TOKENS, LazyPrompt
 from apcsim.errors import ConfigError
 from apcsim.mathutil import cdiv
 
@@ -127,6 +127,11 @@ def unique_tokens(seed: int, stream: int, row_keys, lengths, vocab_size: int) ->
     return [table[starts[i] : starts[i + 1]].reshape(-1)[: lengths[i]] for i in range(lengths.shape[0])]
 
 
+def _row_piece_keys(key: int, first: int, stop: int) -> np.ndarray:
+    """The keys of pieces [first, stop) of row `key` (int64 [stop - first])."""
+    return _piece_keys(np.int64(key), np.arange(first, stop, dtype=np.int64))
+
+
 def _piece_keys(row_key, piece):
     """The key UNIQUE_BLOCK-token piece `piece` of row `row_key` is hashed from (int64; arrays
     broadcast): unique_tokens and RowTokens must agree on it."""
@@ -144,11 +149,12 @@ class RowTokens:
         self._namespace = f"unique_tokens/{stream}"
 
     def row(self, key: int, length: int) -> np.ndarray:
+        """The whole row at once (what `prompt(key, length)` reads as; the tests' reference)."""
         return self.pieces(key, 0, cdiv(length, UNIQUE_BLOCK))[:length]
 
     def pieces(self, key: int, first: int, stop: int) -> np.ndarray:
         """The UNIQUE_BLOCK-token pieces [first, stop) of row `key`, end to end (read-only)."""
-        return readonly(self._pieces(_piece_keys(np.int64(key), np.arange(first, stop, dtype=np.int64)))).reshape(-1)
+        return readonly(self._pieces(_row_piece_keys(key, first, stop))).reshape(-1)
 
     def prompt(self, key: int, length: int) -> RowPrompt:
         """`row(key, length)` made a slice at a time, when read."""
@@ -158,16 +164,17 @@ class RowTokens:
         """Row `key`'s first `length` tokens named by their pieces: token p is a function of the
         key of piece p // UNIQUE_BLOCK alone, so the KV cache manager keys the row's blocks from
         the piece keys (apcsim.core.content_ids) without making a token."""
-        ids = _piece_keys(np.int64(key), np.arange(cdiv(length, UNIQUE_BLOCK), dtype=np.int64))
-        return ContentIds(ids, UNIQUE_BLOCK, length, self._namespace)
+        return ContentIds(_row_piece_keys(key, 0, cdiv(length, UNIQUE_BLOCK)), UNIQUE_BLOCK, length, self._namespace)
 
 
 class RowPrompt(LazyPrompt):
     """Row `key` of a RowTokens as a lazy prompt, which keeps the pieces it made last.
 
-    Making pieces costs ~25 us a call whatever their number (NumPy's per-call overhead), and a
-    request reads its first blocks twice (lookup, then keying), so the last read's pieces are
-    kept: at most the pieces of one read, for as long as the request holds its prompt."""
+    Making pieces costs ~25 us a call whatever their number (NumPy's per-call overhead), and where
+    a row's blocks are keyed from tokens (a block size that does not divide UNIQUE_BLOCK,
+    verify_tokens, another hash algorithm) a request reads its first blocks twice (lookup, then
+    keying), so the last read's pieces are kept: at most the pieces of one read, for as long as
+    the request holds its prompt."""
 
     __slots__ = ("_rows", "_key", "_first", "_memo")
 
@@ -176,7 +183,7 @@ class RowPrompt(LazyPrompt):
         self._rows = rows
         self._key = key
         self._first = 0  # the memo's first piece
-        self._memo = _NO_TOKENS  # pieces [_first, _first + len / UNIQUE_BLOCK), cut at the row's end
+        self._memo = EMPTY_TOKENS  # pieces [_first, _first + len / UNIQUE_BLOCK), cut at the row's end
 
     def _make(self, start: int, stop: int) -> np.ndarray:
         skip = self._first * UNIQUE_BLOCK
@@ -187,8 +194,7 @@ class RowPrompt(LazyPrompt):
         return self._memo[start - skip : stop - skip]
 
     def window(self, start: int, stop: int) -> LazyPrompt:
-        # A window outlives the request (a parked range holds it): it reads a fresh row, no memo.
+        # A window outlives the request (a parked range holds it): it reads through a RowPrompt of
+        # its own, so that it never keeps the request's memo (maybe a whole row) alive.
         return LazyPrompt.window(RowPrompt(self._rows, self._key, self.length), start, stop)
 
-
-_NO_TOKENS = readonly(np.empty(0, dtype=np.int32))

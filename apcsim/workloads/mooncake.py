@@ -46,7 +46,7 @@ _KNOWN = _REQUIRED + SALT_FIELDS + PRIORITY_FIELDS
 _UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _HASH_STREAM = 1  # token streams of this module, so they differ from other workloads'
 _PAD_STREAM = 2
-_CONTENT_TABLE = f"mooncake/{_HASH_STREAM}"  # the token table hash ids index (hashed_blocks' stream)
+_CONTENT_TABLE = f"mooncake/{_HASH_STREAM}"  # what hash ids name: hashed_blocks' tokens of this stream
 
 
 @dataclass

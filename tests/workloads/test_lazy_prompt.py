@@ -37,6 +37,10 @@ def _assert_reads_alike(lazy: LazyPrompt, eager: np.ndarray, rng: np.random.Gene
         assert got.dtype == np.int32 and not got.flags.writeable
         np.testing.assert_array_equal(got, eager[a:b])
     np.testing.assert_array_equal(np.asarray(lazy), eager)
+    mine = np.array(lazy)  # a copy of its own, as of an array
+    mine[:] = -1
+    np.testing.assert_array_equal(lazy[:], eager)
+    assert np.asarray(lazy, dtype=np.int64).dtype == np.int64
     for i in (0, len(eager) - 1, -1, len(eager) // 2):
         assert lazy[i] == eager[i]
     with pytest.raises(IndexError):
