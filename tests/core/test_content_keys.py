@@ -69,6 +69,7 @@ AZURE = ["workload=azure", "workload.num_requests=400", "+policy=lru"]
     ["block_size=16", "num_gpu_blocks=1200"],  # evicting and preempting all the time
     ["block_size=32", "num_gpu_blocks=20000", "workload.num_tenants=3"],
     ["block_size=48", "num_gpu_blocks=1200"],  # 48 does not divide 512: token keys for all
+    ["block_size=16", "num_gpu_blocks=1200", "workload.path=azure_llm_2023/AzureLLMInferenceTrace_code.csv"],
 ])
 def test_azure_rows_same_decisions(extra, monkeypatch):
     """Azure prompts are named by their 512-token pieces: keyed from the piece ids, every
