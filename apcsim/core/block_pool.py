@@ -104,7 +104,7 @@ class BlockPool:
         for stack in (self._keyless, self._never_used):
             j = min(n - k, len(stack))
             if j:
-                out.extend(blocks[i] for i in stack[: -j - 1 : -1])
+                out.extend(map(blocks.__getitem__, stack[: -j - 1 : -1]))
                 del stack[len(stack) - j :]
                 k += j
         for b in out:
