@@ -7,9 +7,10 @@ policy). A block with a key is findable under that key; two blocks may hold the 
 requests computed the same prefix at once (vLLM keeps both; lookups return the earliest cached
 that is still resident).
 
-A freed block whose key is not made yet holds its pending range instead of an int key
-(apcsim.core.pending_keys): it is evictable like a keyed block, its eviction counts as one, and
-the pool tells the range how many of its blocks it evicted (`evicted(n)`).
+A freed block whose key is not made yet (a parked block of a pending range,
+apcsim.core.pending_keys) enters the evictable set without a key, where only parked blocks are
+keyless (parking needs `free_keyless_first`): its eviction counts as a keyed block's, and the
+pool tells `on_evict_parked` how many it evicted.
 
 `free_keyless_first` is vLLM's free queue since 0.32 (`BlockPool.free_blocks` prepends the freed
 blocks that have no hash, "LIFO reuse of non-cached blocks"): a request's partial tail block is
@@ -19,7 +20,6 @@ block joins the evictable set in release order, as vLLM did before.
 
 from __future__ import annotations
 
-from collections import Counter
 from functools import partial
 from itertools import islice, takewhile
 from operator import attrgetter, is_not
@@ -59,6 +59,9 @@ class BlockPool:
         # The host tier's write-back hook (apcsim.core.host_tier): called with the victims of an
         # allocation before their keys are dropped. None without a host tier.
         self.on_evict_keyed = None
+        # Called with the number of parked blocks an allocation evicted (the keyless victims of
+        # the policy), set by the pending keys when they park (apcsim.core.pending_keys).
+        self.on_evict_parked = None
 
     @property
     def num_free(self) -> int:
@@ -134,12 +137,7 @@ class BlockPool:
     def _evict(self, b: Block) -> None:
         """Drop the key of a block the policy just gave up (it has left the evictable set)."""
         key = b.key
-        if key is None:
-            return
-        if key.__class__ is not int:  # not made yet: `key` is the pending range holding the block
-            key.evicted(1)
-            b.key = None
-            self.num_evictions += 1
+        if key is None:  # never a parked block: parking needs a pool that does not track children
             return
         if self.cached[key] is b:
             twins = self._twins.get(key)
@@ -172,29 +170,25 @@ class BlockPool:
 
     def _take_victims(self, victims: list[Block]) -> None:
         """`_evict` and ref_cnt 1 for many blocks when children are not tracked, in one pass:
-        the hot path of LRU. Blocks of pending ranges are counted, and each range told once."""
+        the hot path of LRU. Keyless victims are counted: where blocks are parked, they are."""
         cached, twins = self.cached, self._twins
         n = 0
-        pending = []
+        keyless = 0
         for b in victims:
             b.ref_cnt = 1
             key = b.key
             if key is None:
+                keyless += 1
                 continue
-            if key.__class__ is int:
-                if twins and key in twins:
-                    self._evict(b)
-                    continue
-                del cached[key]
-            else:  # the pending range holding the block (apcsim.core.pending_keys)
-                pending.append(key)
+            if twins and key in twins:
+                self._evict(b)
+                continue
+            del cached[key]
             b.key = None
             n += 1
-        if len(pending) == 1:  # a decode boundary's single block: no Counter
-            pending[0].evicted(1)
-        elif pending:
-            for entry, k in Counter(pending).items():
-                entry.evicted(k)
+        if keyless and self.on_evict_parked is not None:
+            n += keyless
+            self.on_evict_parked(keyless)
         if self.track_chain:  # else depth and parent_key are already -1 and None
             for b in victims:
                 b.parent_key = None
@@ -291,13 +285,12 @@ class BlockPool:
         if freed:
             self.policy.on_release_many(freed)
 
-    def release_alone(self, block_ids: list[int], key) -> None:
-        """`release_ids` for blocks nobody else holds and that have no key yet, each given `key`
-        (a pending range, apcsim.core.pending_keys) as it becomes evictable: one write pass."""
+    def release_parked(self, block_ids: list[int]) -> None:
+        """`release_ids` for a parked range's blocks (apcsim.core.pending_keys): nobody else
+        holds them and they have no key, yet they join the evictable set, not the keyless stack."""
         blocks = list(map(self.blocks.__getitem__, block_ids))
         for b in blocks:
             b.ref_cnt = 0
-            b.key = key
         self.policy.on_release_many(blocks)
 
     def verify(self) -> None:
@@ -316,9 +309,6 @@ class BlockPool:
             assert not where[0] or b.key is None, f"{b!r}: a keyed block in the keyless free stack"
             if b.key is None:
                 assert b.parent_key is None and b.num_children == 0 and b.depth == -1, f"keyless {b!r} has chain state"
-                continue
-            if b.key.__class__ is not int:  # its key is pending (apcsim.core.pending_keys checks it)
-                assert b.ref_cnt == 0, f"{b!r}: a block whose key is pending is in use"
                 continue
             by_key.setdefault(b.key, []).append(b)
             if not self.track_chain:

@@ -240,10 +240,11 @@ class KVCacheManager:
                 self._content[req.block_ids[i]] = self._block_content(req, i)
         req.num_cached_blocks = num_full
 
-    def free(self, req: Request, parked: tuple[int, int, object] | None = None) -> None:
+    def free(self, req: Request, parked: tuple[int, int] | None = None) -> None:
         """Release the request's blocks, tail first, so the tail is evicted before the head.
-        `parked` (first, stop, range): blocks [first, stop) are a pending range of keys
-        (apcsim.core.pending_keys), held by this request alone, that keep the range as key."""
+        `parked` (first, stop): blocks [first, stop) are a parked range of pending keys
+        (apcsim.core.pending_keys), held by this request alone, that enter the free queue
+        without a key."""
         if self._policy_before_release:
             self.pool.policy.before_release(req)
         if parked is None:
@@ -253,10 +254,10 @@ class KVCacheManager:
             # keyless blocks (`defer` keyed [0, first) before the range existed), so the keyless
             # free stack gets them in the same order; nobody else holds a range block (it has no
             # key: no lookup can reach it), so its last reference is this request's.
-            first, stop, key = parked
+            first, stop = parked
             ids = req.block_ids
             self.pool.release_ids(reversed(ids[stop:]))
-            self.pool.release_alone(ids[first:stop][::-1], key)
+            self.pool.release_parked(ids[first:stop][::-1])
             self.pool.release_ids(reversed(ids[:first]))
         req.block_ids = []
         req.num_cached_blocks = 0

@@ -21,11 +21,15 @@ block whose parent is p (`defer`, `before_caching`). Registering an entry checks
 and keys at once when either fails.
 
 An entry outlives its request's hold on the blocks (parked by `free`, where the pool's policy is
-vLLM's plain free queue and the request's output is fixed): the freed blocks enter the free queue with
-the entry itself in `Block.key`, so the pool counts their eviction as a keyed block's
-(`num_evictions`) and counts it down in the entry (`resident`); the entry goes when its last
-block does. A flush after the free keys the blocks still resident, where they stand in the
-queue. Parking is exact because in that queue a parked block is evicted before its parent
+vLLM's plain free queue, keyless blocks are freed to the front of it, and the request's output
+is fixed): the freed blocks enter the free queue as they are, without a key, and nothing is
+written per block. In that queue every keyless block is then a parked one (a keyless block of
+any other kind goes to the keyless stack), and the queue evicts in the order blocks entered it,
+so the pool only counts the keyless blocks it evicts (`BlockPool.on_evict_parked`): they are
+the tails of the oldest parked entries, in the order they were parked (`_parked`). The pool
+counts their evictions as keyed blocks' (`num_evictions`) and the entry counts them down
+(`resident`); the entry goes when its last block does. A flush after the free keys the blocks
+still resident, where they stand in the queue, and the entry stops being parked. Parking is exact because in that queue a parked block is evicted before its parent
 block: the request frees its table tail first, and any later hit on the parent walks through p
 to the frontier and flushes the entry first. (The same queue evicts an entry's blocks tail
 first, so the resident ones are always a prefix of them.) A parked entry lets its request go
@@ -43,6 +47,8 @@ inserts, and no cluster router probing the pool (`apcsim.cluster.replica` turns 
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 
 from apcsim.core.kv_cache_manager import KVCacheManager, chain_keys
@@ -55,8 +61,8 @@ class _Entry:
     tokens, under parent key `parent`. `blocks` is None while `req` holds them; once parked,
     their ids in chain order, of which the first `resident` are still in the pool (the free
     queue evicts them tail first: they entered it together, tail first, and nothing can hit
-    them). The pool calls `evicted(n)` as it evicts them; `gone()` at the last. A parked
-    entry lets its request go and keeps only what its keys are made from (`_Parked`)."""
+    them); 0 once flushed. A parked entry lets its request go and keeps only what its keys are
+    made from (`_Parked`)."""
 
     __slots__ = ("owner", "req", "parent", "first", "num_tokens", "blocks", "resident", "parked")
 
@@ -70,14 +76,8 @@ class _Entry:
         self.resident = 0
         self.parked: _Parked | None = None
 
-    def evicted(self, n: int) -> None:
-        """The pool evicted n of the parked blocks (the resident tail); at the last one, nothing
-        is left to key."""
-        self.resident -= n
-        if not self.resident:
-            self.gone()
-
     def gone(self) -> None:
+        """The pool evicted the last parked block: nothing is left to key."""
         del self.owner._by_parent[self.parent]
 
 
@@ -140,6 +140,9 @@ class PendingKeys:
         self._by_parent: dict[int, _Entry] = {}  # every entry, by parent key (P(b))
         self._held: dict[Request, _Entry] = {}  # the entries whose request still holds the blocks
         self._park = False  # whether entries outlive the free (set by `usable`)
+        # Parked entries in the order they entered the free queue (flushed ones are skipped):
+        # the pool evicts their blocks in this order.
+        self._parked: deque[_Entry] = deque()
 
     def usable(self, host_tier) -> bool:
         kv = self.kv
@@ -148,8 +151,25 @@ class PendingKeys:
               and not kv.verify_tokens and not pool.track_children and not pool._policy_on_insert)
         # Parked blocks are keyed later without their depth and parent key, which only a pool that
         # tracks chains would write (it does not for the plain free queue, unless a host tier asks).
-        self._park = ok and pool.policy.plain_free_queue and not pool.track_chain
+        # Only where other keyless blocks never enter the queue (free_keyless_first): the pool
+        # tells a parked block by its having no key.
+        self._park = ok and pool.policy.plain_free_queue and not pool.track_chain and pool.free_keyless_first
+        if self._park:
+            pool.on_evict_parked = self._evicted
         return ok
+
+    def _evicted(self, n: int) -> None:
+        """The pool evicted n parked blocks: the resident tails of the oldest parked entries."""
+        parked = self._parked
+        while n:
+            entry = parked[0]
+            take = min(n, entry.resident)
+            entry.resident -= take
+            n -= take
+            if not entry.resident:
+                parked.popleft()
+                if take:  # else it was flushed: no longer filed
+                    entry.gone()
 
     def __bool__(self) -> bool:
         return bool(self._by_parent)
@@ -202,7 +222,8 @@ class PendingKeys:
         entry.resident = len(ids)
         entry.parked = _Parked(r, entry.first, stop, bs)
         entry.req = None
-        self.kv.free(r, parked=(entry.first, stop, entry))  # each block's key is the entry
+        self._parked.append(entry)
+        self.kv.free(r, parked=(entry.first, stop))
 
     def _flush(self, entry: _Entry) -> None:
         del self._by_parent[entry.parent]
@@ -213,6 +234,8 @@ class PendingKeys:
             return
         ids = entry.blocks[: entry.resident]
         kv.pool.cache_chain_ids(ids, entry.parked.keys(len(ids), kv.block_size, kv.hash_algo), 0)
+        entry.resident = 0  # keyed where they stand: `_evicted` skips it
+        entry.parked = None
 
     def _flush_parent(self, parent: int) -> None:
         entry = self._by_parent.get(parent)
@@ -255,10 +278,14 @@ class PendingKeys:
                 assert self._held.get(entry.req) is entry, f"held entry of {entry.req.request_id} not held"
                 continue
             assert entry.req is None and 0 < entry.resident <= len(entry.blocks), f"parked entry under {parent}"
-            for j, b in enumerate(entry.blocks):
+            for b in entry.blocks[: entry.resident]:
                 block = self.kv.pool.blocks[b]
-                if j < entry.resident:
-                    assert block.key is entry and block.ref_cnt == 0, f"parked {block!r} not free under its entry"
-                else:
-                    assert block.key is not entry, f"evicted {block!r} still under its entry"
+                assert block.key is None and block.ref_cnt == 0, f"parked {block!r} not free and unkeyed"
         assert all(self._by_parent.get(e.parent) is e for e in self._held.values()), "a held entry is not filed"
+        parked = [e for e in self._parked if e.resident]
+        assert all(self._by_parent.get(e.parent) is e for e in parked), "a parked entry is not filed"
+        assert len(parked) == sum(e.blocks is not None for e in self._by_parent.values()), "a filed parked entry is not queued"
+        if self._park:  # every keyless block in the free queue is a parked one
+            pool = self.kv.pool
+            free_keyless = sum(b.key is None and b.ref_cnt == 0 and b in pool.policy for b in pool.blocks)
+            assert free_keyless == sum(e.resident for e in parked), "keyless blocks in the free queue are not the parked ones"
