@@ -29,9 +29,10 @@ so the pool only counts the keyless blocks it evicts (`BlockPool.on_evict_parked
 the tails of the oldest parked entries, in the order they were parked (`_parked`). The pool
 counts their evictions as keyed blocks' (`num_evictions`) and the entry counts them down
 (`resident`); the entry goes when its last block does. A flush after the free keys the blocks
-still resident, where they stand in the queue, and the entry stops being parked. Parking is exact because in that queue a parked block is evicted before its parent
-block: the request frees its table tail first, and any later hit on the parent walks through p
-to the frontier and flushes the entry first. (The same queue evicts an entry's blocks tail
+still resident, where they stand in the queue, and the entry stops being parked. Parking is
+exact because in that queue a parked block is evicted before its parent block: the request
+frees its table tail first, and any later hit on the parent walks through p to the frontier
+and flushes the entry first. (The same queue evicts an entry's blocks tail
 first, so the resident ones are always a prefix of them.) A parked entry lets its request go
 and keeps what its keys are made from (the keys made already; the request's content chain, a
 view of its ids and an int an id; for the rest at most `block_size` tokens a block, or a window
