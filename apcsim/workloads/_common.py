@@ -63,12 +63,12 @@ def hashed_blocks(seed: int, stream: int, keys: np.ndarray, length: int, vocab_s
     of about `_CHUNK_TOKENS` tokens, so the temporaries stay small (the bundled Mooncake table is
     22.5M tokens: hashed at once, its uint32/float32 temporaries tripled the build's peak memory).
     """
-    mult = block_multipliers(seed, stream, length)
+    hashed = HashedRows(seed, stream, length, vocab_size)
     keys = np.asarray(keys, dtype=np.int64)
     out = np.empty((keys.shape[0], length), dtype=np.int32)  # int32 [len(keys), length]
     rows = max(1, _CHUNK_TOKENS // max(length, 1))
     for a in range(0, keys.shape[0], rows):
-        out[a : a + rows] = _hash_keys(mult, keys[a : a + rows], vocab_size)
+        out[a : a + rows] = hashed(keys[a : a + rows])
     return out
 
 

@@ -204,8 +204,8 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> SpecSource:
         covered = min(lengths[i], (b - a) * block)
         # The KV cache manager keys these tokens' blocks from the ids (apcsim/core/content_ids.py);
         # the tokens themselves are made only where something reads them.
-        prompt = TablePrompt(id_tokens, all_ids[a:b], block, covered, pads.get(i))
         ids = ContentIds(all_ids[a:b], block, covered, _CONTENT_TABLE)
+        prompt = TablePrompt(id_tokens, ids, pads.get(i))
         own = {"arrival_time": float(arrivals[i]), "cache_salt": r.salt, **r.priorities}
         own.update(fields)  # the run's rules (Poisson times, tenants, classes) over the trace's
         return RequestSpec(request_id=f"mc-{i}", prompt_token_ids=prompt, content_ids=ids,
@@ -217,19 +217,17 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> SpecSource:
 
 
 class TablePrompt(LazyPrompt):
-    """A trace prompt as its ids' token rows (`span` tokens each, `rows_of(ids)`: int32
-    [len(ids), span]), cut at `covered` tokens, then its own `pad` (the tokens past its ids, or
-    None)."""
+    """A trace prompt as the token rows of its content ids (`content.span` tokens each,
+    `rows_of(ids)`: int32 [len(ids), span]), cut at `content.num_tokens`, then its own `pad`
+    (the tokens past its ids, or None)."""
 
-    __slots__ = ("_rows_of", "_ids", "_span", "_covered", "_pad")
+    __slots__ = ("_rows_of", "_content", "_pad")
 
-    def __init__(self, rows_of: Callable[[np.ndarray], np.ndarray], ids: np.ndarray, span: int, covered: int,
+    def __init__(self, rows_of: Callable[[np.ndarray], np.ndarray], content: ContentIds,
                  pad: np.ndarray | None) -> None:
-        super().__init__(covered + (0 if pad is None else len(pad)))
+        super().__init__(content.num_tokens + (0 if pad is None else len(pad)))
         self._rows_of = rows_of  # shared by every prompt of the trace
-        self._ids = ids  # int64 [n ids], a view of the trace's
-        self._span = span
-        self._covered = covered
+        self._content = content  # the ids the KV cache manager keys the prompt from, too
         self._pad = pad  # int32 [length - covered] or None
 
     @property
@@ -238,11 +236,11 @@ class TablePrompt(LazyPrompt):
 
     def _make(self, start: int, stop: int) -> np.ndarray:
         parts = []
-        covered, span = self._covered, self._span
+        covered, span = self._content.num_tokens, self._content.span
         if start < covered:
             end = min(stop, covered)
             first = start // span
-            rows = self._rows_of(self._ids[first : cdiv(end, span)])
+            rows = self._rows_of(self._content.ids[first : cdiv(end, span)])
             parts.append(rows.reshape(-1)[start - first * span : end - first * span])
         if stop > covered:
             parts.append(self._pad[max(start - covered, 0) : stop - covered])

@@ -81,8 +81,8 @@ def content_family_specs(seed: int) -> list[RequestSpec]:
         full = rng.random() < 0.5
         covered = len(rows) * span if full else int(rng.integers(1, len(rows) * span + 1))
         tail = tails[s][: int(rng.integers(1, 13))] if full else None
-        prompt = TablePrompt(table.__getitem__, rows, span, covered, tail)
         ids = ContentIds(rows.astype(np.int64), span, covered, "test-table")
+        prompt = TablePrompt(table.__getitem__, ids, tail)
         salt = "b" if rng.random() < 0.2 else None
         for c in range(2 if rng.random() < 0.25 else 1):
             specs.append(RequestSpec(f"c{i}.{c}", prompt, int(rng.integers(1, 30)), arrival_time=t, cache_salt=salt,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from apcsim.core.content_ids import ContentIds
 from apcsim.core.lazy_prompt import LazyPrompt
 from apcsim.workloads import mooncake
 from apcsim.workloads._common import UNIQUE_BLOCK, RowTokens, hashed_blocks
@@ -68,9 +69,9 @@ def test_table_prompt_reads_as_its_gathered_rows():
     pad = rng.integers(0, VOCAB, 41, dtype=np.int32)
     whole = table[rows].reshape(-1)
     for covered in (1, 31, 32, 33, 200, len(whole)):
-        _assert_reads_alike(TablePrompt(table.__getitem__, rows, 32, covered, None), whole[:covered], rng)
-    _assert_reads_alike(TablePrompt(table.__getitem__, rows, 32, len(whole), pad), np.concatenate([whole, pad]), rng)
-    assert TablePrompt(table.__getitem__, rows, 32, len(whole), pad).nbytes == pad.nbytes
+        _assert_reads_alike(TablePrompt(table.__getitem__, ContentIds(rows, 32, covered, "t"), None), whole[:covered], rng)
+    _assert_reads_alike(TablePrompt(table.__getitem__, ContentIds(rows, 32, len(whole), "t"), pad), np.concatenate([whole, pad]), rng)
+    assert TablePrompt(table.__getitem__, ContentIds(rows, 32, len(whole), "t"), pad).nbytes == pad.nbytes
 
 
 def test_mooncake_prompts_are_their_ids_hashed_blocks():
