@@ -174,7 +174,9 @@ def write_bundle(path: Path, out, cfg, overrides: list[str]) -> Path:
         raise RuntimeError(f"{len(out.plans)} recorded plans for {len(eng.loop.step_times)} engine steps")
     with gzip.open(path / STEPS, "wt") as f:
         for (end, dur), (step, chunks, cohort, cohort_ctx, hashed, preempted) in zip(eng.loop.step_times, out.plans):
-            row = [round(end, 9), round(dur, 9), step, cohort, cohort_ctx, hashed,
+            # Times as measured: json writes a float's shortest round-trip form, so a replay
+            # reads back the live run's very numbers (rounding them made its error table drift).
+            row = [end, dur, step, cohort, cohort_ctx, hashed,
                    [[index[rid], n, ctx, int(s)] for rid, n, ctx, s in chunks], [index[rid] for rid in preempted]]
             f.write(json.dumps(row, separators=(",", ":")) + "\n")
     with (path / "requests.csv").open("w", newline="") as f:
