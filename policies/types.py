@@ -30,6 +30,29 @@ class Block:
         return f"Block({self.block_id}, ref={self.ref_cnt}, key={self.key}, depth={self.depth})"
 
 
+class BlockRun:
+    """Blocks that enter the free queue together as one entry, in eviction order: a parked range
+    of pending keys (apcsim.core.pending_keys), which nobody can hit while it has no keys.
+
+    `blocks[next:]` are still queued. Until `keyed` the pool keeps no per-block state for them
+    (each keeps the ref_cnt 1 of the range that holds it), so entering and leaving the queue
+    costs nothing per block in Python. Once keyed, they are ordinary evictable blocks where they
+    stand (ref_cnt 0); a hit takes one out (`removed`) and the queue skips it when it gets there.
+    `pos` is the queue's own bookkeeping (where the entry stands)."""
+
+    __slots__ = ("blocks", "next", "keyed", "removed", "pos")
+
+    def __init__(self, blocks: list[Block]) -> None:
+        self.blocks = blocks
+        self.next = 0
+        self.keyed = False
+        self.removed: set[Block] = set()
+        self.pos = 0
+
+    def __repr__(self) -> str:
+        return f"BlockRun({len(self.blocks) - self.next} of {len(self.blocks)} queued, keyed={self.keyed})"
+
+
 class Clock:
     """The serving core's current time in seconds (simulated or wall clock, the executor's).
 

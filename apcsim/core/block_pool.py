@@ -10,7 +10,10 @@ that is still resident).
 A freed block whose key is not made yet (a parked block of a pending range,
 apcsim.core.pending_keys) enters the evictable set without a key, where only parked blocks are
 keyless (parking needs `free_keyless_first`): its eviction counts as a keyed block's, and the
-pool tells `on_evict_parked` how many it evicted.
+pool tells `on_evict_parked` how many it evicted. A range's blocks enter the queue as one
+`BlockRun` entry and keep the ref_cnt 1 of the range that holds them (the one exception to
+"evictable => ref_cnt 0"), so that parking and evicting them write nothing per block; keyed
+later (`key_parked`), they become ordinary evictable blocks where they stand.
 
 `free_keyless_first` is vLLM's free queue since 0.32 (`BlockPool.free_blocks` prepends the freed
 blocks that have no hash, "LIFO reuse of non-cached blocks"): a request's partial tail block is
@@ -25,7 +28,7 @@ from itertools import islice, takewhile
 from operator import attrgetter, is_not
 
 from policies.eviction.base import EvictionPolicy
-from policies.types import Block
+from policies.types import Block, BlockRun
 
 _is_block = partial(is_not, None)
 _block_id = attrgetter("block_id")
@@ -123,15 +126,19 @@ class BlockPool:
                     evict(b)
                     b.ref_cnt = 1
                     out.append(b)
+                return out
+            if self.on_evict_parked is not None:  # parked runs in the queue: see release_parked
+                victims, plain = policy.evict_split(n - k)
+                self._take_victims(plain, len(victims) - len(plain))
             else:
                 victims = policy.evict(n - k)
                 if self.on_evict_keyed is not None:
                     self.on_evict_keyed(victims)
                 self._take_victims(victims)
-                if out:
-                    out += victims
-                else:
-                    out = victims  # the policy's fresh list: no copy
+            if out:
+                out += victims
+            else:
+                out = victims  # the policy's fresh list: no copy
         return out
 
     def _evict(self, b: Block) -> None:
@@ -168,17 +175,16 @@ class BlockPool:
         b.num_children = 0
         self.num_evictions += 1
 
-    def _take_victims(self, victims: list[Block]) -> None:
+    def _take_victims(self, victims: list[Block], parked: int = 0) -> None:
         """`_evict` and ref_cnt 1 for many blocks when children are not tracked, in one pass:
-        the hot path of LRU. Keyless victims are counted: where blocks are parked, they are."""
+        the hot path of LRU. `parked` more victims came out of parked runs, which need nothing
+        per block (keyless, and their ref_cnt is 1 already): only their count."""
         cached, twins = self.cached, self._twins
         n = 0
-        keyless = 0
         for b in victims:
             b.ref_cnt = 1
             key = b.key
             if key is None:
-                keyless += 1
                 continue
             if twins and key in twins:
                 self._evict(b)
@@ -186,9 +192,9 @@ class BlockPool:
             del cached[key]
             b.key = None
             n += 1
-        if keyless and self.on_evict_parked is not None:
-            n += keyless
-            self.on_evict_parked(keyless)
+        if parked:
+            n += parked
+            self.on_evict_parked(parked)
         if self.track_chain:  # else depth and parent_key are already -1 and None
             for b in victims:
                 b.parent_key = None
@@ -285,13 +291,24 @@ class BlockPool:
         if freed:
             self.policy.on_release_many(freed)
 
-    def release_parked(self, block_ids: list[int]) -> None:
-        """`release_ids` for a parked range's blocks (apcsim.core.pending_keys): nobody else
-        holds them and they have no key, yet they join the evictable set, not the keyless stack."""
-        blocks = list(map(self.blocks.__getitem__, block_ids))
-        for b in blocks:
+    def release_parked(self, block_ids: list[int]) -> BlockRun | None:
+        """`release_ids` for a parked range's blocks (apcsim.core.pending_keys), in eviction
+        order: nobody else holds them and they have no key, yet they join the evictable set, as
+        one entry (a `BlockRun`, returned), not the keyless stack. Nothing is written per block:
+        each keeps ref_cnt 1, the range's hold, which the allocation that evicts it takes over
+        (`verify` and `apcsim.core.invariants` count it so)."""
+        if not block_ids:
+            return None
+        run = BlockRun(list(map(self.blocks.__getitem__, block_ids)))
+        self.policy.on_release_run(run)
+        return run
+
+    def key_parked(self, run: BlockRun) -> None:
+        """The run's queued blocks just got their keys (`cache_chain_ids`) where they stand: they
+        become ordinary evictable blocks, which a hit may take."""
+        for b in run.blocks[run.next :]:
             b.ref_cnt = 0
-        self.policy.on_release_many(blocks)
+        self.policy.key_run(run)
 
     def verify(self) -> None:
         """Check every invariant of the pool; raises AssertionError naming the broken one."""
@@ -302,8 +319,12 @@ class BlockPool:
         assert self.free_keyless_first or not keyless, "keyless free stack used without free_keyless_first"
         children: dict[int, int] = {}
         by_key: dict[int, list[Block]] = {}
+        parking = self.on_evict_parked is not None
         for b in self.blocks:
-            where = [b.block_id in keyless, b.block_id in never, b.ref_cnt > 0, b in self.policy]
+            queued = b in self.policy
+            parked = parking and queued and b.key is None  # in a run not keyed: held by its range
+            assert not parked or b.ref_cnt == 1, f"parked {b!r}: ref count is not its range's"
+            where = [b.block_id in keyless, b.block_id in never, b.ref_cnt > 0 and not parked, queued]
             assert b.ref_cnt >= 0, f"{b!r}: negative ref count"
             assert sum(where) == 1, f"{b!r}: in keyless-free/never-used/in-use/evictable = {where}"
             assert not where[0] or b.key is None, f"{b!r}: a keyed block in the keyless free stack"

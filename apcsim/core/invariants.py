@@ -35,6 +35,8 @@ def check_scheduler(s: Scheduler) -> None:
         assert len(r.block_ids) * s.block_size == r.num_computed_tokens, f"loading {r.request_id}: blocks != tokens"
         for b in r.block_ids:
             refs[b] = refs.get(b, 0) + 1
+    for b in s.pending_keys.parked_blocks():  # a parked range holds its queued blocks
+        refs[b] = refs.get(b, 0) + 1
     if s.host_tier is not None:
         s.host_tier.verify()
     for b in pool.blocks:

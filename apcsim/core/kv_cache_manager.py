@@ -20,6 +20,7 @@ from apcsim.core.block_pool import BlockPool
 from apcsim.core.content_ids import ContentChain, content_keys
 from apcsim.core.request import Request, RequestSpec
 from policies.eviction.base import EvictionPolicy
+from policies.types import BlockRun
 
 
 _ref_cnt = attrgetter("ref_cnt")
@@ -240,13 +241,14 @@ class KVCacheManager:
                 self._content[req.block_ids[i]] = self._block_content(req, i)
         req.num_cached_blocks = num_full
 
-    def free(self, req: Request, parked: tuple[int, int] | None = None) -> None:
+    def free(self, req: Request, parked: tuple[int, int] | None = None) -> BlockRun | None:
         """Release the request's blocks, tail first, so the tail is evicted before the head.
         `parked` (first, stop): blocks [first, stop) are a parked range of pending keys
         (apcsim.core.pending_keys), held by this request alone, that enter the free queue
-        without a key."""
+        without a key, as one run (returned)."""
         if self._policy_before_release:
             self.pool.policy.before_release(req)
+        run = None
         if parked is None:
             self.pool.release_ids(reversed(req.block_ids))
         else:
@@ -257,7 +259,8 @@ class KVCacheManager:
             first, stop = parked
             ids = req.block_ids
             self.pool.release_ids(reversed(ids[stop:]))
-            self.pool.release_parked(ids[first:stop][::-1])
+            run = self.pool.release_parked(ids[first:stop][::-1])
             self.pool.release_ids(reversed(ids[:first]))
         req.block_ids = []
         req.num_cached_blocks = 0
+        return run

@@ -22,8 +22,8 @@ and keys at once when either fails.
 
 An entry outlives its request's hold on the blocks (parked by `free`, where the pool's policy is
 vLLM's plain free queue, keyless blocks are freed to the front of it, and the request's output
-is fixed): the freed blocks enter the free queue as they are, without a key, and nothing is
-written per block. In that queue every keyless block is then a parked one (a keyless block of
+is fixed): the freed blocks enter the free queue as they are, without a key, as one entry
+(`BlockRun`; each keeps ref_cnt 1, the range's hold), and nothing is written per block. In that queue every keyless block is then a parked one (a keyless block of
 any other kind goes to the keyless stack), and the queue evicts in the order blocks entered it,
 so the pool only counts the keyless blocks it evicts (`BlockPool.on_evict_parked`): they are
 the tails of the oldest parked entries, in the order they were parked (`_parked`). The pool
@@ -55,6 +55,7 @@ import numpy as np
 from apcsim.core.kv_cache_manager import KVCacheManager, chain_keys
 from apcsim.core.lazy_prompt import LazyPrompt
 from apcsim.core.request import Request, output_stream
+from policies.types import BlockRun
 
 
 class _Entry:
@@ -65,7 +66,7 @@ class _Entry:
     them); 0 once flushed. A parked entry lets its request go and keeps only what its keys are
     made from (`_Parked`)."""
 
-    __slots__ = ("owner", "req", "parent", "first", "num_tokens", "blocks", "resident", "parked")
+    __slots__ = ("owner", "req", "parent", "first", "num_tokens", "blocks", "resident", "parked", "run")
 
     def __init__(self, owner: PendingKeys, req: Request, parent: int, first: int, num_tokens: int) -> None:
         self.owner = owner
@@ -76,6 +77,7 @@ class _Entry:
         self.blocks: list[int] | None = None
         self.resident = 0
         self.parked: _Parked | None = None
+        self.run: BlockRun | None = None  # the free queue's entry for the parked blocks
 
     def gone(self) -> None:
         """The pool evicted the last parked block: nothing is left to key."""
@@ -224,7 +226,7 @@ class PendingKeys:
         entry.parked = _Parked(r, entry.first, stop, bs)
         entry.req = None
         self._parked.append(entry)
-        self.kv.free(r, parked=(entry.first, stop))
+        entry.run = self.kv.free(r, parked=(entry.first, stop))
 
     def _flush(self, entry: _Entry) -> None:
         del self._by_parent[entry.parent]
@@ -235,8 +237,9 @@ class PendingKeys:
             return
         ids = entry.blocks[: entry.resident]
         kv.pool.cache_chain_ids(ids, entry.parked.keys(len(ids), kv.block_size, kv.hash_algo), 0)
+        kv.pool.key_parked(entry.run)
         entry.resident = 0  # keyed where they stand: `_evicted` skips it
-        entry.parked = None
+        entry.parked = entry.run = None
 
     def _flush_parent(self, parent: int) -> None:
         entry = self._by_parent.get(parent)
@@ -271,6 +274,11 @@ class PendingKeys:
             for p in parents:
                 self._flush_parent(p)
 
+    def parked_blocks(self):
+        """The ids of the blocks parked ranges hold (one reference each, see BlockRun)."""
+        for entry in self._parked:
+            yield from entry.blocks[: entry.resident]
+
     def verify(self) -> None:
         """Check P(b)'s bookkeeping and the parked blocks (call between steps)."""
         for parent, entry in self._by_parent.items():
@@ -279,14 +287,16 @@ class PendingKeys:
                 assert self._held.get(entry.req) is entry, f"held entry of {entry.req.request_id} not held"
                 continue
             assert entry.req is None and 0 < entry.resident <= len(entry.blocks), f"parked entry under {parent}"
+            run = entry.run
+            assert [b.block_id for b in run.blocks[run.next :]] == entry.blocks[: entry.resident][::-1], f"parked entry under {parent}: its run holds other blocks"
             for b in entry.blocks[: entry.resident]:
                 block = self.kv.pool.blocks[b]
-                assert block.key is None and block.ref_cnt == 0, f"parked {block!r} not free and unkeyed"
+                assert block.key is None and block.ref_cnt == 1, f"parked {block!r} not unkeyed and held by its range"
         assert all(self._by_parent.get(e.parent) is e for e in self._held.values()), "a held entry is not filed"
         parked = [e for e in self._parked if e.resident]
         assert all(self._by_parent.get(e.parent) is e for e in parked), "a parked entry is not filed"
         assert len(parked) == sum(e.blocks is not None for e in self._by_parent.values()), "a filed parked entry is not queued"
         if self._park:  # every keyless block in the free queue is a parked one
             pool = self.kv.pool
-            free_keyless = sum(b.key is None and b.ref_cnt == 0 and b in pool.policy for b in pool.blocks)
+            free_keyless = sum(b.key is None and b in pool.policy for b in pool.blocks)
             assert free_keyless == sum(e.resident for e in parked), "keyless blocks in the free queue are not the parked ones"

@@ -12,16 +12,24 @@ the head reaches it. Invariant: a block's entries at or after the head are first
 (`_dead[block]` of them), then at most one live one, since a hit always kills the block's
 latest entry and a release appends a new one after every older one. So the first entry of a block
 with a dead count is always dead. `_n` counts the live entries.
+
+A `BlockRun` (a parked range, apcsim.core.pending_keys) is one list entry for all its blocks,
+which leave it from `run.next` on as the head passes: entering and leaving the queue costs one
+entry, not one per block. Until the pool keys it nobody can hit its blocks; once keyed
+(`key_run`), a hit on one of them marks it removed in its run (`_in_run` says which run), and
+the run skips it. `_runs` lists the run entries at or after the head, in queue order, each at
+list index `run.pos - _base` (positions only shift when the consumed prefix is cut off, which
+moves `_base`, or at a compaction, which sets them anew).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from policies.eviction.base import EvictionConfig, EvictionPolicy
 from policies.registry import register_eviction
-from policies.types import Block
+from policies.types import Block, BlockRun
 
 _COMPACT_AT = 4096  # drop the consumed prefix (or the dead entries) once this many and half the list
 
@@ -39,13 +47,17 @@ class LRUPolicy(EvictionPolicy):
 
     def __init__(self, cfg, ctx) -> None:
         super().__init__(cfg, ctx)
-        self._q: list[Block] = []  # release order; entries before _head are gone
+        self._q: list[Block | BlockRun] = []  # release order; entries before _head are gone
         self._head = 0  # index in _q of the oldest entry not yet consumed
         self._dead: dict[Block, int] = {}  # block -> entries of it at or after the head killed by hits
-        self._n = 0  # live entries
-        self._removed = 0  # live entries ever removed (evicted or killed)
+        self._ndead = 0  # sum of _dead's counts
+        self._n = 0  # live blocks (a run counts its live members)
+        self._removed = 0  # live blocks ever removed (evicted or killed)
         self._compactions = 0
         self._members: tuple | None = None  # (_version(), ids of live blocks), for __contains__
+        self._runs: deque[BlockRun] = deque()  # run entries at or after the head, in queue order
+        self._base = 0  # a run's list index is run.pos - _base
+        self._in_run: dict[Block, BlockRun] = {}  # live members of keyed runs -> their run
 
     def on_release(self, block: Block) -> None:
         self._q.append(block)
@@ -55,49 +67,94 @@ class LRUPolicy(EvictionPolicy):
         self._q.extend(blocks)
         self._n += len(blocks)
 
+    def on_release_run(self, run: BlockRun) -> None:
+        """The run's blocks enter the queue together, in its order, as one entry."""
+        run.pos = len(self._q) + self._base
+        self._q.append(run)
+        self._runs.append(run)
+        self._n += len(run.blocks) - run.next
+
+    def key_run(self, run: BlockRun) -> None:
+        """The pool keyed the run's queued blocks: from now on a hit may take any of them."""
+        run.keyed = True
+        self._in_run.update(dict.fromkeys(run.blocks[run.next :], run))
+
     def _kill(self, block: Block) -> None:
         """The block's live entry (its latest) leaves the queue where it stands."""
         self._dead[block] = self._dead.get(block, 0) + 1
+        self._ndead += 1
         self._n -= 1
         self._removed += 1
-        dead = len(self._q) - self._head - self._n
-        if dead >= _COMPACT_AT and dead >= self._n:
+        if self._ndead >= _COMPACT_AT and self._ndead >= self._n:
             self._compact()  # hits without evictions: dead entries would pile up
 
     def on_acquire(self, block: Block) -> None:
+        if self._in_run:
+            run = self._in_run.pop(block, None)
+            if run is not None:  # a keyed run's member: its run skips it when it gets there
+                run.removed.add(block)
+                self._n -= 1
+                self._removed += 1
+                return
         self._kill(block)
 
     def _compact(self) -> None:
         """Rebuild the list from the live entries alone."""
-        self._q = self._live()
-        self._head = 0
+        q = []
+        dead = dict(self._dead)
+        for x in self._q[self._head :]:
+            if x.__class__ is BlockRun:
+                if _skip_removed(x):
+                    x.pos = len(q)
+                    q.append(x)
+                continue
+            k = dead.get(x)
+            if k:
+                dead[x] = k - 1
+            else:
+                q.append(x)
+        self._q = q
+        self._head = self._base = 0
         self._dead = {}
+        self._ndead = 0
+        self._runs = deque(x for x in q if x.__class__ is BlockRun)
         self._compactions += 1
 
     def _live(self) -> list[Block]:
-        """The live entries from the head on, in order (skipping each block's dead ones first)."""
+        """The live blocks from the head on, in order (skipping each block's dead entries first,
+        and the removed members of runs)."""
         dead = dict(self._dead)
         live = []
-        for b in self._q[self._head :]:
-            k = dead.get(b)
+        for x in self._q[self._head :]:
+            if x.__class__ is BlockRun:
+                live += [b for b in x.blocks[x.next :] if b not in x.removed]
+                continue
+            k = dead.get(x)
             if k:
-                dead[b] = k - 1
+                dead[x] = k - 1
             else:
-                live.append(b)
+                live.append(x)
         return live
 
     def _skip_dead(self) -> int:
-        """Advance the head past dead entries; returns it."""
+        """Advance the head past dead entries and spent runs; returns it. At the head is then a
+        live block, or a run whose `blocks[next]` is live (or the end of the list)."""
         dead, q, i = self._dead, self._q, self._head
-        while dead:
-            b = q[i]
-            k = dead.get(b)
-            if not k:
-                break
-            if k == 1:
-                del dead[b]
+        while i < len(q):
+            x = q[i]
+            if x.__class__ is BlockRun:
+                if _skip_removed(x):
+                    break
+                self._runs.popleft()
             else:
-                dead[b] = k - 1
+                k = dead.get(x)
+                if not k:
+                    break
+                if k == 1:
+                    del dead[x]
+                else:
+                    dead[x] = k - 1
+                self._ndead -= 1
             i += 1
         self._head = i
         return i
@@ -105,20 +162,32 @@ class LRUPolicy(EvictionPolicy):
     def victim(self) -> Block:
         if not self._n:
             raise IndexError("victim() of an empty LRU queue")
-        return self._q[self._skip_dead()]
+        x = self._q[self._skip_dead()]
+        return x.blocks[x.next] if x.__class__ is BlockRun else x
 
     def on_evict(self, block: Block) -> None:
         i = self._skip_dead()
-        if i < len(self._q) and self._q[i] is block:
+        x = self._q[i] if i < len(self._q) else None
+        if x is block:
             self._head = i + 1
-            self._n -= 1
-            self._removed += 1
+        elif x.__class__ is BlockRun and x.blocks[x.next] is block:
+            x.next += 1
+            if x.keyed:
+                del self._in_run[block]
+            if x.next == len(x.blocks):
+                self._runs.popleft()
+                self._head = i + 1
         else:  # not the head (the contract evicts victim(), but stay exact if not)
-            self._kill(block)
+            self.on_acquire(block)
+            return
+        self._n -= 1
+        self._removed += 1
 
     def evict(self, n: int) -> list[Block]:
         if n > self._n:
             raise IndexError(f"evict({n}) from an LRU queue of {self._n}")
+        if self._runs:
+            return self._take(n, [])
         q, dead = self._q, self._dead
         i = self._head
         out = q[i : i + n]
@@ -129,20 +198,103 @@ class LRUPolicy(EvictionPolicy):
                 k = dead.get(b)
                 if not k:
                     out.append(b)
-                elif k == 1:
-                    del dead[b]
                 else:
-                    dead[b] = k - 1
+                    if k == 1:
+                        del dead[b]
+                    else:
+                        dead[b] = k - 1
+                    self._ndead -= 1
                 i += 1
         else:
             i += n
+        self._consumed(n, i)
+        return out  # oldest first
+
+    def evict_split(self, n: int) -> tuple[list[Block], list[Block]]:
+        """`evict(n)`, and of its victims those that entered the queue on their own or in a keyed
+        run (in the same order): the others left runs not keyed, whose blocks the pool keeps no
+        per-block state for."""
+        if n > self._n:
+            raise IndexError(f"evict({n}) from an LRU queue of {self._n}")
+        if not self._runs:
+            out = self.evict(n)
+            return out, out
+        plain: list[Block] = []
+        return self._take(n, plain), plain
+
+    def _take(self, n: int, plain: list[Block]) -> list[Block]:
+        """The n oldest live blocks, walking entries: slices of plain entries up to the next run,
+        then blocks out of the run."""
+        q, dead, runs = self._q, self._dead, self._runs
+        i = self._head
+        out: list[Block] = []
+        need = n
+        while need:
+            stop = runs[0].pos - self._base if runs else len(q)
+            if i < stop:  # plain entries q[i:stop]
+                seg = q[i : i + min(need, stop - i)]
+                if dead and not dead.keys().isdisjoint(seg):
+                    while need and i < stop:
+                        b = q[i]
+                        i += 1
+                        k = dead.get(b)
+                        if not k:
+                            out.append(b)
+                            plain.append(b)
+                            need -= 1
+                            continue
+                        if k == 1:
+                            del dead[b]
+                        else:
+                            dead[b] = k - 1
+                        self._ndead -= 1
+                else:
+                    out += seg
+                    plain += seg
+                    need -= len(seg)
+                    i += len(seg)
+                continue
+            run = runs[0]
+            need -= self._run_take(run, need, out, plain)
+            if run.next == len(run.blocks):
+                runs.popleft()
+                i += 1
+        self._consumed(n, i)
+        return out
+
+    def _run_take(self, run: BlockRun, need: int, out: list[Block], plain: list[Block]) -> int:
+        """Up to `need` live blocks out of the run, oldest first; returns how many."""
+        blocks, j = run.blocks, run.next
+        if not run.keyed:
+            take = blocks[j : j + need]
+            out += take
+            run.next = j + len(take)
+            return len(take)
+        removed, in_run = run.removed, self._in_run
+        got, end = 0, len(blocks)
+        while got < need and j < end:
+            b = blocks[j]
+            j += 1
+            if b in removed:
+                removed.discard(b)
+                continue
+            del in_run[b]
+            out.append(b)
+            plain.append(b)
+            got += 1
+        run.next = j
+        return got
+
+    def _consumed(self, n: int, i: int) -> None:
+        """n live blocks left from the head, which is now at list index i."""
         self._n -= n
         self._removed += n
+        q = self._q
         if i >= _COMPACT_AT and 2 * i >= len(q):
             del q[:i]
+            self._base += i
             i = 0
         self._head = i
-        return out  # oldest first
 
     def __len__(self) -> int:
         return self._n
@@ -160,10 +312,36 @@ class LRUPolicy(EvictionPolicy):
         return self._n, self._removed
 
     def verify(self) -> None:
-        held = Counter(map(id, self._q[self._head :]))
+        rest = self._q[self._head :]
+        held = Counter(id(x) for x in rest if x.__class__ is not BlockRun)
         for b, k in self._dead.items():
             assert k > 0 and held[id(b)] >= k, f"LRU counts {k} dead entries of {b!r}, holds {held[id(b)]}"
+        assert self._ndead == sum(self._dead.values()), "LRU's dead count disagrees with its entries"
+        runs = [x for x in rest if x.__class__ is BlockRun]
+        assert list(map(id, self._runs)) == list(map(id, runs)), "LRU's run list disagrees with its entries"
+        in_run: dict[int, BlockRun] = {}
+        unkeyed: set[int] = set()
+        for run in runs:
+            assert self._q[run.pos - self._base] is run, f"{run!r} not where its position says"
+            members = [b for b in run.blocks[run.next :] if b not in run.removed]
+            if run.keyed:
+                in_run.update((id(b), run) for b in members)
+            else:
+                assert not run.removed, f"{run!r}: a member removed before the run was keyed"
+                unkeyed.update(map(id, members))
+        assert {id(b): r for b, r in self._in_run.items()} == in_run, "LRU's keyed-run members disagree with the runs"
         live = self._live()
         assert len(live) == self._n, f"LRU queue counts {self._n} live entries, holds {len(live)}"
         assert len({id(b) for b in live}) == len(live), "a block live twice in the LRU queue"
-        assert all(b.ref_cnt == 0 for b in live), "LRU queue holds a block in use"
+        # A run's blocks keep the count of their range until it is keyed (see BlockRun).
+        assert all(b.ref_cnt == 0 for b in live if id(b) not in unkeyed), "LRU queue holds a block in use"
+
+
+def _skip_removed(run: BlockRun) -> bool:
+    """Move the run past removed members at its front; whether a queued one is left."""
+    blocks, j, removed = run.blocks, run.next, run.removed
+    while j < len(blocks) and blocks[j] in removed:
+        removed.discard(blocks[j])
+        j += 1
+    run.next = j
+    return j < len(blocks)

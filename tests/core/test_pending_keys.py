@@ -13,6 +13,7 @@ from apcsim.core.pending_keys import PendingKeys, _Entry, _Parked
 from apcsim.core.request import RequestSpec
 from apcsim.sim.simulator import Simulation
 from apcsim.workloads.mooncake import TablePrompt
+from policies.eviction.lru import LRUPolicy
 from tests.helpers.serving import COST, build_scheduler
 
 BS = 4
@@ -142,8 +143,9 @@ def test_pending_prompt_blocks_and_freed_ones_decide_as_eager_ones(make_specs, e
 def test_the_quoting_runs_reach_pending_blocks(monkeypatch):
     """The runs above exercise every path: quoters' lookups stop at a leader's pending blocks, a
     quoter keys a block under a pending leader's parent, freed requests' pending blocks are
-    flushed where they stand in the free queue, and evicted unkeyed to the last."""
-    counts = {"lookup": 0, "caching": 0, "parked": 0, "evicted": 0}
+    flushed where they stand in the free queue (and hit there, out of their keyed run), and
+    evicted unkeyed to the last."""
+    counts = {"lookup": 0, "caching": 0, "parked": 0, "evicted": 0, "run_hit": 0}
     cause = []
 
     def within(name, fn):
@@ -167,6 +169,13 @@ def test_the_quoting_runs_reach_pending_blocks(monkeypatch):
         counts["evicted"] += 1
         gone(self)
 
+    acquire = LRUPolicy.on_acquire
+
+    def counting_acquire(self, block):
+        counts["run_hit"] += block in self._in_run
+        acquire(self, block)
+
+    monkeypatch.setattr(LRUPolicy, "on_acquire", counting_acquire)
     monkeypatch.setattr(PendingKeys, "settle_lookup", within("lookup", PendingKeys.settle_lookup))
     monkeypatch.setattr(PendingKeys, "defer", within("caching", PendingKeys.defer))
     monkeypatch.setattr(PendingKeys, "_flush", counting_flush)

@@ -1,6 +1,7 @@
 """The LRU's list-with-holes queue (policies/eviction/lru.py) against an OrderedDict model of
 vLLM's free queue: random releases, hits, batch and single evictions, with both compactions
-forced often, must give the same victims in the same order."""
+forced often, must give the same victims in the same order; with runs (parked ranges entering
+as one entry, keyed later) mixed in, too."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 import policies.eviction.lru as lru_mod
 from policies.eviction.lru import LRUConfig, LRUPolicy
-from policies.types import Block, PolicyContext
+from policies.types import Block, BlockRun, PolicyContext
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -64,6 +65,88 @@ def test_lru_queue_matches_an_ordered_dict(seed, compact_at, monkeypatch):
         policy.verify()
     if compact_at == 2:
         assert compactions > 0, "the hole compaction never ran"
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("compact_at", [2, 7, 4096])
+def test_lru_queue_with_runs_matches_an_ordered_dict(seed, compact_at, monkeypatch):
+    """Runs enter as one entry each and leave block by block from the head; until keyed their
+    blocks cannot be hit (and keep ref_cnt 1, as the pool leaves them); keyed, a hit may take
+    any of them. `evict_split` names the victims that did not come out of an unkeyed run."""
+    monkeypatch.setattr(lru_mod, "_COMPACT_AT", compact_at)
+    rng = random.Random(seed)
+    blocks = [Block(i) for i in range(80)]
+    policy = LRUPolicy(LRUConfig(), PolicyContext(block_size=4, num_blocks=len(blocks), recompute_cost=lambda d: 1.0))
+    model: OrderedDict[int, Block] = OrderedDict()
+    in_unkeyed: dict[int, BlockRun] = {}  # queued members of runs not keyed yet
+    unkeyed_runs: list[BlockRun] = []
+    held = list(blocks)
+    for b in held:
+        b.ref_cnt = 1
+    seen = {"run_hits": 0, "split": 0, "from_runs": 0}
+    for _ in range(900):
+        op = rng.random()
+        if op < 0.2 and held:  # a plain release
+            batch = rng.sample(held, rng.randint(1, min(len(held), 8)))
+            for b in batch:
+                b.ref_cnt = 0
+                held.remove(b)
+                model[b.block_id] = b
+            policy.on_release_many(batch)
+        elif op < 0.38 and held:  # a parked range: one run, counts left as they are
+            batch = rng.sample(held, rng.randint(1, min(len(held), 12)))
+            run = BlockRun(batch)
+            for b in batch:
+                held.remove(b)
+                model[b.block_id] = b
+                in_unkeyed[b.block_id] = run
+            policy.on_release_run(run)
+            unkeyed_runs.append(run)
+        elif op < 0.45 and unkeyed_runs:  # the pool keys a run where it stands
+            run = unkeyed_runs.pop(rng.randrange(len(unkeyed_runs)))
+            queued = run.blocks[run.next :]
+            assert [b.block_id for b in queued] == [i for i, r in in_unkeyed.items() if r is run]
+            for b in queued:
+                b.ref_cnt = 0
+                del in_unkeyed[b.block_id]
+            policy.key_run(run)
+        elif op < 0.62:  # a hit takes a queued block that has a key
+            hittable = [i for i in model if i not in in_unkeyed]
+            if not hittable:
+                continue
+            b = model.pop(rng.choice(hittable))
+            seen["run_hits"] += b in policy._in_run
+            policy.on_acquire(b)
+            b.ref_cnt = 1
+            held.append(b)
+        elif op < 0.9 and model:  # allocation takes the n oldest
+            n = rng.randint(1, len(model))
+            want = [model.popitem(last=False)[1] for _ in range(n)]
+            if rng.random() < 0.5:
+                assert policy.evict(n) == want
+            else:
+                got, plain = policy.evict_split(n)
+                assert got == want
+                assert plain == [b for b in want if b.block_id not in in_unkeyed]
+                seen["split"] += 1
+            seen["from_runs"] += sum(b.block_id in in_unkeyed for b in want)
+            for b in want:
+                in_unkeyed.pop(b.block_id, None)
+                b.ref_cnt = 1
+                held.append(b)
+        elif model:  # one at a time, as a tree-using pool would
+            v = policy.victim()
+            assert v is next(iter(model.values()))
+            policy.on_evict(v)
+            del model[v.block_id]
+            in_unkeyed.pop(v.block_id, None)
+            v.ref_cnt = 1
+            held.append(v)
+        unkeyed_runs = [r for r in unkeyed_runs if r.next < len(r.blocks)]
+        assert len(policy) == len(model)
+        assert all((b in policy) == (b.block_id in model) for b in blocks)
+        policy.verify()
+    assert seen["run_hits"] and seen["split"] and seen["from_runs"], seen
 
 
 def test_evicting_more_than_queued_is_an_error():
