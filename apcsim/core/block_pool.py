@@ -56,7 +56,10 @@ class BlockPool:
         # or a host tier's pool, which copies them; apcsim.core.build turns it on then). Off, a
         # keyed block keeps depth -1 and parent_key None, as a keyless one.
         self.track_chain = policy.uses_tree or policy.uses_depth
-        self.num_evictions = 0  # keyed blocks evicted so far: lookups change only when this does
+        # Keyed blocks evicted so far, and calls that entered keys: a lookup's answer changes only
+        # when one of them does (`KVCacheManager.get_computed_blocks` keeps it till then).
+        self.num_evictions = 0
+        self.num_inserts = 0
         self._policy_on_insert = type(policy).on_insert is not EvictionPolicy.on_insert
         self._policy_on_hit = type(policy).on_hit is not EvictionPolicy.on_hit
         # The host tier's write-back hook (apcsim.core.host_tier): called with the victims of an
@@ -209,6 +212,7 @@ class BlockPool:
 
     def cache(self, b: Block, key: int, depth: int, parent_key: int | None) -> None:
         """Give an in-use block its key: its KV is now reusable by any request with this prefix."""
+        self.num_inserts += 1
         b.key = key
         if self.track_chain:
             b.depth = depth
@@ -233,6 +237,7 @@ class BlockPool:
                 d = first_depth + j
                 self.cache(b, keys[d], d, keys[d - 1] if d else None)
             return
+        self.num_inserts += 1
         cached, twins = self.cached, self._twins
         d = first_depth
         pk = keys[d - 1] if d else None
@@ -250,6 +255,7 @@ class BlockPool:
         if self.track_chain or self._policy_on_insert:
             self.cache_chain(list(map(self.blocks.__getitem__, block_ids)), keys, first_depth)
             return
+        self.num_inserts += 1
         blocks, cached, twins = self.blocks, self.cached, self._twins
         for i, key in zip(block_ids, islice(keys, first_depth, None)):
             b = blocks[i]

@@ -134,7 +134,12 @@ class KVCacheManager:
         pool = self.pool
         memo = req.hit_memo
         if memo is not None and memo[0] == pool.num_evictions:
-            hits = memo[1][:max_blocks]  # max_blocks only grows; the slice is a no-op copy
+            hits = memo[2][:max_blocks]  # max_blocks only grows; the slice is a no-op copy
+            if memo[1] == pool.num_inserts and (len(hits) < memo[3] or len(hits) == max_blocks):
+                # Nothing entered the key map since that walk either (a hit stays one while
+                # nothing is evicted, a miss while nothing is inserted), and it stopped at a miss
+                # or went as far as now: it stands.
+                return list(hits)
         else:
             hits = []
         if len(hits) < max_blocks:
@@ -143,7 +148,7 @@ class KVCacheManager:
                 req.lookup_collided = self._verified_walk(req, keys, hits, max_blocks)
             else:
                 self._walk(req, hits, max_blocks)
-        req.hit_memo = (pool.num_evictions, hits)
+        req.hit_memo = (pool.num_evictions, pool.num_inserts, hits, max_blocks)
         return list(hits)
 
     def _walk(self, req: Request, hits: list, max_blocks: int) -> None:

@@ -141,8 +141,10 @@ class Request:
     admit_seq: int = -1
     anchor_step: int = -1
     event_version: int = 0
-    # (pool.num_evictions, hit blocks) of the last prefix lookup while waiting: still exact if no
-    # keyed block was evicted since, so a request retried every step re-walks only past its end.
+    # (pool.num_evictions, pool.num_inserts, hit blocks, blocks it could reach) of the last prefix
+    # lookup while waiting: its hits stay exact while no keyed block is evicted, so a request
+    # retried every step re-walks only past their end, and the whole answer while no key is
+    # entered either (the next lookup in the same pass is free).
     hit_memo: tuple | None = None
     lookup_collided: bool = False  # verify_tokens: the last lookup stopped at a hash collision
     # Whether every output token is known in advance (the simulated stream, or the workload's

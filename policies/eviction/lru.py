@@ -216,9 +216,19 @@ class LRUPolicy(EvictionPolicy):
         per-block state for."""
         if n > self._n:
             raise IndexError(f"evict({n}) from an LRU queue of {self._n}")
-        if not self._runs:
+        runs = self._runs
+        if not runs:
             out = self.evict(n)
             return out, out
+        run = runs[0]
+        j = run.next
+        if run.pos - self._base == self._head and not run.keyed and j + n < len(run.blocks):
+            # The hot case (a decode boundary's few blocks): all from the run at the head, which
+            # stays there.
+            run.next = j + n
+            self._n -= n
+            self._removed += n
+            return run.blocks[j : j + n], []
         plain: list[Block] = []
         return self._take(n, plain), plain
 
