@@ -34,23 +34,30 @@ class BlockRun:
     """Blocks that enter the free queue together as one entry, in eviction order: a parked range
     of pending keys (apcsim.core.pending_keys), which nobody can hit while it has no keys.
 
-    `blocks[next:]` are still queued. Until `keyed` the pool keeps no per-block state for them
-    (each keeps the ref_cnt 1 of the range that holds it), so entering and leaving the queue
-    costs nothing per block in Python. Once keyed, they are ordinary evictable blocks where they
-    stand (ref_cnt 0); a hit takes one out (`removed`) and the queue skips it when it gets there.
-    `pos` is the queue's own bookkeeping (where the entry stands)."""
+    The run names its blocks by id (`ids`; `of` is the pool's list of blocks by id), and
+    `ids[next:]` are still queued. Until `keyed` the pool keeps no per-block state for them (each
+    keeps the ref_cnt 1 of the range that holds it) and hands them out by id, so entering and
+    leaving the queue touches no block object in Python. Once keyed, they are ordinary evictable
+    blocks where they stand (ref_cnt 0); a hit takes one out (its id joins `removed`) and the
+    queue skips it when it gets there. `pos` is the queue's own bookkeeping (where the entry
+    stands)."""
 
-    __slots__ = ("blocks", "next", "keyed", "removed", "pos")
+    __slots__ = ("ids", "of", "next", "keyed", "removed", "pos")
 
-    def __init__(self, blocks: list[Block]) -> None:
-        self.blocks = blocks
+    def __init__(self, ids: list[int], of: list[Block]) -> None:
+        self.ids = ids
+        self.of = of
         self.next = 0
         self.keyed = False
-        self.removed: set[Block] = set()
+        self.removed: set[int] = set()
         self.pos = 0
 
+    def queued(self) -> list[Block]:
+        """The blocks still queued (removed ones included), in order (for checks and keying)."""
+        return list(map(self.of.__getitem__, self.ids[self.next :]))
+
     def __repr__(self) -> str:
-        return f"BlockRun({len(self.blocks) - self.next} of {len(self.blocks)} queued, keyed={self.keyed})"
+        return f"BlockRun({len(self.ids) - self.next} of {len(self.ids)} queued, keyed={self.keyed})"
 
 
 class Clock:

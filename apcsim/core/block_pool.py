@@ -105,43 +105,49 @@ class BlockPool:
     def allocate(self, n: int) -> list[Block]:
         """`n` blocks with ref_cnt 1 and no key: free keyless ones first, then never-used ones, then
         the policy's victims."""
+        return list(map(self.blocks.__getitem__, self.allocate_ids(n)))
+
+    def allocate_ids(self, n: int) -> list[int]:
+        """`allocate(n)` as block ids (what a block table holds): victims out of parked runs are
+        handed out without touching their blocks."""
         if n > self.num_free:
             raise RuntimeError(f"allocate({n}) with only {self.num_free} free blocks")
         blocks = self.blocks
-        out = []
+        out: list[int] = []
         k = 0
         for stack in (self._keyless, self._never_used):
             j = min(n - k, len(stack))
             if j:
-                out.extend(map(blocks.__getitem__, stack[: -j - 1 : -1]))
+                out += stack[: -j - 1 : -1]
                 del stack[len(stack) - j :]
                 k += j
-        for b in out:
-            b.ref_cnt = 1
+        for i in out:
+            blocks[i].ref_cnt = 1
         if k < n:
-            evict, policy = self._evict, self.policy
+            policy = self.policy
             if self.track_children:
                 # Each eviction may make its parent a leaf, a candidate for the next victim.
                 for _ in range(n - k):
                     (b,) = policy.evict(1)
                     if self.on_evict_keyed is not None:
                         self.on_evict_keyed((b,))
-                    evict(b)
+                    self._evict(b)
                     b.ref_cnt = 1
-                    out.append(b)
+                    out.append(b.block_id)
                 return out
             if self.on_evict_parked is not None:  # parked runs in the queue: see release_parked
-                victims, plain = policy.evict_split(n - k)
-                self._take_victims(plain, len(victims) - len(plain))
+                ids, plain = policy.evict_ids(n - k)
+                self._take_victims(plain, len(ids) - len(plain))
             else:
                 victims = policy.evict(n - k)
                 if self.on_evict_keyed is not None:
                     self.on_evict_keyed(victims)
                 self._take_victims(victims)
+                ids = list(map(_block_id, victims))
             if out:
-                out += victims
+                out += ids
             else:
-                out = victims  # the policy's fresh list: no copy
+                out = ids
         return out
 
     def _evict(self, b: Block) -> None:
@@ -299,20 +305,20 @@ class BlockPool:
 
     def release_parked(self, block_ids: list[int]) -> BlockRun | None:
         """`release_ids` for a parked range's blocks (apcsim.core.pending_keys), in eviction
-        order: nobody else holds them and they have no key, yet they join the evictable set, as
+        order (a list the run keeps): nobody else holds them and they have no key, yet they join the evictable set, as
         one entry (a `BlockRun`, returned), not the keyless stack. Nothing is written per block:
         each keeps ref_cnt 1, the range's hold, which the allocation that evicts it takes over
         (`verify` and `apcsim.core.invariants` count it so)."""
         if not block_ids:
             return None
-        run = BlockRun(list(map(self.blocks.__getitem__, block_ids)))
+        run = BlockRun(block_ids, self.blocks)  # the caller's fresh list: kept, not copied
         self.policy.on_release_run(run)
         return run
 
     def key_parked(self, run: BlockRun) -> None:
         """The run's queued blocks just got their keys (`cache_chain_ids`) where they stand: they
         become ordinary evictable blocks, which a hit may take."""
-        for b in run.blocks[run.next :]:
+        for b in run.queued():
             b.ref_cnt = 0
         self.policy.key_run(run)
 

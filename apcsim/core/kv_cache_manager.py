@@ -24,7 +24,6 @@ from policies.types import BlockRun
 
 
 _ref_cnt = attrgetter("ref_cnt")
-_block_id = attrgetter("block_id")
 
 
 def chain_keys(tokens, block_size: int, seed: int, algo: HashAlgo | None = None) -> list[int]:
@@ -196,7 +195,7 @@ class KVCacheManager:
                 return False
             req.hit_memo = None
             if need > 0:
-                req.block_ids.extend(map(_block_id, self.pool.allocate(need)))
+                req.block_ids += self.pool.allocate_ids(need)
             full = min(total, req.num_tokens)
             if full // bs > req.num_cached_blocks:
                 self.key_blocks(req, full)
@@ -207,7 +206,7 @@ class KVCacheManager:
         req.hit_memo = None  # admitted: the lookup is spent
         self.take_hits(req, computed)
         if need > 0:
-            req.block_ids.extend(map(_block_id, self.pool.allocate(need)))
+            req.block_ids += self.pool.allocate_ids(need)
         self.key_blocks(req, min(req.num_computed_tokens + num_new_tokens, req.num_tokens))
         return True
 
@@ -225,8 +224,8 @@ class KVCacheManager:
         boundary; the caller made sure the pool has them): `allocate_slots(r, 1)` for each in
         turn, in one pool call (the pool hands out and evicts blocks in the same order either way,
         by the eviction policy's contract; nothing is keyed, the new blocks are empty)."""
-        for r, b in zip(reqs, self.pool.allocate(len(reqs))):
-            r.block_ids.append(b.block_id)
+        for r, i in zip(reqs, self.pool.allocate_ids(len(reqs))):
+            r.block_ids.append(i)
 
     def cache_full_blocks(self, req: Request, num_tokens: int) -> None:
         """Give keys to the request's blocks that are full within its first `num_tokens` tokens."""

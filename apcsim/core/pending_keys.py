@@ -288,7 +288,7 @@ class PendingKeys:
                 continue
             assert entry.req is None and 0 < entry.resident <= len(entry.blocks), f"parked entry under {parent}"
             run = entry.run
-            assert [b.block_id for b in run.blocks[run.next :]] == entry.blocks[: entry.resident][::-1], f"parked entry under {parent}: its run holds other blocks"
+            assert run.ids[run.next :] == entry.blocks[: entry.resident][::-1], f"parked entry under {parent}: its run holds other blocks"
             for b in entry.blocks[: entry.resident]:
                 block = self.kv.pool.blocks[b]
                 assert block.key is None and block.ref_cnt == 1, f"parked {block!r} not unkeyed and held by its range"

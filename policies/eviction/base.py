@@ -51,7 +51,7 @@ class EvictionPolicy(abc.ABC):
     #: reuse takes the oldest), on which the core relies to leave keys of freed blocks pending
     #: (apcsim.core.pending_keys). `lru` and `none` only; a subclass that changes a hook must set
     #: it back to False. Where the core parks blocks, such a policy also takes a parked range as
-    #: one entry: `on_release_run(run)`, `key_run(run)` and `evict_split(n)` (see `BlockRun` and
+    #: one entry: `on_release_run(run)`, `key_run(run)` and `evict_ids(n)` (see `BlockRun` and
     #: policies/eviction/lru.py); `none` never sees one (it caches nothing, so nothing is parked).
     plain_free_queue: bool = False
 

@@ -14,10 +14,10 @@ latest entry and a release appends a new one after every older one. So the first
 with a dead count is always dead. `_n` counts the live entries.
 
 A `BlockRun` (a parked range, apcsim.core.pending_keys) is one list entry for all its blocks,
-which leave it from `run.next` on as the head passes: entering and leaving the queue costs one
-entry, not one per block. Until the pool keys it nobody can hit its blocks; once keyed
-(`key_run`), a hit on one of them marks it removed in its run (`_in_run` says which run), and
-the run skips it. `_runs` lists the run entries at or after the head, in queue order, each at
+named by id, which leave it from `run.next` on as the head passes: entering and leaving the
+queue costs one entry, not one per block, and `evict_ids` hands them out by id without touching
+a block. Until the pool keys it nobody can hit its blocks; once keyed (`key_run`), a hit on one
+of them marks it removed in its run (`_in_run` says which run), and the run skips it. `_runs` lists the run entries at or after the head, in queue order, each at
 list index `run.pos - _base` (positions only shift when the consumed prefix is cut off, which
 moves `_base`, or at a compaction, which sets them anew).
 """
@@ -26,12 +26,14 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass
+from operator import attrgetter
 
 from policies.eviction.base import EvictionConfig, EvictionPolicy
 from policies.registry import register_eviction
 from policies.types import Block, BlockRun
 
 _COMPACT_AT = 4096  # drop the consumed prefix (or the dead entries) once this many and half the list
+_block_id = attrgetter("block_id")
 
 
 @dataclass
@@ -58,6 +60,7 @@ class LRUPolicy(EvictionPolicy):
         self._runs: deque[BlockRun] = deque()  # run entries at or after the head, in queue order
         self._base = 0  # a run's list index is run.pos - _base
         self._in_run: dict[Block, BlockRun] = {}  # live members of keyed runs -> their run
+        self._of: list[Block] = []  # the pool's blocks by id (runs name theirs by id)
 
     def on_release(self, block: Block) -> None:
         self._q.append(block)
@@ -72,12 +75,13 @@ class LRUPolicy(EvictionPolicy):
         run.pos = len(self._q) + self._base
         self._q.append(run)
         self._runs.append(run)
-        self._n += len(run.blocks) - run.next
+        self._n += len(run.ids) - run.next
+        self._of = run.of
 
     def key_run(self, run: BlockRun) -> None:
         """The pool keyed the run's queued blocks: from now on a hit may take any of them."""
         run.keyed = True
-        self._in_run.update(dict.fromkeys(run.blocks[run.next :], run))
+        self._in_run.update(dict.fromkeys(run.queued(), run))
 
     def _kill(self, block: Block) -> None:
         """The block's live entry (its latest) leaves the queue where it stands."""
@@ -92,7 +96,7 @@ class LRUPolicy(EvictionPolicy):
         if self._in_run:
             run = self._in_run.pop(block, None)
             if run is not None:  # a keyed run's member: its run skips it when it gets there
-                run.removed.add(block)
+                run.removed.add(block.block_id)
                 self._n -= 1
                 self._removed += 1
                 return
@@ -127,7 +131,7 @@ class LRUPolicy(EvictionPolicy):
         live = []
         for x in self._q[self._head :]:
             if x.__class__ is BlockRun:
-                live += [b for b in x.blocks[x.next :] if b not in x.removed]
+                live += [b for b in x.queued() if b.block_id not in x.removed]
                 continue
             k = dead.get(x)
             if k:
@@ -138,7 +142,7 @@ class LRUPolicy(EvictionPolicy):
 
     def _skip_dead(self) -> int:
         """Advance the head past dead entries and spent runs; returns it. At the head is then a
-        live block, or a run whose `blocks[next]` is live (or the end of the list)."""
+        live block, or a run whose `ids[next]` is live (or the end of the list)."""
         dead, q, i = self._dead, self._q, self._head
         while i < len(q):
             x = q[i]
@@ -163,18 +167,18 @@ class LRUPolicy(EvictionPolicy):
         if not self._n:
             raise IndexError("victim() of an empty LRU queue")
         x = self._q[self._skip_dead()]
-        return x.blocks[x.next] if x.__class__ is BlockRun else x
+        return x.of[x.ids[x.next]] if x.__class__ is BlockRun else x
 
     def on_evict(self, block: Block) -> None:
         i = self._skip_dead()
         x = self._q[i] if i < len(self._q) else None
         if x is block:
             self._head = i + 1
-        elif x.__class__ is BlockRun and x.blocks[x.next] is block:
+        elif x.__class__ is BlockRun and x.of[x.ids[x.next]] is block:
             x.next += 1
             if x.keyed:
                 del self._in_run[block]
-            if x.next == len(x.blocks):
+            if x.next == len(x.ids):
                 self._runs.popleft()
                 self._head = i + 1
         else:  # not the head (the contract evicts victim(), but stay exact if not)
@@ -187,7 +191,7 @@ class LRUPolicy(EvictionPolicy):
         if n > self._n:
             raise IndexError(f"evict({n}) from an LRU queue of {self._n}")
         if self._runs:
-            return self._take(n, [])
+            return list(map(self._of.__getitem__, self._take(n, [])))
         q, dead = self._q, self._dead
         i = self._head
         out = q[i : i + n]
@@ -210,34 +214,35 @@ class LRUPolicy(EvictionPolicy):
         self._consumed(n, i)
         return out  # oldest first
 
-    def evict_split(self, n: int) -> tuple[list[Block], list[Block]]:
-        """`evict(n)`, and of its victims those that entered the queue on their own or in a keyed
-        run (in the same order): the others left runs not keyed, whose blocks the pool keeps no
-        per-block state for."""
+    def evict_ids(self, n: int) -> tuple[list[int], list[Block]]:
+        """`evict(n)` as block ids, and the victims that entered the queue on their own or in a
+        keyed run, in the same order: the others left runs not keyed, whose blocks the pool keeps
+        no per-block state for, so they are handed out by id and not touched at all."""
         if n > self._n:
             raise IndexError(f"evict({n}) from an LRU queue of {self._n}")
         runs = self._runs
         if not runs:
             out = self.evict(n)
-            return out, out
+            return list(map(_block_id, out)), out
         run = runs[0]
         j = run.next
-        if run.pos - self._base == self._head and not run.keyed and j + n < len(run.blocks):
+        if run.pos - self._base == self._head and not run.keyed and j + n < len(run.ids):
             # The hot case (a decode boundary's few blocks): all from the run at the head, which
             # stays there.
             run.next = j + n
             self._n -= n
             self._removed += n
-            return run.blocks[j : j + n], []
+            return run.ids[j : j + n], []
         plain: list[Block] = []
         return self._take(n, plain), plain
 
-    def _take(self, n: int, plain: list[Block]) -> list[Block]:
-        """The n oldest live blocks, walking entries: slices of plain entries up to the next run,
-        then blocks out of the run."""
+    def _take(self, n: int, plain: list[Block]) -> list[int]:
+        """The ids of the n oldest live blocks, walking entries: slices of plain entries up to
+        the next run, then ids out of the run. Plain entries and keyed runs' members also go to
+        `plain`."""
         q, dead, runs = self._q, self._dead, self._runs
         i = self._head
-        out: list[Block] = []
+        out: list[int] = []
         need = n
         while need:
             stop = runs[0].pos - self._base if runs else len(q)
@@ -249,7 +254,7 @@ class LRUPolicy(EvictionPolicy):
                         i += 1
                         k = dead.get(b)
                         if not k:
-                            out.append(b)
+                            out.append(b.block_id)
                             plain.append(b)
                             need -= 1
                             continue
@@ -259,37 +264,38 @@ class LRUPolicy(EvictionPolicy):
                             dead[b] = k - 1
                         self._ndead -= 1
                 else:
-                    out += seg
+                    out += map(_block_id, seg)
                     plain += seg
                     need -= len(seg)
                     i += len(seg)
                 continue
             run = runs[0]
             need -= self._run_take(run, need, out, plain)
-            if run.next == len(run.blocks):
+            if run.next == len(run.ids):
                 runs.popleft()
                 i += 1
         self._consumed(n, i)
         return out
 
-    def _run_take(self, run: BlockRun, need: int, out: list[Block], plain: list[Block]) -> int:
-        """Up to `need` live blocks out of the run, oldest first; returns how many."""
-        blocks, j = run.blocks, run.next
+    def _run_take(self, run: BlockRun, need: int, out: list[int], plain: list[Block]) -> int:
+        """Up to `need` live ids out of the run, oldest first; returns how many."""
+        ids, j = run.ids, run.next
         if not run.keyed:
-            take = blocks[j : j + need]
+            take = ids[j : j + need]
             out += take
             run.next = j + len(take)
             return len(take)
-        removed, in_run = run.removed, self._in_run
-        got, end = 0, len(blocks)
+        removed, in_run, of = run.removed, self._in_run, run.of
+        got, end = 0, len(ids)
         while got < need and j < end:
-            b = blocks[j]
+            i = ids[j]
             j += 1
-            if b in removed:
-                removed.discard(b)
+            if i in removed:
+                removed.discard(i)
                 continue
+            b = of[i]
             del in_run[b]
-            out.append(b)
+            out.append(i)
             plain.append(b)
             got += 1
         run.next = j
@@ -333,7 +339,8 @@ class LRUPolicy(EvictionPolicy):
         unkeyed: set[int] = set()
         for run in runs:
             assert self._q[run.pos - self._base] is run, f"{run!r} not where its position says"
-            members = [b for b in run.blocks[run.next :] if b not in run.removed]
+            assert run.removed <= set(run.ids[run.next :]), f"{run!r}: removed members it has passed"
+            members = [b for b in run.queued() if b.block_id not in run.removed]
             if run.keyed:
                 in_run.update((id(b), run) for b in members)
             else:
@@ -349,9 +356,9 @@ class LRUPolicy(EvictionPolicy):
 
 def _skip_removed(run: BlockRun) -> bool:
     """Move the run past removed members at its front; whether a queued one is left."""
-    blocks, j, removed = run.blocks, run.next, run.removed
-    while j < len(blocks) and blocks[j] in removed:
-        removed.discard(blocks[j])
+    ids, j, removed = run.ids, run.next, run.removed
+    while j < len(ids) and ids[j] in removed:
+        removed.discard(ids[j])
         j += 1
     run.next = j
-    return j < len(blocks)
+    return j < len(ids)

@@ -72,7 +72,8 @@ def test_lru_queue_matches_an_ordered_dict(seed, compact_at, monkeypatch):
 def test_lru_queue_with_runs_matches_an_ordered_dict(seed, compact_at, monkeypatch):
     """Runs enter as one entry each and leave block by block from the head; until keyed their
     blocks cannot be hit (and keep ref_cnt 1, as the pool leaves them); keyed, a hit may take
-    any of them. `evict_split` names the victims that did not come out of an unkeyed run."""
+    any of them. `evict_ids` gives the victims' ids and names those that did not come out of an
+    unkeyed run."""
     monkeypatch.setattr(lru_mod, "_COMPACT_AT", compact_at)
     rng = random.Random(seed)
     blocks = [Block(i) for i in range(80)]
@@ -95,7 +96,7 @@ def test_lru_queue_with_runs_matches_an_ordered_dict(seed, compact_at, monkeypat
             policy.on_release_many(batch)
         elif op < 0.38 and held:  # a parked range: one run, counts left as they are
             batch = rng.sample(held, rng.randint(1, min(len(held), 12)))
-            run = BlockRun(batch)
+            run = BlockRun([b.block_id for b in batch], blocks)
             for b in batch:
                 held.remove(b)
                 model[b.block_id] = b
@@ -104,7 +105,7 @@ def test_lru_queue_with_runs_matches_an_ordered_dict(seed, compact_at, monkeypat
             unkeyed_runs.append(run)
         elif op < 0.45 and unkeyed_runs:  # the pool keys a run where it stands
             run = unkeyed_runs.pop(rng.randrange(len(unkeyed_runs)))
-            queued = run.blocks[run.next :]
+            queued = run.queued()
             assert [b.block_id for b in queued] == [i for i, r in in_unkeyed.items() if r is run]
             for b in queued:
                 b.ref_cnt = 0
@@ -125,8 +126,8 @@ def test_lru_queue_with_runs_matches_an_ordered_dict(seed, compact_at, monkeypat
             if rng.random() < 0.5:
                 assert policy.evict(n) == want
             else:
-                got, plain = policy.evict_split(n)
-                assert got == want
+                got, plain = policy.evict_ids(n)
+                assert got == [b.block_id for b in want]
                 assert plain == [b for b in want if b.block_id not in in_unkeyed]
                 seen["split"] += 1
             seen["from_runs"] += sum(b.block_id in in_unkeyed for b in want)
@@ -142,7 +143,7 @@ def test_lru_queue_with_runs_matches_an_ordered_dict(seed, compact_at, monkeypat
             in_unkeyed.pop(v.block_id, None)
             v.ref_cnt = 1
             held.append(v)
-        unkeyed_runs = [r for r in unkeyed_runs if r.next < len(r.blocks)]
+        unkeyed_runs = [r for r in unkeyed_runs if r.next < len(r.ids)]
         assert len(policy) == len(model)
         assert all((b in policy) == (b.block_id in model) for b in blocks)
         policy.verify()
