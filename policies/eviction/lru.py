@@ -105,18 +105,10 @@ class LRUPolicy(EvictionPolicy):
     def _compact(self) -> None:
         """Rebuild the list from the live entries alone."""
         q = []
-        dead = dict(self._dead)
-        for x in self._q[self._head :]:
+        for x in self._live_entries():
             if x.__class__ is BlockRun:
-                if _skip_removed(x):
-                    x.pos = len(q)
-                    q.append(x)
-                continue
-            k = dead.get(x)
-            if k:
-                dead[x] = k - 1
-            else:
-                q.append(x)
+                x.pos = len(q)
+            q.append(x)
         self._q = q
         self._head = self._base = 0
         self._dead = {}
@@ -125,20 +117,29 @@ class LRUPolicy(EvictionPolicy):
         self._compactions += 1
 
     def _live(self) -> list[Block]:
-        """The live blocks from the head on, in order (skipping each block's dead entries first,
-        and the removed members of runs)."""
-        dead = dict(self._dead)
+        """The live blocks from the head on, in order."""
         live = []
-        for x in self._q[self._head :]:
+        for x in self._live_entries():
             if x.__class__ is BlockRun:
                 live += [b for b in x.queued() if b.block_id not in x.removed]
+            else:
+                live.append(x)
+        return live
+
+    def _live_entries(self):
+        """The entries from the head on that hold a live block, in order: each block's dead
+        entries skipped, and runs with nothing queued but removed members."""
+        dead = dict(self._dead)
+        for x in self._q[self._head :]:
+            if x.__class__ is BlockRun:
+                if _skip_removed(x):
+                    yield x
                 continue
             k = dead.get(x)
             if k:
                 dead[x] = k - 1
             else:
-                live.append(x)
-        return live
+                yield x
 
     def _skip_dead(self) -> int:
         """Advance the head past dead entries and spent runs; returns it. At the head is then a
@@ -154,14 +155,18 @@ class LRUPolicy(EvictionPolicy):
                 k = dead.get(x)
                 if not k:
                     break
-                if k == 1:
-                    del dead[x]
-                else:
-                    dead[x] = k - 1
-                self._ndead -= 1
+                self._pass_dead(x, k)
             i += 1
         self._head = i
         return i
+
+    def _pass_dead(self, block: Block, k: int) -> None:
+        """The head passes one of the block's k dead entries."""
+        if k == 1:
+            del self._dead[block]
+        else:
+            self._dead[block] = k - 1
+        self._ndead -= 1
 
     def victim(self) -> Block:
         if not self._n:
@@ -203,11 +208,7 @@ class LRUPolicy(EvictionPolicy):
                 if not k:
                     out.append(b)
                 else:
-                    if k == 1:
-                        del dead[b]
-                    else:
-                        dead[b] = k - 1
-                    self._ndead -= 1
+                    self._pass_dead(b, k)
                 i += 1
         else:
             i += n
@@ -258,11 +259,7 @@ class LRUPolicy(EvictionPolicy):
                             plain.append(b)
                             need -= 1
                             continue
-                        if k == 1:
-                            del dead[b]
-                        else:
-                            dead[b] = k - 1
-                        self._ndead -= 1
+                        self._pass_dead(b, k)
                 else:
                     out += map(_block_id, seg)
                     plain += seg

@@ -15,6 +15,17 @@ from policies.eviction.lru import LRUConfig, LRUPolicy
 from policies.types import Block, BlockRun, PolicyContext
 
 
+def _evict_one(policy: LRUPolicy, model: OrderedDict, held: list[Block]) -> Block:
+    """victim() + on_evict(), as a tree-using pool takes blocks, checked against the model."""
+    v = policy.victim()
+    assert v is next(iter(model.values()))
+    policy.on_evict(v)
+    del model[v.block_id]
+    v.ref_cnt = 1
+    held.append(v)
+    return v
+
+
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("compact_at", [2, 7, 4096])
 def test_lru_queue_matches_an_ordered_dict(seed, compact_at, monkeypatch):
@@ -54,12 +65,7 @@ def test_lru_queue_matches_an_ordered_dict(seed, compact_at, monkeypatch):
                 b.ref_cnt = 1
                 held.append(b)
         elif model:  # one at a time, as a tree-using pool would
-            v = policy.victim()
-            assert v is next(iter(model.values()))
-            policy.on_evict(v)
-            del model[v.block_id]
-            v.ref_cnt = 1
-            held.append(v)
+            _evict_one(policy, model, held)
         assert len(policy) == len(model)
         assert all((b in policy) == (b.block_id in model) for b in blocks)
         policy.verify()
@@ -136,13 +142,7 @@ def test_lru_queue_with_runs_matches_an_ordered_dict(seed, compact_at, monkeypat
                 b.ref_cnt = 1
                 held.append(b)
         elif model:  # one at a time, as a tree-using pool would
-            v = policy.victim()
-            assert v is next(iter(model.values()))
-            policy.on_evict(v)
-            del model[v.block_id]
-            in_unkeyed.pop(v.block_id, None)
-            v.ref_cnt = 1
-            held.append(v)
+            in_unkeyed.pop(_evict_one(policy, model, held).block_id, None)
         unkeyed_runs = [r for r in unkeyed_runs if r.next < len(r.ids)]
         assert len(policy) == len(model)
         assert all((b in policy) == (b.block_id in model) for b in blocks)
