@@ -7,6 +7,7 @@ CPU seconds of the child (`time.process_time` around the run), not wall time. Ca
 
   azure      Azure LLM inference trace 2023, conversation (19,366 requests), +policy=lru block_size=16
   azure_nocache  the same with +policy=none (caching off): azure / azure_nocache is caching's cost at 0 hits
+             (run with azure, the two take turns in one loop and the ratio is taken repeat by repeat)
   mooncake   the bundled Mooncake FAST'25 synthetic trace (3,993 requests), +policy=lru block_size=16
   synth100k  100,000 shared_prefix requests (1,024-token prompts, half shared, 128 output tokens),
              Poisson arrivals at 40 req/s, +policy=lru block_size=16
@@ -224,39 +225,64 @@ def main() -> None:
         doc = {**describe_run(), "head": head, "baseline": base, "repeats": args.repeats, "quick": args.quick,
                "unit": "CPU seconds of the child (time.process_time around simulate; startup: the whole process)",
                "results": {}}
+        # azure and azure_nocache take turns in one loop when both run, so that each repeat's
+        # ratio of the two (caching's cost at zero hits) compares runs of the same moment.
+        paired = {"azure", "azure_nocache"} <= set(args.cases)
+        all_runs: dict[str, dict[str, list[dict]]] = {}
         for name in args.cases:
-            case_args = CASES[name] + (QUICK.get(name, []) if args.quick else [])
-            runs: dict[str, list[dict]] = {"head": [], "base": []}
-            if name in ("startup", "startup_default"):  # one untimed run each: the OS file cache and apcsim's caches warm
-                for tree in ([scratch] if base is not None else []) + [ROOT]:
-                    run_case(tree, name, case_args)
+            if paired and name == "azure_nocache":
+                continue  # run beside azure
+            group = [name, "azure_nocache"] if paired and name == "azure" else [name]
+            for n in group:
+                all_runs[n] = {"head": [], "base": []}
+                if n in ("startup", "startup_default"):  # one untimed run each: the OS file cache and apcsim's caches warm
+                    for tree in ([scratch] if base is not None else []) + [ROOT]:
+                        run_case(tree, n, case_args_of(n, args.quick))
             for _ in range(args.repeats):
-                if base is not None:
-                    runs["base"].append(run_case(scratch, name, case_args))
-                runs["head"].append(run_case(ROOT, name, case_args))
-            r = summarise(runs, case_args)
-            if name in FLOOR_CASES and not args.no_floor:
-                floors = [child(ROOT, FLOOR_CHILD, case_args) for _ in range(args.repeats)]
-                r["floor"] = {kind: {"median_cpu_s": statistics.median(f[kind]["cpu_s"] for f in floors),
-                                     "hit_rate": floors[0][kind]["hit_rate"],
-                                     "requests_per_cpu_s": r["requests"] / statistics.median(f[kind]["cpu_s"] for f in floors),
-                                     "head_vs_floor": statistics.median(f[kind]["cpu_s"] for f in floors) / r["head"]["median_cpu_s"]}
-                              for kind in ("xxh3", "ids") if kind in floors[0]}
-            doc["results"][name] = r
-            print_case(name, r)
-        if {"azure", "azure_nocache"} <= set(doc["results"]):
-            doc["caching_overhead_at_zero_hits"] = caching_overhead(doc["results"])
+                for n in group:
+                    if base is not None:
+                        all_runs[n]["base"].append(run_case(scratch, n, case_args_of(n, args.quick)))
+                    all_runs[n]["head"].append(run_case(ROOT, n, case_args_of(n, args.quick)))
+            for n in group:
+                doc["results"][n] = case_result(n, all_runs[n], args)
+        if paired:
+            doc["caching_overhead_at_zero_hits"] = caching_overhead(all_runs)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     write_results(doc, args.out, echo=False)
 
 
-def caching_overhead(results: dict) -> dict:
-    """azure / azure_nocache median CPU time, per side: what prefix caching costs where it never
-    hits (1.10 would be 10 % more CPU than with caching off)."""
-    lru, off = results["azure"], results["azure_nocache"]
-    out = {side: lru[side]["median_cpu_s"] / off[side]["median_cpu_s"] for side in ("head", "base") if side in lru}
-    print("caching overhead at 0 hits (azure / azure_nocache): " + "  ".join(f"{k} x{v:.2f}" for k, v in out.items()))
+def case_args_of(name: str, quick: bool) -> list[str]:
+    return CASES[name] + (QUICK.get(name, []) if quick else [])
+
+
+def case_result(name: str, runs: dict[str, list[dict]], args) -> dict:
+    """One case's summary (with its floor where it has one), printed as it is made."""
+    case_args = case_args_of(name, args.quick)
+    r = summarise(runs, case_args)
+    if name in FLOOR_CASES and not args.no_floor:
+        floors = [child(ROOT, FLOOR_CHILD, case_args) for _ in range(args.repeats)]
+        r["floor"] = {kind: {"median_cpu_s": statistics.median(f[kind]["cpu_s"] for f in floors),
+                             "hit_rate": floors[0][kind]["hit_rate"],
+                             "requests_per_cpu_s": r["requests"] / statistics.median(f[kind]["cpu_s"] for f in floors),
+                             "head_vs_floor": statistics.median(f[kind]["cpu_s"] for f in floors) / r["head"]["median_cpu_s"]}
+                      for kind in ("xxh3", "ids") if kind in floors[0]}
+    print_case(name, r)
+    return r
+
+
+def caching_overhead(runs: dict[str, dict[str, list[dict]]]) -> dict:
+    """azure / azure_nocache CPU time, repeat by repeat (the two ran back to back), per side: the
+    median ratio and its range, what prefix caching costs where it never hits (1.10 would be
+    10 % more CPU than with caching off)."""
+    out = {}
+    for side in ("head", "base"):
+        pairs = list(zip(runs["azure"][side], runs["azure_nocache"][side]))
+        if pairs:
+            ratios = [a["cpu_s"] / b["cpu_s"] for a, b in pairs]
+            out[side] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+    print("caching overhead at 0 hits (azure / azure_nocache, paired repeats): "
+          + "  ".join(f"{k} x{v['median']:.2f} [{v['min']:.2f}..{v['max']:.2f}]" for k, v in out.items()))
     return out
 
 
