@@ -305,10 +305,10 @@ class BlockPool:
 
     def release_parked(self, block_ids: list[int]) -> BlockRun | None:
         """`release_ids` for a parked range's blocks (apcsim.core.pending_keys), in eviction
-        order (a list the run keeps): nobody else holds them and they have no key, yet they join the evictable set, as
-        one entry (a `BlockRun`, returned), not the keyless stack. Nothing is written per block:
-        each keeps ref_cnt 1, the range's hold, which the allocation that evicts it takes over
-        (`verify` and `apcsim.core.invariants` count it so)."""
+        order (a list the run keeps): nobody else holds them and they have no key, yet they join
+        the evictable set, as one entry (a `BlockRun`, returned), not the keyless stack. Nothing
+        is written per block: each keeps ref_cnt 1, the range's hold, which the allocation that
+        evicts it takes over (`verify` and `apcsim.core.invariants` count it so)."""
         if not block_ids:
             return None
         run = BlockRun(block_ids, self.blocks)  # the caller's fresh list: kept, not copied

@@ -23,12 +23,13 @@ and keys at once when either fails.
 An entry outlives its request's hold on the blocks (parked by `free`, where the pool's policy is
 vLLM's plain free queue, keyless blocks are freed to the front of it, and the request's output
 is fixed): the freed blocks enter the free queue as they are, without a key, as one entry
-(`BlockRun`; each keeps ref_cnt 1, the range's hold), and nothing is written per block. In that queue every keyless block is then a parked one (a keyless block of
-any other kind goes to the keyless stack), and the queue evicts in the order blocks entered it,
-so the pool only counts the keyless blocks it evicts (`BlockPool.on_evict_parked`): they are
-the tails of the oldest parked entries, in the order they were parked (`_parked`). The pool
-counts their evictions as keyed blocks' (`num_evictions`) and the entry counts them down
-(`resident`); the entry goes when its last block does. A flush after the free keys the blocks
+(`BlockRun`; each keeps ref_cnt 1, the range's hold), and nothing is written per block. In that
+queue every keyless block is then a parked one (a keyless block of any other kind goes to the
+keyless stack), and the queue evicts in the order blocks entered it: the tails of the oldest
+parked entries' runs, in the order they were parked (`_parked`). The pool counts their
+evictions as keyed blocks' (`num_evictions`) and tells `BlockPool.on_evict_parked`; an entry's
+run says how many of its blocks are left (`resident`), and the entry goes when its last block
+does. A flush after the free keys the blocks
 still resident, where they stand in the queue, and the entry stops being parked. Parking is
 exact because in that queue a parked block is evicted before its parent block: the request
 frees its table tail first, and any later hit on the parent walks through p to the frontier
@@ -62,11 +63,11 @@ class _Entry:
     """One pending range: request `req`'s blocks from `first` on, full within `num_tokens`
     tokens, under parent key `parent`. `blocks` is None while `req` holds them; once parked,
     their ids in chain order, of which the first `resident` are still in the pool (the free
-    queue evicts them tail first: they entered it together, tail first, and nothing can hit
-    them); 0 once flushed. A parked entry lets its request go and keeps only what its keys are
+    queue evicts them tail first: they entered it together, as `run`, tail first, and nothing
+    can hit them); 0 once flushed (`run` is then None). A parked entry lets its request go and keeps only what its keys are
     made from (`_Parked`)."""
 
-    __slots__ = ("owner", "req", "parent", "first", "num_tokens", "blocks", "resident", "parked", "run")
+    __slots__ = ("owner", "req", "parent", "first", "num_tokens", "blocks", "parked", "run")
 
     def __init__(self, owner: PendingKeys, req: Request, parent: int, first: int, num_tokens: int) -> None:
         self.owner = owner
@@ -75,9 +76,14 @@ class _Entry:
         self.first = first
         self.num_tokens = num_tokens
         self.blocks: list[int] | None = None
-        self.resident = 0
         self.parked: _Parked | None = None
         self.run: BlockRun | None = None  # the free queue's entry for the parked blocks
+
+    @property
+    def resident(self) -> int:
+        """Parked blocks still in the pool: those its run has not handed out yet."""
+        run = self.run
+        return 0 if run is None else len(run.ids) - run.next
 
     def gone(self) -> None:
         """The pool evicted the last parked block: nothing is left to key."""
@@ -162,17 +168,13 @@ class PendingKeys:
         return ok
 
     def _evicted(self, n: int) -> None:
-        """The pool evicted n parked blocks: the resident tails of the oldest parked entries."""
+        """The pool evicted n parked blocks, out of the runs of the oldest parked entries: those
+        whose runs are spent go."""
         parked = self._parked
-        while n:
-            entry = parked[0]
-            take = min(n, entry.resident)
-            entry.resident -= take
-            n -= take
-            if not entry.resident:
-                parked.popleft()
-                if take:  # else it was flushed: no longer filed
-                    entry.gone()
+        while parked and not parked[0].resident:
+            entry = parked.popleft()
+            if entry.run is not None:  # else it was flushed: no longer filed
+                entry.gone()
 
     def __bool__(self) -> bool:
         return bool(self._by_parent)
@@ -222,7 +224,6 @@ class PendingKeys:
         stop = entry.num_tokens // bs
         ids = r.block_ids[entry.first : stop]
         entry.blocks = ids
-        entry.resident = len(ids)
         entry.parked = _Parked(r, entry.first, stop, bs)
         entry.req = None
         self._parked.append(entry)
@@ -238,8 +239,7 @@ class PendingKeys:
         ids = entry.blocks[: entry.resident]
         kv.pool.cache_chain_ids(ids, entry.parked.keys(len(ids), kv.block_size, kv.hash_algo), 0)
         kv.pool.key_parked(entry.run)
-        entry.resident = 0  # keyed where they stand: `_evicted` skips it
-        entry.parked = entry.run = None
+        entry.parked = entry.run = None  # keyed where they stand: `_evicted` skips it
 
     def _flush_parent(self, parent: int) -> None:
         entry = self._by_parent.get(parent)
