@@ -26,6 +26,7 @@ from apcsim.interrupt import deferred
 from apcsim.loop import Frontend, ServingLoop, _new_request
 from apcsim.outputs.requestlog import RequestLog
 from apcsim.sim.cost_model import CostModel
+from apcsim.sim.gc_pause import fewer_collections
 from policies.routing.base import Router
 
 
@@ -167,6 +168,7 @@ class ClusterSimulation:
         with deferred():  # Ctrl-C/kill stop the run only at a step boundary
             env.process(self._arrivals())
             bodies = [env.process(loop.body()) for loop in self.loops]
-            env.run(until=simpy.AllOf(env, bodies))
+            with fewer_collections():
+                env.run(until=simpy.AllOf(env, bodies))
         if self.progress is not None:
             self.progress.close()

@@ -17,6 +17,7 @@ from apcsim.core.request import RequestSpec
 from apcsim.core.scheduler import Scheduler, StepResult
 from apcsim.loop import ServingLoop, Waits
 from apcsim.sim.cost_model import CostModel
+from apcsim.sim.gc_pause import fewer_collections
 
 
 class SimPyExecutor:
@@ -44,7 +45,8 @@ class SimPyExecutor:
 
     def drive(self, loop: ServingLoop) -> None:
         self.env.process(self._arrivals(loop))
-        self.env.run(until=self.env.process(loop.body()))
+        with fewer_collections():
+            self.env.run(until=self.env.process(loop.body()))
 
     def run_plan(self, plan: StepPlan) -> Waits[float]:
         transfers = plan.transfers
