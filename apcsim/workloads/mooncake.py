@@ -98,12 +98,14 @@ class _StrictJSONError(ValueError):
 
 def _no_duplicate_keys(pairs: list) -> dict:
     """json.loads keeps the last of two equal keys without a word; a trace that says a thing twice is refused."""
-    seen = set()
-    for k, _ in pairs:
-        if k in seen:
-            raise _StrictJSONError(f"duplicate field {k!r}")
-        seen.add(k)
-    return dict(pairs)
+    d = dict(pairs)
+    if len(d) < len(pairs):  # the slow search only for a row that has a duplicate
+        seen = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _StrictJSONError(f"duplicate field {k!r}")
+            seen.add(k)
+    return d
 
 
 def _no_constant(name: str):
@@ -144,9 +146,10 @@ def read_rows(path, unit: str, limit: Optional[int], strict: bool = True) -> lis
             else:
                 ts = _int_field(rec, "timestamp", 0, where)
             ids = rec["hash_ids"]
-            if not isinstance(ids, list) or not ids or not all(isinstance(h, int) and not isinstance(h, bool) for h in ids):
+            # type(h) is int: JSON gives no int subclass but bool (true/false), which is refused
+            if not isinstance(ids, list) or not ids or set(map(type, ids)) != {int}:
                 raise where("hash_ids must be a non-empty list of integers")
-            if not all(-(2**63) <= h < 2**63 for h in ids):
+            if min(ids) < -(2**63) or max(ids) >= 2**63:
                 raise where("hash_ids must fit in 64-bit signed integers")
             rows.append(_Row(lineno, ts * _UNITS[unit], _int_field(rec, "input_length", 1, where),
                              _int_field(rec, "output_length", 1 if strict else 0, where, _NO_EMPTY_OUTPUT), ids,
