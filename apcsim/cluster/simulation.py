@@ -26,6 +26,7 @@ from apcsim.interrupt import deferred
 from apcsim.loop import Frontend, ServingLoop, _new_request
 from apcsim.outputs.requestlog import RequestLog
 from apcsim.sim.cost_model import CostModel
+from apcsim.sim.events import first_of
 from apcsim.sim.gc_pause import fewer_collections
 from policies.routing.base import Router
 
@@ -159,7 +160,7 @@ class ClusterSimulation:
                     ex.new_work()
                 return
             changed = clock.arrivals_changed
-            yield (changed if wake is None else (wake | changed))
+            yield (changed if wake is None else first_of(env, wake, changed))
             if changed.triggered:
                 clock.arrivals_changed = env.event()
 

@@ -17,6 +17,7 @@ from apcsim.core.request import RequestSpec
 from apcsim.core.scheduler import Scheduler, StepResult
 from apcsim.loop import ServingLoop, Waits
 from apcsim.sim.cost_model import CostModel
+from apcsim.sim.events import first_of
 from apcsim.sim.gc_pause import fewer_collections
 
 
@@ -93,7 +94,7 @@ class SimPyExecutor:
                     self._work.succeed()
                 return
             changed = self._arrivals_changed
-            yield (changed if wake is None else (wake | changed))
+            yield (changed if wake is None else first_of(env, wake, changed))
             if changed.triggered:
                 self._arrivals_changed = env.event()
 
