@@ -10,8 +10,11 @@ a lookup accepts a key match only if they are equal too (a mismatch is a hash co
 
 from __future__ import annotations
 
+import struct
+from functools import lru_cache
 from operator import attrgetter
 
+import numpy as np
 import xxhash
 
 from apcsim.mathutil import cdiv
@@ -26,19 +29,28 @@ from policies.types import BlockRun
 _ref_cnt = attrgetter("ref_cnt")
 
 
+@lru_cache(maxsize=None)
+def _block_bytes(block_size: int) -> struct.Struct:
+    """One block of int32 tokens as one bytes field: `iter_unpack` yields the blocks of a buffer."""
+    return struct.Struct(f"{block_size * 4}s")
+
+
 def chain_keys(tokens, block_size: int, seed: int, algo: HashAlgo | None = None) -> list[int]:
     """Keys of the full blocks of `tokens` (int32), chained from `seed` with `algo` (default
     xxh3_64): the one key function (the KV cache manager and the offline future oracle both call
     it)."""
-    data = tokens.astype("<i4", copy=False).tobytes()  # slicing bytes beats a memoryview's slice here
-    step = block_size * 4  # int32 tokens
     out = []
     if algo is None or algo.name == "xxh3_64":  # inlined: the hot path of every run
+        # int32 [full blocks * block_size], cut into each block's bytes by one C iterator (a
+        # third faster than slicing the bytes in Python, and no copy of the whole prompt first)
+        full = np.ascontiguousarray(tokens[: len(tokens) // block_size * block_size], dtype="<i4")
         h, append = xxhash.xxh3_64_intdigest, out.append
-        for i in range(0, len(tokens) // block_size * step, step):
-            seed = h(data[i : i + step], seed)
+        for (block,) in _block_bytes(block_size).iter_unpack(full):
+            seed = h(block, seed)
             append(seed)
         return out
+    data = tokens.astype("<i4", copy=False).tobytes()
+    step = block_size * 4  # int32 tokens
     hstep = algo.step
     for i in range(len(tokens) // block_size):
         seed = hstep(seed, data[i * step : (i + 1) * step])
