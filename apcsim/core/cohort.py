@@ -16,9 +16,15 @@ Invariants (checked by `Scheduler.verify`):
   recorded in the history as a leave and a join.)
 - `context_sum(step)` is the members' total context at `step`: `base + len * step`, where `base`
   is the sum over members of (context at anchor - anchor step), kept as members join and leave.
-- The event heaps are lazy: an entry is (step, admit_seq, version, request) and counts only while
-  `version == request.event_version` and the request is a member; every join and leave bumps the
-  version, so entries of an earlier membership are dropped when they surface.
+- The event heaps are lazy: an entry is (step, admit_seq, version, request), dropped when it
+  surfaces if it no longer counts. An allocation entry counts while `version ==
+  request.event_version` and the request is a member; every join and leave bumps that version,
+  so entries of an earlier membership are dropped. A member's finish step survives a leave and
+  rejoin at a block boundary (it decodes the same token either way), so its finish entry does
+  too: a finish entry counts while `version == request.finish_version` (the entry `join` queued
+  last; `request.finish_step` is its step, -1 once it surfaced) and the request is a member, and
+  `join` queues a new one only when the finish step or admit_seq moved. Either way a member's
+  live entries come out in (step, admit_seq) order, as if every join had queued its own.
 - `snapshot()` is O(1) and stays valid forever (see `apcsim.core.plan.CohortHistory`): every join
   and leave appends one change, and a new history starts once the changes outnumber the members,
   so the copy it makes is amortized O(1) per change.
@@ -70,7 +76,10 @@ class DecodeCohort:
         alloc_step = step + (-c) % self.block_size  # computed % block_size == 0: needs a block
         finish_step = step + r.spec.output_len - r.num_output_tokens - 1  # max_output_tokens
         heapq.heappush(self._alloc_events, (alloc_step, r.admit_seq, r.event_version, r))
-        heapq.heappush(self._finish_events, (finish_step, r.admit_seq, r.event_version, r))
+        if finish_step != r.finish_step or r.finish_seq != r.admit_seq:  # else its entry is queued
+            r.finish_version += 1
+            r.finish_step, r.finish_seq = finish_step, r.admit_seq
+            heapq.heappush(self._finish_events, (finish_step, r.admit_seq, r.finish_version, r))
 
     def leave(self, r: Request, step: int, last_token_time: float) -> None:
         """Make r's counters exact as of the start of `step` and take it out. `last_token_time`
@@ -125,16 +134,31 @@ class DecodeCohort:
 
     def pop_finish_events(self, upto_step: int) -> list[Request]:
         """Members whose last token is sampled at a step <= upto_step (they are still members)."""
-        return _pop_events(self._finish_events, upto_step)
+        heap, out = self._finish_events, []
+        while heap and heap[0][0] <= upto_step:
+            _, _, version, r = heapq.heappop(heap)
+            if version == r.finish_version:
+                r.finish_step = -1  # surfaced: a later join queues a new one
+                if r.anchor_step >= 0:
+                    out.append(r)
+        return out
 
     def next_event_step(self) -> int | None:
         """The earliest step with a member's event, None if there is none."""
-        bounds = [e for e in (_next_event(self._alloc_events), _next_event(self._finish_events)) if e is not None]
+        bounds = [e for e in (_next_event(self._alloc_events), self.next_finish_step()) if e is not None]
         return min(bounds) if bounds else None
 
     def next_finish_step(self) -> int | None:
         """The earliest step in which a member samples its last token, None if none does."""
-        return _next_event(self._finish_events)
+        heap = self._finish_events
+        while heap:
+            s, _, version, r = heap[0]
+            if version == r.finish_version:
+                if r.anchor_step >= 0:
+                    return s
+                r.finish_step = -1  # its request left the cohort: the entry goes
+            heapq.heappop(heap)
+        return None
 
     def next_alloc_step(self) -> int | None:
         """The earliest step in which a member needs a new block, None if none does."""
@@ -170,6 +194,12 @@ class DecodeCohort:
                 assert m.block_ids == tuple(r.block_ids), f"{r.request_id}: block table changed in the cohort"
                 base += r.num_computed_tokens - r.anchor_step
         assert base == self._base, "cohort context bookkeeping drifted"
+        queued = {(version, id(r)) for _, _, version, r in self._finish_events}
+        for r in running:
+            if r.anchor_step >= 0:
+                finish = r.anchor_step + r.spec.output_len - r.num_output_tokens - 1
+                assert (r.finish_step, r.finish_seq) == (finish, r.admit_seq), f"{r.request_id}: finish entry is stale"
+                assert (r.finish_version, id(r)) in queued, f"{r.request_id}: finish entry is not queued"
         assert self.snapshot().members() == tuple(CohortMember(*m) for m in self._members.values()), \
             "cohort history drifted"
 
