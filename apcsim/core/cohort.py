@@ -38,7 +38,9 @@ output could tell.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 
+from apcsim.core.block_table import TableView
 from apcsim.core.plan import CohortHistory, CohortMember, CohortSnapshot
 from apcsim.core.request import Request
 
@@ -63,7 +65,7 @@ class DecodeCohort:
     def context_sum(self, step: int) -> int:
         return self._base + len(self._members) * step
 
-    def join(self, r: Request, step: int, block_ids: tuple[int, ...]) -> None:
+    def join(self, r: Request, step: int, block_ids: Sequence[int]) -> None:
         """r decodes one token per step from `step` on, lazily, until its next event. `block_ids`
         is its block table (unchanged until it leaves)."""
         r.anchor_step = step
@@ -115,7 +117,7 @@ class DecodeCohort:
         r.num_output_tokens += k
         r.last_token_time = end
         r.anchor_step = step + 1
-        member = (seq, r.spec.request_id, c, step + 1, tuple(r.block_ids))
+        member = (seq, r.spec.request_id, c, step + 1, TableView(r.block_ids))
         self._members[seq] = member
         changes = self._history.changes
         changes.append((seq, None))

@@ -7,13 +7,15 @@ other running request in its decode phase: one new token each, no block allocati
 model needs, and carries a `CohortSnapshot` from which an executor that needs every block table
 (the engine, the parity recorder) lists the cohort's chunks with `cohort_chunks()`.
 
-A plan never refers to live scheduler state: it stays valid after `update()` and after later
-steps. Keeping it so costs O(1) per cohort membership change, not O(cohort) per step (see
-`CohortSnapshot`).
+A plan stays valid after `update()` and after later steps. Keeping it so costs O(1) per cohort
+membership change, not O(cohort) per step (see `CohortSnapshot`), and O(1) per block table: a
+table is a view of the first n ids of the request's block list, whose first n entries never
+change (see `apcsim.core.block_table`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -26,7 +28,9 @@ class ScheduledChunk(NamedTuple):
     request_id: str
     num_new_tokens: int
     num_context_tokens: int  # tokens of this request already in the KV cache (hit or computed)
-    block_ids: tuple[int, ...]  # the block table after this step's allocation
+    # the block table after this step's allocation: a tuple, or the scheduler's copy-free view
+    # of the request's table (apcsim.core.block_table.TableView), which behaves as one
+    block_ids: Sequence[int]
     samples: bool  # True if this step ends the request's prompt (or recompute) and samples a token
 
 
@@ -39,7 +43,7 @@ class CohortMember(NamedTuple):
     request_id: str
     anchor_context: int  # tokens with KV at anchor_step
     anchor_step: int
-    block_ids: tuple[int, ...]
+    block_ids: Sequence[int]  # a tuple or a TableView, as ScheduledChunk's
 
     def chunk(self, step: int) -> ScheduledChunk:
         return ScheduledChunk(self.request_id, 1, self.anchor_context + step - self.anchor_step, self.block_ids, True)

@@ -23,6 +23,7 @@ from apcsim.core.admission import (
     long_prefill_cap,
     rejection_reason,
 )
+from apcsim.core.block_table import TableView
 from apcsim.core.cohort import DecodeCohort
 from apcsim.core.interface import SchedulerInterface, SchedulerStats, StepResult
 from apcsim.core.invariants import check_scheduler
@@ -327,7 +328,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         # `_scheduled` is in admission order already: the running pass walks in that order and
         # admissions get the next admit_seq.
         chunks = tuple([
-            ScheduledChunk(r.spec.request_id, new, r.num_computed_tokens, tuple(r.block_ids),
+            ScheduledChunk(r.spec.request_id, new, r.num_computed_tokens, TableView(r.block_ids),
                            r.num_computed_tokens + new >= r.num_tokens)
             for r, new in self._scheduled.items()
             if new > 0
