@@ -21,9 +21,9 @@ Invariants (checked by `Scheduler.verify`):
   request.event_version` and the request is a member; every join and leave bumps that version,
   so entries of an earlier membership are dropped. A member's finish step survives a leave and
   rejoin at a block boundary (it decodes the same token either way), so its finish entry does
-  too: a finish entry counts while `version == request.finish_version` (the entry `join` queued
-  last; `request.finish_step` is its step, -1 once it surfaced) and the request is a member, and
-  `join` queues a new one only when the finish step or admit_seq moved. Either way a member's
+  too: a finish entry counts while it is `request.finish_entry` (the entry `join` queued last,
+  None once it surfaced) and the request is a member, and `join` queues a new one only when the
+  finish step or admit_seq moved. Either way a member's
   live entries come out in (step, admit_seq) order, as if every join had queued its own.
 - `snapshot()` is O(1) and stays valid forever (see `apcsim.core.plan.CohortHistory`): every join
   and leave appends one change, and a new history starts once the changes outnumber the members,
@@ -78,10 +78,11 @@ class DecodeCohort:
         alloc_step = step + (-c) % self.block_size  # computed % block_size == 0: needs a block
         finish_step = step + r.spec.output_len - r.num_output_tokens - 1  # max_output_tokens
         heapq.heappush(self._alloc_events, (alloc_step, r.admit_seq, r.event_version, r))
-        if finish_step != r.finish_step or r.finish_seq != r.admit_seq:  # else its entry is queued
-            r.finish_version += 1
-            r.finish_step, r.finish_seq = finish_step, r.admit_seq
-            heapq.heappush(self._finish_events, (finish_step, r.admit_seq, r.finish_version, r))
+        entry = r.finish_entry
+        if entry is None or entry[0] != finish_step or entry[1] != r.admit_seq:  # else it is queued
+            # event_version breaks ties between entries of one request: each join bumps it
+            r.finish_entry = entry = (finish_step, r.admit_seq, r.event_version, r)
+            heapq.heappush(self._finish_events, entry)
 
     def leave(self, r: Request, step: int, last_token_time: float) -> None:
         """Make r's counters exact as of the start of `step` and take it out. `last_token_time`
@@ -138,9 +139,10 @@ class DecodeCohort:
         """Members whose last token is sampled at a step <= upto_step (they are still members)."""
         heap, out = self._finish_events, []
         while heap and heap[0][0] <= upto_step:
-            _, _, version, r = heapq.heappop(heap)
-            if version == r.finish_version:
-                r.finish_step = -1  # surfaced: a later join queues a new one
+            entry = heapq.heappop(heap)
+            r = entry[3]
+            if entry is r.finish_entry:
+                r.finish_entry = None  # surfaced: a later join queues a new one
                 if r.anchor_step >= 0:
                     out.append(r)
         return out
@@ -154,11 +156,12 @@ class DecodeCohort:
         """The earliest step in which a member samples its last token, None if none does."""
         heap = self._finish_events
         while heap:
-            s, _, version, r = heap[0]
-            if version == r.finish_version:
+            entry = heap[0]
+            r = entry[3]
+            if entry is r.finish_entry:
                 if r.anchor_step >= 0:
-                    return s
-                r.finish_step = -1  # its request left the cohort: the entry goes
+                    return entry[0]
+                r.finish_entry = None  # its request left the cohort: the entry goes
             heapq.heappop(heap)
         return None
 
@@ -196,12 +199,13 @@ class DecodeCohort:
                 assert m.block_ids == tuple(r.block_ids), f"{r.request_id}: block table changed in the cohort"
                 base += r.num_computed_tokens - r.anchor_step
         assert base == self._base, "cohort context bookkeeping drifted"
-        queued = {(version, id(r)) for _, _, version, r in self._finish_events}
+        queued = set(map(id, self._finish_events))
         for r in running:
             if r.anchor_step >= 0:
                 finish = r.anchor_step + r.spec.output_len - r.num_output_tokens - 1
-                assert (r.finish_step, r.finish_seq) == (finish, r.admit_seq), f"{r.request_id}: finish entry is stale"
-                assert (r.finish_version, id(r)) in queued, f"{r.request_id}: finish entry is not queued"
+                e = r.finish_entry
+                assert e is not None and e[:2] == (finish, r.admit_seq), f"{r.request_id}: finish entry is stale"
+                assert id(e) in queued, f"{r.request_id}: finish entry is not queued"
         assert self.snapshot().members() == tuple(CohortMember(*m) for m in self._members.values()), \
             "cohort history drifted"
 
