@@ -17,9 +17,10 @@ A `BlockRun` (a parked range, apcsim.core.pending_keys) is one list entry for al
 named by id, which leave it from `run.next` on as the head passes: entering and leaving the
 queue costs one entry, not one per block, and `evict_ids` hands them out by id without touching
 a block. Until the pool keys it nobody can hit its blocks; once keyed (`key_run`), a hit on one
-of them marks it removed in its run (`_in_run` says which run), and the run skips it. `_runs` lists the run entries at or after the head, in queue order, each at
-list index `run.pos - _base` (positions only shift when the consumed prefix is cut off, which
-moves `_base`, or at a compaction, which sets them anew).
+of them marks it removed in its run (`_in_run` says which run), and the run skips it. `_runs`
+lists the run entries at or after the head, in queue order, each at list index `run.pos -
+_base` (positions only shift when the consumed prefix is cut off, which moves `_base`, or at a
+compaction, which sets them anew).
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ class LRUPolicy(EvictionPolicy):
         self._runs: deque[BlockRun] = deque()  # run entries at or after the head, in queue order
         self._base = 0  # a run's list index is run.pos - _base
         self._in_run: dict[Block, BlockRun] = {}  # live members of keyed runs -> their run
-        self._of: list[Block] = []  # the pool's blocks by id (runs name theirs by id)
 
     def on_release(self, block: Block) -> None:
         self._q.append(block)
@@ -76,7 +76,6 @@ class LRUPolicy(EvictionPolicy):
         self._q.append(run)
         self._runs.append(run)
         self._n += len(run.ids) - run.next
-        self._of = run.of
 
     def key_run(self, run: BlockRun) -> None:
         """The pool keyed the run's queued blocks: from now on a hit may take any of them."""
@@ -196,7 +195,8 @@ class LRUPolicy(EvictionPolicy):
         if n > self._n:
             raise IndexError(f"evict({n}) from an LRU queue of {self._n}")
         if self._runs:
-            return list(map(self._of.__getitem__, self._take(n, [])))
+            of = self._runs[0].of  # the pool's blocks by id (every run names its blocks in it)
+            return list(map(of.__getitem__, self._take(n, [])))
         q, dead = self._q, self._dead
         i = self._head
         out = q[i : i + n]
