@@ -23,8 +23,8 @@ Invariants (checked by `Scheduler.verify`):
   rejoin at a block boundary (it decodes the same token either way), so its finish entry does
   too: a finish entry counts while it is `request.finish_entry` (the entry `join` queued last,
   None once it surfaced) and the request is a member, and `join` queues a new one only when the
-  finish step or admit_seq moved. Either way a member's
-  live entries come out in (step, admit_seq) order, as if every join had queued its own.
+  finish step or admit_seq moved. Either way a member's live entries come out in (step,
+  admit_seq) order, as if every join had queued its own.
 - `snapshot()` is O(1) and stays valid forever (see `apcsim.core.plan.CohortHistory`): every join
   and leave appends one change, and a new history starts once the changes outnumber the members,
   so the copy it makes is amortized O(1) per change.

@@ -64,8 +64,8 @@ class _Entry:
     tokens, under parent key `parent`. `blocks` is None while `req` holds them; once parked,
     their ids in chain order, of which the first `resident` are still in the pool (the free
     queue evicts them tail first: they entered it together, as `run`, tail first, and nothing
-    can hit them); 0 once flushed (`run` is then None). A parked entry lets its request go and keeps only what its keys are
-    made from (`_Parked`)."""
+    can hit them); 0 once flushed (`run` is then None). A parked entry lets its request go and
+    keeps only what its keys are made from (`_Parked`)."""
 
     __slots__ = ("owner", "req", "parent", "first", "num_tokens", "blocks", "parked", "run")
 
