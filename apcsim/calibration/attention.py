@@ -106,6 +106,11 @@ class DecodeAttention:
         fb = float(b)
         return self.grid(fb, float(context_sum) / fb)
 
+    def along(self, b: int, context_sums) -> list[float]:
+        """`eval` in plain Python (faster for a few sums), bit for bit the same."""
+        fb = float(b)
+        return self.grid.along_y(fb, [float(c) / fb for c in context_sums])
+
     def eval(self, b: int, context_sums: np.ndarray) -> np.ndarray:
         """The same as calling it for each context sum, bit for bit."""
         fb = float(b)

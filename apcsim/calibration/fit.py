@@ -191,6 +191,22 @@ class Grid:
         sxy = self._sx[j0] + wy * self._dsx[j0]
         return r0 + wx * (r1 - r0) + sxy * ex
 
+    def along_y(self, x: float, ys) -> list[float]:
+        """[g(x, y) for y in ys] in plain Python: `__call__`'s operations with x located once.
+        For a few points (a short decode stretch) it is several times faster than `eval_y`,
+        whose NumPy calls cost a microsecond or more each whatever the length."""
+        i0, i1, wx, ex = _locate(self._x, self._xgap, x)
+        t0, t1, dt0, dt1 = self._t[i0], self._t[i1], self._dt[i0], self._dt[i1]
+        sy0, sy1, sx, dsx = self._sy[i0], self._sy[i1], self._sx, self._dsx
+        knots, gaps = self._y, self._ygap
+        out = []
+        for y in ys:
+            j0, _, wy, ey = _locate(knots, gaps, y)
+            r0 = t0[j0] + wy * dt0[j0] + sy0 * ey
+            r1 = t1[j0] + wy * dt1[j0] + sy1 * ey
+            out.append(r0 + wx * (r1 - r0) + (sx[j0] + wy * dsx[j0]) * ex)
+        return out
+
     def eval_y(self, x: float, y: np.ndarray) -> np.ndarray:
         """g(x, y) for one x and many y: the same operations as __call__, element by element.
         Terms that are exactly zero here (no extrapolation, x on a knot) are skipped: adding a

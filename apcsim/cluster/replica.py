@@ -11,7 +11,8 @@ single steps would have seen it.
 
 from __future__ import annotations
 
-import numpy as np
+from bisect import bisect_left
+
 import simpy
 
 from apcsim.core.request import Request
@@ -62,20 +63,20 @@ class ReplicaExecutor(SimPyExecutor):
         if self.skip_quiet:
             yield from self._skip_quiet_stretch(loop)
 
-    def _wait_stretch(self, ends: np.ndarray, m: int, now: float) -> Waits[int]:
+    def _wait_stretch(self, ends: list[float], m: int, now: float) -> Waits[int]:
         env = self.env
         self._stretch_wake = wake = env.event()
         try:
-            yield env.timeout(float(ends[m - 1]) - now) | wake
+            yield env.timeout(ends[m - 1] - now) | wake
         finally:
             self._stretch_wake = None
         t = env.now
-        if wake.triggered and t < float(ends[m - 1]):
+        if wake.triggered and t < ends[m - 1]:
             # A request arrived at t: it is seen by the first step starting at or after t, so
             # the steps that started before t stay in the stretch and the rest are stepped.
             self.num_stretches_cut += 1
-            m = 1 + int(np.searchsorted(ends[: m - 1], t, side="left"))
-            rest = float(ends[m - 1]) - t
+            m = 1 + bisect_left(ends, t, 0, m - 1)
+            rest = ends[m - 1] - t
             if rest > 0:
                 yield env.timeout(rest)
         return m

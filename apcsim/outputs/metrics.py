@@ -98,16 +98,16 @@ class MetricsCollector:
             self._itl_weights.extend([1.0] * len(result.itl_samples))
         self._row(now, 1, num_requests, num_tokens)
 
-    def record_stretch(self, now: float, durations: np.ndarray, num_seqs: int,
-                       allocated: list[tuple[int, int]] = (), ends: np.ndarray | None = None,
+    def record_stretch(self, now: float, durations: list[float], num_seqs: int,
+                       allocated: list[tuple[int, int]] = (), ends: list[float] | None = None,
                        start: float = 0.0) -> None:
-        """k quiet decode steps of `num_seqs` requests each; durations is float64 [k].
+        """k quiet decode steps of `num_seqs` requests each, `durations` their k step times.
         `allocated`: (step offset j, a) for steps in which a of the requests took a new block
         (`Scheduler.advance`); stepping reports those a requests' gaps one by one, as
         `ends[j] - ends[j - 1]` (`start` for j = 0), and so does this, in the same order."""
         k = len(durations)
         self.num_steps += k
-        ds = durations.tolist()
+        ds = durations
         for d in ds:  # one at a time, as record_step would: bit-identical sums
             self.busy_time += d
         if not allocated:
@@ -122,7 +122,7 @@ class MetricsCollector:
                 if num_seqs > a:
                     values.append(ds[j])
                     weights.append(float(num_seqs - a))
-                gap = float(ends[j]) - (start if j == 0 else float(ends[j - 1]))
+                gap = ends[j] - (start if j == 0 else ends[j - 1])
                 values.extend([gap] * a)
                 weights.extend([1.0] * a)
                 done = j + 1

@@ -9,7 +9,6 @@ completions, block allocations, preemptions), not with generated tokens.
 
 from __future__ import annotations
 
-import numpy as np
 import simpy
 
 from apcsim.core.plan import StepPlan
@@ -105,14 +104,20 @@ class SimPyExecutor:
         if k < 2:
             return
         n = len(sched.running)
-        times = self.cost.decode_stretch_times(n, sched.cohort_context_sum, k)  # [k]
-        # End times of the steps, summed one step at a time from now exactly as stepping one by one
-        # would (np.cumsum adds left to right), so skipping changes no float bit of any result.
-        now = self.env.now
-        ends = np.cumsum(np.concatenate(([now], times)))[1:]
-        # Step j >= 1 starts at ends[j-1]; only steps that start before the next arrival are quiet
-        # for sure (an arrival at a step's start is seen by that step's schedule).
-        m = 1 + int(np.searchsorted(ends[: k - 1], loop.frontend.next_arrival_time, side="left"))
+        times = self.cost.decode_stretch_times(n, sched.cohort_context_sum, k).tolist()  # [k]
+        # End times of the steps, summed one step at a time from now exactly as stepping one by
+        # one would, so skipping changes no float bit of any result. Step j >= 1 starts at
+        # ends[j-1]; only steps that start before the next arrival are quiet for sure (an arrival
+        # at a step's start is seen by that step's schedule).
+        now = end = self.env.now
+        arrival = loop.frontend.next_arrival_time
+        ends = []
+        for d in times:
+            if ends and end >= arrival:
+                break
+            end += d
+            ends.append(end)
+        m = len(ends)
         if m >= 2 and allocating:
             m = sched.stretch_fit(m)
         if m < 2:
@@ -123,11 +128,11 @@ class SimPyExecutor:
         if loop.verify_every_step:
             sched.verify()
 
-    def _wait_stretch(self, ends: np.ndarray, m: int, now: float) -> Waits[int]:
+    def _wait_stretch(self, ends: list[float], m: int, now: float) -> Waits[int]:
         """Let the first `m` steps of a quiet stretch (ending at `ends`) pass; returns how many
         did (all of them: nothing reaches this scheduler before the next arrival it knows of)."""
         # now + (end - now) == end: the subtraction is exact whenever end <= 2 * now (Sterbenz).
-        yield self.env.timeout(float(ends[m - 1]) - now)
+        yield self.env.timeout(ends[m - 1] - now)
         return m
 
 

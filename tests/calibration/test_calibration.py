@@ -296,6 +296,29 @@ def test_step_time_equals_decode_stretch_bit_for_bit(any_cost):
             assert cost.step_time(mixed) == times[0]
 
 
+def test_short_stretches_cost_the_same_bits_as_long_ones(any_cost, monkeypatch):
+    """Stretches up to SHORT_STRETCH steps are costed in plain Python, longer ones with NumPy:
+    the two agree bit for bit on every step, and with stepping (above) on the short ones."""
+    from apcsim.calibration import cost_model as cm
+
+    cost, threshold = any_cost, cm.SHORT_STRETCH
+    rng = np.random.default_rng(1)
+    for _ in range(400):
+        n = int(rng.integers(1, 400))
+        c = int(rng.integers(0, n * int(rng.choice([40, 3000, 30000, 300000]))))
+        k = int(rng.integers(1, threshold + 1))
+        short = cost.decode_stretch_times(n, c, k)
+        monkeypatch.setattr(cm, "SHORT_STRETCH", 0)
+        long = cost.decode_stretch_times(n, c, k)
+        monkeypatch.setattr(cm, "SHORT_STRETCH", threshold)
+        assert short.dtype == long.dtype == np.float64 and short.shape == long.shape == (k,)
+        assert short.tobytes() == long.tobytes(), (n, c, k)
+    # A stretch past the threshold goes through NumPy, and still matches stepping.
+    n, c, k = 7, 7 * 900, threshold + 5
+    times = cost.decode_stretch_times(n, c, k)
+    assert [cost.step_time(_decode_sum(n, c + n * j)) for j in range(k)] == times.tolist()
+
+
 def _decode_sum(n: int, context_sum: int) -> StepPlan:
     return StepPlan(0, [], num_cohort=n, cohort_context_sum=context_sum)
 
