@@ -17,8 +17,8 @@ Why piecewise-linear interpolation of monotone knots, not a parametric or learne
   attention is linear in context (bytes read, or FLOPs, per context token). The one quadratic
   term, causal attention among a prefill chunk's own tokens, is handled by `PrefillAttention`.
 - Fast: a query is a bisect and a handful of float operations, in plain Python for one step or
-  numpy for a vector of steps, with the same operations in the same order, so the two agree
-  bit for bit (the simulator relies on that; see `CalibratedCostModel`).
+  a few (`Grid.along_y`), numpy for a long vector of steps, with the same operations in the same
+  order, so they agree bit for bit (the simulator relies on that; see `CalibratedCostModel`).
 """
 
 from __future__ import annotations
