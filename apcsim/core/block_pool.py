@@ -110,19 +110,21 @@ class BlockPool:
     def allocate_ids(self, n: int) -> list[int]:
         """`allocate(n)` as block ids (what a block table holds): victims out of parked runs are
         handed out without touching their blocks."""
-        if n > self.num_free:
+        keyless, never_used = self._keyless, self._never_used
+        if n > len(keyless) + len(never_used) + len(self.policy):  # num_free
             raise RuntimeError(f"allocate({n}) with only {self.num_free} free blocks")
-        blocks = self.blocks
         out: list[int] = []
         k = 0
-        for stack in (self._keyless, self._never_used):
-            j = min(n - k, len(stack))
-            if j:
-                out += stack[: -j - 1 : -1]
-                del stack[len(stack) - j :]
-                k += j
-        for i in out:
-            blocks[i].ref_cnt = 1
+        if keyless or never_used:  # else (a full pool's steady state) every block is a victim
+            blocks = self.blocks
+            for stack in (keyless, never_used):
+                j = min(n - k, len(stack))
+                if j:
+                    out += stack[: -j - 1 : -1]
+                    del stack[len(stack) - j :]
+                    k += j
+            for i in out:
+                blocks[i].ref_cnt = 1
         if k < n:
             policy = self.policy
             if self.track_children:

@@ -24,6 +24,7 @@ looked up once, miss at their first block and are never keyed further.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import xxhash
@@ -78,6 +79,12 @@ def _mix64_int(x: int) -> int:
     return x ^ (x >> 31)
 
 
+@lru_cache(maxsize=64)
+def _chain_root(namespace: str, span: int, seed: int) -> int:
+    """c(-1): the same for every request of a token table and salt (a run has a handful)."""
+    return xxhash.xxh3_64_intdigest(f"{namespace}:{span}".encode(), seed)
+
+
 class ContentChain:
     """One prompt's content keys, made as far as they are asked for.
 
@@ -95,7 +102,7 @@ class ContentChain:
         self._sub = span // block_size
         # Keys only where block_size divides the span (else a block would straddle two ids).
         self.num_blocks = 0 if span % block_size else content.num_tokens // block_size
-        self._c = [xxhash.xxh3_64_intdigest(f"{content.namespace}:{span}".encode(), seed)]  # c(-1), c(0), ...
+        self._c = [_chain_root(content.namespace, span, seed)]  # c(-1), c(0), ...
 
     def keys(self, start: int, stop: int) -> list[int]:
         """The keys of blocks [start, min(stop, num_blocks))."""
