@@ -110,9 +110,9 @@ class BlockPool:
     def allocate_ids(self, n: int) -> list[int]:
         """`allocate(n)` as block ids (what a block table holds): victims out of parked runs are
         handed out without touching their blocks."""
-        keyless, never_used = self._keyless, self._never_used
-        if n > len(keyless) + len(never_used) + len(self.policy):  # num_free
+        if n > self.num_free:
             raise RuntimeError(f"allocate({n}) with only {self.num_free} free blocks")
+        keyless, never_used = self._keyless, self._never_used
         out: list[int] = []
         k = 0
         if keyless or never_used:  # else (a full pool's steady state) every block is a victim

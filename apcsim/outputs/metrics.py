@@ -107,26 +107,25 @@ class MetricsCollector:
         `ends[j] - ends[j - 1]` (`start` for j = 0), and so does this, in the same order."""
         k = len(durations)
         self.num_steps += k
-        ds = durations
-        for d in ds:  # one at a time, as record_step would: bit-identical sums
+        for d in durations:  # one at a time, as record_step would: bit-identical sums
             self.busy_time += d
         if not allocated:
-            self._itl_values.extend(ds)
+            self._itl_values.extend(durations)
             self._itl_weights.extend([float(num_seqs)] * k)
         else:
             values, weights = self._itl_values, self._itl_weights
             done = 0
             for j, a in allocated:
-                values.extend(ds[done:j])
+                values.extend(durations[done:j])
                 weights.extend([float(num_seqs)] * (j - done))
                 if num_seqs > a:
-                    values.append(ds[j])
+                    values.append(durations[j])
                     weights.append(float(num_seqs - a))
                 gap = ends[j] - (start if j == 0 else ends[j - 1])
                 values.extend([gap] * a)
                 weights.extend([1.0] * a)
                 done = j + 1
-            values.extend(ds[done:])
+            values.extend(durations[done:])
             weights.extend([float(num_seqs)] * (k - done))
         self._row(now, k, num_seqs, num_seqs)
 
