@@ -289,15 +289,20 @@ class ServingLoop:
         """The plan ran and ended at `now` after `duration` seconds."""
         result = self.scheduler.update(plan, now)
         self.metrics.record_step(now, duration, plan.num_requests, plan.num_tokens, result)
+        self.release_finished(result, now)
+        if self.on_step is not None:
+            self.on_step(plan, result)
+        return result
+
+    def release_finished(self, result: StepResult, now: float) -> None:
+        """After a step's update and its metrics (a step the simulator skipped included): the
+        requests it finished leave, releasing their follow-ups and concurrency slots."""
         for r in result.finished:
             self.frontend.finish(r, now)
         if self.verify_every_step:
             self.scheduler.verify()
-        if self.on_step is not None:
-            self.on_step(plan, result)
         if result.finished and self.progress is not None:
             self.progress.advance(len(result.finished))
-        return result
 
     def body(self) -> Iterator:
         """The loop, once: schedule -> execute -> update -> metrics until every request is done.

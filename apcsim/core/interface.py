@@ -115,6 +115,16 @@ class SchedulerInterface(ABC):
         the result: see `Scheduler.advance` (a scheduler that ignores `allocating` returns [])."""
         raise NotImplementedError(f"{type(self).__name__} has no quiet steps to skip")
 
+    def finish_closes_stretch(self, k: int) -> bool:
+        """Whether the step after the k quiet steps may be skipped as the stretch's last one, its
+        update done by `finish_stretch` (see `Scheduler.finish_closes_stretch`); never by default."""
+        return False
+
+    def finish_stretch(self, now: float) -> StepResult:
+        """The update of the closing step `advance` just skipped (`finish_closes_stretch`):
+        finish the requests whose last token it sampled."""
+        raise NotImplementedError(f"{type(self).__name__} has no closing steps to skip")
+
     def verify(self) -> None:
         """Check internal invariants and raise AssertionError if one is broken (tests and
         `verify_every_step` call it between steps). The default checks nothing."""

@@ -374,6 +374,14 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
                 join(r, s + 1, tables[r.spec.request_id])
         self.step = s + 1
         self.last_end_time = now
+        self._finish_step(s, now, finishing, res)
+        self._scheduled = {}
+        return res
+
+    def _finish_step(self, s: int, now: float, finishing: list[Request], res: StepResult) -> None:
+        """The end of step `s` (the clock at its end `now`, `self.step` moved on): the cohort
+        members whose last token it sampled join `finishing` (the explicit requests that ended),
+        and all of them finish."""
         for r in self.cohort.pop_finish_events(s):
             self._leave_cohort(r, s + 1)
             r.last_token_time = now
@@ -384,8 +392,6 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         finishing.sort(key=_admit_seq)
         for r in finishing:
             self._finish(r, now, res)
-        self._scheduled = {}
-        return res
 
     def _finish(self, r: Request, now: float, res: StepResult) -> None:
         self._remove_running(r)

@@ -11,6 +11,11 @@ not end the stretch: `advance` makes those allocations itself, step by step in t
 stepping would (keys of the filled blocks, then the new blocks in admission order), so the block
 ids, keys and evictions are the same as stepping's.
 
+A stretch may also end with the step that stopped it, when that step only finishes members
+(`finish_closes_stretch`): `advance` skips it too (allocations included) and `finish_stretch`
+finishes them as `update` would, so a request's last token costs no plan, no cost-model call
+and no SimPy step of its own.
+
 A mixin of `apcsim.core.scheduler.Scheduler`: it reads and writes that class's state.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 from operator import attrgetter
 
 from apcsim.core.admission import admission_terms, fits, long_prefill_cap
+from apcsim.core.interface import StepResult
 from apcsim.core.request import Request
 
 _admit_seq = attrgetter("admit_seq")
@@ -50,6 +56,30 @@ class QuietStretches:
         else:
             event = self.cohort.next_event_step()
         return max(0, event - self.step) if event is not None else 0
+
+    def finish_closes_stretch(self, k: int) -> bool:
+        """Whether step `self.step + k`, the one after the k steps `quiet_steps(allocating=True)`
+        gave, may run as the stretch's last step (`advance`, then `finish_stretch`): members
+        sample their last tokens in it, and its schedule is the cohort's alone, the same as a
+        quiet step's. That holds when nobody is explicit, the budget reaches every member, no host
+        tier is involved, and the waiting queue's head is not considered (the queue is empty, or
+        `max_num_seqs` are running until the step's update frees a slot). The pool must have
+        the step's new blocks too (`stretch_fit` over the stretch with that step)."""
+        if self._explicit or not len(self.cohort) or not self._boundaries_fit(0):
+            return False
+        if len(self.policy) and len(self.running) < self.cfg.max_num_seqs:
+            return False  # the step would look at the head of the queue (and maybe admit it)
+        return self.cohort.next_finish_step() == self.step + k
+
+    def finish_stretch(self, now: float) -> StepResult:
+        """The update of a stretch's closing step (`finish_closes_stretch`), just skipped by
+        `advance` and ending at `now`: its members whose last token it sampled finish, as
+        `update` finishes them. Returns them in `finished` (the gaps and the step's row are the
+        stretch's: `MetricsCollector.record_stretch`)."""
+        res = StepResult()
+        self.clock.now = now  # finished requests release their blocks at this time
+        self._finish_step(self.step - 1, now, [], res)
+        return res
 
     def stretch_fit(self, m: int) -> int:
         """How many of the next `m` steps of an allocating stretch (`quiet_steps(allocating=True)`)

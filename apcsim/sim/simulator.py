@@ -64,14 +64,19 @@ class SimPyExecutor:
         yield self._work
 
     def after_step(self, loop: ServingLoop, result: StepResult) -> Waits[None]:
-        if result.finished and not self._arrivals_changed.triggered:
-            self._arrivals_changed.succeed()
-        if self.env.peek() <= self.env.now:
-            # Let arrivals due now reach the queue before the next schedule (with nothing else
-            # due now, the wait would change nothing).
-            yield self.env.timeout(0)
-        if self.skip_quiet:
-            yield from self._skip_quiet_stretch(loop)
+        while True:
+            if result.finished and not self._arrivals_changed.triggered:
+                self._arrivals_changed.succeed()
+            if self.env.peek() <= self.env.now:
+                # Let arrivals due now reach the queue before the next schedule (with nothing else
+                # due now, the wait would change nothing).
+                yield self.env.timeout(0)
+            if not self.skip_quiet:
+                return
+            closing = yield from self._skip_quiet_stretch(loop)
+            if closing is None:
+                return  # the next step is stepped
+            result = closing  # the stretch ended with a step that finished requests: after it, as after any
 
     def _notify(self, queued: int) -> None:
         if queued and not self._work.triggered:
@@ -97,14 +102,18 @@ class SimPyExecutor:
             if changed.triggered:
                 self._arrivals_changed = env.event()
 
-    def _skip_quiet_stretch(self, loop: ServingLoop):
+    def _skip_quiet_stretch(self, loop: ServingLoop) -> Waits[StepResult | None]:
+        """Skip the quiet steps from now on, if there are at least two, and the step after them
+        too if it only finishes members (`Scheduler.finish_closes_stretch`; not when `on_step`
+        wants every step's plan). Returns that closing step's result, None without one."""
         sched = loop.scheduler
         allocating = self.allocating_stretches
         k = sched.quiet_steps(allocating=allocating)
-        if k < 2:
-            return
+        closing = allocating and loop.on_step is None and sched.finish_closes_stretch(k)
+        if k < 2 and not closing:
+            return None
         n = len(sched.running)
-        times = self.cost.decode_stretch_times(n, sched.cohort_context_sum, k).tolist()  # [k]
+        times = self.cost.decode_stretch_times(n, sched.cohort_context_sum, k + closing).tolist()  # [k (+1)]
         # End times of the steps, summed one step at a time from now exactly as stepping one by
         # one would, so skipping changes no float bit of any result. Step j >= 1 starts at
         # ends[j-1]; only steps that start before the next arrival are quiet for sure (an arrival
@@ -118,15 +127,28 @@ class SimPyExecutor:
             end += d
             ends.append(end)
         m = len(ends)
-        if m >= 2 and allocating:
+        if allocating and (m >= 2 or closing):
             m = sched.stretch_fit(m)
-        if m < 2:
-            return
-        m = yield from self._wait_stretch(ends, m, now)
-        allocated = sched.advance(m, self.env.now, ends[:m] if allocating else None)
-        loop.metrics.record_stretch(self.env.now, times[:m], n, allocated, ends, now)
-        if loop.verify_every_step:
-            sched.verify()
+        closing = closing and m == k + 1  # else the closing step is cut off: it is stepped
+        quiet = m - closing
+        if quiet >= 2 or (closing and quiet):
+            quiet = yield from self._wait_stretch(ends, quiet, now)
+            allocated = sched.advance(quiet, self.env.now, ends[:quiet] if allocating else None)
+            loop.metrics.record_stretch(self.env.now, times[:quiet], n, allocated, ends, now)
+            if loop.verify_every_step:
+                sched.verify()
+        if not closing:
+            return None
+        # The closing step: its own timeout, as stepping's (its start plus its duration, the
+        # same bits), so that the quiet steps' row above saw the queue before it.
+        start = self.env.now
+        yield self.env.timeout(times[quiet])
+        end = self.env.now
+        allocated = sched.advance(1, end, [end])
+        result = sched.finish_stretch(end)
+        loop.metrics.record_stretch(end, times[quiet:], n, allocated, [end], start)
+        loop.release_finished(result, end)
+        return result
 
     def _wait_stretch(self, ends: list[float], m: int, now: float) -> Waits[int]:
         """Let the first `m` steps of a quiet stretch (ending at `ends`) pass; returns how many

@@ -110,6 +110,48 @@ def test_skip_quiet_gives_identical_metrics():
     assert skipped > 0, "skip_quiet=True must actually skip some stretches"
 
 
+def test_finish_steps_closing_stretches_change_no_bit(monkeypatch):
+    """A step that only finishes members may close a skipped stretch (`finish_closes_stretch`);
+    with an `on_step` hook every such step is stepped. Both runs give the same bits: metrics,
+    every timeline row, the inter-token gaps and each request's times, under preemptions, a
+    full queue (max_num_seqs) and the concurrency gate with follow-ups alike."""
+    from apcsim.core.scheduler import Scheduler
+
+    closed = []
+    real = Scheduler.finish_stretch
+
+    def counting(self, now):
+        res = real(self, now)
+        closed.append(len(res.finished))
+        return res
+
+    monkeypatch.setattr(Scheduler, "finish_stretch", counting)
+    cases = [("lru", 4, 40, {}), ("lru", 16, 12, {}), ("s3fifo", 4, 60, {"max_num_seqs": 3}),
+             ("lfu", 16, 30, {"max_concurrency": 4})]
+    for i, (pol, bs, nb, kw) in enumerate(cases):
+        kw = dict(kw)
+        gate = kw.pop("max_concurrency", None)
+        specs = random_specs(seed=i, n=40)
+        if gate:  # every fourth request follows up on the one before it
+            specs = [dataclasses.replace(s, parent_id=specs[j - 1].request_id, think_time_s=0.01)
+                     if j % 4 == 3 else s for j, s in enumerate(specs)]
+        runs = []
+        for hook in (None, lambda plan, result: None):
+            del closed[:]
+            sched = build_scheduler(pol, bs=bs, num_blocks=nb, specs=specs, max_num_batched_tokens=64,
+                                    **{"max_num_seqs": 8, **kw})
+            sim, m = run(specs, sched, on_step=hook, max_concurrency=gate, verify_every_step=True)
+            tl = sim.metrics.timeline.as_arrays()
+            itl = [a.tobytes() for a in sim.metrics.itl_sample()]
+            per_req = [(r.request_id, r.first_token_time, r.finish_time, r.num_cached_tokens, r.num_preemptions)
+                       for r in sim.requests]
+            runs.append((m, {k: v.tobytes() for k, v in tl.items()}, itl, per_req, sum(closed)))
+        (ma, ta, ia, ra, closing), (mb, tb, ib, rb, none) = runs
+        _assert_same_metrics(ma, mb, f"{pol}: ")
+        assert ta == tb and ia == ib and ra == rb, pol
+        assert closing > 0 and none == 0, f"{pol}: {closing} requests finished in closing steps, {none} with the hook"
+
+
 # -- (c) rejection ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("max_concurrency", [None, 1])
 def test_request_that_never_fits_is_rejected_and_the_run_goes_on(max_concurrency):
