@@ -77,6 +77,9 @@ VIDUR_CPU_OPS = ("cpu_schedule", "cpu_sampler", "cpu_prepare_inputs", "cpu_proce
 
 
 class CalibratedCostModel:
+    # Prices the cohort by its size and total context (apcsim.sim.cost_model.CostModel).
+    reads_cohort_tables = False
+
     def __init__(self, profile: Profile, model: ModelConfig, *, cpu_overhead: bool = True,
                  hash_ns_per_token: float | None = None, use_decode_step: bool = True,
                  decode_graph_max_batch: int | None = None) -> None:

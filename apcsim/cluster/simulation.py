@@ -167,6 +167,8 @@ class ClusterSimulation:
     def run(self) -> None:
         env = self.clock.env
         with deferred():  # Ctrl-C/kill stop the run only at a step boundary
+            for loop in self.loops:
+                loop.executor.prepare(loop)
             env.process(self._arrivals())
             bodies = [env.process(loop.body()) for loop in self.loops]
             with fewer_collections():

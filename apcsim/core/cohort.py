@@ -29,6 +29,13 @@ Invariants (checked by `Scheduler.verify`):
   and leave appends one change, and a new history starts once the changes outnumber the members,
   so the copy it makes is amortized O(1) per change.
 
+Without tables (`drop_tables`, before the first join: a simulation whose plans nobody lists
+member by member), a member is only its anchor context, anchor step and table length, kept in
+no particular order, and there is no history: plans carry `UNTRACKED`, whose members cannot be
+listed. Every join, leave and boundary then writes one small tuple (a boundary in a quiet
+stretch wrote a table view, a member record, two history changes and now and then a copy of
+the membership).
+
 Deferred effect (the scheduler's, at `leave`): a block filled by decoding gets its key at the
 request's next event (at most one step later, and always before the request's blocks are freed)
 instead of the step it was filled; only a request quoting that request's own still-running
@@ -41,7 +48,7 @@ import heapq
 from collections.abc import Sequence
 
 from apcsim.core.block_table import TableView
-from apcsim.core.plan import CohortHistory, CohortMember, CohortSnapshot
+from apcsim.core.plan import UNTRACKED, CohortHistory, CohortMember, CohortSnapshot
 from apcsim.core.request import Request
 
 _MIN_HISTORY = 64  # changes kept before a new history may start, so small cohorts copy rarely
@@ -55,6 +62,14 @@ class DecodeCohort:
         self._alloc_events: list[tuple[int, int, int, Request]] = []  # (step, seq, version, req)
         self._finish_events: list[tuple[int, int, int, Request]] = []
         self._history = CohortHistory({})
+        self.tables = True  # members keep their block tables and the history (see `drop_tables`)
+
+    def drop_tables(self) -> None:
+        """From now on keep no block tables, no join order and no history (see the module doc):
+        only for a run in which no plan's `cohort_chunks()` is read. Before the first join."""
+        if self._members or self._history.changes:
+            raise RuntimeError("drop_tables() after members joined")
+        self.tables = False
 
     def __len__(self) -> int:
         return len(self._members)
@@ -71,9 +86,12 @@ class DecodeCohort:
         r.anchor_step = step
         r.event_version += 1
         c = r.num_computed_tokens
-        member = (r.admit_seq, r.spec.request_id, c, step, block_ids)  # CohortMember's fields, unwrapped
-        self._members[r.admit_seq] = member
-        self._history.changes.append((r.admit_seq, member))
+        if self.tables:
+            member = (r.admit_seq, r.spec.request_id, c, step, block_ids)  # CohortMember's fields, unwrapped
+            self._members[r.admit_seq] = member
+            self._history.changes.append((r.admit_seq, member))
+        else:
+            self._members[r.admit_seq] = (c, step, len(block_ids))
         self._base += c - step
         alloc_step = step + (-c) % self.block_size  # computed % block_size == 0: needs a block
         finish_step = step + r.spec.output_len - r.num_output_tokens - 1  # max_output_tokens
@@ -88,13 +106,14 @@ class DecodeCohort:
         """Make r's counters exact as of the start of `step` and take it out. `last_token_time`
         is the time its last lazily decoded token was sampled (if it decoded any)."""
         del self._members[r.admit_seq]
-        changes = self._history.changes
-        changes.append((r.admit_seq, None))
-        if len(changes) > _MIN_HISTORY and len(changes) > len(self._members):
-            # Start a new history from the current membership (snapshots of the old one keep
-            # it). Checked only at a leave: a join adds a member and a change alike, so joins
-            # never widen the gap between the changes and the members.
-            self._history = CohortHistory(dict(self._members))
+        if self.tables:
+            changes = self._history.changes
+            changes.append((r.admit_seq, None))
+            if len(changes) > _MIN_HISTORY and len(changes) > len(self._members):
+                # Start a new history from the current membership (snapshots of the old one keep
+                # it). Checked only at a leave: a join adds a member and a change alike, so joins
+                # never widen the gap between the changes and the members.
+                self._history = CohortHistory(dict(self._members))
         self._base -= r.num_computed_tokens - r.anchor_step
         k = step - r.anchor_step
         if k > 0:
@@ -111,23 +130,28 @@ class DecodeCohort:
         anchor step stays the same, so `_base` does too; its finish step stays too, so its finish
         event stays valid (no version bump)."""
         seq = r.admit_seq
-        del self._members[seq]
         k = step + 1 - r.anchor_step  # tokens decoded since the anchor, this step's included
         c = r.num_computed_tokens + k
         r.num_computed_tokens = c
         r.num_output_tokens += k
         r.last_token_time = end
         r.anchor_step = step + 1
-        member = (seq, r.spec.request_id, c, step + 1, TableView(r.block_ids))
-        self._members[seq] = member
-        changes = self._history.changes
-        changes.append((seq, None))
-        changes.append((seq, member))
-        if len(changes) > _MIN_HISTORY and len(changes) > len(self._members):
-            self._history = CohortHistory(dict(self._members))
+        if self.tables:
+            del self._members[seq]
+            member = (seq, r.spec.request_id, c, step + 1, TableView(r.block_ids))
+            self._members[seq] = member
+            changes = self._history.changes
+            changes.append((seq, None))
+            changes.append((seq, member))
+            if len(changes) > _MIN_HISTORY and len(changes) > len(self._members):
+                self._history = CohortHistory(dict(self._members))
+        else:
+            self._members[seq] = (c, step + 1, len(r.block_ids))
         heapq.heappush(self._alloc_events, (step + self.block_size, seq, r.event_version, r))
 
     def snapshot(self) -> CohortSnapshot:
+        if not self.tables:
+            return UNTRACKED
         return CohortSnapshot(self._history, len(self._history.changes))
 
     # -- events ----------------------------------------------------------------------------------
@@ -193,10 +217,15 @@ class DecodeCohort:
         base = 0
         for r in running:
             if r.anchor_step >= 0:
-                m = CohortMember(*self._members[r.admit_seq])
-                assert (m.anchor_context, m.anchor_step) == (r.num_computed_tokens, r.anchor_step), \
-                    f"{r.request_id}: cohort anchor drifted"
-                assert m.block_ids == tuple(r.block_ids), f"{r.request_id}: block table changed in the cohort"
+                if self.tables:
+                    m = CohortMember(*self._members[r.admit_seq])
+                    anchor, table_len = (m.anchor_context, m.anchor_step), len(m.block_ids)
+                    assert m.block_ids == tuple(r.block_ids), f"{r.request_id}: block table changed in the cohort"
+                else:  # a table only grows, and only by a leave's or a boundary's allocation
+                    c, step_, table_len = self._members[r.admit_seq]
+                    anchor = (c, step_)
+                assert anchor == (r.num_computed_tokens, r.anchor_step), f"{r.request_id}: cohort anchor drifted"
+                assert table_len == len(r.block_ids), f"{r.request_id}: block table changed in the cohort"
                 base += r.num_computed_tokens - r.anchor_step
         assert base == self._base, "cohort context bookkeeping drifted"
         queued = set(map(id, self._finish_events))
@@ -206,8 +235,9 @@ class DecodeCohort:
                 e = r.finish_entry
                 assert e is not None and e[:2] == (finish, r.admit_seq), f"{r.request_id}: finish entry is stale"
                 assert id(e) in queued, f"{r.request_id}: finish entry is not queued"
-        assert self.snapshot().members() == tuple(CohortMember(*m) for m in self._members.values()), \
-            "cohort history drifted"
+        if self.tables:
+            assert self.snapshot().members() == tuple(CohortMember(*m) for m in self._members.values()), \
+                "cohort history drifted"
 
 
 def _pop_events(heap: list, upto_step: int) -> list[Request]:

@@ -115,6 +115,11 @@ class SchedulerInterface(ABC):
         the result: see `Scheduler.advance` (a scheduler that ignores `allocating` returns [])."""
         raise NotImplementedError(f"{type(self).__name__} has no quiet steps to skip")
 
+    def drop_cohort_tables(self) -> None:
+        """Nobody will list the decode cohort's members of this run's plans
+        (`StepPlan.cohort_chunks`): the scheduler may stop keeping their block tables. Called by
+        a driver before the first step; the default keeps them."""
+
     def finish_closes_stretch(self, k: int) -> bool:
         """Whether the step after the k quiet steps may be skipped as the stretch's last one, its
         update done by `finish_stretch` (see `Scheduler.finish_closes_stretch`); never by default."""

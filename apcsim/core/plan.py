@@ -85,6 +85,24 @@ class CohortSnapshot:
         return tuple(CohortMember(*m) for m in live.values())
 
 
+class _Untracked:
+    """A plan's cohort when the scheduler keeps no member tables (`DecodeCohort.drop_tables`:
+    the simulator without an `on_step` hook, whose cost model reads only the cohort's size and
+    context). Listing its members is an error, not an empty cohort."""
+
+    __slots__ = ()
+
+    def members(self) -> tuple[CohortMember, ...]:
+        raise RuntimeError("this run's plans carry no cohort block tables (the simulator keeps none unless an "
+                           "on_step hook is given); read plan.num_cohort and plan.cohort_context_sum instead")
+
+    def __repr__(self) -> str:
+        return "UNTRACKED"
+
+
+UNTRACKED = _Untracked()
+
+
 @dataclass(frozen=True)
 class StepPlan:
     step: int
@@ -93,7 +111,9 @@ class StepPlan:
     cohort_context_sum: int = 0  # sum of the cohort's context lengths (tokens with KV)
     num_hashed_tokens: int = 0  # tokens of requests admitted this step, hashed and looked up (0 without caching)
     preempted: tuple[str, ...] = ()
-    cohort: CohortSnapshot | None = None  # None: no cohort, or a plan made by hand (cost-model tests)
+    # None: no cohort, or a plan made by hand (cost-model tests); UNTRACKED: a cohort whose tables
+    # were not kept (the simulator's plans without an on_step hook)
+    cohort: CohortSnapshot | _Untracked | None = None
     # Host-tier copies to run before the forward pass (apcsim.core.host_tier.StepTransfers);
     # None without a host tier or when the step moves nothing.
     transfers: object | None = None

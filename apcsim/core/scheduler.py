@@ -157,6 +157,9 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         self.stats.num_preemptions += 1
         self.policy.readd_preempted(r)
 
+    def drop_cohort_tables(self) -> None:
+        self.cohort.drop_tables()
+
     # -- one step ------------------------------------------------------------------------------
     def schedule(self, now: float) -> StepPlan:
         if self._lazy is None:

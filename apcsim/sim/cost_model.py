@@ -25,6 +25,11 @@ from apcsim.hardware import HardwareConfig, ModelConfig, check_tp
 
 
 class CostModel(Protocol):
+    """A step's duration from its plan. A class may set `reads_cohort_tables = False` to promise
+    that `step_time` reads the cohort only through `num_cohort` and `cohort_context_sum`, never
+    `plan.cohort_chunks()`: the simulator then keeps no block tables for the cohort's members
+    (`DecodeCohort.drop_tables`). A class that does not say so gets them."""
+
     name: str
 
     def step_time(self, plan: StepPlan) -> float:
@@ -48,6 +53,8 @@ class RooflineCostModel:
     `interconnect_bw_gbps`. For a mixture-of-experts model a step reads the weights of the experts
     its tokens are routed to (`ModelConfig.experts_touched`), and each token is multiplied with
     the experts it is routed to only."""
+
+    reads_cohort_tables = False  # prices the cohort by its size and total context (see CostModel)
 
     def __init__(self, hw: HardwareConfig, model: ModelConfig, tp: int = 1) -> None:
         check_tp(hw, model, tp)

@@ -43,7 +43,15 @@ class SimPyExecutor:
     def now(self) -> float:
         return self.env.now
 
+    def prepare(self, loop: ServingLoop) -> None:
+        """Before the loop's first step."""
+        if loop.on_step is None and not getattr(type(self.cost), "reads_cohort_tables", True):
+            # The cost model prices a plan's cohort by its size and total context, and no hook
+            # sees the plans: nobody lists the members, so nobody reads their block tables.
+            loop.scheduler.drop_cohort_tables()
+
     def drive(self, loop: ServingLoop) -> None:
+        self.prepare(loop)
         self.env.process(self._arrivals(loop))
         with fewer_collections():
             self.env.run(until=self.env.process(loop.body()))

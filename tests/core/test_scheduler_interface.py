@@ -74,6 +74,65 @@ def test_a_plan_stays_valid_after_update(num_blocks):
         assert sched.stats.num_preemptions > 0
 
 
+class _Keeping(_Watching):
+    """Keeps the plans without listing them, and says it prices the cohort by its aggregates."""
+
+    reads_cohort_tables = False
+
+    def step_time(self, plan: StepPlan) -> float:
+        self.seen.append((plan, ()))
+        return COST.step_time(plan)
+
+
+def _cohort_run(cost, on_step=None):
+    specs = _specs(60)
+    sc = SCHEDULING_POLICIES["fcfs"].config_cls(max_num_batched_tokens=128, max_num_seqs=64)
+    sched = make_scheduler(EVICTION_POLICIES["lru"].config_cls(), sc, num_blocks=60, block_size=4,
+                           recompute_cost=lambda d: COST.recompute_time(4, d * 4), specs=specs)
+    sim = Simulation(specs, sched, cost, verify_every_step=True, on_step=on_step)
+    return sim, sim.run().summary(sim.requests)
+
+
+def test_the_simulator_keeps_cohort_tables_only_for_a_reader():
+    """Without an on_step hook and with a cost model that prices the cohort by its aggregates the
+    scheduler keeps no member tables (and its plans refuse to list the cohort, rather than list it
+    empty); a hook, or a cost model that does not say so, gets the tables. The decisions are
+    the same either way (verify runs every step in both modes)."""
+    blind, m_blind = _cohort_run(_Keeping())
+    assert not blind.scheduler.cohort.tables
+    with_cohort = [p for p, _ in blind.executor.cost.seen if p.num_cohort]
+    assert with_cohort and blind.scheduler.stats.num_preemptions > 0
+    with pytest.raises(RuntimeError, match="no cohort block tables"):
+        with_cohort[0].cohort_chunks()
+    hooked, m_hooked = _cohort_run(_Keeping(), on_step=lambda plan, result: None)
+    listing, m_listing = _cohort_run(_Watching())
+    assert hooked.scheduler.cohort.tables and listing.scheduler.cohort.tables
+    assert m_blind == m_hooked == m_listing
+
+
+def test_verify_without_tables_sees_a_member_table_change():
+    """Without tables a member is its anchor and table length: a block appended while it is a
+    member (the invariant the tables-kept check compares tables for) still fails `verify`."""
+    specs = _specs(3, seed=1)
+    sched2 = make_scheduler(EVICTION_POLICIES["lru"].config_cls(),
+                            SCHEDULING_POLICIES["fcfs"].config_cls(max_num_batched_tokens=128, max_num_seqs=8),
+                            num_blocks=64, block_size=4, recompute_cost=lambda d: COST.recompute_time(4, d * 4),
+                            specs=specs)
+    sched2.drop_cohort_tables()
+    for i, spec in enumerate(specs):
+        sched2.add_request(Request(spec=spec, index=i), 0.0)
+    now = 0.0
+    while not len(sched2.cohort):
+        plan = sched2.schedule(now)
+        now += COST.step_time(plan)
+        sched2.update(plan, now)
+    sched2.verify()
+    member = next(r for r in sched2.running if r.anchor_step >= 0)
+    member.block_ids.append(sched2.kv.pool.allocate_ids(1)[0])
+    with pytest.raises(AssertionError, match="block table changed"):
+        sched2.verify()
+
+
 class OneByOneFcfs(SchedulerInterface):
     """A second scheduler in one class: first come first served, every running request handled
     one by one in every step (no lazy cohort, so no quiet steps), no preemption: a request is
