@@ -86,14 +86,16 @@ class QuietStretches:
         the pool has blocks for. Each allocation takes one block and nothing is freed within a
         stretch, so they all succeed until the pool is empty; the step whose allocations would
         find it empty may preempt, and ends the stretch (it is stepped)."""
+        free = self.kv.pool.num_free
+        bs = self.block_size
+        if len(self.cohort) * -(-m // bs) <= free:
+            return m  # a member allocates at most once every block_size steps: the pool has enough
         end = self.step + m  # steps < end
         starts = self.cohort.alloc_steps_before(end)
-        free = self.kv.pool.num_free
         if len(starts) > free:
             return sorted(starts)[free] - self.step
         # A member that allocates at step t needs its next block at t + block_size: count them
         # first, and list the steps only when the pool runs out within the stretch.
-        bs = self.block_size
         if sum((end - t0 + bs - 1) // bs for t0 in starts) <= free:
             return m
         steps = sorted(t for t0 in starts for t in range(t0, end, bs))
