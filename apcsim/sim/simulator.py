@@ -3,8 +3,10 @@ SimPy's clock.
 
 Two SimPy processes: arrivals (the frontend's requests falling due, each at its time) and the
 loop's body (`ServingLoop.body`). After a step the executor skips a quiet stretch of pure decode
-in one timeout (see `Scheduler.quiet_steps`), so the cost of a run grows with events (arrivals,
-completions, block allocations, preemptions), not with generated tokens.
+in one timeout (see `Scheduler.quiet_steps`), and the step after it too when that step only
+finishes requests (`Scheduler.finish_closes_stretch`), so the cost of a run grows with events
+(arrivals, admissions, preemptions), not with generated tokens. Unless a hook or the cost model
+may list a plan's cohort, the scheduler keeps no block tables for it (`prepare`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import simpy
 from apcsim.core.plan import StepPlan
 from apcsim.core.request import RequestSpec
 from apcsim.core.scheduler import Scheduler, StepResult
+from apcsim.interrupt import safe_point
 from apcsim.loop import ServingLoop, Waits
 from apcsim.sim.cost_model import CostModel
 from apcsim.sim.events import first_of
@@ -84,7 +87,10 @@ class SimPyExecutor:
             closing = yield from self._skip_quiet_stretch(loop)
             if closing is None:
                 return  # the next step is stepped
-            result = closing  # the stretch ended with a step that finished requests: after it, as after any
+            # The stretch ended with a step that finished requests: a step boundary, where a
+            # deferred Ctrl-C/kill may end the run (a draining batch may step no plan for long).
+            safe_point()
+            result = closing  # then what follows any step
 
     def _notify(self, queued: int) -> None:
         if queued and not self._work.triggered:

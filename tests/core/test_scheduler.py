@@ -152,6 +152,28 @@ def test_finish_steps_closing_stretches_change_no_bit(monkeypatch):
         assert closing > 0 and none == 0, f"{pol}: {closing} requests finished in closing steps, {none} with the hook"
 
 
+def test_a_deferred_signal_stops_a_draining_batch_at_its_first_closing_step():
+    """A batch that only drains steps no plan between its finishes (each closes a stretch), so
+    the end of a closing step is a safe point too: a signal held back during the run stops it
+    after the first finish, not at the end."""
+    import signal
+
+    from apcsim import interrupt
+
+    class SignalAtFirstFinish:  # a progress display that "receives" SIGINT when a request ends
+        def advance(self, n):
+            interrupt._DEFERRAL.pending = signal.SIGINT
+
+        def close(self):
+            pass
+
+    specs = [unique_spec(i, 40, 30 + 7 * i) for i in range(6)]  # all at t=0, ending one by one
+    sim = Simulation(specs, build_scheduler("lru", bs=4, num_blocks=400), COST, progress=SignalAtFirstFinish())
+    with pytest.raises(interrupt.RunInterrupted):
+        sim.run()
+    assert sum(r.status is Status.FINISHED for r in sim.requests) == 1
+
+
 # -- (c) rejection ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("max_concurrency", [None, 1])
 def test_request_that_never_fits_is_rejected_and_the_run_goes_on(max_concurrency):
