@@ -85,6 +85,9 @@ class Frontend:
         self._children: dict[str, list[tuple[int, RequestSpec]]] = {}  # parent id -> follow-ups waiting on it
         self._blocked: deque[tuple[int, RequestSpec]] = deque()  # due, waiting for a concurrency slot
         self._in_flight = 0
+        # Set by a finish that released a follow-up or freed a gate slot (so the next due time
+        # or the gate moved); the simulator's arrivals process clears it when it looks again.
+        self.arrivals_moved = False
         # Requests that start something come from `_roots` in due order (ties: workload order),
         # one ahead: a lazy workload's are made only then. At equal due times a root goes before a
         # released follow-up, as when every root was queued before the run.
@@ -181,11 +184,14 @@ class Frontend:
         self._in_flight -= 1
         if self._on_done is not None:
             self._on_done(r)
-        for child in self._children.pop(r.request_id, ()):
+        children = self._children.pop(r.request_id, ())
+        for child in children:
             # The user reads the answer (or the error) and types the next turn.
             spec = child[1]
             t = max(spec.arrival_time, now + spec.think_time_s) if self.use_timestamps else now
             self._push(t, child)
+        if children or self.max_concurrency is not None:
+            self.arrivals_moved = True
         queued = 0
         while self._blocked and self.gate_open:
             queued += self._send(self._blocked.popleft(), now)

@@ -76,7 +76,9 @@ class SimPyExecutor:
 
     def after_step(self, loop: ServingLoop, result: StepResult) -> Waits[None]:
         while True:
-            if result.finished and not self._arrivals_changed.triggered:
+            if result.finished and loop.frontend.arrivals_moved and not self._arrivals_changed.triggered:
+                # A finish released a follow-up or a gate slot: the arrivals process looks again.
+                # (After other finishes its wake would only renew its timeout for the same time.)
                 self._arrivals_changed.succeed()
             if self.env.peek() <= self.env.now:
                 # Let arrivals due now reach the queue before the next schedule (with nothing else
@@ -100,6 +102,7 @@ class SimPyExecutor:
         env, fe = self.env, loop.frontend
         while True:
             self._notify(fe.deliver(env.now))
+            fe.arrivals_moved = False  # what finishes released so far is seen here
             t = fe.next_due_time
             if t < float("inf"):
                 wake = env.timeout(t - env.now)

@@ -174,6 +174,26 @@ def test_a_deferred_signal_stops_a_draining_batch_at_its_first_closing_step():
     assert sum(r.status is Status.FINISHED for r in sim.requests) == 1
 
 
+def test_the_arrivals_process_wakes_for_arrivals_not_for_every_finish(monkeypatch):
+    """Without follow-ups or a gate a finish releases nobody, so the arrivals process is not
+    woken to look again (it would only renew its timeout): it delivers once per arrival time.
+    With follow-ups it is, and every follow-up arrives (the run ends)."""
+    from apcsim.loop import Frontend
+
+    looks = []
+    real = Frontend.deliver
+    monkeypatch.setattr(Frontend, "deliver", lambda self, now: looks.append(now) or real(self, now))
+    specs = [unique_spec(i, 30, 20 + 3 * i, arrival=0.05 * i) for i in range(20)]
+    sim, m = run(specs, build_scheduler("lru", bs=4, num_blocks=400))
+    assert m["num_finished"] == 20
+    assert len(looks) <= len(specs) + 1, f"{len(looks)} looks for {len(specs)} arrivals"
+    del looks[:]
+    chained = [dataclasses.replace(sp, parent_id=specs[i - 1].request_id, think_time_s=0.01) if i % 2 else sp
+               for i, sp in enumerate(specs)]
+    sim, m = run(chained, build_scheduler("lru", bs=4, num_blocks=400))
+    assert m["num_finished"] == 20 and len(looks) > len(specs) // 2
+
+
 # -- (c) rejection ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("max_concurrency", [None, 1])
 def test_request_that_never_fits_is_rejected_and_the_run_goes_on(max_concurrency):
