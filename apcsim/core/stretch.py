@@ -42,7 +42,7 @@ class QuietStretches:
         # A host tier's write-back store of an evicted block belongs to the step that evicts it
         # (it sets that step's time), so with a tier every allocating step is stepped.
         allocating = allocating and self.host_tier is None
-        head_waits = len(self.policy) and len(self.running) < self.cfg.max_num_seqs
+        head_waits = self._head_considered()
         if head_waits:
             self.policy.refresh()
             head = self.policy.peek()
@@ -67,9 +67,14 @@ class QuietStretches:
         the step's new blocks too (`stretch_fit` over the stretch with that step)."""
         if self._explicit or not len(self.cohort) or not self._boundaries_fit(0):
             return False
-        if len(self.policy) and len(self.running) < self.cfg.max_num_seqs:
+        if self._head_considered():
             return False  # the step would look at the head of the queue (and maybe admit it)
         return self.cohort.next_finish_step() == self.step + k
+
+    def _head_considered(self) -> bool:
+        """Whether a step's schedule looks at the waiting queue's head: someone waits and fewer
+        than `max_num_seqs` run."""
+        return bool(len(self.policy)) and len(self.running) < self.cfg.max_num_seqs
 
     def finish_stretch(self, now: float) -> StepResult:
         """The update of a stretch's closing step (`finish_closes_stretch`), just skipped by
