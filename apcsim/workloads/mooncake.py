@@ -151,9 +151,12 @@ def read_rows(path, unit: str, limit: Optional[int], strict: bool = True) -> lis
                 raise where("hash_ids must be a non-empty list of integers")
             if min(ids) < -(2**63) or max(ids) >= 2**63:
                 raise where("hash_ids must fit in 64-bit signed integers")
+            # A record of the required fields alone (the common case) has no salt or priorities:
+            # what salt_value and trace_priorities give it, without their per-row calls.
+            plain = len(rec) == len(_REQUIRED)
             rows.append(_Row(lineno, ts * _UNITS[unit], _int_field(rec, "input_length", 1, where),
                              _int_field(rec, "output_length", 1 if strict else 0, where, _NO_EMPTY_OUTPUT), ids,
-                             salt_value(rec, where), trace_priorities(rec, where)))
+                             None if plain else salt_value(rec, where), {} if plain else trace_priorities(rec, where)))
     return rows
 
 
@@ -222,7 +225,8 @@ def build(cfg: MooncakeConfig, ctx: BuildContext) -> SpecSource:
 class TablePrompt(LazyPrompt):
     """A trace prompt as the token rows of its content ids (`content.span` tokens each,
     `rows_of(ids)`: int32 [len(ids), span]), cut at `content.num_tokens`, then its own `pad`
-    (the tokens past its ids, or None)."""
+    (the tokens past its ids, or None). Where `rows_of` also has `columns(ids, a, b)` (a
+    `HashedRows`: the rows' positions [a, b) alone), a read within one row makes just those."""
 
     __slots__ = ("_rows_of", "_content", "_pad")
 
@@ -243,8 +247,15 @@ class TablePrompt(LazyPrompt):
         if start < covered:
             end = min(stop, covered)
             first = start // span
-            rows = self._rows_of(self._content.ids[first : cdiv(end, span)])
-            parts.append(rows.reshape(-1)[start - first * span : end - first * span])
+            columns = getattr(self._rows_of, "columns", None)  # a HashedRows has them
+            if columns is not None and (end - 1) // span == first:
+                # Within one id's row (a block's tokens: keying past the ids starts from the
+                # prompt's last few): only those positions are hashed, not the row's `span`.
+                ids = self._content.ids[first : first + 1]
+                parts.append(columns(ids, start - first * span, end - first * span).reshape(-1))
+            else:
+                rows = self._rows_of(self._content.ids[first : cdiv(end, span)])
+                parts.append(rows.reshape(-1)[start - first * span : end - first * span])
         if stop > covered:
             parts.append(self._pad[max(start - covered, 0) : stop - covered])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -14,7 +14,7 @@ import pytest
 from apcsim.core.content_ids import ContentIds
 from apcsim.core.lazy_prompt import LazyPrompt
 from apcsim.workloads import mooncake
-from apcsim.workloads._common import UNIQUE_BLOCK, RowTokens, hashed_blocks
+from apcsim.workloads._common import UNIQUE_BLOCK, HashedRows, RowTokens, hashed_blocks
 from apcsim.workloads.azure import AzureConfig
 from apcsim.workloads.base import BuildContext, build_workload
 from apcsim.workloads.mooncake import MooncakeConfig, TablePrompt
@@ -72,6 +72,23 @@ def test_table_prompt_reads_as_its_gathered_rows():
         _assert_reads_alike(TablePrompt(table.__getitem__, ContentIds(rows, 32, covered, "t"), None), whole[:covered], rng)
     _assert_reads_alike(TablePrompt(table.__getitem__, ContentIds(rows, 32, len(whole), "t"), pad), np.concatenate([whole, pad]), rng)
     assert TablePrompt(table.__getitem__, ContentIds(rows, 32, len(whole), "t"), pad).nbytes == pad.nbytes
+
+
+def test_table_prompt_over_hashed_rows_reads_as_whole_rows():
+    """With a HashedRows (the Mooncake workload's), a read within one id's row hashes only its
+    positions (`HashedRows.columns`): it must give the bits of the whole rows' slice."""
+    rng = np.random.default_rng(1)
+    span = 64
+    table = HashedRows(seed=7, stream=1, length=span, vocab_size=VOCAB)
+    ids = rng.integers(-(2**40), 2**40, 7)
+    whole = table(ids).reshape(-1)
+    for a, b in [(0, span), (span - 3, span), (5, 21), (2 * span + 1, 2 * span + 2)]:
+        np.testing.assert_array_equal(table.columns(ids[a // span : a // span + 1], a % span, b - a // span * span).reshape(-1),
+                                      whole[a:b])
+    pad = rng.integers(0, VOCAB, 13, dtype=np.int32)
+    for covered in (1, span - 1, span + 5, len(whole)):
+        _assert_reads_alike(TablePrompt(table, ContentIds(ids, span, covered, "t"), None), whole[:covered], rng)
+    _assert_reads_alike(TablePrompt(table, ContentIds(ids, span, len(whole), "t"), pad), np.concatenate([whole, pad]), rng)
 
 
 def test_mooncake_prompts_are_their_ids_hashed_blocks():
