@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from functools import lru_cache
-from operator import attrgetter
+from operator import attrgetter, countOf
 
 import numpy as np
 import xxhash
@@ -27,6 +27,7 @@ from policies.types import BlockRun
 
 
 _ref_cnt = attrgetter("ref_cnt")
+_block_id = attrgetter("block_id")
 
 
 @lru_cache(maxsize=None)
@@ -144,7 +145,11 @@ class KVCacheManager:
             return []
         pool = self.pool
         memo = req.hit_memo
-        if memo is not None and memo[0] == pool.num_evictions:
+        # An eviction cannot shorten an empty prefix: a walk that found nothing stands through
+        # evictions too, until an insert (a waiting head that misses, looked up every stretch
+        # while decode blocks evict). Not with verify_tokens, whose walk also says whether it
+        # stopped at a collision (`lookup_collided`), which an eviction may end.
+        if memo is not None and (memo[0] == pool.num_evictions or not (memo[2] or self.verify_tokens)):
             hits = memo[2][:max_blocks]  # max_blocks only grows; the slice is a no-op copy
             if memo[1] == pool.num_inserts and (len(hits) < memo[3] or len(hits) == max_blocks):
                 # Nothing entered the key map since that walk either (a hit stays one while
@@ -192,7 +197,7 @@ class KVCacheManager:
         """How many new blocks the request needs, or -1 if the pool cannot give them now."""
         total = req.num_computed_tokens + len(computed) * self.block_size + num_new_tokens
         need = cdiv(total, self.block_size) - len(req.block_ids) - len(computed)
-        evictable_hits = list(map(_ref_cnt, computed)).count(0)  # taking them shrinks the free set
+        evictable_hits = countOf(map(_ref_cnt, computed), 0)  # taking them shrinks the free set
         return need if need <= self.pool.num_free - evictable_hits else -1
 
     def allocate_slots(self, req: Request, num_new_tokens: int, computed: list | None = None) -> bool:
@@ -227,7 +232,7 @@ class KVCacheManager:
         they join its table as computed and keyed blocks."""
         if computed:
             self.pool.touch(computed)
-            req.block_ids.extend(b.block_id for b in computed)
+            req.block_ids.extend(map(_block_id, computed))
             req.num_computed_tokens += len(computed) * self.block_size
             req.num_cached_blocks = len(req.block_ids)
 

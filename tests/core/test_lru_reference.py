@@ -206,3 +206,40 @@ def test_simulator_serving_one_at_a_time_matches_reference(scheduler, keyless_fi
         assert sched.kv.pool.num_evictions == ref.evictions, f"seed {seed}"
         total_evictions += ref.evictions
     assert total_hits > 0 and total_evictions > 0, "the traces must exercise hits and evictions"
+
+
+@pytest.mark.parametrize("policy", ["lru", "s3fifo", "lfu"])
+def test_a_waiting_requests_memoised_lookup_equals_a_fresh_walk(policy, monkeypatch):
+    """`get_computed_blocks` memoises a waiting request's lookup between calls (it is asked every
+    step while the request waits). Whatever serving others does in between (hits, inserts,
+    evictions), the memo's answer must be a fresh walk's. A lookup that found nothing is not
+    walked again after evictions alone: nothing can start to hit without an insert."""
+    bs, num_blocks = 2, 12
+    rng = np.random.default_rng(0)
+    kv = make_kv(policy, num_blocks, bs)
+    segments = [rng.integers(0, 3, int(rng.integers(1, 7))).tolist() for _ in range(4)]
+    walks = []
+    real_walk = KVCacheManager._walk
+    monkeypatch.setattr(KVCacheManager, "_walk", lambda self, req, hits, n: (walks.append(req), real_walk(self, req, hits, n))[1])
+    waiting = [Request(spec=spec(100 + j, [t for i in rng.integers(0, 4, 3) for t in segments[i]] + [j]), index=100 + j)
+               for j in range(4)]
+    served = stood = 0
+    for step in range(300):
+        for w in waiting:
+            memo_before = w.hit_memo
+            walks.clear()
+            got = kv.get_computed_blocks(w)
+            if memo_before is not None and not memo_before[2] and memo_before[1] == kv.pool.num_inserts:
+                assert not walks, f"step {step}: an empty lookup was walked again without an insert"
+                stood += 1
+            fresh = Request(spec=w.spec, index=w.index)
+            assert got == kv.get_computed_blocks(fresh), f"step {step}: {w.request_id}'s memoised lookup"
+        # Serve one request alone: a hit, new blocks (maybe evicting), its full blocks keyed, freed.
+        tokens = [t for i in rng.integers(0, 4, int(rng.integers(1, 4))) for t in segments[i]][: num_blocks * bs]
+        r = Request(spec=spec(served, tokens), index=served)
+        served += 1
+        computed = kv.get_computed_blocks(r)
+        assert kv.allocate_slots(r, len(tokens) - len(computed) * bs, computed)
+        kv.free(r)
+        kv.pool.verify()
+    assert kv.pool.num_evictions > 50 and kv.pool.num_inserts > 50 and stood > 0
