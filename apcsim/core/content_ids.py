@@ -23,6 +23,7 @@ looked up once, miss at their first block and are never keyed further.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -68,6 +69,9 @@ _FEW = 24  # up to this many keys a call, plain int arithmetic beats NumPy's per
 
 
 _M1_INT, _M2_INT, _GOLDEN_INT = int(_M1), int(_M2), int(_GOLDEN)
+# An id's 8 bytes, little-endian two's complement: int.to_bytes(8, "little", signed=True), without
+# its keyword parsing (one call per id a chain reaches)
+_ID_BYTES = struct.Struct("<q").pack
 
 
 def _mix64_int(x: int) -> int:
@@ -112,9 +116,9 @@ class ContentChain:
         sub, c = self._sub, self._c
         need = (stop - 1) // sub + 2  # c(-1) .. c(id of the last block)
         if len(c) < need:
-            h, last = xxhash.xxh3_64_intdigest, c[-1]
+            h, last, as_bytes = xxhash.xxh3_64_intdigest, c[-1], _ID_BYTES
             for hid in self._ids[len(c) - 1 : need - 1].tolist():
-                last = h(hid.to_bytes(8, "little", signed=True), last)
+                last = h(as_bytes(hid), last)
                 c.append(last)
         if stop - start <= _FEW:
             return [_mix64_int((c[j // sub + 1] + (j % sub + 1) * _GOLDEN_INT) & _MASK) for j in range(start, stop)]
