@@ -14,6 +14,7 @@ import csv
 import datetime
 from array import array
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -36,21 +37,18 @@ class AzureConfig(WorkloadConfig):
     time_scale: float = 1.0  # multiplies every arrival time: 0.5 replays twice as fast
 
 
-def parse_timestamp(text: str, last: list | None = None) -> float:
-    """Seconds since the epoch (UTC) of '2023-11-16 18:17:03.9799600'; all 7 fraction digits kept.
-    `last`, if given, is [whole-second text, its seconds] of the previous call, reused when this
-    one falls in the same second (a trace has a few rows a second in time order, and the ISO
-    parse is most of a row's cost) and updated otherwise."""
+def parse_timestamp(text: str) -> float:
+    """Seconds since the epoch (UTC) of '2023-11-16 18:17:03.9799600'; all 7 fraction digits kept."""
     head, _, frac = text.strip().partition(".")
     if frac and not frac.isdigit():
         raise ValueError(text)
-    if last is not None and last[0] == head:
-        whole = last[1]
-    else:
-        whole = datetime.datetime.fromisoformat(head).replace(tzinfo=datetime.timezone.utc).timestamp()
-        if last is not None:
-            last[:] = (head, whole)
-    return whole + (float("0." + frac) if frac else 0.0)
+    return _epoch_second(head) + (float("0." + frac) if frac else 0.0)
+
+
+@lru_cache(maxsize=1)  # rows come in time order, a few a second: the ISO parse is most of a row's cost
+def _epoch_second(head: str) -> float:
+    """Seconds since the epoch (UTC) of a whole-second ISO time '2023-11-16 18:17:03'."""
+    return datetime.datetime.fromisoformat(head).replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 @register_workload("azure", AzureConfig)
@@ -79,7 +77,6 @@ def _read(cfg: AzureConfig, ctx: BuildContext, path, scale: float) -> SpecSource
         prio_cols = {h.strip(): i for i, h in enumerate(header) if h.strip() in PRIORITY_FIELDS}
         salts: list = []
         priorities: list = []
-        last_second = [None, 0.0]  # parse_timestamp's memo of the previous row's second
         for row in reader:
             if cfg.num_requests is not None and len(times) >= cfg.num_requests:
                 break
@@ -89,7 +86,7 @@ def _read(cfg: AzureConfig, ctx: BuildContext, path, scale: float) -> SpecSource
             if len(row) < 3 or len(row) > len(header):
                 raise trace_error(path, line, f"expected {len(header)} columns as in the header, got {len(row)}")
             try:
-                t = parse_timestamp(row[0], last_second)
+                t = parse_timestamp(row[0])
             except ValueError:
                 raise trace_error(path, line, f"bad TIMESTAMP {row[0]!r}") from None
             try:
