@@ -193,6 +193,12 @@ class CalibratedCostModel:
         return self._total(self.tokens(num_seqs), self._lm(num_seqs), 0.0, dec, self._cpu(num_seqs),
                            self.hash_ms_per_token * 0)
 
+    def decode_stretch_list(self, num_seqs: int, context_sum: int, num_steps: int) -> list[float]:
+        """`decode_stretch_times(...).tolist()`, with no array made for a short stretch."""
+        if num_steps <= SHORT_STRETCH:
+            return self._short_stretch_times(num_seqs, context_sum, num_steps)
+        return self.decode_stretch_times(num_seqs, context_sum, num_steps).tolist()
+
     def _short_stretch_times(self, num_seqs: int, context_sum: int, num_steps: int) -> list[float]:
         """`decode_stretch_times` in plain Python: the same formula on the same operands, element
         by element, so the same bits (the contexts are exact integers in either)."""

@@ -199,9 +199,22 @@ class Grid:
         t0, t1, dt0, dt1 = self._t[i0], self._t[i1], self._dt[i0], self._dt[i1]
         sy0, sy1, sx, dsx = self._sy[i0], self._sy[i1], self._sx, self._dsx
         knots, gaps = self._y, self._ygap
+        first, last, n = knots[0], knots[-1], len(knots)
         out = []
+        j = 0  # the cell of the previous y: a decode stretch's ys only grow, so the walk is short
         for y in ys:
-            j0, _, wy, ey = _locate(knots, gaps, y)
+            # `_locate(knots, gaps, y)` inlined, its bisection replaced by a walk from cell j
+            # (the same cell: the largest j with knots[j] <= y, when first < y < last).
+            if y <= first:
+                j0, wy, ey = 0, 0.0, 0.0
+            elif y >= last:
+                j0, wy, ey = n - 1, 0.0, y - last
+            else:
+                if y < knots[j]:
+                    j = bisect_right(knots, y) - 1  # ys fell back: locate afresh
+                while knots[j + 1] <= y:
+                    j += 1
+                j0, wy, ey = j, (y - knots[j]) / gaps[j], 0.0
             r0 = t0[j0] + wy * dt0[j0] + sy0 * ey
             r1 = t1[j0] + wy * dt1[j0] + sy1 * ey
             out.append(r0 + wx * (r1 - r0) + (sx[j0] + wy * dsx[j0]) * ex)

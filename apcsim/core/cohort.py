@@ -189,19 +189,26 @@ class DecodeCohort:
             heapq.heappop(heap)
         return None
 
-    def next_alloc_step(self) -> int | None:
-        """The earliest step in which a member needs a new block, None if none does."""
-        return _next_event(self._alloc_events)
-
-    def take_alloc_events(self, upto_step: int) -> list[tuple[int, Request]]:
-        """(step, member) of the allocation events at steps <= upto_step, in the order the
-        scheduler meets them (step, then admission order); they leave the heap."""
-        heap, out = self._alloc_events, []
-        while heap and heap[0][0] <= upto_step:
-            step, _, version, r = heapq.heappop(heap)
+    def take_alloc_group(self, end: int) -> tuple[int, list[Request]] | None:
+        """The earliest step before `end` in which members need a new block, and those members
+        in admission order, their events taken off the heap; None if no member needs one before
+        `end` (the heap then keeps its live entries)."""
+        heap = self._alloc_events
+        while heap:
+            step, _, version, r = heap[0]
             if version == r.event_version and r.anchor_step >= 0:
-                out.append((step, r))
-        return out
+                break
+            heapq.heappop(heap)  # a stale entry (see the module doc)
+        else:
+            return None
+        if step >= end:
+            return None
+        members = []
+        while heap and heap[0][0] == step:  # step is the least live one: no earlier entry is left
+            _, _, version, r = heapq.heappop(heap)
+            if version == r.event_version and r.anchor_step >= 0:
+                members.append(r)
+        return step, members
 
     def alloc_steps_before(self, end: int) -> list[int]:
         """The steps < end of the members' allocation events, unordered; the heap is left as it

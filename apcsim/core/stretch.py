@@ -118,8 +118,8 @@ class QuietStretches:
             s0, cohort = self.step, self.cohort
             # One step at a time: a member that allocates rejoins with its next block due
             # block_size steps later, maybe still inside the stretch.
-            while (step := cohort.next_alloc_step()) is not None and step < s0 + k:
-                members = [r for _, r in cohort.take_alloc_events(step)]
+            while (group := cohort.take_alloc_group(s0 + k)) is not None:
+                step, members = group
                 j = step - s0
                 start = self.last_end_time if j == 0 else float(step_ends[j - 1])
                 self._allocate_decode_blocks(members, step, start, float(step_ends[j]))

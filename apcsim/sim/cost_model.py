@@ -38,7 +38,9 @@ class CostModel(Protocol):
     def decode_stretch_times(self, num_seqs: int, context_sum: int, num_steps: int) -> np.ndarray:
         """Seconds of each of `num_steps` pure-decode steps of `num_seqs` requests, whose context
         lengths sum to `context_sum` in the first step and grow by one each per step.
-        Returns float64 [num_steps]."""
+        Returns float64 [num_steps]. A model may also define `decode_stretch_list(num_seqs,
+        context_sum, num_steps)`, the same values as a list of floats: the simulator, which reads
+        a stretch's times one by one, then calls that (a few steps cost less without an array)."""
 
     def recompute_time(self, num_tokens: int, context: int) -> float:
         """Marginal seconds to recompute `num_tokens` tokens after `context` cached ones, inside a

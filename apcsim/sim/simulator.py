@@ -37,6 +37,9 @@ class SimPyExecutor:
         """`env`: a clock shared with other executors (a cluster's replicas); by default its own."""
         self.env = env if env is not None else simpy.Environment()
         self.cost = cost
+        # A quiet stretch's step times as a list of floats (what the stretch code reads): the
+        # model's own list where it has one (`CostModel.decode_stretch_list`), else its array's.
+        self._stretch_times = getattr(cost, "decode_stretch_list", None) or self._stretch_times_of_array
         self.skip_quiet = skip_quiet
         self._arrivals_changed = self.env.event()  # a request finished: follow-ups or the gate moved
         self._work = self.env.event()  # the scheduler got work while the loop was idle
@@ -119,6 +122,9 @@ class SimPyExecutor:
             if changed.triggered:
                 self._arrivals_changed = env.event()
 
+    def _stretch_times_of_array(self, num_seqs: int, context_sum: int, num_steps: int) -> list[float]:
+        return self.cost.decode_stretch_times(num_seqs, context_sum, num_steps).tolist()
+
     def _skip_quiet_stretch(self, loop: ServingLoop) -> Waits[StepResult | None]:
         """Skip the quiet steps from now on, if there are at least two, and the step after them
         too if it only finishes members (`Scheduler.finish_closes_stretch`; not when `on_step`
@@ -130,7 +136,7 @@ class SimPyExecutor:
         if k < 2 and not closing:
             return None
         n = len(sched.running)
-        times = self.cost.decode_stretch_times(n, sched.cohort_context_sum, k + closing).tolist()  # [k (+1)]
+        times = self._stretch_times(n, sched.cohort_context_sum, k + closing)  # [k (+1)]
         # End times of the steps, summed one step at a time from now exactly as stepping one by
         # one would, so skipping changes no float bit of any result. Step j >= 1 starts at
         # ends[j-1]; only steps that start before the next arrival are quiet for sure (an arrival

@@ -313,10 +313,13 @@ def test_short_stretches_cost_the_same_bits_as_long_ones(any_cost, monkeypatch):
         monkeypatch.setattr(cm, "SHORT_STRETCH", threshold)
         assert short.dtype == long.dtype == np.float64 and short.shape == long.shape == (k,)
         assert short.tobytes() == long.tobytes(), (n, c, k)
+        # What the simulator reads: the same floats as a list, with no array in between.
+        assert cost.decode_stretch_list(n, c, k) == short.tolist(), (n, c, k)
     # A stretch past the threshold goes through NumPy, and still matches stepping.
     n, c, k = 7, 7 * 900, threshold + 5
     times = cost.decode_stretch_times(n, c, k)
     assert [cost.step_time(_decode_sum(n, c + n * j)) for j in range(k)] == times.tolist()
+    assert cost.decode_stretch_list(n, c, k) == times.tolist()
 
 
 def _decode_sum(n: int, context_sum: int) -> StepPlan:
@@ -406,3 +409,25 @@ def test_prefill_beyond_the_largest_chunk_keeps_the_fixed_cost_fixed():
     fit = PrefillAttention.fit([n for n, _ in pts], [c for _, c in pts], [law(n, c) for n, c in pts])
     for n, c in ((128, 128), (256, 0), (512, 768)):
         assert fit(n, c) == pytest.approx(law(n, c), rel=0.02), (n, c)
+
+
+def test_a_grid_along_y_is_its_pointwise_value_in_any_order():
+    """`Grid.along_y` walks its y cell forward from the last point (a stretch's contexts only
+    grow): it equals calling the grid point by point, bit for bit, for growing ys, ys that fall
+    back, ys on the knots and ys below and beyond them."""
+    from apcsim.calibration.fit import Grid
+
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        nx, ny = int(rng.integers(1, 6)), int(rng.integers(1, 9))
+        xs = np.sort(rng.choice(np.arange(1, 200), nx, replace=False)).astype(float)
+        ys = np.sort(rng.choice(np.arange(1, 5000), ny, replace=False)).astype(float)
+        # Cells of very different sizes (timings span microseconds to seconds).
+        table = np.cumsum(np.cumsum(np.exp(rng.uniform(-8, 8, (nx, ny))), axis=0), axis=1)
+        grid = Grid(xs, ys, table, np.sort(rng.random(ny)), np.sort(rng.random(nx)))
+        x = float(rng.uniform(0, 250))
+        points = [float(v) for v in rng.uniform(0, 6000, int(rng.integers(1, 40)))]
+        if trial % 2:
+            points.sort()
+        points += [float(v) for v in ys] + [0.0, 6000.0, float(ys[0]) + 0.5]  # knots, in order
+        assert grid.along_y(x, points) == [grid(x, y) for y in points], trial
