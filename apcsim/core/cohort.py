@@ -210,6 +210,39 @@ class DecodeCohort:
                 members.append(r)
         return step, members
 
+    def take_alloc_events_before(self, end: int) -> list[tuple[int, int, int, Request]]:
+        """The live allocation events at steps < end, in (step, admission) order, taken off the
+        heap with every stale one there (`requeue` puts live ones back)."""
+        heap, out = self._alloc_events, []
+        while heap and heap[0][0] < end:
+            entry = heapq.heappop(heap)
+            r = entry[3]
+            if entry[2] == r.event_version and r.anchor_step >= 0:
+                out.append(entry)
+        return out
+
+    def requeue(self, entries: list[tuple[int, int, int, Request]]) -> None:
+        """Put events that `take_alloc_events_before` took back on the heap, as they were."""
+        for entry in entries:
+            heapq.heappush(self._alloc_events, entry)
+
+    def pass_boundaries(self, r: Request, last: int, end: float) -> None:
+        """`pass_boundary(r, t, ·)` for each of r's boundary steps t up to `last`, in one (its
+        table already ends with their new blocks): its token at step `last`, ending at `end`,
+        went into the last of them. Only without tables (a member is then its anchor context,
+        anchor step and table length, which the last of those calls alone decides) and after
+        `take_alloc_events_before` took its event: the calls before the last would each have
+        queued the event the next one takes."""
+        seq = r.admit_seq
+        k = last + 1 - r.anchor_step
+        c = r.num_computed_tokens + k
+        r.num_computed_tokens = c
+        r.num_output_tokens += k
+        r.last_token_time = end
+        r.anchor_step = last + 1
+        self._members[seq] = (c, last + 1, len(r.block_ids))
+        heapq.heappush(self._alloc_events, (last + self.block_size, seq, r.event_version, r))
+
     def alloc_steps_before(self, end: int) -> list[int]:
         """The steps < end of the members' allocation events, unordered; the heap is left as it
         is. A member has at most one live event: every push follows the pop of its last one

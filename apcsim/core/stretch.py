@@ -114,7 +114,9 @@ class QuietStretches:
         sampled their token as one-by-one decodes (their inter-token gap is reported alone)."""
         assert k > 0 and not self._explicit, "advance() outside a quiet stretch"
         done: list[tuple[int, int]] = []
-        if step_ends is not None:
+        if step_ends is not None and (bulk := self._stretch_blocks_in_one_go(k, step_ends)) is not None:
+            done = bulk
+        elif step_ends is not None:
             s0, cohort = self.step, self.cohort
             # One step at a time: a member that allocates rejoins with its next block due
             # block_size steps later, maybe still inside the stretch.
@@ -126,6 +128,58 @@ class QuietStretches:
                 done.append((j, len(members)))
         self.step += k
         self.last_end_time = now
+        return done
+
+    def _stretch_blocks_in_one_go(self, k: int, step_ends) -> list[tuple[int, int]] | None:
+        """`advance`'s allocations for all k steps at once, where that gives what stepping gives;
+        returns what `advance` returns, or None where it does not hold (`advance` then goes step
+        by step). It holds when
+        - the pending keys are in use and every member with a boundary in the stretch holds its
+          pending range: keying its filled blocks (`defer`) then only moves the range's end, and
+          touches nothing an allocation reads;
+        - the policy is vLLM's plain free queue (`plain_free_queue`): it hands out blocks in the
+          same order in one call as in many, whatever the clock says (nothing is freed within a
+          stretch, and nobody looks at the pool until it ends);
+        - the cohort keeps no tables (a member is then the last of its boundaries: `pass_boundaries`).
+        The blocks go to the boundaries in stepping's order (step, then admission order)."""
+        if not self._lazy or self.cohort.tables or not self.kv.pool.policy.plain_free_queue:
+            return None
+        s0, bs, cohort = self.step, self.block_size, self.cohort
+        end = s0 + k
+        starts = cohort.take_alloc_events_before(end)  # [(step, admit_seq, version, member)]
+        if not starts:
+            return []
+        holds = self.pending_keys.holds
+        for entry in starts:
+            if not holds(entry[3]):
+                cohort.requeue(starts)
+                return None
+        if starts[0][0] + bs < end:  # a member may pass two boundaries: list them all, in order
+            # (a member's next block is due block_size steps after its last; admit_seq is unique,
+            # so members are never compared)
+            events = sorted([(t, seq, 0, r) for t0, seq, _, r in starts for t in range(t0, end, bs)])
+        else:
+            events = starts
+        stats = self.stats
+        last: dict[Request, tuple[int, int]] = {}  # member -> (its last boundary step, its context then)
+        done: list[tuple[int, int]] = []
+        step, count = events[0][0], 0
+        for (t, _, _, r), block in zip(events, self.kv.pool.allocate_ids(len(events))):
+            r.block_ids.append(block)
+            c = r.num_computed_tokens + t - r.anchor_step  # its tokens before this one (anchor as it was)
+            if r.computed_high_water > c:
+                stats.recomputed_tokens += min(c + 1, r.computed_high_water) - c
+            last[r] = (t, c)
+            if t != step:
+                done.append((step - s0, count))
+                step, count = t, 0
+            count += 1
+        done.append((step - s0, count))
+        grow = self.pending_keys.grow
+        for r, (t, c) in last.items():
+            grow(r, c)  # its filled blocks, keyed (pending) as stepping's last boundary keys them
+            cohort.pass_boundaries(r, t, float(step_ends[t - s0]))
+        self.clock.now = float(step_ends[step - s0])  # as stepping leaves it: the last boundary step's end
         return done
 
     def _boundaries_fit(self, n: int) -> bool:

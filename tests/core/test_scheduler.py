@@ -423,3 +423,63 @@ def test_verify_mode_end_to_end(policy, scheduler):
     assert m["num_finished"] == 12 and m["num_preemptions"] > 0
     assert (m["prefix_cache_hits"] > 0) == (policy != "none")
     assert not math.isnan(m["duration_s"]) and m["duration_s"] > 0
+
+
+def test_a_stretch_allocates_its_boundaries_in_one_go_as_step_by_step(monkeypatch):
+    """Where a skipped stretch's decode blocks may be allocated in one go (LRU's plain free
+    queue, every boundary member holding its pending range: `_stretch_blocks_in_one_go`), the
+    state after every stretch is the state allocating them step by step gives: each running
+    request's table and counters, the key map, the free queue's order, the pending ranges, the
+    cohort's events, the evictions, the recomputed tokens and the clock."""
+    from apcsim.core.scheduler import Scheduler
+
+    real_advance, real_bulk = Scheduler.advance, Scheduler._stretch_blocks_in_one_go
+    seen = {"bulk": 0, "fallback": 0, "two": 0}
+
+    def counting_bulk(self, k, step_ends):
+        starts = self.cohort.alloc_steps_before(self.step + k)
+        out = real_bulk(self, k, step_ends)
+        if out is None:
+            seen["fallback"] += 1
+        elif out:
+            seen["bulk"] += 1
+            seen["two"] += min(starts) + self.block_size < self.step + k  # a member passed two boundaries
+        return out
+
+    def state(sched):
+        pool, pend = sched.kv.pool, sched.pending_keys
+        return (sched.step, sched.clock.now, sched.stats.recomputed_tokens, pool.num_evictions, pool.num_free,
+                tuple((r.admit_seq, tuple(r.block_ids), r.num_computed_tokens, r.num_output_tokens, r.anchor_step,
+                       r.last_token_time, r.num_cached_blocks) for r in sched.running),
+                tuple(sorted((k, b.block_id) for k, b in pool.cached.items())),
+                tuple(b.block_id for b in pool.policy._live()),
+                tuple(sorted((p, e.first, e.num_tokens, e.resident) for p, e in pend._by_parent.items())),
+                tuple(sorted((t, s, v) for t, s, v, r in sched.cohort._alloc_events
+                             if v == r.event_version and r.anchor_step >= 0)),
+                tuple(sorted(sched.cohort._members.items())))
+
+    for bs, nb, seed in ((4, 400, 0), (16, 120, 1), (4, 160, 2)):
+        rng = np.random.default_rng(seed)
+        specs, t = [], 0.0
+        for i in range(60):
+            t += float(rng.exponential(0.3))
+            specs.append(unique_spec(i, int(rng.integers(3 * bs, 40 * bs)), int(rng.integers(2, 30 * bs)), t, seed))
+        runs = []
+        for one_go in (True, False):
+            trace = []
+
+            def advance(self, k, now, step_ends=None):
+                out = real_advance(self, k, now, step_ends)
+                trace.append((out, state(self)))
+                return out
+
+            monkeypatch.setattr(Scheduler, "advance", advance)
+            monkeypatch.setattr(Scheduler, "_stretch_blocks_in_one_go", counting_bulk if one_go else lambda *a: None)
+            sched = build_scheduler("lru", "fcfs", bs=bs, num_blocks=nb, specs=specs, max_num_batched_tokens=256)
+            _, m = run(specs, sched, verify_every_step=True)
+            runs.append((m, trace))
+        (ma, ta), (mb, tb) = runs
+        _assert_same_metrics(ma, mb, f"bs={bs}: ")
+        assert len(ta) == len(tb) and ta == tb, f"bs={bs}: a stretch's state differs"
+        assert ta[-1][1][3] > 0, f"bs={bs}: the pool must evict"
+    assert seen["bulk"] > 0 and seen["fallback"] > 0 and seen["two"] > 0, seen
