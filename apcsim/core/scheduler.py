@@ -348,7 +348,8 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         res = StepResult(num_regular_decodes=self._num_cohort_scheduled)
         stats = self.stats
         # No block was allocated since the plan was built: its tables are the joiners' tables.
-        tables = {c.request_id: c.block_ids for c in plan.chunks}
+        # (A cohort without tables reads only a joiner's table length: its own table then.)
+        tables = {c.request_id: c.block_ids for c in plan.chunks} if self.cohort.tables else None
         finishing: list[Request] = []
         itl_samples, discard, join = res.itl_samples, self._explicit.discard, self.cohort.join
         for r, new in self._scheduled.items():
@@ -374,7 +375,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
                 finishing.append(r)
             else:
                 discard(r)
-                join(r, s + 1, tables[r.spec.request_id])
+                join(r, s + 1, tables[r.spec.request_id] if tables is not None else r.block_ids)
         self.step = s + 1
         self.last_end_time = now
         self._finish_step(s, now, finishing, res)
