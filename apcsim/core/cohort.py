@@ -13,7 +13,8 @@ Invariants (checked by `Scheduler.verify`):
   step whose token starts a new block, and the scheduler makes it leave at the start of that
   step, before allocating. So a member's table can be recorded once, when it joins. (Inside a
   skipped quiet stretch `pass_boundary` does that leave, allocation and rejoin in one move,
-  recorded in the history as a leave and a join.)
+  recorded in the history as a leave and a join; without tables `pass_boundaries` does it for
+  all of a member's boundaries in a stretch at once.)
 - `context_sum(step)` is the members' total context at `step`: `base + len * step`, where `base`
   is the sum over members of (context at anchor - anchor step), kept as members join and leave.
 - The event heaps are lazy: an entry is (step, admit_seq, version, request), dropped when it

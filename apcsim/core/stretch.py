@@ -9,7 +9,9 @@ at the next arrival (and, for an allocating stretch, at `stretch_fit`), lets the
 one event and calls `advance`. In an allocating stretch the members' decode block boundaries do
 not end the stretch: `advance` makes those allocations itself, step by step in the order
 stepping would (keys of the filled blocks, then the new blocks in admission order), so the block
-ids, keys and evictions are the same as stepping's.
+ids, keys and evictions are the same as stepping's. Where keying touches nothing an allocation
+reads and the free queue is vLLM's, all of a stretch's blocks come from one pool call, handed
+out in that same order (`_stretch_blocks_in_one_go`).
 
 A stretch may also end with the step that stopped it, when that step only finishes members
 (`finish_closes_stretch`): `advance` skips it too (allocations included) and `finish_stretch`
