@@ -82,6 +82,9 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         self._lazy: bool | None = None
         self._scheduled: dict[Request, int] = {}  # explicit requests -> new tokens this step
         self._num_cohort_scheduled = 0
+        # Cohort members at a block boundary in this step that stay in the cohort, given their
+        # block already (`_schedule_boundaries`; `update` passes the boundary).
+        self._boundary_members: list[Request] = []
         # The host KV tier (apcsim.core.host_tier; set by apcsim.core.build when cpu_tier is on)
         # and the requests whose load from it is in flight -> the step that issued it: they hold
         # blocks, are neither waiting in the policy's queue nor running (vLLM's
@@ -189,6 +192,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         self.policy.refresh()
         boundary = self.cohort.pop_alloc_events(s)
         self._scheduled = {}
+        self._boundary_members = []
         prefill_cap = long_prefill_cap(self.cfg, len(self.running) + len(self.policy))
         if not self._explicit and self._boundaries_fit(len(boundary)):
             remaining, preempted = self._schedule_boundaries(boundary, s), []
@@ -345,13 +349,15 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         s = self.step
         assert plan.step == s, f"update for step {plan.step} while at step {s}"
         self.clock.now = now  # finished requests release their blocks at this time
-        res = StepResult(num_regular_decodes=self._num_cohort_scheduled)
+        res = StepResult(num_regular_decodes=self._num_cohort_scheduled - len(self._boundary_members))
         stats = self.stats
         # No block was allocated since the plan was built: its tables are the joiners' tables.
         # (A cohort without tables reads only a joiner's table length: its own table then.)
         tables = {c.request_id: c.block_ids for c in plan.chunks} if self.cohort.tables else None
         finishing: list[Request] = []
         itl_samples, discard, join = res.itl_samples, self._explicit.discard, self.cohort.join
+        if self._boundary_members:
+            self._pass_boundary_members(s, now, itl_samples)
         for r, new in self._scheduled.items():
             c = r.num_computed_tokens
             done = c + new

@@ -483,3 +483,72 @@ def test_a_stretch_allocates_its_boundaries_in_one_go_as_step_by_step(monkeypatc
         assert len(ta) == len(tb) and ta == tb, f"bs={bs}: a stretch's state differs"
         assert ta[-1][1][3] > 0, f"bs={bs}: the pool must evict"
     assert seen["bulk"] > 0 and seen["fallback"] > 0 and seen["two"] > 0, seen
+
+
+def test_boundary_members_of_a_stepped_step_stay_in_a_cohort_without_tables(monkeypatch):
+    """A stepped step's cohort members at a block boundary stay in a cohort that keeps no tables
+    (`_schedule_boundaries`), where with tables (an `on_step` hook) they leave it and decode as
+    explicit one-token chunks. After every step both give the same state: each running
+    request's table and exact counters, the key map, the free queue's order, the pending
+    ranges and the evictions; and the same metrics, timeline rows, inter-token gaps (values and
+    order) and request times, under preemptions, a full queue and the concurrency gate."""
+    from apcsim.core.scheduler import Scheduler
+
+    kept = []
+    real_update, real_finish = Scheduler.update, Scheduler.finish_stretch
+
+    def state(sched):
+        pool, pend = sched.kv.pool, sched.pending_keys
+        return (sched.clock.now, sched.stats.recomputed_tokens, pool.num_evictions, pool.num_free,
+                tuple((r.admit_seq, tuple(r.block_ids), sched._computed(r), r.num_cached_blocks) for r in sched.running),
+                tuple(sorted((k, b.block_id) for k, b in pool.cached.items())),
+                (tuple(b.block_id for b in pool.policy._live()) if hasattr(pool.policy, "_live")
+                 else tuple(b.block_id for b in pool.blocks if b in pool.policy)),  # the free queue (LRU: in order)
+                # A range's full blocks (a member that finishes at its boundary keys its deferred
+                # blocks within one more token, which fills no block)
+                tuple(sorted((p, e.first, e.num_tokens // sched.block_size, e.resident)
+                             for p, e in pend._by_parent.items())),
+                len(sched.cohort), sched.cohort_context_sum)
+
+    cases = [("lru", 4, 60, {}, 0), ("lru", 16, 30, {}, 1), ("lru", 4, 40, {"max_num_seqs": 3}, 2),
+             ("s3fifo", 4, 80, {}, 3), ("lru", 4, 400, {"max_concurrency": 4}, 4)]
+    for pol, bs, nb, kw, seed in cases:
+        kw = dict(kw)
+        gate = kw.pop("max_concurrency", None)
+        specs = random_specs(seed=seed, n=40)
+        if gate:
+            specs = [dataclasses.replace(s, parent_id=specs[j - 1].request_id, think_time_s=0.01)
+                     if j % 4 == 3 else s for j, s in enumerate(specs)]
+        runs = []
+        for hook in (None, lambda plan, result: None):
+            states = {}
+
+            def update(self, plan, now):
+                kept.append(len(self._boundary_members) if hook is None else 0)
+                res = real_update(self, plan, now)
+                states[self.step] = state(self)
+                return res
+
+            def finish_stretch(self, now):
+                res = real_finish(self, now)
+                states[self.step] = state(self)
+                return res
+
+            monkeypatch.setattr(Scheduler, "update", update)
+            monkeypatch.setattr(Scheduler, "finish_stretch", finish_stretch)
+            sched = build_scheduler(pol, bs=bs, num_blocks=nb, specs=specs, max_num_batched_tokens=64,
+                                    **{"max_num_seqs": 8, **kw})
+            sim, m = run(specs, sched, on_step=hook, max_concurrency=gate, verify_every_step=True)
+            tl = {k: v.tobytes() for k, v in sim.metrics.timeline.as_arrays().items()}
+            itl = [a.tobytes() for a in sim.metrics.itl_sample()]
+            per_req = [(r.request_id, r.first_token_time, r.finish_time, r.num_cached_tokens, r.num_preemptions)
+                       for r in sim.requests]
+            runs.append((m, tl, itl, per_req, states))
+        (ma, ta, ia, ra, sa), (mb, tb, ib, rb, sb) = runs
+        _assert_same_metrics(ma, mb, f"{pol}/{bs}: ")
+        assert ta == tb and ia == ib and ra == rb, f"{pol}/{bs}"
+        common = sa.keys() & sb.keys()
+        assert len(common) > 20, f"{pol}/{bs}: too few steps seen by both"
+        for step in sorted(common):
+            assert sa[step] == sb[step], f"{pol}/{bs}: the state after step {step - 1} differs"
+    assert sum(kept) > 0, "no boundary member stayed in the cohort"
