@@ -82,9 +82,9 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         self._lazy: bool | None = None
         self._scheduled: dict[Request, int] = {}  # explicit requests -> new tokens this step
         self._num_cohort_scheduled = 0
-        # Cohort members at a block boundary in this step that stay in the cohort, given their
-        # block already (`_schedule_boundaries`; `update` passes the boundary).
-        self._boundary_members: list[Request] = []
+        # How many of `_scheduled` are cohort members at a block boundary that stay in the cohort
+        # (`_boundaries_stay`): `update` passes their boundary instead of rejoining them.
+        self._num_staying = 0
         # The host KV tier (apcsim.core.host_tier; set by apcsim.core.build when cpu_tier is on)
         # and the requests whose load from it is in flight -> the step that issued it: they hold
         # blocks, are neither waiting in the policy's queue nor running (vLLM's
@@ -192,10 +192,17 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         self.policy.refresh()
         boundary = self.cohort.pop_alloc_events(s)
         self._scheduled = {}
-        self._boundary_members = []
+        self._num_staying = 0
         prefill_cap = long_prefill_cap(self.cfg, len(self.running) + len(self.policy))
         if not self._explicit and self._boundaries_fit(len(boundary)):
             remaining, preempted = self._schedule_boundaries(boundary, s), []
+        elif boundary and self._boundaries_stay():
+            key_filled = self.kv.key_blocks
+            for r in boundary:  # the deferred keys, in event order, as leaving would key them
+                key_filled(r, r.num_computed_tokens + s - r.anchor_step)
+            remaining, preempted = self._schedule_running(prefill_cap, boundary)
+            # Those that took their block and were not preempted after it (nor cut)
+            self._num_staying = sum(r.anchor_step >= 0 for r in self._scheduled)
         else:
             for r in boundary:
                 self._leave_cohort(r, s)
@@ -205,17 +212,24 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         num_hashed = 0 if preempted else self._admit_waiting(remaining, now, prefill_cap)
         return self._build_plan(num_hashed, tuple(preempted))
 
-    def _schedule_running(self, prefill_cap: int) -> tuple[int, list[str]]:
+    def _schedule_running(self, prefill_cap: int, boundary: list[Request] = ()) -> tuple[int, list[str]]:
         """The running pass: a chunk for each explicit request in admission order, a token for
         each cohort member between them, preempting when blocks run out. Whoever the budget does
         not reach, from the first such request on, is skipped this step. Returns the budget
-        left and the requests preempted."""
+        left and the requests preempted.
+
+        `boundary`: cohort members at a block boundary that stay in the cohort
+        (`_boundaries_stay`, their filled blocks keyed already). Each is met in its admission
+        place, as if explicit, and takes its block there if the pool has one (what
+        `allocate_slots(r, 1)` does then); if not, it leaves the cohort there and allocates as
+        an explicit request, preempting."""
         preempted: list[str] = []
         remaining = self.cfg.max_num_batched_tokens
         last_seq = -1  # admit_seq of the last running request accounted for
         cut_index: int | None = None  # running[cut_index:] is skipped this step
         seqs = self._running_seqs
-        for r in sorted(self._explicit, key=_admit_seq):
+        walk = sorted(self._explicit, key=_admit_seq) if not boundary else sorted([*self._explicit, *boundary], key=_admit_seq)
+        for r in walk:
             if r.status is not Status.RUNNING:
                 continue  # preempted earlier in this step
             gap = bisect_left(seqs, r.admit_seq) - bisect_right(seqs, last_seq)  # cohort members before r
@@ -224,6 +238,13 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
                 remaining = 0
                 break
             remaining -= gap
+            if r.anchor_step >= 0:  # a boundary member (a token, and the budget has one left)
+                if self._stay_at_boundary(r):
+                    self._scheduled[r] = 1
+                    remaining -= 1
+                    last_seq = r.admit_seq
+                    continue
+                self._leave_cohort(r, self.step)  # no block free: handled as explicit, preempting
             new = r.num_tokens - r.num_computed_tokens
             if prefill_cap > 0:
                 new = min(new, prefill_cap)
@@ -333,12 +354,13 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
 
     def _build_plan(self, num_hashed: int, preempted: tuple[str, ...]) -> StepPlan:
         # `_scheduled` is in admission order already: the running pass walks in that order and
-        # admissions get the next admit_seq.
+        # admissions get the next admit_seq. Boundary members that stay in the cohort are priced
+        # with it (a one-token chunk costs what a member of the same context costs).
         chunks = tuple([
             ScheduledChunk(r.spec.request_id, new, r.num_computed_tokens, TableView(r.block_ids),
                            r.num_computed_tokens + new >= r.num_tokens)
             for r, new in self._scheduled.items()
-            if new > 0
+            if new > 0 and r.anchor_step < 0
         ])
         cohort = self.cohort
         transfers = self.host_tier.take_transfers() if self.host_tier is not None else None
@@ -349,16 +371,25 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         s = self.step
         assert plan.step == s, f"update for step {plan.step} while at step {s}"
         self.clock.now = now  # finished requests release their blocks at this time
-        res = StepResult(num_regular_decodes=self._num_cohort_scheduled - len(self._boundary_members))
+        res = StepResult(num_regular_decodes=self._num_cohort_scheduled - self._num_staying)
         stats = self.stats
         # No block was allocated since the plan was built: its tables are the joiners' tables.
         # (A cohort without tables reads only a joiner's table length: its own table then.)
         tables = {c.request_id: c.block_ids for c in plan.chunks} if self.cohort.tables else None
         finishing: list[Request] = []
         itl_samples, discard, join = res.itl_samples, self._explicit.discard, self.cohort.join
-        if self._boundary_members:
-            self._pass_boundary_members(s, now, itl_samples)
+        prev_end, pass_boundary = self.last_end_time, self.cohort.pass_boundary
         for r, new in self._scheduled.items():
+            if r.anchor_step >= 0:
+                # A boundary member that stayed in the cohort (`_boundaries_stay`): what a
+                # one-token chunk's update does, its gap from its last token (the previous step
+                # sampled it unless it joined at this one), then its token goes into the new block.
+                c = r.num_computed_tokens + s - r.anchor_step
+                if r.computed_high_water > c:
+                    stats.recomputed_tokens += min(c + 1, r.computed_high_water) - c
+                itl_samples.append(now - (prev_end if s > r.anchor_step else r.last_token_time))
+                pass_boundary(r, s, now)  # one whose last token this was finishes with the cohort's
+                continue
             c = r.num_computed_tokens
             done = c + new
             prompt = r.prompt_len

@@ -199,49 +199,50 @@ class QuietStretches:
         go. The boundary members key their filled blocks (in event order) and take one block
         each in admission order with one pool call (the pool hands out the same blocks as one
         call per member: nothing else allocates in between); then they decode one token as
-        explicit chunks, having left the cohort, and every other member decodes in the cohort.
-        Returns the budget left.
-
-        Where the cohort keeps no tables, the boundary members stay in it instead
-        (`_boundary_members`; `update` passes their boundary, `DecodeCohort.pass_boundary`): a
-        plan prices a one-token chunk as a cohort member of the same context, so the step costs
-        the same, and `update` reports their inter-token gaps one by one, first, in admission
-        order, as it would report those chunks'."""
+        explicit chunks, having left the cohort (or staying in it: `_boundaries_stay`), and
+        every other member decodes in the cohort. Returns the budget left."""
         if boundary:
             cohort, kv, end = self.cohort, self.kv, self.last_end_time
             key_filled = self.kv.key_blocks
-            if not cohort.tables:
-                for r in boundary:
-                    key_filled(r, r.num_computed_tokens + s - r.anchor_step)  # the deferred keys
-                if len(boundary) > 1:
-                    boundary.sort(key=_admit_seq)
-                kv.append_decode_blocks(boundary)
-                self._boundary_members = boundary
-                return self.cfg.max_num_batched_tokens - len(self.running)
+            stay = self._boundaries_stay()
             for r in boundary:
-                cohort.leave(r, s, end)
-                key_filled(r, r.num_computed_tokens)  # the deferred keys (see cohort's doc)
+                if stay:
+                    key_filled(r, r.num_computed_tokens + s - r.anchor_step)  # the deferred keys
+                else:
+                    cohort.leave(r, s, end)
+                    key_filled(r, r.num_computed_tokens)  # the deferred keys (see cohort's doc)
             if len(boundary) > 1:
                 boundary.sort(key=_admit_seq)
             kv.append_decode_blocks(boundary)
             self._scheduled = dict.fromkeys(boundary, 1)
+            if stay:
+                self._num_staying = len(boundary)
         return self.cfg.max_num_batched_tokens - len(self.running)
 
-    def _pass_boundary_members(self, s: int, now: float, itl_samples: list[float]) -> None:
-        """`update`'s part for the boundary members that stayed in the cohort
-        (`_schedule_boundaries`), first and in admission order, as it would handle them as
-        explicit one-token chunks: their gaps (from their last token, which the previous step
-        sampled unless they joined at this one) go to `itl_samples`, and their token at step
-        `s`, ending at `now`, goes into the new block (`pass_boundary`). One whose last token
-        this was finishes with the cohort's finishes (`_finish_step`)."""
-        members, self._boundary_members = self._boundary_members, []
-        stats, cohort, prev_end = self.stats, self.cohort, self.last_end_time
-        for r in members:
-            c = r.num_computed_tokens + s - r.anchor_step
-            if r.computed_high_water > c:
-                stats.recomputed_tokens += min(c + 1, r.computed_high_water) - c
-            itl_samples.append(now - (prev_end if s > r.anchor_step else r.last_token_time))
-            cohort.pass_boundary(r, s, now)
+    def _boundaries_stay(self) -> bool:
+        """Whether this step's cohort members at a block boundary stay in the cohort, scheduled
+        for their one token (`_scheduled`) but priced and rejoined as members: a plan prices a
+        one-token chunk as a cohort member of the same context, so the step's size, tokens,
+        samples and time are the same, and `update` reports their gaps one by one in their
+        admission places and passes their boundary (`DecodeCohort.pass_boundary`), as it would
+        update those chunks. Only where nobody lists a plan's chunks member by member (a cohort
+        without tables), without a host tier (its write-backs belong to each allocation's own
+        call) and with blocks of more than one token (a one-token block is full at once)."""
+        return not self.cohort.tables and self.host_tier is None and self.block_size > 1
+
+    def _stay_at_boundary(self, r: Request) -> bool:
+        """For a boundary member met in the running pass (`_schedule_running`): take its block
+        as `allocate_slots(r, 1)` would if the pool has one, and say so; False (nothing done)
+        if it has none. Its context c is a multiple of block_size (its token starts a block)."""
+        kv = self.kv
+        if kv.pool.num_free < 1:
+            return False
+        c = r.num_computed_tokens + self.step - r.anchor_step
+        r.hit_memo = None
+        r.block_ids += kv.pool.allocate_ids(1)
+        if (c + 1) // self.block_size > r.num_cached_blocks:
+            kv.key_blocks(r, c + 1)
+        return True
 
     def _allocate_decode_blocks(self, members: list[Request], step: int, start: float, end: float) -> None:
         """What stepping does for members whose token at `step` (from `start` to `end`) starts a new

@@ -487,15 +487,19 @@ def test_a_stretch_allocates_its_boundaries_in_one_go_as_step_by_step(monkeypatc
 
 def test_boundary_members_of_a_stepped_step_stay_in_a_cohort_without_tables(monkeypatch):
     """A stepped step's cohort members at a block boundary stay in a cohort that keeps no tables
-    (`_schedule_boundaries`), where with tables (an `on_step` hook) they leave it and decode as
-    explicit one-token chunks. After every step both give the same state: each running
-    request's table and exact counters, the key map, the free queue's order, the pending
-    ranges and the evictions; and the same metrics, timeline rows, inter-token gaps (values and
-    order) and request times, under preemptions, a full queue and the concurrency gate."""
+    (`_boundaries_stay`: in the plain pass, `_schedule_boundaries`, and met in their admission
+    places in the running pass with explicit requests, `_stay_at_boundary`), where with tables
+    (an `on_step` hook) they leave it and decode as explicit one-token chunks. After every step
+    both give the same state: each running request's table and exact counters, the key map,
+    the free queue's order, the pending ranges and the evictions; and the same metrics,
+    timeline rows, inter-token gaps (values and order) and request times, under preemptions
+    (a boundary member with no block left leaves there), a full queue and the concurrency
+    gate."""
     from apcsim.core.scheduler import Scheduler
 
-    kept = []
-    real_update, real_finish = Scheduler.update, Scheduler.finish_stretch
+    kept, met = [], []
+    real_update, real_finish, real_stay = Scheduler.update, Scheduler.finish_stretch, Scheduler._stay_at_boundary
+    monkeypatch.setattr(Scheduler, "_stay_at_boundary", lambda self, r: met.append(real_stay(self, r)) or met[-1])
 
     def state(sched):
         pool, pend = sched.kv.pool, sched.pending_keys
@@ -524,7 +528,7 @@ def test_boundary_members_of_a_stepped_step_stay_in_a_cohort_without_tables(monk
             states = {}
 
             def update(self, plan, now):
-                kept.append(len(self._boundary_members) if hook is None else 0)
+                kept.append(self._num_staying if hook is None else 0)
                 res = real_update(self, plan, now)
                 states[self.step] = state(self)
                 return res
@@ -552,3 +556,4 @@ def test_boundary_members_of_a_stepped_step_stay_in_a_cohort_without_tables(monk
         for step in sorted(common):
             assert sa[step] == sb[step], f"{pol}/{bs}: the state after step {step - 1} differs"
     assert sum(kept) > 0, "no boundary member stayed in the cohort"
+    assert True in met and False in met, "the running pass must meet boundary members that stay and one that cannot"
