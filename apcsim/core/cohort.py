@@ -13,8 +13,8 @@ Invariants (checked by `Scheduler.verify`):
   step whose token starts a new block, and the scheduler makes it leave at the start of that
   step, before allocating. So a member's table can be recorded once, when it joins. (Inside a
   skipped quiet stretch `pass_boundary` does that leave, allocation and rejoin in one move,
-  recorded in the history as a leave and a join; without tables `pass_boundaries` does it for
-  all of a member's boundaries in a stretch at once.)
+  recorded in the history as a leave and a join; without tables one call at its last boundary
+  in a stretch stands for all of them there.)
 - `context_sum(step)` is the members' total context at `step`: `base + len * step`, where `base`
   is the sum over members of (context at anchor - anchor step), kept as members join and leave.
 - The event heaps are lazy: an entry is (step, admit_seq, version, request), dropped when it
@@ -195,14 +195,8 @@ class DecodeCohort:
         in admission order, their events taken off the heap; None if no member needs one before
         `end` (the heap then keeps its live entries)."""
         heap = self._alloc_events
-        while heap:
-            step, _, version, r = heap[0]
-            if version == r.event_version and r.anchor_step >= 0:
-                break
-            heapq.heappop(heap)  # a stale entry (see the module doc)
-        else:
-            return None
-        if step >= end:
+        step = _next_event(heap)  # stale entries before it leave the heap
+        if step is None or step >= end:
             return None
         members = []
         while heap and heap[0][0] == step:  # step is the least live one: no earlier entry is left
@@ -226,23 +220,6 @@ class DecodeCohort:
         """Put events that `take_alloc_events_before` took back on the heap, as they were."""
         for entry in entries:
             heapq.heappush(self._alloc_events, entry)
-
-    def pass_boundaries(self, r: Request, last: int, end: float) -> None:
-        """`pass_boundary(r, t, ·)` for each of r's boundary steps t up to `last`, in one (its
-        table already ends with their new blocks): its token at step `last`, ending at `end`,
-        went into the last of them. Only without tables (a member is then its anchor context,
-        anchor step and table length, which the last of those calls alone decides) and after
-        `take_alloc_events_before` took its event: the calls before the last would each have
-        queued the event the next one takes."""
-        seq = r.admit_seq
-        k = last + 1 - r.anchor_step
-        c = r.num_computed_tokens + k
-        r.num_computed_tokens = c
-        r.num_output_tokens += k
-        r.last_token_time = end
-        r.anchor_step = last + 1
-        self._members[seq] = (c, last + 1, len(r.block_ids))
-        heapq.heappush(self._alloc_events, (last + self.block_size, seq, r.event_version, r))
 
     def alloc_steps_before(self, end: int) -> list[int]:
         """The steps < end of the members' allocation events, unordered; the heap is left as it

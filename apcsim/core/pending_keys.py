@@ -210,12 +210,8 @@ class PendingKeys:
 
     def holds(self, r: Request) -> bool:
         """Whether r's blocks past its first new one wait as a range r holds: keying more of
-        them (`defer`) then only moves the range's end (`grow`), touching nothing in the pool."""
+        them (`defer`) then only moves the range's end, touching nothing in the pool."""
         return r in self._held
-
-    def grow(self, r: Request, num_tokens: int) -> None:
-        """`defer(r, num_tokens)` for a request that `holds` its range."""
-        self._held[r].num_tokens = num_tokens
 
     def free(self, r: Request) -> None:
         """`kv.free(r)`, r's pending blocks parked in the free queue, or keyed first where they

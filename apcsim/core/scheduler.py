@@ -194,19 +194,21 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         self._scheduled = {}
         self._num_staying = 0
         prefill_cap = long_prefill_cap(self.cfg, len(self.running) + len(self.policy))
-        if not self._explicit and self._boundaries_fit(len(boundary)):
-            remaining, preempted = self._schedule_boundaries(boundary, s), []
-        elif boundary and self._boundaries_stay():
+        stay = bool(boundary) and self._boundaries_stay()
+        if stay:
             key_filled = self.kv.key_blocks
             for r in boundary:  # the deferred keys, in event order, as leaving would key them
                 key_filled(r, r.num_computed_tokens + s - r.anchor_step)
+        if not self._explicit and self._boundaries_fit(len(boundary)):
+            remaining, preempted = self._schedule_boundaries(boundary, s, stay), []
+        elif stay:
             remaining, preempted = self._schedule_running(prefill_cap, boundary)
-            # Those that took their block and were not preempted after it (nor cut)
-            self._num_staying = sum(r.anchor_step >= 0 for r in self._scheduled)
         else:
             for r in boundary:
                 self._leave_cohort(r, s)
             remaining, preempted = self._schedule_running(prefill_cap)
+        if stay:  # those that took their block and were neither preempted after it nor cut
+            self._num_staying = sum(r.anchor_step >= 0 for r in self._scheduled)
         self._num_cohort_scheduled = len(self.cohort)
         # vLLM V1 skips the waiting queue in a step that preempted.
         num_hashed = 0 if preempted else self._admit_waiting(remaining, now, prefill_cap)
@@ -228,8 +230,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         last_seq = -1  # admit_seq of the last running request accounted for
         cut_index: int | None = None  # running[cut_index:] is skipped this step
         seqs = self._running_seqs
-        walk = sorted(self._explicit, key=_admit_seq) if not boundary else sorted([*self._explicit, *boundary], key=_admit_seq)
-        for r in walk:
+        for r in sorted([*self._explicit, *boundary], key=_admit_seq):
             if r.status is not Status.RUNNING:
                 continue  # preempted earlier in this step
             gap = bisect_left(seqs, r.admit_seq) - bisect_right(seqs, last_seq)  # cohort members before r

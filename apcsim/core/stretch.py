@@ -142,7 +142,8 @@ class QuietStretches:
         - the policy is vLLM's plain free queue (`plain_free_queue`): it hands out blocks in the
           same order in one call as in many, whatever the clock says (nothing is freed within a
           stretch, and nobody looks at the pool until it ends);
-        - the cohort keeps no tables (a member is then the last of its boundaries: `pass_boundaries`).
+        - the cohort keeps no tables (a member is then what the last of its boundaries' moves
+          leaves: one `pass_boundary` at it stands for all; the earlier ones' events were taken).
         The blocks go to the boundaries in stepping's order (step, then admission order)."""
         if not self._lazy or self.cohort.tables or not self.kv.pool.policy.plain_free_queue:
             return None
@@ -177,10 +178,10 @@ class QuietStretches:
                 step, count = t, 0
             count += 1
         done.append((step - s0, count))
-        grow = self.pending_keys.grow
+        key_filled = self.kv.key_blocks  # `defer`, which for a held range only moves its end
         for r, (t, c) in last.items():
-            grow(r, c)  # its filled blocks, keyed (pending) as stepping's last boundary keys them
-            cohort.pass_boundaries(r, t, float(step_ends[t - s0]))
+            key_filled(r, c)  # its filled blocks, keyed (pending) as stepping's last boundary keys them
+            cohort.pass_boundary(r, t, float(step_ends[t - s0]))
         self.clock.now = float(step_ends[step - s0])  # as stepping leaves it: the last boundary step's end
         return done
 
@@ -194,29 +195,24 @@ class QuietStretches:
         return (len(self.running) <= self.cfg.max_num_batched_tokens and n <= self.kv.pool.num_free
                 and self.host_tier is None and self.block_size > 1)
 
-    def _schedule_boundaries(self, boundary: list[Request], s: int) -> int:
+    def _schedule_boundaries(self, boundary: list[Request], s: int, stay: bool) -> int:
         """The running pass when `_boundaries_fit`: what `_schedule_running` does then, in one
         go. The boundary members key their filled blocks (in event order) and take one block
         each in admission order with one pool call (the pool hands out the same blocks as one
         call per member: nothing else allocates in between); then they decode one token as
-        explicit chunks, having left the cohort (or staying in it: `_boundaries_stay`), and
-        every other member decodes in the cohort. Returns the budget left."""
+        explicit chunks, having left the cohort (or, with `stay`, staying in it, their filled
+        blocks keyed already: `_boundaries_stay`), and every other member decodes in the
+        cohort. Returns the budget left."""
         if boundary:
-            cohort, kv, end = self.cohort, self.kv, self.last_end_time
-            key_filled = self.kv.key_blocks
-            stay = self._boundaries_stay()
-            for r in boundary:
-                if stay:
-                    key_filled(r, r.num_computed_tokens + s - r.anchor_step)  # the deferred keys
-                else:
+            if not stay:
+                cohort, end, key_filled = self.cohort, self.last_end_time, self.kv.key_blocks
+                for r in boundary:
                     cohort.leave(r, s, end)
                     key_filled(r, r.num_computed_tokens)  # the deferred keys (see cohort's doc)
             if len(boundary) > 1:
                 boundary.sort(key=_admit_seq)
-            kv.append_decode_blocks(boundary)
+            self.kv.append_decode_blocks(boundary)
             self._scheduled = dict.fromkeys(boundary, 1)
-            if stay:
-                self._num_staying = len(boundary)
         return self.cfg.max_num_batched_tokens - len(self.running)
 
     def _boundaries_stay(self) -> bool:
