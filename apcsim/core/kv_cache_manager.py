@@ -21,7 +21,7 @@ from apcsim.mathutil import cdiv
 from apcsim.core.block_hash import HashAlgo, get_hash_algo
 from apcsim.core.block_pool import BlockPool
 from apcsim.core.content_ids import ContentChain, content_keys
-from apcsim.core.request import Request, RequestSpec
+from apcsim.core.request import UNSEEN_PREFIX, Request, RequestSpec
 from policies.eviction.base import EvictionPolicy
 from policies.types import BlockRun
 
@@ -143,8 +143,10 @@ class KVCacheManager:
         max_blocks = (req.num_tokens - 1) // self.block_size
         if max_blocks == 0:
             return []
-        pool = self.pool
         memo = req.hit_memo
+        if memo is UNSEEN_PREFIX and not self.verify_tokens:
+            return []  # its first key is its own, and it holds no block yet (a trace row's prompt)
+        pool = self.pool
         # An eviction cannot shorten an empty prefix: a walk that found nothing stands through
         # evictions too, until an insert (a waiting head that misses, looked up every stretch
         # while decode blocks evict). Not with verify_tokens, whose walk also says whether it

@@ -96,6 +96,13 @@ def output_stream(seed: int, index: int, n: int) -> np.ndarray:
     return (mix64(x) >> np.uint64(33)).astype(np.int32)
 
 
+# `Request.hit_memo` of a request whose prompt starts with content no other request names
+# (`ContentIds.unique`) until it first holds blocks (allocate_slots drops the memo): only its own
+# blocks could carry its first key, so its lookups miss without a walk (up to a 64-bit key
+# collision, as everywhere). The tuple is a memo that never stands, for a walk that needs one.
+UNSEEN_PREFIX: tuple = (-1, -1, (), 0)
+
+
 class Status(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -167,6 +174,9 @@ class Request:
 
     def __post_init__(self) -> None:
         self.prompt_len = self.spec.prompt_len  # read on every step: a plain attribute
+        content = self.spec.content_ids
+        if content is not None and content.unique:
+            self.hit_memo = UNSEEN_PREFIX
 
     @property
     def max_output_tokens(self) -> int:

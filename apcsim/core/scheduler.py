@@ -31,7 +31,7 @@ from apcsim.core.kv_cache_manager import KVCacheManager
 from apcsim.core.loading import HostTierLoading
 from apcsim.core.pending_keys import PendingKeys
 from apcsim.core.plan import ScheduledChunk, StepPlan
-from apcsim.core.request import Request, Status
+from apcsim.core.request import UNSEEN_PREFIX, Request, Status
 from apcsim.core.stretch import QuietStretches
 from policies.scheduling.base import SchedulerConfig, SchedulingPolicy
 from policies.scheduling.preemption import PREEMPTION_CHOOSERS, PREEMPTION_MODES
@@ -111,7 +111,9 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
 
     def _settle_lookup(self, r: Request) -> None:
         """Before a lookup of waiting request r: key the pending blocks its walk would reach."""
-        if self.pending_keys:  # nothing is ever pending unless `_lazy`
+        # Nothing is ever pending unless `_lazy`; an unseen prefix's walk ends before any
+        # pending range's parent (every parent is a block's key: `PendingKeys.defer`).
+        if self.pending_keys and r.hit_memo is not UNSEEN_PREFIX:
             self.pending_keys.settle_lookup(r)
 
     def _computed(self, r: Request) -> int:

@@ -176,8 +176,10 @@ class RowTokens:
     def content_ids(self, key: int, length: int) -> ContentIds:
         """Row `key`'s first `length` tokens named by their pieces: token p is a function of the
         key of piece p // UNIQUE_BLOCK alone, so the KV cache manager keys the row's blocks from
-        the piece keys (apcsim.core.content_ids) without making a token."""
-        return ContentIds(_row_piece_keys(key, 0, cdiv(length, UNIQUE_BLOCK)), UNIQUE_BLOCK, length, self._namespace)
+        the piece keys (apcsim.core.content_ids) without making a token. A row's pieces are its
+        own (`unique`): no other row of the table shares one."""
+        return ContentIds(_row_piece_keys(key, 0, cdiv(length, UNIQUE_BLOCK)), UNIQUE_BLOCK, length, self._namespace,
+                          unique=True)
 
 
 class RowPrompt(LazyPrompt):

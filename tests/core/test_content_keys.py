@@ -8,6 +8,7 @@ once keyed from ids and once from tokens, and must agree on every request's hits
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -77,6 +78,33 @@ def test_azure_rows_same_decisions(extra, monkeypatch):
     preempted request's own blocks are gone before it is admitted again.)"""
     out = _assert_same_hits(AZURE + extra, monkeypatch, expect_hits=False)
     assert out.metrics["num_preemptions"] > 0 or "num_gpu_blocks=20000" in extra
+
+
+@pytest.mark.parametrize("extra", [
+    ["block_size=16", "num_gpu_blocks=2000"],  # preempted requests hit their own blocks again
+    ["block_size=48", "num_gpu_blocks=660"],  # token keys
+    ["block_size=16", "num_gpu_blocks=2000", "scheduler.preemption=lowest_priority"],
+])
+def test_a_rows_own_prefix_misses_unwalked_until_it_holds_blocks(extra, monkeypatch):
+    """A trace row's pieces are its own (`ContentIds.unique`), so its lookups skip the walk
+    (`UNSEEN_PREFIX`) until it first holds blocks; a preempted request walks again and finds
+    its own blocks. Runs with the rows marked and unmarked make the same decisions."""
+    from apcsim.workloads._common import RowTokens
+
+    overrides = AZURE + extra + ["report.enabled=false"]
+    marked = simulate(compose_config(overrides), keep_requests=True)
+    assert all(r.spec.content_ids.unique for r in marked.simulation.requests)
+    made = RowTokens.content_ids
+    monkeypatch.setattr(RowTokens, "content_ids",
+                        lambda self, key, length: dataclasses.replace(made(self, key, length), unique=False))
+    walked = simulate(compose_config(overrides), keep_requests=True)
+    assert not any(r.spec.content_ids.unique for r in walked.simulation.requests)
+    assert walked.metrics["preempted_prefix_cache_hits"] > 0, "no preempted request hit its own blocks"
+    assert marked.metrics == walked.metrics
+    assert ([(r.request_id, r.num_cached_tokens, r.num_preemptions, r.first_token_time, r.finish_time)
+             for r in marked.simulation.requests]
+            == [(r.request_id, r.num_cached_tokens, r.num_preemptions, r.first_token_time, r.finish_time)
+                for r in walked.simulation.requests])
 
 
 def _trace(tmp_path, rows):
