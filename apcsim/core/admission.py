@@ -66,8 +66,22 @@ def admission_terms(cfg: SchedulerConfig, kv: KVCacheManager, r: Request, remain
 def fits(cfg: SchedulerConfig, kv: KVCacheManager, r: Request, new: int, computed: list) -> bool:
     """Whether the pool can give waiting request r its blocks for `new` tokens now, and with
     `reserve_full_sequence` (vLLM's scheduler_reserve_full_isl) for its whole sequence too."""
+    whole = _reserved_tokens(cfg, kv, r, new, computed)
+    # The blocks a request needs only grow with its tokens: the whole sequence's cover the chunk's.
+    return kv.can_allocate(r, new if whole is None else whole, computed) >= 0
+
+
+def reservation_fits(cfg: SchedulerConfig, kv: KVCacheManager, r: Request, new: int, computed: list) -> bool:
+    """`fits` less the pool check for `new` tokens, which `KVCacheManager.allocate_slots` makes
+    itself: whether `reserve_full_sequence` lets r in."""
+    whole = _reserved_tokens(cfg, kv, r, new, computed)
+    return whole is None or kv.can_allocate(r, whole, computed) >= 0
+
+
+def _reserved_tokens(cfg: SchedulerConfig, kv: KVCacheManager, r: Request, new: int, computed: list) -> int | None:
+    """The tokens `reserve_full_sequence` asks blocks for, where they are more than `new`."""
     if cfg.reserve_full_sequence:
         whole = r.num_tokens - r.num_computed_tokens - len(computed) * kv.block_size
-        if whole > new and kv.can_allocate(r, whole, computed) < 0:
-            return False
-    return kv.can_allocate(r, new, computed) >= 0
+        if whole > new:
+            return whole
+    return None

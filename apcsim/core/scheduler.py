@@ -22,6 +22,7 @@ from apcsim.core.admission import (
     fits,
     long_prefill_cap,
     rejection_reason,
+    reservation_fits,
 )
 from apcsim.core.block_table import TableView
 from apcsim.core.cohort import DecodeCohort
@@ -307,7 +308,9 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
                         break
                     num_hashed += r.num_tokens
                     continue
-            if not fits(cfg, kv, r, new, computed):
+            # `fits`, its pool check for `new` tokens left to allocate_slots (which changes
+            # nothing when the pool cannot give them)
+            if not reservation_fits(cfg, kv, r, new, computed):
                 break
             if not kv.allocate_slots(r, new, computed):
                 break
