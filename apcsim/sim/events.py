@@ -1,4 +1,6 @@
-"""`first_of(env, a, b)`: SimPy's `a | b` for the arrivals processes, without a Condition.
+"""Two SimPy shortcuts that change no result.
+
+`first_of(env, a, b)`: SimPy's `a | b` for the arrivals processes, without a Condition.
 
 The arrivals process waits, once per arrival, for the earlier of its timeout and the "a request
 finished" event. `a | b` builds a `simpy.AnyOf` for that: a Condition with a value object, a
@@ -37,3 +39,20 @@ def first_of(env: simpy.Environment, a: simpy.Event, b: simpy.Event) -> simpy.Ev
         else:
             ev.callbacks.append(fire)
     return either
+
+
+def pass_alone(env: simpy.Environment, delay: float) -> simpy.Timeout | None:
+    """Let `delay` seconds pass for the calling process. Where every other event is due later
+    than that (or none is left), the clock moves there at once and None is returned; else the
+    timeout to yield, as before. Exact: SimPy would process that timeout next, so nothing runs in
+    between, and it would set the clock to the same `now + delay`; leaving the event out only
+    gives every later event a tie-breaking id one lower, in the same order. (SimPy's clock and
+    queue are private; a SimPy without them gets the timeout.)"""
+    queue = getattr(env, "_queue", None)
+    if queue is None or delay < 0:
+        return env.timeout(delay)  # a negative delay raises there, as it did
+    t = env._now + delay
+    if queue and queue[0][0] <= t:
+        return env.timeout(delay)
+    env._now = t
+    return None

@@ -19,7 +19,7 @@ from apcsim.core.scheduler import Scheduler, StepResult
 from apcsim.interrupt import safe_point
 from apcsim.loop import ServingLoop, Waits
 from apcsim.sim.cost_model import CostModel
-from apcsim.sim.events import first_of
+from apcsim.sim.events import first_of, pass_alone
 from apcsim.sim.gc_pause import fewer_collections
 
 
@@ -70,7 +70,9 @@ class SimPyExecutor:
             compute = self.cost.step_time(plan) if plan.num_requests else 0.0
             duration = max(compute, transfers.seconds)
             self.transfer_stall_s += duration - compute
-        yield self.env.timeout(duration)
+        wait = pass_alone(self.env, duration)
+        if wait is not None:
+            yield wait
         return duration
 
     def wait_for_work(self, loop: ServingLoop) -> Waits[None]:
@@ -165,7 +167,9 @@ class SimPyExecutor:
         # The closing step: its own timeout, as stepping's (its start plus its duration, the
         # same bits), so that the quiet steps' row above saw the queue before it.
         start = self.env.now
-        yield self.env.timeout(times[quiet])
+        wait = pass_alone(self.env, times[quiet])
+        if wait is not None:
+            yield wait
         end = self.env.now
         allocated = sched.advance(1, end, [end])
         result = sched.finish_stretch(end)
@@ -177,7 +181,9 @@ class SimPyExecutor:
         """Let the first `m` steps of a quiet stretch (ending at `ends`) pass; returns how many
         did (all of them: nothing reaches this scheduler before the next arrival it knows of)."""
         # now + (end - now) == end: the subtraction is exact whenever end <= 2 * now (Sterbenz).
-        yield self.env.timeout(ends[m - 1] - now)
+        wait = pass_alone(self.env, ends[m - 1] - now)
+        if wait is not None:
+            yield wait
         return m
 
 
