@@ -65,7 +65,8 @@ class _Entry:
     their ids in chain order, of which the first `resident` are still in the pool (the free
     queue evicts them tail first: they entered it together, as `run`, tail first, and nothing
     can hit them); 0 once flushed (`run` is then None). A parked entry lets its request go and
-    keeps only what its keys are made from (`_Parked`)."""
+    keeps only what its keys are made from (`_Parked`; None where nobody can reach the range:
+    see `PendingKeys.free`)."""
 
     __slots__ = ("owner", "req", "parent", "first", "num_tokens", "blocks", "parked", "run")
 
@@ -213,9 +214,12 @@ class PendingKeys:
         them (`defer`) then only moves the range's end, touching nothing in the pool."""
         return r in self._held
 
-    def free(self, r: Request) -> None:
+    def free(self, r: Request, finished: bool = False) -> None:
         """`kv.free(r)`, r's pending blocks parked in the free queue, or keyed first where they
-        cannot be (see the module doc)."""
+        cannot be (see the module doc). `finished`: r is done (not preempted); if its prompt
+        starts with content no other request names (`ContentIds.unique`), nothing can reach
+        its parked range any more (every key of it chains from that content, and r will never
+        look it up again), so what its keys are made from is not kept."""
         entry = self._held.get(r)
         if entry is None:
             self.kv.free(r)
@@ -229,7 +233,8 @@ class PendingKeys:
         stop = entry.num_tokens // bs
         ids = r.block_ids[entry.first : stop]
         entry.blocks = ids
-        entry.parked = _Parked(r, entry.first, stop, bs)
+        content = r.spec.content_ids
+        entry.parked = None if finished and content is not None and content.unique else _Parked(r, entry.first, stop, bs)
         entry.req = None
         self._parked.append(entry)
         entry.run = self.kv.free(r, parked=(entry.first, stop))
@@ -242,6 +247,9 @@ class PendingKeys:
             kv.cache_full_blocks(r, entry.num_tokens)
             return
         ids = entry.blocks[: entry.resident]
+        if entry.parked is None:
+            raise RuntimeError("a lookup reached the parked blocks of a finished request whose content ids were "
+                               "marked unique (ContentIds.unique): another request names the same content")
         kv.pool.cache_chain_ids(ids, entry.parked.keys(len(ids), kv.block_size, kv.hash_algo), 0)
         kv.pool.key_parked(entry.run)
         entry.parked = entry.run = None  # keyed where they stand: `_evicted` skips it

@@ -442,7 +442,7 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
 
     def _finish(self, r: Request, now: float, res: StepResult) -> None:
         self._remove_running(r)
-        self.pending_keys.free(r)
+        self.pending_keys.free(r, finished=True)
         r.status = Status.FINISHED
         r.finish_time = now
         r.release_outputs()

@@ -83,12 +83,14 @@ def test_azure_rows_same_decisions(extra, monkeypatch):
 @pytest.mark.parametrize("extra", [
     ["block_size=16", "num_gpu_blocks=2000"],  # preempted requests hit their own blocks again
     ["block_size=48", "num_gpu_blocks=660"],  # token keys
-    ["block_size=16", "num_gpu_blocks=2000", "scheduler.preemption=lowest_priority"],
+    ["block_size=16", "num_gpu_blocks=2000", "scheduler.preemption=lowest_priority", "verify=true"],
 ])
 def test_a_rows_own_prefix_misses_unwalked_until_it_holds_blocks(extra, monkeypatch):
     """A trace row's pieces are its own (`ContentIds.unique`), so its lookups skip the walk
-    (`UNSEEN_PREFIX`) until it first holds blocks; a preempted request walks again and finds
-    its own blocks. Runs with the rows marked and unmarked make the same decisions."""
+    (`UNSEEN_PREFIX`) until it first holds blocks, and a finished request's parked range keeps
+    nothing to key it from (`PendingKeys.free`); a preempted request walks again and finds its
+    own blocks, flushing its parked range. Runs with the rows marked and unmarked make the same
+    decisions (`verify=true` checks every invariant after every step)."""
     from apcsim.workloads._common import RowTokens
 
     overrides = AZURE + extra + ["report.enabled=false"]
@@ -105,6 +107,19 @@ def test_a_rows_own_prefix_misses_unwalked_until_it_holds_blocks(extra, monkeypa
              for r in marked.simulation.requests]
             == [(r.request_id, r.num_cached_tokens, r.num_preemptions, r.first_token_time, r.finish_time)
                 for r in walked.simulation.requests])
+
+
+def test_content_marked_unique_that_is_not_fails_loudly(monkeypatch):
+    """Rows that name the same pieces while marked unique: a later row keys its first block on
+    top of a finished row's parked range, which kept nothing to key it from; the run stops with
+    a clear error instead of keying it wrongly."""
+    from apcsim.workloads._common import RowTokens
+
+    made = RowTokens.content_ids
+    monkeypatch.setattr(RowTokens, "content_ids", lambda self, key, length: made(self, 0, length))
+    with pytest.raises(RuntimeError, match="marked unique"):
+        simulate(compose_config(AZURE[:1] + ["workload.num_requests=200", "+policy=lru", "block_size=16",
+                                             "report.enabled=false"]))
 
 
 def _trace(tmp_path, rows):
