@@ -133,6 +133,12 @@ class Frontend:
         return self.max_concurrency is None or self._in_flight < self.max_concurrency
 
     @property
+    def arrivals_fixed(self) -> bool:
+        """Whether no finish can move an arrival any more: no follow-up waits on a parent and no
+        gate holds requests back (a lazy workload has no follow-ups)."""
+        return not self._children and self.max_concurrency is None
+
+    @property
     def next_due_time(self) -> float:
         """When the next pending request falls due (it may then wait at the gate); inf if none."""
         return min(self._root_due, self._pending[0][0]) if self._pending else self._root_due

@@ -1,4 +1,4 @@
-"""Two SimPy shortcuts that change no result.
+"""SimPy shortcuts that change no result.
 
 `first_of(env, a, b)`: SimPy's `a | b` for the arrivals processes, without a Condition.
 
@@ -11,6 +11,13 @@ two is processed, and it is scheduled exactly where the Condition was: SimPy giv
 tie-breaking id when it is scheduled, and both are scheduled once, from inside the callback of
 whichever of `a` and `b` is processed first (or at once, if one is processed already). So every
 event of a run keeps its time and its place among equal times, and no result moves.
+
+`pass_alone(env, delay)`: a process's timeout, left out where nothing else could run before it
+ends (the serving loop's steps and skipped stretches between two arrivals).
+
+`wait_as_first_of(env, wake)`: `yield first_of(env, wake, other)` for an `other` that will never
+fire, without the extra event where nothing else is due at that instant (the arrivals process
+of a workload whose arrivals no finish can move).
 """
 
 from __future__ import annotations
@@ -56,3 +63,14 @@ def pass_alone(env: simpy.Environment, delay: float) -> simpy.Timeout | None:
         return env.timeout(delay)
     env._now = t
     return None
+
+
+def wait_as_first_of(env: simpy.Environment, wake: simpy.Event):
+    """Wait for `wake` and resume where `yield first_of(env, wake, never)` resumes, `never` an
+    event that never fires (a generator: `yield from` it). `first_of`'s event is queued as `wake`
+    is processed, so it comes after whatever else is due at that instant and before anything
+    queued later; if nothing else is due then, it is processed next, and resuming at once is the
+    same. So: resume, and if something else is due now, queue a zero timeout there and resume at it."""
+    yield wake
+    if env.peek() <= env.now:
+        yield env.timeout(0)

@@ -19,7 +19,7 @@ from apcsim.core.scheduler import Scheduler, StepResult
 from apcsim.interrupt import safe_point
 from apcsim.loop import ServingLoop, Waits
 from apcsim.sim.cost_model import CostModel
-from apcsim.sim.events import first_of, pass_alone
+from apcsim.sim.events import first_of, pass_alone, wait_as_first_of
 from apcsim.sim.gc_pause import fewer_collections
 
 
@@ -119,6 +119,11 @@ class SimPyExecutor:
                 if not self._work.triggered:
                     self._work.succeed()
                 return
+            if wake is not None and fe.arrivals_fixed:
+                # No finish can move an arrival (no follow-ups left, no gate): `changed` would
+                # never fire, so the timeout alone, resumed where `first_of` would resume.
+                yield from wait_as_first_of(env, wake)
+                continue
             changed = self._arrivals_changed
             yield (changed if wake is None else first_of(env, wake, changed))
             if changed.triggered:

@@ -6,7 +6,7 @@ import random
 import pytest
 import simpy
 
-from apcsim.sim.events import first_of
+from apcsim.sim.events import first_of, wait_as_first_of
 
 
 def _trace(seed: int, either) -> list:
@@ -66,3 +66,39 @@ def test_it_stops_listening_to_the_other_event():
     for _ in range(50):
         env.run(until=first_of(env, env.timeout(1), signal))
     assert signal.callbacks == []  # 50 waits left no callback behind on the long-lived event
+
+
+def _ties(seed: int, wait) -> list:
+    """A waiter on timeouts that often end when a bystander's do, and a poker that schedules
+    events at the same instants from inside its own; who ran when, in order."""
+    rng = random.Random(seed)
+    env = simpy.Environment()
+    log = []
+
+    def waiter():
+        for i in range(60):
+            yield from wait(env, env.timeout(rng.choice([0.0, 0.5, 1.0])))
+            log.append(("waiter", i, env.now))
+
+    def bystander(name):
+        for j in range(60):
+            yield env.timeout(rng.choice([0.5, 1.0]))
+            log.append((name, j, env.now))
+            if j % 3 == 0:
+                yield env.timeout(0)  # queued behind the waiter's event when both are due now
+                log.append((name, "again", env.now))
+
+    env.process(bystander("early"))  # queued before the waiter: its events come first at a tie
+    env.process(waiter())
+    env.process(bystander("late"))
+    env.run()
+    return log
+
+
+def _with_first_of(env, wake):
+    yield first_of(env, wake, env.event())  # the other event never fires
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_wait_as_first_of_resumes_where_first_of_does(seed):
+    assert _ties(seed, wait_as_first_of) == _ties(seed, _with_first_of)
