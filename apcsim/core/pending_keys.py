@@ -208,6 +208,11 @@ class PendingKeys:
         entry = _Entry(self, r, keys[first], first + 1, num_tokens)
         self._by_parent[entry.parent] = entry
         self._held[r] = entry
+        content = r.spec.content_ids
+        # Its keys chain from content no other request names: only r could reach the range, and r
+        # looks nothing up while it runs, so nothing flushes it before r leaves the cohort (which
+        # moves its end to all of r's full blocks, as each boundary would have).
+        r.own_pending_range = content is not None and content.unique
 
     def holds(self, r: Request) -> bool:
         """Whether r's blocks past its first new one wait as a range r holds: keying more of
@@ -229,6 +234,7 @@ class PendingKeys:
             self.kv.free(r)
             return
         del self._held[r]
+        r.own_pending_range = False
         bs = self.kv.block_size
         stop = entry.num_tokens // bs
         ids = r.block_ids[entry.first : stop]
@@ -244,6 +250,7 @@ class PendingKeys:
         kv, r = self.kv, entry.req
         if entry.blocks is None:
             del self._held[r]
+            r.own_pending_range = False
             kv.cache_full_blocks(r, entry.num_tokens)
             return
         ids = entry.blocks[: entry.resident]

@@ -158,6 +158,10 @@ class Request:
     # entered either (the next lookup in the same pass is free).
     hit_memo: tuple | None = None
     lookup_collided: bool = False  # verify_tokens: the last lookup stopped at a hash collision
+    # Whether it holds a pending range nobody else can reach (apcsim.core.pending_keys; its
+    # prompt's content is its own, `ContentIds.unique`): nothing reads the range's end before
+    # the request leaves the cohort, so a decode block boundary need not move it (its leave does).
+    own_pending_range: bool = False
     # Whether every output token is known in advance (the simulated stream, or the workload's
     # fixed answer), so keys of output blocks may be computed before the blocks fill. A real
     # engine's stream (`set_output_tokens`) fills as it samples: its blocks are keyed as they fill.

@@ -201,7 +201,8 @@ class Scheduler(HostTierLoading, QuietStretches, SchedulerInterface):
         if stay:
             key_filled = self.kv.key_blocks
             for r in boundary:  # the deferred keys, in event order, as leaving would key them
-                key_filled(r, r.num_computed_tokens + s - r.anchor_step)
+                if not r.own_pending_range:  # (an own range's end moves at the leave)
+                    key_filled(r, r.num_computed_tokens + s - r.anchor_step)
         if not self._explicit and self._boundaries_fit(len(boundary)):
             remaining, preempted = self._schedule_boundaries(boundary, s, stay), []
         elif stay:

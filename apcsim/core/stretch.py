@@ -180,7 +180,8 @@ class QuietStretches:
         done.append((step - s0, count))
         key_filled = self.kv.key_blocks  # `defer`, which for a held range only moves its end
         for r, (t, c) in last.items():
-            key_filled(r, c)  # its filled blocks, keyed (pending) as stepping's last boundary keys them
+            if not r.own_pending_range:  # (an own range's end moves at the leave)
+                key_filled(r, c)  # its filled blocks, keyed (pending) as stepping's last boundary keys them
             cohort.pass_boundary(r, t, float(step_ends[t - s0]))
         self.clock.now = float(step_ends[step - s0])  # as stepping leaves it: the last boundary step's end
         return done
@@ -236,7 +237,7 @@ class QuietStretches:
         c = r.num_computed_tokens + self.step - r.anchor_step
         r.hit_memo = None
         r.block_ids += kv.pool.allocate_ids(1)
-        if (c + 1) // self.block_size > r.num_cached_blocks:
+        if (c + 1) // self.block_size > r.num_cached_blocks and not r.own_pending_range:
             kv.key_blocks(r, c + 1)
         return True
 
@@ -250,7 +251,8 @@ class QuietStretches:
         kv, cohort, stats = self.kv, self.cohort, self.stats
         key_filled = self.kv.key_blocks
         for r in members:
-            key_filled(r, r.num_computed_tokens + step - r.anchor_step)
+            if not r.own_pending_range:  # (an own range's end moves at the leave)
+                key_filled(r, r.num_computed_tokens + step - r.anchor_step)
         kv.append_decode_blocks(members)
         self.clock.now = end
         for r in members:
