@@ -42,6 +42,15 @@ pool, not the number of requests served.
 Elsewhere (another policy, an engine's sampled output) the entry is flushed at the free, as
 its blocks would have been keyed by then.
 
+An own range: a request whose prompt starts with content no other request names
+(`ContentIds.unique`, a trace row's own pieces) keys nothing at its first admission. None of its
+keys is anywhere yet, and only the request could ever reach one (its lookups skip the walk till
+then: `UNSEEN_PREFIX`), so all its blocks wait, the first too, in a range filed under no parent;
+its end moves at the request's leaves, not at each decode block boundary
+(`Request.own_pending_range`). At a finish the blocks are parked with nothing to key them from;
+at a preemption the first block is keyed then, and the rest becomes an ordinary range under it,
+which the request's own lookup flushes when it comes back.
+
 Only where nothing else reads the key map or hooks an insert: no host tier (its write-through
 and the loads read keys), no `verify_tokens`, no eviction policy that tracks chains or sees
 inserts, and no cluster router probing the pool (`apcsim.cluster.replica` turns it off).
@@ -88,7 +97,8 @@ class _Entry:
 
     def gone(self) -> None:
         """The pool evicted the last parked block: nothing is left to key."""
-        del self.owner._by_parent[self.parent]
+        if self.parent is not None:  # else an own range that finished: filed nowhere
+            del self.owner._by_parent[self.parent]
 
 
 class _Parked:
@@ -193,6 +203,15 @@ class PendingKeys:
         first, num_full = r.num_cached_blocks, num_tokens // kv.block_size
         if num_full <= first:
             return
+        if first == 0 and num_full > 1 and r.num_cached_tokens < 0:
+            content = r.spec.content_ids
+            if content is not None and content.unique:
+                # A prompt of its own, at its first admission: none of its keys is anywhere, and
+                # nobody but r could ever reach one, so every block waits, the first too, in a
+                # range filed under no parent (an own range: see `free` for when r needs keys).
+                self._held[r] = _Entry(self, r, None, 0, num_tokens)
+                r.own_pending_range = True
+                return
         self._flush_parent(self._parent(r, first))  # a sibling under the same parent filled first
         if num_full == first + 1:
             kv.cache_full_blocks(r, num_tokens)
@@ -237,16 +256,27 @@ class PendingKeys:
         r.own_pending_range = False
         bs = self.kv.block_size
         stop = entry.num_tokens // bs
-        ids = r.block_ids[entry.first : stop]
-        entry.blocks = ids
         content = r.spec.content_ids
-        entry.parked = None if finished and content is not None and content.unique else _Parked(r, entry.first, stop, bs)
+        if finished and content is not None and content.unique:
+            entry.parked = None
+        else:
+            if entry.parent is None:
+                # An own range, and r will look its blocks up again (preempted): key its first
+                # block now, as `defer` keys a range's parent, and file the rest under it. Nobody
+                # could have told that key's absence so far (the range was r's alone).
+                self.kv.cache_full_blocks(r, bs)
+                entry.first = 1
+                entry.parent = r.block_keys[0]
+                self._by_parent[entry.parent] = entry
+            entry.parked = _Parked(r, entry.first, stop, bs)
+        entry.blocks = r.block_ids[entry.first : stop]
         entry.req = None
         self._parked.append(entry)
         entry.run = self.kv.free(r, parked=(entry.first, stop))
 
     def _flush(self, entry: _Entry) -> None:
-        del self._by_parent[entry.parent]
+        if entry.parent is not None:  # else an own range (`defer`), held: filed nowhere
+            del self._by_parent[entry.parent]
         kv, r = self.kv, entry.req
         if entry.blocks is None:
             del self._held[r]
@@ -312,10 +342,15 @@ class PendingKeys:
             for b in entry.blocks[: entry.resident]:
                 block = self.kv.pool.blocks[b]
                 assert block.key is None and block.ref_cnt == 1, f"parked {block!r} not unkeyed and held by its range"
-        assert all(self._by_parent.get(e.parent) is e for e in self._held.values()), "a held entry is not filed"
+        assert all(self._by_parent.get(e.parent) is e for e in self._held.values() if e.parent is not None), \
+            "a held entry is not filed"
+        assert all(e.first == 0 and e.req.own_pending_range for e in self._held.values() if e.parent is None), \
+            "an entry under no parent is not an own range"
         parked = [e for e in self._parked if e.resident]
-        assert all(self._by_parent.get(e.parent) is e for e in parked), "a parked entry is not filed"
-        assert len(parked) == sum(e.blocks is not None for e in self._by_parent.values()), "a filed parked entry is not queued"
+        assert all(self._by_parent.get(e.parent) is e for e in parked if e.parent is not None), "a parked entry is not filed"
+        assert all(e.parked is None for e in parked if e.parent is None), "an own range parked with keys to make"
+        assert sum(e.parent is not None for e in parked) == sum(e.blocks is not None for e in self._by_parent.values()), \
+            "a filed parked entry is not queued"
         if self._park:  # every keyless block in the free queue is a parked one
             pool = self.kv.pool
             free_keyless = sum(b.key is None and b in pool.policy for b in pool.blocks)

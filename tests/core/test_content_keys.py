@@ -109,17 +109,22 @@ def test_a_rows_own_prefix_misses_unwalked_until_it_holds_blocks(extra, monkeypa
                 for r in walked.simulation.requests])
 
 
-def test_content_marked_unique_that_is_not_fails_loudly(monkeypatch):
-    """Rows that name the same pieces while marked unique: a later row keys its first block on
-    top of a finished row's parked range, which kept nothing to key it from; the run stops with
-    a clear error instead of keying it wrongly."""
+def test_only_a_rows_own_pieces_are_marked_unique():
+    """`ContentIds.unique` is a promise the core acts on without checking (an own range keys
+    nothing, a lookup before the first admission walks nothing): trace rows make it, and no two
+    rows name the same piece; Mooncake's hash ids, which requests share, do not make it."""
     from apcsim.workloads._common import RowTokens
 
-    made = RowTokens.content_ids
-    monkeypatch.setattr(RowTokens, "content_ids", lambda self, key, length: made(self, 0, length))
-    with pytest.raises(RuntimeError, match="marked unique"):
-        simulate(compose_config(AZURE[:1] + ["workload.num_requests=200", "+policy=lru", "block_size=16",
-                                             "report.enabled=false"]))
+    rows = RowTokens(seed=3, stream=5, vocab_size=1000)
+    rng = np.random.default_rng(0)
+    seen: dict[int, int] = {}
+    for key in rng.choice(1 << 20, size=300, replace=False).tolist() + [0, 1, (1 << 39) - 1]:
+        ids = rows.content_ids(key, int(rng.integers(1, 5000)))
+        assert ids.unique
+        for i in np.asarray(ids.ids).tolist():
+            assert seen.setdefault(i, key) == key, f"rows {seen[i]} and {key} share piece {i}"
+    specs = build_workload(MooncakeConfig(num_requests=50), vocab_size=32000, seed_seq=np.random.SeedSequence(0))
+    assert not any(s.content_ids.unique for s in specs if s.content_ids is not None)
 
 
 def _trace(tmp_path, rows):
