@@ -203,15 +203,13 @@ class PendingKeys:
         first, num_full = r.num_cached_blocks, num_tokens // kv.block_size
         if num_full <= first:
             return
-        if first == 0 and num_full > 1 and r.num_cached_tokens < 0:
-            content = r.spec.content_ids
-            if content is not None and content.unique:
-                # A prompt of its own, at its first admission: none of its keys is anywhere, and
-                # nobody but r could ever reach one, so every block waits, the first too, in a
-                # range filed under no parent (an own range: see `free` for when r needs keys).
-                self._held[r] = _Entry(self, r, None, 0, num_tokens)
-                r.own_pending_range = True
-                return
+        if first == 0 and num_full > 1 and r.num_cached_tokens < 0 and r.spec.own_content:
+            # A prompt of its own, at its first admission: none of its keys is anywhere, and
+            # nobody but r could ever reach one, so every block waits, the first too, in a range
+            # filed under no parent (an own range: see `free` for when r needs keys).
+            self._held[r] = _Entry(self, r, None, 0, num_tokens)
+            r.own_pending_range = True
+            return
         self._flush_parent(self._parent(r, first))  # a sibling under the same parent filled first
         if num_full == first + 1:
             kv.cache_full_blocks(r, num_tokens)
@@ -227,11 +225,10 @@ class PendingKeys:
         entry = _Entry(self, r, keys[first], first + 1, num_tokens)
         self._by_parent[entry.parent] = entry
         self._held[r] = entry
-        content = r.spec.content_ids
         # Its keys chain from content no other request names: only r could reach the range, and r
         # looks nothing up while it runs, so nothing flushes it before r leaves the cohort (which
         # moves its end to all of r's full blocks, as each boundary would have).
-        r.own_pending_range = content is not None and content.unique
+        r.own_pending_range = r.spec.own_content
 
     def holds(self, r: Request) -> bool:
         """Whether r's blocks past its first new one wait as a range r holds: keying more of
@@ -256,8 +253,7 @@ class PendingKeys:
         r.own_pending_range = False
         bs = self.kv.block_size
         stop = entry.num_tokens // bs
-        content = r.spec.content_ids
-        if finished and content is not None and content.unique:
+        if finished and r.spec.own_content:
             entry.parked = None
         else:
             if entry.parent is None:

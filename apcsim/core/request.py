@@ -74,6 +74,12 @@ class RequestSpec:
         return len(self.prompt_token_ids)
 
     @property
+    def own_content(self) -> bool:
+        """Whether the prompt starts with content no other request names (`ContentIds.unique`):
+        every key of its blocks is this request's alone."""
+        return self.content_ids is not None and self.content_ids.unique
+
+    @property
     def in_priority_class(self) -> bool:
         """Whether the request names a class or a non-zero priority (a run with any such request
         reports by class)."""
@@ -178,8 +184,7 @@ class Request:
 
     def __post_init__(self) -> None:
         self.prompt_len = self.spec.prompt_len  # read on every step: a plain attribute
-        content = self.spec.content_ids
-        if content is not None and content.unique:
+        if self.spec.own_content:
             self.hit_memo = UNSEEN_PREFIX
 
     @property
