@@ -84,6 +84,9 @@ def test_azure_rows_same_decisions(extra, monkeypatch):
     ["block_size=16", "num_gpu_blocks=2000"],  # preempted requests hit their own blocks again
     ["block_size=48", "num_gpu_blocks=660"],  # token keys
     ["block_size=16", "num_gpu_blocks=2000", "scheduler.preemption=lowest_priority", "verify=true"],
+    # vLLM before its keyless-first free queue: nothing is parked, a range is keyed at the free
+    ["block_size=16", "num_gpu_blocks=2000", "vllm=v1_early2026", "verify=true"],
+    ["block_size=8", "num_gpu_blocks=3000", "scheduler.max_num_seqs=24"],
 ])
 def test_a_rows_own_prefix_misses_unwalked_until_it_holds_blocks(extra, monkeypatch):
     """A trace row's pieces are its own (`ContentIds.unique`), so its lookups skip the walk
