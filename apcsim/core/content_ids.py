@@ -55,9 +55,11 @@ class ContentIds:
     span: int  # tokens per id
     num_tokens: int  # prompt tokens the ids cover: min(prompt_len, n * span)
     namespace: str  # which token table the ids index: equal ids of two tables are not equal tokens
-    # No other request of the run names ids[0] (a trace row's own pieces): the prompt's first
-    # block is its own, so a lookup before the request first holds blocks misses (see
-    # `apcsim.core.request.UNSEEN_PREFIX`). False where ids may be shared (Mooncake hash ids).
+    # No other request of the run names ids[0] (a trace row's own pieces): every key of the
+    # prompt's blocks chains from it, so each is the request's alone. The core trusts this
+    # unchecked: a lookup before the request first holds blocks misses without a walk
+    # (`apcsim.core.request.UNSEEN_PREFIX`), and its pending range is one nobody else can reach
+    # (apcsim.core.pending_keys, "An own range"). False where ids may be shared (Mooncake hash ids).
     unique: bool = False
 
 

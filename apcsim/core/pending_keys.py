@@ -281,8 +281,8 @@ class PendingKeys:
             return
         ids = entry.blocks[: entry.resident]
         if entry.parked is None:
-            raise RuntimeError("a lookup reached the parked blocks of a finished request whose content ids were "
-                               "marked unique (ContentIds.unique): another request names the same content")
+            raise RuntimeError("another request reached the parked blocks of a finished request whose content ids "
+                               "were marked unique (ContentIds.unique): it names the same content")
         kv.pool.cache_chain_ids(ids, entry.parked.keys(len(ids), kv.block_size, kv.hash_algo), 0)
         kv.pool.key_parked(entry.run)
         entry.parked = entry.run = None  # keyed where they stand: `_evicted` skips it
